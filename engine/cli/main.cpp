@@ -1,0 +1,41 @@
+// strata: the one binary. main stays thin: parse -> validate -> print config -> run; every subcommand lives
+// beside the code it drives and registers itself here.
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <exception>
+
+#include "data/cli.h"
+#include "engine/check.h"
+
+namespace {
+constexpr const char* kVersion = "0.1.0";
+}
+
+int main(int argc, char** argv) {
+  CLI::App app{"Strata: transformer pre-training with mid-run model growth", "strata"};
+  app.set_version_flag("--version", kVersion);
+  app.set_config("--config", "", "Read options from a TOML or INI file ([section] per subcommand)");
+  app.option_defaults()->always_capture_default();
+  app.require_subcommand(1);
+  app.get_formatter()->column_width(40);
+
+  strata::data::add_prepare_command(app);
+  strata::data::add_tokenize_command(app);
+  CLI::App* tok = app.add_subcommand("tokenizer", "Tokenizer utilities");
+  tok->require_subcommand(1);
+  strata::data::add_tokenizer_train_command(*tok);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const strata::Error& e) {
+    std::fprintf(stderr, "strata: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "strata: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
