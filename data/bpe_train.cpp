@@ -27,8 +27,6 @@ constexpr size_t kChunkBytes = size_t{1} << 20;
 inline PairKey pair_key(uint32_t left, uint32_t right) { return (uint64_t{left} << 32) | right; }
 inline uint32_t pair_left(PairKey k) { return static_cast<uint32_t>(k >> 32); }
 inline uint32_t pair_right(PairKey k) { return static_cast<uint32_t>(k & 0xFFFFFFFFu); }
-uint64_t g_follow = 0, g_other = 0, g_best = 0;
-struct Rep { ~Rep() { std::fprintf(stderr, "follow-on %llu other-split %llu\n", (unsigned long long)g_follow, (unsigned long long)g_other); } } g_rep;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 // ---- 1. unique pieces with their frequencies ----------------------------------------------------------------
@@ -123,7 +121,7 @@ inline bool heap_less(const HeapEntry& a, const HeapEntry& b) {
 class Trainer {
  public:
   Trainer(const PieceCounts& pc, const BpeTrainOptions& options) : options_(options) {
-    tokens_.reserve(options.vocab_size);
+    tokens_.reserve(std::min<size_t>(options.vocab_size, size_t{1} << 20));  // a huge vocab_size fails later, cleanly
     for (int b = 0; b < 256; ++b) add_token(std::string(1, static_cast<char>(b)));
     // Words: the unique pieces, as bytes, in one flat array.
     size_t total = 0;
@@ -219,7 +217,6 @@ class Trainer {
   }
 
   void merge(PairKey best) {
-    g_best = best;
     const uint32_t left = pair_left(best), right = pair_right(best);
     const auto id = static_cast<uint32_t>(tokens_.size());
     add_token(tokens_[left] + tokens_[right]);
@@ -284,8 +281,6 @@ class Trainer {
         }
       if (lowest == kNone) break;
       changed = true;
-      if (lowest != tokens_.size() - 1) ++g_follow;
-      else if (pair_key(s[pos], s[pos+1]) != g_best) ++g_other;
       s[pos] = lowest;
       std::copy(s.begin() + static_cast<ptrdiff_t>(pos) + 2, s.begin() + static_cast<ptrdiff_t>(n),
                 s.begin() + static_cast<ptrdiff_t>(pos) + 1);

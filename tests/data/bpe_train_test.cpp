@@ -1,21 +1,43 @@
 // tests/data/bpe_train_test.cpp: BPE training (data/bpe_train.h): hand-checked merges, an independent naive
-// reference, determinism across thread counts, errors.
+// reference, determinism across thread counts, the trained vocabulary in the Tokenizer (round trip, and the
+// consistency property: encoding the training text gives the trainer's token count), errors, the CLI.
 #include "data/bpe_train.h"
 
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <array>
+#include <cstdio>
+#include <filesystem>
 #include <limits>
 #include <map>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "data/documents.h"
 #include "data/pretokenizer.h"
+#include "data/tokenizer.h"
 #include "engine/check.h"
+#include "engine/fileio.h"
 
 namespace strata::data {
 namespace {
+
+namespace fs = std::filesystem;
+
+const std::string kSotu = STRATA_SOURCE_DIR "/data/default/sotu.jsonl.xz";
+
+const std::vector<std::string>& sotu_documents() {
+  static const std::vector<std::string> docs = [] {
+    std::vector<std::string> out;
+    for (Document& d : read_documents(kSotu)) out.push_back(std::move(d.text));
+    return out;
+  }();
+  return docs;
+}
 
 std::vector<std::string_view> views(const std::vector<std::string>& docs) {
   return {docs.begin(), docs.end()};
@@ -221,7 +243,7 @@ TEST(BpeTrain, DeterministicAcrossThreads) {
 TEST(BpeTrain, LargeDocumentChunksMatchReference) {
   std::mt19937_64 rng(99);
   std::string big;
-  while (big.size() < (size_t{5} << 20)) big += random_text(rng, 1000, "abcdefghij");
+  while (big.size() < (size_t{5} << 20)) big += random_text(rng, 1000, "abc");
   const std::vector<std::string> docs{big};
   const Reference ref = reference_train(docs, 12, 2);
   for (const int threads : {1, 3}) {
@@ -229,6 +251,79 @@ TEST(BpeTrain, LargeDocumentChunksMatchReference) {
     EXPECT_EQ(r.tokens, ref.tokens);
     EXPECT_EQ(r.tokens_out, ref.tokens_out);
   }
+}
+
+TEST(BpeTrain, SotuDeterministicAcrossThreads) {
+  const auto& all = sotu_documents();
+  const std::vector<std::string> docs(all.begin(), all.begin() + 40);
+  const BpeTrainResult one = train_bpe_detailed(views(docs), options(2048, 2, 1));
+  EXPECT_EQ(one.merges.size(), 2048u - 257u);
+  for (const int threads : {2, 3}) {
+    const BpeTrainResult r = train_bpe_detailed(views(docs), options(2048, 2, threads));
+    EXPECT_EQ(r.tokens, one.tokens) << threads << " threads";
+    EXPECT_EQ(r.tokens_out, one.tokens_out) << threads << " threads";
+  }
+}
+
+// ---- (3)/(4) the trained vocabulary in the Tokenizer ----------------------------------------------------------
+
+// Encoding the training text with the trained vocabulary (tiktoken rule) gives exactly the trainer's final
+// segmentation, so the token counts agree; and decode(encode(x)) == x.
+TEST(BpeTrain, EncodingReproducesTrainingSegmentation) {
+  // The full State of the Union corpus at the default vocabulary size.
+  const auto& sotu = sotu_documents();
+  const BpeTrainResult r = train_bpe_detailed(views(sotu), options(8192, 2, 0));
+  const Tokenizer tok = Tokenizer::from_tokens(r.tokens);
+  EXPECT_EQ(tok.vocab_size(), 8192u);
+  EXPECT_EQ(tok.eot(), 8191u);
+  const auto encoded = tok.encode_batch(views(sotu), false, 0);
+  uint64_t n = 0;
+  for (size_t d = 0; d < sotu.size(); ++d) {
+    n += encoded[d].size();
+    ASSERT_EQ(tok.decode(encoded[d]), sotu[d]) << "document " << d;
+  }
+  EXPECT_EQ(n, r.tokens_out);
+  EXPECT_LT(r.tokens_out, r.bytes / 4);  // a real compression: English at 8k tokens is ~4.9 bytes/token
+
+  // Small-alphabet corpora, where equal-symbol runs are common, per piece against the reference.
+  std::mt19937_64 rng(31337);
+  for (const std::string alphabet : {"ab", "aab", "abcab"}) {
+    std::vector<std::string> docs;
+    for (int d = 0; d < 3; ++d) docs.push_back(random_text(rng, 300, alphabet));
+    const BpeTrainResult small = train_bpe_detailed(views(docs), options(400, 1));
+    const Tokenizer t = Tokenizer::from_tokens(small.tokens);
+    uint64_t m = 0;
+    for (const auto& d : docs) m += t.encode(d).size();
+    EXPECT_EQ(m, small.tokens_out) << alphabet;
+    EXPECT_EQ(reference_train(docs, 400 - 257, 1).tokens, small.tokens) << alphabet;
+  }
+}
+
+TEST(BpeTrain, RoundTripRandomText) {
+  const auto& all = sotu_documents();
+  const std::vector<std::string> docs(all.begin(), all.begin() + 20);
+  const Tokenizer tok = Tokenizer::from_tokens(train_bpe(views(docs), options(1024)));
+  std::mt19937_64 rng(0xB9E);
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::uniform_int_distribution<size_t> len(0, 2000);
+  const std::vector<std::string> frags{" the", " Union", "'s", " 1776", "\n\n", "  ", "\t", "é", "日本", "🙂",
+                                       "\xff", "\xc3", "<|endoftext|>", ", ", "-", " of"};
+  std::uniform_int_distribution<size_t> frag(0, frags.size() - 1);
+  for (int trial = 0; trial < 200; ++trial) {
+    std::string text;
+    const size_t n = len(rng);
+    if (trial % 2 == 0) {
+      for (size_t i = 0; i < n; ++i) text += static_cast<char>(byte(rng));  // any bytes, mostly invalid UTF-8
+    } else {
+      while (text.size() < n) text += frags[frag(rng)];
+    }
+    const std::vector<TokenId> ids = tok.encode(text);
+    for (const TokenId id : ids) ASSERT_LT(id, tok.eot());
+    ASSERT_EQ(tok.decode(ids), text) << "trial " << trial;
+  }
+  // Held-out English text compresses (1024 tokens give about 2.9 bytes/token here).
+  const std::string sample = all[100];
+  EXPECT_LT(tok.encode(sample).size(), sample.size() / 2);
 }
 
 // ---- (5) sizes and errors -------------------------------------------------------------------------------------
@@ -256,6 +351,86 @@ TEST(BpeTrain, Errors) {
   EXPECT_THROW(train_bpe(views(docs), options(300, 0)), Error);
   EXPECT_THROW(train_bpe({}, options(258)), Error);
   EXPECT_THROW(train_bpe(views(docs), options(100000)), Error);
+}
+
+// ---- the CLI ---------------------------------------------------------------------------------------------------
+
+class BpeTrainCli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("strata_bpe_train_test_" + std::to_string(::getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    input_ = (dir_ / "in.txt").string();
+    std::mt19937_64 rng(5);
+    text_ = random_text(rng, 3000, "etaoinshr");
+    write_file_atomic(input_, text_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  // Runs the strata binary; returns the exit status, captures stdout + stderr.
+  static int run_strata(const std::string& args, std::string* output) {
+    const std::string cmd = std::string(STRATA_BINARY) + " " + args + " 2>&1";
+    FILE* p = ::popen(cmd.c_str(), "r");
+    if (!p) return -1;
+    std::array<char, 4096> buf{};
+    output->clear();
+    size_t n;
+    while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) output->append(buf.data(), n);
+    const int status = ::pclose(p);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+
+  // A failing run: exit 1, its last line the one error line, naming `what`; no output file.
+  void expect_error(const std::string& args, const std::string& out_path, const std::string& what) {
+    std::string out;
+    EXPECT_EQ(run_strata("tokenizer train --no-progress " + args, &out), 1) << out;
+    const auto err = out.find("strata: error: ");
+    ASSERT_NE(err, std::string::npos) << out;
+    EXPECT_NE(out.find(what, err), std::string::npos) << out;
+    EXPECT_EQ(out.find('\n', err), out.size() - 1) << out;
+    EXPECT_FALSE(fs::exists(out_path)) << out_path;
+  }
+
+  fs::path dir_;
+  std::string input_, text_;
+};
+
+TEST_F(BpeTrainCli, TrainsAndWritesALoadableVocabulary) {
+  const std::string out_path = (dir_ / "v.tiktoken").string();
+  std::string out;
+  ASSERT_EQ(run_strata("tokenizer train --no-progress --input " + input_ + " --vocab-size 400 --threads 2 --output " +
+                           out_path,
+                       &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("bytes/token"), std::string::npos) << out;
+  const Tokenizer tok = Tokenizer::load(out_path);
+  EXPECT_EQ(tok.vocab_size(), 400u);
+  const std::vector<std::string> docs{text_};
+  const auto tokens = train_bpe(views(docs), options(400));
+  for (TokenId id = 0; id < tokens.size(); ++id) ASSERT_EQ(tok.token_bytes(id), tokens[id]) << id;
+}
+
+TEST_F(BpeTrainCli, ErrorsAreOneLineAndWriteNothing) {
+  const std::string out_path = (dir_ / "v.tiktoken").string();
+  expect_error("--input " + input_ + " --vocab-size 256 --output " + out_path, out_path, "257");
+  expect_error("--input " + input_ + " --vocab-size 300 --min-frequency 0 --output " + out_path, out_path,
+               "--min-frequency");
+  expect_error("--input " + input_ + " --vocab-size 60000 --output " + out_path, out_path, "supports only");
+  expect_error("--input " + (dir_ / "missing.txt").string() + " --output " + out_path, out_path, "missing.txt");
+  const std::string nowhere = (dir_ / "no_such_dir" / "v.tiktoken").string();
+  expect_error("--input " + input_ + " --vocab-size 300 --output " + nowhere, nowhere, "no_such_dir");
+  expect_error("--input " + input_ + " --vocab-size 300 --output " + dir_.string(), dir_.string() + "/x", "folder");
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir_), fs::directory_iterator()), 1);  // only in.txt
+}
+
+TEST_F(BpeTrainCli, HelpListsEveryFlag) {
+  std::string out;
+  ASSERT_EQ(run_strata("tokenizer train --help", &out), 0) << out;
+  for (const char* flag : {"--input", "--output", "--vocab-size", "--threads", "--min-frequency", "--no-progress",
+                           "sotu.jsonl.xz", "8192"})
+    EXPECT_NE(out.find(flag), std::string::npos) << flag << "\n" << out;
 }
 
 }  // namespace
