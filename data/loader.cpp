@@ -13,22 +13,25 @@
 namespace strata::data {
 namespace {
 
-// splitmix64 (Vigna): turns structured keys (seed, epoch, shard) into well-spread 64-bit seeds for mt19937_64.
+// splitmix64 (Vigna): turns structured keys (seed, epoch, shard) into well-spread 64-bit seeds for
+// mt19937_64.
 uint64_t splitmix64(uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
   x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
   x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
   return x ^ (x >> 31);
 }
-uint64_t mix(uint64_t a, uint64_t b) { return splitmix64(a ^ splitmix64(b)); }
+uint64_t mix(uint64_t a, uint64_t b) {
+  return splitmix64(a ^ splitmix64(b));
+}
 
 // Domains keep the shard-order draw and the per-shard sample draws independent.
 constexpr uint64_t kShardOrderDomain = 1;
 constexpr uint64_t kSampleOrderDomain = 2;
 
-// Uniform in [0, bound) by rejection: the accepted range [2^64 mod bound, 2^64) holds a whole number of copies of
-// [0, bound), so there is no modulo bias. Fixed arithmetic, unlike std::uniform_int_distribution, whose algorithm
-// differs between standard libraries.
+// Uniform in [0, bound) by rejection: the accepted range [2^64 mod bound, 2^64) holds a whole number of
+// copies of [0, bound), so there is no modulo bias. Fixed arithmetic, unlike std::uniform_int_distribution,
+// whose algorithm differs between standard libraries.
 uint64_t uniform_below(std::mt19937_64& rng, uint64_t bound) {
   const uint64_t threshold = (0 - bound) % bound;
   for (;;) {
@@ -63,17 +66,22 @@ int json_int(const nlohmann::json& j, const char* key) {
   const bool ok = it->is_number_unsigned() ? it->get<uint64_t>() <= static_cast<uint64_t>(INT_MAX)
                                            : it->is_number_integer() && it->get<int64_t>() >= INT_MIN &&
                                                  it->get<int64_t>() <= INT_MAX;
-  STRATA_REQUIRE(ok, kState, "field '", key, "' must be an integer that fits in int (got ", it->dump().substr(0, 40),
-                 ")");
+  STRATA_REQUIRE(ok, kState, "field '", key, "' must be an integer that fits in int (got ",
+                 it->dump().substr(0, 40), ")");
   return static_cast<int>(it->get<int64_t>());
 }
 
 }  // namespace
 
 nlohmann::json LoaderState::to_json() const {
-  return nlohmann::json{{"epoch", epoch},           {"next_sample", next_sample}, {"seed", seed},
-                        {"batch_size", batch_size}, {"seq_len", seq_len},         {"world", world},
-                        {"total_tokens", total_tokens}, {"num_shards", num_shards}};
+  return nlohmann::json{{"epoch", epoch},
+                        {"next_sample", next_sample},
+                        {"seed", seed},
+                        {"batch_size", batch_size},
+                        {"seq_len", seq_len},
+                        {"world", world},
+                        {"total_tokens", total_tokens},
+                        {"num_shards", num_shards}};
 }
 
 LoaderState LoaderState::from_json(const nlohmann::json& j) {
@@ -155,13 +163,14 @@ DataLoader::DataLoader(std::vector<std::string> shard_paths, const LoaderOptions
   STRATA_REQUIRE(opts.batch_size >= 1, kWhat, "batch_size must be at least 1 (got ", opts.batch_size, ")");
   STRATA_REQUIRE(opts.seq_len >= 1, kWhat, "seq_len must be at least 1 (got ", opts.seq_len, ")");
   STRATA_REQUIRE(opts.world >= 1, kWhat, "world must be at least 1 (got ", opts.world, ")");
-  STRATA_REQUIRE(opts.rank >= 0 && opts.rank < opts.world, kWhat, "rank ", opts.rank, " is outside [0, world ",
-                 opts.world, ")");
+  STRATA_REQUIRE(opts.rank >= 0 && opts.rank < opts.world, kWhat, "rank ", opts.rank,
+                 " is outside [0, world ", opts.world, ")");
   STRATA_REQUIRE(shard_paths.size() <= UINT32_MAX, kWhat, "too many shards (", shard_paths.size(), ")");
 
   // Validation scans every token when vocab_size > 0: open the shards in parallel.
   std::vector<std::optional<Shard>> opened(shard_paths.size());
-  parallel_for(shard_paths.size(), 0, [&](size_t i) { opened[i] = Shard::open(shard_paths[i], opts.vocab_size); });
+  parallel_for(shard_paths.size(), 0,
+               [&](size_t i) { opened[i] = Shard::open(shard_paths[i], opts.vocab_size); });
   const auto t = static_cast<uint64_t>(opts.seq_len);
   for (auto& s : opened) {
     const uint64_t n = s->size();
@@ -171,8 +180,8 @@ DataLoader::DataLoader(std::vector<std::string> shard_paths, const LoaderOptions
     m.shards.push_back(std::move(*s));
   }
   m.global_batch = static_cast<uint64_t>(opts.batch_size) * static_cast<uint64_t>(opts.world);
-  STRATA_REQUIRE(m.samples >= m.global_batch, kWhat, "the dataset (", m.shards.size(), " shards, ", m.total_tokens,
-                 " tokens) has ", m.samples, " samples of T+1 = ", t + 1,
+  STRATA_REQUIRE(m.samples >= m.global_batch, kWhat, "the dataset (", m.shards.size(), " shards, ",
+                 m.total_tokens, " tokens) has ", m.samples, " samples of T+1 = ", t + 1,
                  " tokens, fewer than one global batch of B x R = ", opts.batch_size, " x ", opts.world);
   m.batches = m.samples / m.global_batch;
 }
@@ -216,7 +225,8 @@ void DataLoader::restore(const LoaderState& s) {
   Impl& m = *impl_;
   const LoaderOptions& o = m.opts;
   auto same = [](const char* field, auto theirs, auto ours, const char* why) {
-    STRATA_REQUIRE(theirs == ours, kState, field, " ", theirs, " differs from this loader's ", ours, " (", why, ")");
+    STRATA_REQUIRE(theirs == ours, kState, field, " ", theirs, " differs from this loader's ", ours, " (",
+                   why, ")");
   };
   same("num_shards", s.num_shards, static_cast<uint64_t>(m.shards.size()), "a different dataset");
   same("total_tokens", s.total_tokens, m.total_tokens, "a different dataset");
@@ -238,11 +248,23 @@ void DataLoader::reset() {
   impl_->next_sample = 0;
 }
 
-uint64_t DataLoader::samples_per_epoch() const { return impl_->samples; }
-uint64_t DataLoader::batches_per_epoch() const { return impl_->batches; }
-uint64_t DataLoader::epoch() const { return impl_->epoch; }
-const LoaderOptions& DataLoader::options() const { return impl_->opts; }
-size_t DataLoader::num_shards() const { return impl_->shards.size(); }
-uint64_t DataLoader::total_tokens() const { return impl_->total_tokens; }
+uint64_t DataLoader::samples_per_epoch() const {
+  return impl_->samples;
+}
+uint64_t DataLoader::batches_per_epoch() const {
+  return impl_->batches;
+}
+uint64_t DataLoader::epoch() const {
+  return impl_->epoch;
+}
+const LoaderOptions& DataLoader::options() const {
+  return impl_->opts;
+}
+size_t DataLoader::num_shards() const {
+  return impl_->shards.size();
+}
+uint64_t DataLoader::total_tokens() const {
+  return impl_->total_tokens;
+}
 
 }  // namespace strata::data

@@ -32,8 +32,8 @@ uint32_t load_token(const uint8_t* tokens, TokenWidth w, size_t i) {
   return w == TokenWidth::kU16 ? load<uint16_t>(tokens + 2 * i) : load<uint32_t>(tokens + 4 * i);
 }
 
-// Index of the first token >= vocab_size, or count when there is none. Scans in blocks: a vectorisable max per
-// block, and an element search only inside the block that fails.
+// Index of the first token >= vocab_size, or count when there is none. Scans in blocks: a vectorisable max
+// per block, and an element search only inside the block that fails.
 template <typename T>
 size_t first_token_outside(const uint8_t* tokens, size_t count, uint32_t vocab_size) {
   constexpr size_t kBlock = 4096;
@@ -51,11 +51,15 @@ size_t first_token_outside(const uint8_t* tokens, size_t count, uint32_t vocab_s
 }
 
 // The file name for messages: "shard 'x.bin': ".
-std::string where(std::string_view name) { return cat("shard '", name, "': "); }
+std::string where(std::string_view name) {
+  return cat("shard '", name, "': ");
+}
 
 }  // namespace
 
-const char* token_width_name(TokenWidth w) { return w == TokenWidth::kU16 ? "uint16" : "uint32"; }
+const char* token_width_name(TokenWidth w) {
+  return w == TokenWidth::kU16 ? "uint16" : "uint32";
+}
 
 TokenWidth token_width_for_vocab(uint32_t vocab_size) {
   return vocab_size > 65536u ? TokenWidth::kU32 : TokenWidth::kU16;
@@ -63,8 +67,8 @@ TokenWidth token_width_for_vocab(uint32_t vocab_size) {
 
 void write_shard(const std::string& path, std::span<const uint32_t> tokens, uint32_t vocab_size) {
   STRATA_REQUIRE(vocab_size > 0, where(path), "cannot write with a vocabulary of size 0");
-  STRATA_REQUIRE(tokens.size() <= static_cast<size_t>(INT32_MAX), where(path), "too many tokens (", tokens.size(),
-                 "; a shard holds at most ", INT32_MAX, ")");
+  STRATA_REQUIRE(tokens.size() <= static_cast<size_t>(INT32_MAX), where(path), "too many tokens (",
+                 tokens.size(), "; a shard holds at most ", INT32_MAX, ")");
   const TokenWidth w = token_width_for_vocab(vocab_size);
   const bool u16 = w == TokenWidth::kU16;
 
@@ -111,8 +115,8 @@ ShardInfo validate_shard_bytes(std::string_view name, const uint8_t* data, size_
     info.width = TokenWidth::kU32;
     expected_version = kShardVersionU32;
   } else {
-    STRATA_FAIL(where(name), "wrong magic ", magic, " (expected ", kShardMagicU16, " for uint16 or ", kShardMagicU32,
-                " for uint32 tokens)");
+    STRATA_FAIL(where(name), "wrong magic ", magic, " (expected ", kShardMagicU16, " for uint16 or ",
+                kShardMagicU32, " for uint32 tokens)");
   }
   STRATA_REQUIRE(version == expected_version, where(name), "wrong version ", version, " for magic ", magic,
                  " (expected ", expected_version, " for ", token_width_name(info.width), " tokens)");
@@ -121,19 +125,21 @@ ShardInfo validate_shard_bytes(std::string_view name, const uint8_t* data, size_
   info.count = static_cast<size_t>(count);
   const size_t expected = kShardHeaderBytes + info.count * token_bytes(info.width);  // < 2^34: no overflow
   STRATA_REQUIRE(size >= expected, where(name), "truncated: header says ", info.count, " ",
-                 token_width_name(info.width), " tokens (", expected, " bytes) but the file has ", size, " bytes");
+                 token_width_name(info.width), " tokens (", expected, " bytes) but the file has ", size,
+                 " bytes");
   STRATA_REQUIRE(size == expected, where(name), "size mismatch: header says ", info.count, " ",
-                 token_width_name(info.width), " tokens (", expected, " bytes) but the file has ", size, " bytes (",
-                 size - expected, " extra)");
+                 token_width_name(info.width), " tokens (", expected, " bytes) but the file has ", size,
+                 " bytes (", size - expected, " extra)");
 
   // A uint16 token is always < a vocabulary of 65536 or more: skip the scan.
   const bool scan = vocab_size > 0 && (info.width == TokenWidth::kU32 || vocab_size < 65536u);
   if (scan) {
     const uint8_t* tokens = data + kShardHeaderBytes;
-    const size_t bad = info.width == TokenWidth::kU16 ? first_token_outside<uint16_t>(tokens, info.count, vocab_size)
-                                                      : first_token_outside<uint32_t>(tokens, info.count, vocab_size);
-    STRATA_REQUIRE(bad == info.count, where(name), "token ", load_token(tokens, info.width, bad), " at index ", bad,
-                   " is outside the vocabulary (size ", vocab_size, ")");
+    const size_t bad = info.width == TokenWidth::kU16
+                           ? first_token_outside<uint16_t>(tokens, info.count, vocab_size)
+                           : first_token_outside<uint32_t>(tokens, info.count, vocab_size);
+    STRATA_REQUIRE(bad == info.count, where(name), "token ", load_token(tokens, info.width, bad),
+                   " at index ", bad, " is outside the vocabulary (size ", vocab_size, ")");
   }
   return info;
 }
@@ -205,7 +211,9 @@ Shard& Shard::operator=(Shard&& other) noexcept {
   return *this;
 }
 
-Shard::~Shard() { release(); }
+Shard::~Shard() {
+  release();
+}
 
 void Shard::release() {
   if (map_ != nullptr) ::munmap(map_, map_bytes_);
@@ -221,14 +229,16 @@ uint32_t Shard::operator[](size_t i) const {
 }
 
 void Shard::read(size_t begin, size_t count, int32_t* out) const {
-  STRATA_CHECK(begin <= count_ && count <= count_ - begin, "read of tokens [", begin, ", ", begin, " + ", count,
-               ") outside shard '", path_, "' of ", count_, " tokens");
-  // An id above INT32_MAX has no int32 value; it wraps. Only a shard opened without a vocabulary (vocab_size 0) can
-  // hold one, since vocabularies that large do not exist in practice.
+  STRATA_CHECK(begin <= count_ && count <= count_ - begin, "read of tokens [", begin, ", ", begin, " + ",
+               count, ") outside shard '", path_, "' of ", count_, " tokens");
+  // An id above INT32_MAX has no int32 value; it wraps. Only a shard opened without a vocabulary (vocab_size
+  // 0) can hold one, since vocabularies that large do not exist in practice.
   if (width_ == TokenWidth::kU16) {
-    for (size_t i = 0; i < count; ++i) out[i] = static_cast<int32_t>(load<uint16_t>(tokens_ + 2 * (begin + i)));
+    for (size_t i = 0; i < count; ++i)
+      out[i] = static_cast<int32_t>(load<uint16_t>(tokens_ + 2 * (begin + i)));
   } else {
-    for (size_t i = 0; i < count; ++i) out[i] = static_cast<int32_t>(load<uint32_t>(tokens_ + 4 * (begin + i)));
+    for (size_t i = 0; i < count; ++i)
+      out[i] = static_cast<int32_t>(load<uint32_t>(tokens_ + 4 * (begin + i)));
   }
 }
 

@@ -44,7 +44,8 @@ class LoaderTest : public ::testing::Test {
   void TearDown() override { fs::remove_all(dir_); }
 
   // Writes shards of the given token counts (seeded random tokens in [1, kVocab)) and returns their paths.
-  std::vector<std::string> make_shards(const std::vector<size_t>& sizes, uint64_t seed, const std::string& prefix = "s") {
+  std::vector<std::string> make_shards(const std::vector<size_t>& sizes, uint64_t seed,
+                                       const std::string& prefix = "s") {
     std::mt19937_64 rng(seed);
     std::vector<std::string> paths;
     for (size_t s = 0; s < sizes.size(); ++s) {
@@ -79,9 +80,11 @@ class LoaderTest : public ::testing::Test {
     const auto t = static_cast<size_t>(seq_len);
     std::vector<SampleId> out;
     for (size_t r = 0; r < static_cast<size_t>(batch_size); ++r) {
-      std::vector<int32_t> w(b.inputs.begin() + static_cast<long>(r * t), b.inputs.begin() + static_cast<long>(r * t + t));
+      std::vector<int32_t> w(b.inputs.begin() + static_cast<long>(r * t),
+                             b.inputs.begin() + static_cast<long>(r * t + t));
       w.push_back(b.targets[r * t + t - 1]);
-      for (size_t j = 0; j + 1 < t; ++j) EXPECT_EQ(b.targets[r * t + j], b.inputs[r * t + j + 1]) << "row " << r;
+      for (size_t j = 0; j + 1 < t; ++j)
+        EXPECT_EQ(b.targets[r * t + j], b.inputs[r * t + j + 1]) << "row " << r;
       const auto it = windows_.find(w);
       if (it == windows_.end()) {
         ADD_FAILURE() << "row " << r << " is not a window of the shards";
@@ -134,7 +137,8 @@ void expect_error(Fn&& fn, const std::vector<std::string>& fragments) {
   } catch (const Error& e) {
     const std::string msg = e.what();
     EXPECT_EQ(msg.find('\n'), std::string::npos) << "not one line: " << msg;
-    for (const auto& f : fragments) EXPECT_NE(msg.find(f), std::string::npos) << "lacks '" << f << "': " << msg;
+    for (const auto& f : fragments)
+      EXPECT_NE(msg.find(f), std::string::npos) << "lacks '" << f << "': " << msg;
   }
 }
 
@@ -191,10 +195,12 @@ TEST_F(LoaderTest, RanksAreDisjointAndCompleteUpToTheTail) {
                                         v.begin() + static_cast<long>((rank + 1) * bt));
           };
           EXPECT_EQ(batches[k].inputs, slice(global_batches[k].inputs)) << "rank " << rank << " batch " << k;
-          EXPECT_EQ(batches[k].targets, slice(global_batches[k].targets)) << "rank " << rank << " batch " << k;
+          EXPECT_EQ(batches[k].targets, slice(global_batches[k].targets))
+              << "rank " << rank << " batch " << k;
           for (const SampleId& id : ids(batches[k], b, kT)) {
             EXPECT_TRUE(all.count(id));
-            EXPECT_TRUE(seen.insert(id).second) << "sample (" << id.first << ", " << id.second << ") taken twice";
+            EXPECT_TRUE(seen.insert(id).second)
+                << "sample (" << id.first << ", " << id.second << ") taken twice";
           }
         }
       }
@@ -233,12 +239,13 @@ TEST_F(LoaderShuffleTest, OrderDependsOnEpochAndSeedOnly) {
     EXPECT_EQ(s, sorted_all);
   }
   EXPECT_NE(a_e0, natural_);
-  EXPECT_NE(a_e0, a_e1);  // a new order every epoch
+  EXPECT_NE(a_e0, a_e1);   // a new order every epoch
   EXPECT_EQ(a_e0, a2_e0);  // deterministic for a seed
   EXPECT_EQ(a_e1, a2_e1);
   EXPECT_NE(a_e0, c_e0);  // different between seeds
 
-  // Within an epoch, a shard's samples are contiguous (shard order, then sample order) and not in natural order.
+  // Within an epoch, a shard's samples are contiguous (shard order, then sample order) and not in natural
+  // order.
   std::vector<size_t> shard_runs;
   for (const SampleId& id : a_e0)
     if (shard_runs.empty() || shard_runs.back() != id.first) shard_runs.push_back(id.first);
@@ -273,17 +280,19 @@ TEST_F(LoaderShuffleTest, OrderIsPortable) {
       ASSERT_TRUE(found);
     }
   }
-  const std::vector<SampleId> want = {
-      {0, 0}, {0, 1}, {1, 2}, {1, 0}, {1, 3}, {1, 1}, {2, 5}, {2, 1}, {2, 0}, {2, 3}, {2, 2}, {2, 4},  // epoch 0
-      {1, 0}, {1, 3}, {1, 2}, {1, 1}, {2, 3}, {2, 2}, {2, 4}, {2, 0}, {2, 5}, {2, 1}, {0, 0}, {0, 1}};  // epoch 1
+  const std::vector<SampleId> want = {{0, 0}, {0, 1}, {1, 2}, {1, 0}, {1, 3}, {1, 1},
+                                      {2, 5}, {2, 1}, {2, 0}, {2, 3}, {2, 2}, {2, 4},  // epoch 0
+                                      {1, 0}, {1, 3}, {1, 2}, {1, 1}, {2, 3}, {2, 2},
+                                      {2, 4}, {2, 0}, {2, 5}, {2, 1}, {0, 0}, {0, 1}};  // epoch 1
   EXPECT_EQ(got, want);
 }
 
 TEST_F(LoaderTest, ResumeThroughJsonMatchesAnUninterruptedRun) {
   const auto paths = make_shards(kSizes, 5);
   index_samples(kT);
-  // B = 2, R = 2: 14 global batches per epoch. Interrupt at 11 (mid-epoch; the next 8 cross into epoch 1) and at 14
-  // (exactly at the boundary), for both ranks, and also resume rank 1 from rank 0's state (states are rank-free).
+  // B = 2, R = 2: 14 global batches per epoch. Interrupt at 11 (mid-epoch; the next 8 cross into epoch 1) and
+  // at 14 (exactly at the boundary), for both ranks, and also resume rank 1 from rank 0's state (states are
+  // rank-free).
   for (const int rank : {0, 1}) {
     DataLoader full(paths, options(2, kT, rank, 2, 77));
     ASSERT_EQ(full.batches_per_epoch(), 14u);
@@ -302,7 +311,8 @@ TEST_F(LoaderTest, ResumeThroughJsonMatchesAnUninterruptedRun) {
         resumed.restore(LoaderState::from_json(nlohmann::json::parse(text)));
         EXPECT_EQ(resumed.epoch(), n / 14);
         const std::vector<Batch> rest = take(resumed, 30 - n);
-        for (size_t k = 0; k < rest.size(); ++k) EXPECT_EQ(rest[k], uninterrupted[n + k]) << "batch " << n + k;
+        for (size_t k = 0; k < rest.size(); ++k)
+          EXPECT_EQ(rest[k], uninterrupted[n + k]) << "batch " << n + k;
       }
     }
   }
