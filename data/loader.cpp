@@ -81,7 +81,8 @@ nlohmann::json LoaderState::to_json() const {
                         {"seq_len", seq_len},
                         {"world", world},
                         {"total_tokens", total_tokens},
-                        {"num_shards", num_shards}};
+                        {"num_shards", num_shards},
+                        {"shard_layout", shard_layout}};
 }
 
 LoaderState LoaderState::from_json(const nlohmann::json& j) {
@@ -95,6 +96,7 @@ LoaderState LoaderState::from_json(const nlohmann::json& j) {
   s.world = json_int(j, "world");
   s.total_tokens = json_u64(j, "total_tokens");
   s.num_shards = json_u64(j, "num_shards");
+  s.shard_layout = json_u64(j, "shard_layout");
   return s;
 }
 
@@ -103,9 +105,10 @@ struct DataLoader::Impl {
   std::vector<Shard> shards;
   std::vector<uint64_t> shard_samples;  // usable samples per shard, constructor order
   uint64_t total_tokens = 0;
-  uint64_t samples = 0;       // S
-  uint64_t global_batch = 0;  // B * R
-  uint64_t batches = 0;       // floor(S / (B*R))
+  uint64_t shard_layout = 14695981039346656037ull;  // FNV-1a offset basis, folded with each shard's size
+  uint64_t samples = 0;                             // S
+  uint64_t global_batch = 0;                        // B * R
+  uint64_t batches = 0;                             // floor(S / (B*R))
 
   // Position.
   uint64_t epoch = 0;
@@ -175,6 +178,8 @@ DataLoader::DataLoader(std::vector<std::string> shard_paths, const LoaderOptions
   for (auto& s : opened) {
     const uint64_t n = s->size();
     m.total_tokens += n;
+    for (int byte = 0; byte < 8; ++byte)
+      m.shard_layout = (m.shard_layout ^ ((n >> (8 * byte)) & 0xFF)) * 1099511628211ull;
     m.shard_samples.push_back(n >= 1 ? (n - 1) / t : 0);
     m.samples += m.shard_samples.back();
     m.shards.push_back(std::move(*s));
@@ -218,6 +223,7 @@ LoaderState DataLoader::state() const {
   s.world = m.opts.world;
   s.total_tokens = m.total_tokens;
   s.num_shards = m.shards.size();
+  s.shard_layout = m.shard_layout;
   return s;
 }
 
@@ -230,6 +236,7 @@ void DataLoader::restore(const LoaderState& s) {
   };
   same("num_shards", s.num_shards, static_cast<uint64_t>(m.shards.size()), "a different dataset");
   same("total_tokens", s.total_tokens, m.total_tokens, "a different dataset");
+  same("shard_layout", s.shard_layout, m.shard_layout, "shards reordered or replaced");
   same("seed", s.seed, o.seed, "a different data order");
   same("batch_size", s.batch_size, o.batch_size, "a different batch layout");
   same("seq_len", s.seq_len, o.seq_len, "a different sample length");

@@ -24,8 +24,9 @@
 //
 // State. LoaderState is the exact position, {epoch, next_sample = the first global sample of the next global
 // batch}, the same on every rank (a checkpoint from rank 0 resumes all ranks), plus a fingerprint (seed, B,
-// T, world, total tokens, shard count) that restore() checks so a state cannot silently resume another
-// dataset or layout. The shuffle flag is the caller's config and is not part of the state.
+// T, world, total tokens, shard count, a hash of the shard sizes in order) that restore() checks so a state
+// cannot silently resume another dataset or layout. The shuffle flag is the caller's config and is not part
+// of the state.
 #pragma once
 
 #include <cstdint>
@@ -56,6 +57,8 @@ struct LoaderState {
   int batch_size = 0, seq_len = 0, world = 0;
   uint64_t total_tokens = 0;
   uint64_t num_shards = 0;
+  uint64_t shard_layout =
+      0;  // FNV-1a of the shards' token counts in order: catches reordered/replaced shards
 
   nlohmann::json to_json() const;
   // Errors (strata::Error) are one line naming the missing or bad field.

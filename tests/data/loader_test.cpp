@@ -328,6 +328,7 @@ TEST_F(LoaderTest, StateJsonRoundTrip) {
   s.world = 8;
   s.total_tokens = 10'000'000'000ull;
   s.num_shards = 100;
+  s.shard_layout = 0xF00DF00DF00DF00Dull;
   const LoaderState r = LoaderState::from_json(nlohmann::json::parse(s.to_json().dump()));
   EXPECT_EQ(r.epoch, s.epoch);
   EXPECT_EQ(r.next_sample, s.next_sample);
@@ -337,6 +338,7 @@ TEST_F(LoaderTest, StateJsonRoundTrip) {
   EXPECT_EQ(r.world, s.world);
   EXPECT_EQ(r.total_tokens, s.total_tokens);
   EXPECT_EQ(r.num_shards, s.num_shards);
+  EXPECT_EQ(r.shard_layout, s.shard_layout);
 
   nlohmann::json j = s.to_json();
   j.erase("seed");
@@ -384,6 +386,10 @@ TEST_F(LoaderTest, RestoreRefusesAnotherRun) {
   const auto other_paths = make_shards(other_sizes, 7, "o");
   expect_error([&] { dl.restore(state_of(DataLoader(other_paths, options(2, kT, 0, 2, 1)))); },
                {"total_tokens 469 differs from this loader's 468", "different dataset"});
+  // The same shards in another order: same count and total, different layout.
+  std::vector<std::string> reordered(paths.rbegin(), paths.rend());
+  expect_error([&] { dl.restore(state_of(DataLoader(reordered, options(2, kT, 0, 2, 1)))); },
+               {"shard_layout", "shards reordered or replaced"});
   // Out of range positions.
   LoaderState bad = good;
   bad.next_sample = 6;
