@@ -1,21 +1,25 @@
 // data/tokenizer.cpp: GPT-2 byte-level BPE (see tokenizer.h for the encoding rule).
 //
-// Speed comes from three things:
-//  - Whole-piece lookup first: most pre-token pieces of English text are tokens themselves (" the", " State").
-//    The bytes -> rank table is open addressing over string_views into the token strings, with a 64-bit
-//    multiply-mix hash and a hash tag per slot so mismatches rarely touch the token bytes.
+// Where the speed comes from (SOTU, one thread: the pre-tokenizer's PCRE2 matching is now the largest cost):
+//  - Whole-piece lookup first: 88% of the pre-token pieces of English text are tokens themselves (" the",
+//    " State"), 9% are single bytes, under 3% need merges. The bytes -> rank table is open addressing whose
+//    16-byte slots hold the token length and first 8 bytes, so a lookup is one cache line and no string compare
+//    for tokens up to 8 bytes.
 //  - Merges by integer pairs: during BPE every part is a token, so "the concatenation of parts a and b is a
 //    token" is exactly "(rank a, rank b) is in the pair table", built once from every split of every token into
-//    two tokens. No string building or hashing of bytes in the merge loop.
-//  - Short pieces (the usual case) merge with a linear scan over small arrays on the stack; long pieces (digit
-//    runs, whitespace runs, invalid bytes: a piece has no length limit) use a heap with lazy deletion, O(n log n).
-//    Both pick the lowest-rank pair, leftmost on ties, so they give identical results.
+//    two tokens (108k pairs for r50k). No string building or hashing of bytes in the merge loop.
+//  - Short pieces merge with a linear scan over small arrays on the stack, and their results are kept in a
+//    per-thread cache; long pieces (digit runs, whitespace runs, invalid bytes: a piece has no length limit) use
+//    a heap with lazy deletion, O(n log n). Both pick the lowest-rank pair, leftmost on ties, as tiktoken does.
+//  - encode_parallel cuts at safe points into ~8 chunks per thread, encodes each into a thread-private vector
+//    (no false sharing) and concatenates in parallel.
 #include "data/tokenizer.h"
 
 #include <lzma.h>
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <charconv>
 #include <cstring>
 #include <queue>
@@ -96,19 +100,42 @@ inline uint64_t mix(uint64_t x) {
   return x;
 }
 
+inline uint64_t load64(const char* p) {
+  uint64_t w;
+  std::memcpy(&w, p, 8);
+  return w;
+}
+inline uint64_t load32(const char* p) {
+  uint32_t w;
+  std::memcpy(&w, p, 4);
+  return w;
+}
+
+// The last 1..8 bytes of p[0, n) as one word, with fixed-size loads only (no memcpy call for a variable size).
+inline uint64_t load_tail(const char* p, size_t n) {
+  if (n >= 8) return load64(p + n - 8);
+  if (n >= 4) return (load32(p) << 32) | load32(p + n - 4);
+  if (n == 0) return 0;
+  const auto* u = reinterpret_cast<const unsigned char*>(p);
+  return (uint64_t{u[0]} << 16) | (uint64_t{u[n >> 1]} << 8) | u[n - 1];
+}
+
 inline uint64_t hash_bytes(const char* p, size_t n) {
   uint64_t h = 0x9E3779B97F4A7C15ULL ^ (n * 0xFF51AFD7ED558CCDULL);
-  while (n >= 8) {
-    uint64_t w;
-    std::memcpy(&w, p, 8);
-    h = (h ^ w) * 0xC4CEB9FE1A85EC53ULL;
+  size_t i = 0;
+  for (; i + 8 < n; i += 8) {
+    h = (h ^ load64(p + i)) * 0xC4CEB9FE1A85EC53ULL;
     h ^= h >> 29;
-    p += 8;
-    n -= 8;
   }
-  uint64_t w = 0;
-  std::memcpy(&w, p, n);
-  return mix((h ^ w) * 0xC4CEB9FE1A85EC53ULL);
+  return mix((h ^ load_tail(p + i, n - i)) * 0xC4CEB9FE1A85EC53ULL);
+}
+
+// memcmp(a, b, n) == 0 for the short strings of BPE, inline.
+inline bool bytes_equal(const char* a, const char* b, size_t n) {
+  if (n <= 8) return load_tail(a, n) == load_tail(b, n);
+  for (size_t i = 0; i + 8 < n; i += 8)
+    if (load64(a + i) != load64(b + i)) return false;
+  return load64(a + n - 8) == load64(b + n - 8);
 }
 
 inline size_t table_capacity(size_t n) {
@@ -124,9 +151,17 @@ struct Tokenizer::Impl {
   uint32_t n = 0;                   // ordinary tokens; eot = n
   std::array<uint32_t, 256> byte_rank{};
 
-  // bytes -> rank: slot = (hash tag << 32) | rank, 0 = empty (rank stored + 1 ... see find_bytes).
-  std::vector<uint64_t> bytes_slots;
+  // bytes -> rank, open addressing. A slot holds the token's length and its first 8 bytes (the whole token for
+  // the usual short ones), so a lookup touches one cache line; only longer tokens read the rest from `tokens`.
+  struct BytesSlot {
+    uint64_t head;  // load_tail(bytes, len) if len <= 8, else the first 8 bytes
+    uint32_t rank;
+    uint32_t len;   // 0 = empty
+  };
+  std::vector<BytesSlot> bytes_slots;
   uint64_t bytes_mask = 0;
+
+  static uint64_t head_of(const char* p, size_t len) { return len <= 8 ? load_tail(p, len) : load64(p); }
 
   // (left rank, right rank) -> merged rank.
   struct PairSlot {
@@ -138,17 +173,17 @@ struct Tokenizer::Impl {
   static constexpr uint64_t kEmptyKey = UINT64_MAX;
 
   PreTokenizer pretok;
+  uint64_t instance = 0;  // unique per tokenizer, so per-thread caches never mix two vocabularies
 
-  uint32_t find_bytes(std::string_view s) const {
-    const uint64_t h = hash_bytes(s.data(), s.size());
-    const uint32_t tag = static_cast<uint32_t>(h >> 32) | 1u;  // never 0, so 0 marks an empty slot
-    for (uint64_t i = h & bytes_mask;; i = (i + 1) & bytes_mask) {
-      const uint64_t slot = bytes_slots[i];
-      if (slot == 0) return kNone;
-      if (static_cast<uint32_t>(slot >> 32) == tag) {
-        const std::string& t = tokens[static_cast<uint32_t>(slot)];
-        if (t.size() == s.size() && std::memcmp(t.data(), s.data(), s.size()) == 0) return static_cast<uint32_t>(slot);
-      }
+  uint32_t find_bytes(std::string_view s) const { return find_bytes(s, hash_bytes(s.data(), s.size())); }
+  uint32_t find_bytes(std::string_view s, uint64_t hash) const {
+    const uint64_t head = head_of(s.data(), s.size());
+    for (uint64_t i = hash & bytes_mask;; i = (i + 1) & bytes_mask) {
+      const BytesSlot& slot = bytes_slots[i];
+      if (slot.len == s.size() && slot.head == head &&
+          (s.size() <= 8 || bytes_equal(tokens[slot.rank].data() + 8, s.data() + 8, s.size() - 8)))
+        return slot.rank;
+      if (slot.len == 0) return kNone;
     }
   }
 
@@ -169,21 +204,24 @@ struct Tokenizer::Impl {
 };
 
 void Tokenizer::Impl::init(std::vector<std::string> by_rank) {
+  static std::atomic<uint64_t> next_instance{1};
+  instance = next_instance.fetch_add(1);
   tokens = std::move(by_rank);
   n = static_cast<uint32_t>(tokens.size());
   tokens.emplace_back(kEndOfText);
   const size_t cap = table_capacity(n);
-  bytes_slots.assign(cap, 0);
+  bytes_slots.assign(cap, BytesSlot{0, kNone, 0});
   bytes_mask = cap - 1;
   for (uint32_t r = 0; r < n; ++r) {
     const std::string& t = tokens[r];
-    const uint64_t h = hash_bytes(t.data(), t.size());
-    const uint64_t tag = (h >> 32) | 1u;
-    uint64_t i = h & bytes_mask;
-    while (bytes_slots[i] != 0) i = (i + 1) & bytes_mask;
-    bytes_slots[i] = (tag << 32) | r;
+    uint64_t i = hash_bytes(t.data(), t.size()) & bytes_mask;
+    while (bytes_slots[i].len != 0) i = (i + 1) & bytes_mask;
+    bytes_slots[i] = BytesSlot{head_of(t.data(), t.size()), r, static_cast<uint32_t>(t.size())};
   }
-  for (int b = 0; b < 256; ++b) byte_rank[b] = find_bytes(std::string_view(reinterpret_cast<const char*>(&b), 1));
+  for (int b = 0; b < 256; ++b) {
+    const char c = static_cast<char>(b);
+    byte_rank[b] = find_bytes(std::string_view(&c, 1));
+  }
 
   // Every split of every token into two tokens. A token with several such splits gets several pairs, all
   // mapping to it, exactly as "the concatenation is a token" would.
@@ -218,6 +256,7 @@ void Tokenizer::Impl::merge_short(std::string_view piece, std::vector<TokenId>& 
   size_t m = piece.size();
   for (size_t i = 0; i < m; ++i) part[i] = byte_rank[static_cast<unsigned char>(piece[i])];
   for (size_t i = 0; i + 1 < m; ++i) pair[i] = find_pair(part[i], part[i + 1]);
+  pair[m - 1] = kNone;  // never a real pair; keeps the shifts below reading initialized values
   while (m > 1) {
     uint32_t best = kNone;
     size_t at = 0;
@@ -228,8 +267,10 @@ void Tokenizer::Impl::merge_short(std::string_view piece, std::vector<TokenId>& 
       }
     if (best == kNone) break;
     part[at] = best;
-    std::memmove(part + at + 1, part + at + 2, (m - at - 2) * sizeof(uint32_t));
-    if (at + 2 < m) std::memmove(pair + at + 1, pair + at + 2, (m - at - 2) * sizeof(uint32_t));
+    for (size_t i = at + 1; i + 1 < m; ++i) {
+      part[i] = part[i + 1];
+      pair[i] = pair[i + 1];
+    }
     --m;
     if (at > 0) pair[at - 1] = find_pair(part[at - 1], part[at]);
     if (at + 1 < m) pair[at] = find_pair(part[at], part[at + 1]);
@@ -241,6 +282,7 @@ void Tokenizer::Impl::merge_long(std::string_view piece, std::vector<TokenId>& o
   // Parts are identified by their start byte; a merged-away part is dead. A heap entry names a pair by the
   // starts of its two parts and the end of the right one, so it is stale exactly when any of those changed.
   const size_t len = piece.size();
+  STRATA_REQUIRE(len < kNone, "cannot encode a single pre-token piece of ", len, " bytes (the limit is 4 GiB)");
   std::vector<uint32_t> rank(len), next(len), prev(len);
   std::vector<bool> dead(len, false);
   for (size_t i = 0; i < len; ++i) {
@@ -274,20 +316,66 @@ void Tokenizer::Impl::merge_long(std::string_view piece, std::vector<TokenId>& o
   for (uint32_t i = 0; i < len; i = next[i]) out.push_back(rank[i]);
 }
 
+namespace {
+
+// Per-thread cache of BPE results for pieces that are not tokens themselves (a few percent of pieces in English
+// text, but each costs a whole merge loop). Direct-mapped by the piece hash; an entry is valid only for the
+// tokenizer instance that wrote it. 4096 x 64 B = 256 KiB per thread.
+struct MergeCache {
+  static constexpr size_t kEntries = 4096;
+  static constexpr size_t kMaxBytes = 24;
+  static constexpr size_t kMaxIds = 7;
+  struct alignas(64) Entry {
+    uint64_t instance = 0;  // 0 = empty
+    uint8_t len = 0;
+    uint8_t n_ids = 0;
+    char bytes[kMaxBytes];
+    uint32_t ids[kMaxIds];
+  };
+  static_assert(sizeof(Entry) == 64, "one cache line per entry");
+  std::vector<Entry> entries = std::vector<Entry>(kEntries);
+};
+
+MergeCache& merge_cache() {
+  thread_local MergeCache cache;
+  return cache;
+}
+
+}  // namespace
+
 void Tokenizer::Impl::encode_piece(std::string_view piece, std::vector<TokenId>& out) const {
   if (piece.size() == 1) {
     out.push_back(byte_rank[static_cast<unsigned char>(piece[0])]);
     return;
   }
-  const uint32_t whole = find_bytes(piece);
+  const uint64_t hash = hash_bytes(piece.data(), piece.size());
+  const uint32_t whole = find_bytes(piece, hash);
   if (whole != kNone) {
     out.push_back(whole);
     return;
   }
-  if (piece.size() <= kShortPiece)
-    merge_short(piece, out);
-  else
-    merge_long(piece, out);
+  if (piece.size() > MergeCache::kMaxBytes) {
+    if (piece.size() <= kShortPiece)
+      merge_short(piece, out);
+    else
+      merge_long(piece, out);
+    return;
+  }
+  MergeCache::Entry& e = merge_cache().entries[(hash >> 20) & (MergeCache::kEntries - 1)];
+  if (e.instance == instance && e.len == piece.size() && std::memcmp(e.bytes, piece.data(), piece.size()) == 0) {
+    out.insert(out.end(), e.ids, e.ids + e.n_ids);
+    return;
+  }
+  const size_t before = out.size();
+  merge_short(piece, out);
+  const size_t n_ids = out.size() - before;
+  if (n_ids <= MergeCache::kMaxIds) {
+    e.instance = instance;
+    e.len = static_cast<uint8_t>(piece.size());
+    e.n_ids = static_cast<uint8_t>(n_ids);
+    std::memcpy(e.bytes, piece.data(), piece.size());
+    std::copy(out.begin() + static_cast<std::ptrdiff_t>(before), out.end(), e.ids);
+  }
 }
 
 void Tokenizer::Impl::encode_ordinary(std::string_view text, std::vector<TokenId>& out) const {
@@ -332,9 +420,8 @@ void validate_tokens(const std::vector<std::string>& tokens, const std::string& 
 
 Tokenizer Tokenizer::load(const std::string& path) {
   const std::string data = read_file(path);
-  std::vector<std::string> by_rank;
-  std::vector<size_t> line_of;  // by rank; 0 = not given
-  std::vector<std::pair<uint32_t, std::string>> entries;
+  std::vector<std::pair<uint32_t, std::string>> entries;  // (rank, bytes) in file order
+  std::vector<size_t> line_of;                             // line number of each entry
   size_t line_no = 0;
   size_t pos = 0;
   std::string bytes;
@@ -345,23 +432,22 @@ Tokenizer Tokenizer::load(const std::string& path) {
     pos = eol + 1;
     ++line_no;
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    const std::string where = cat(path, ":", line_no);
     const size_t sp = line.find(' ');
     STRATA_REQUIRE(sp != std::string_view::npos && sp > 0 && line.find(' ', sp + 1) == std::string_view::npos,
-                   where, ": expected 'base64 rank', got '", line.substr(0, 60), "'");
+                   path, ":", line_no, ": expected 'base64 rank', got '", line.substr(0, 60), "'");
     const std::string_view b64 = line.substr(0, sp);
     const std::string_view rank_text = line.substr(sp + 1);
     uint32_t rank = 0;
     const auto [end, ec] = std::from_chars(rank_text.data(), rank_text.data() + rank_text.size(), rank);
-    STRATA_REQUIRE(!rank_text.empty() && ec == std::errc() && end == rank_text.data() + rank_text.size(), where,
-                   ": rank '", rank_text.substr(0, 20), "' is not a non-negative integer");
-    STRATA_REQUIRE(base64_decode(b64, bytes), where, ": '", b64.substr(0, 60), "' is not valid base64");
+    STRATA_REQUIRE(!rank_text.empty() && ec == std::errc() && end == rank_text.data() + rank_text.size(), path,
+                   ":", line_no, ": rank '", rank_text.substr(0, 20), "' is not a non-negative integer");
+    STRATA_REQUIRE(base64_decode(b64, bytes), path, ":", line_no, ": '", b64.substr(0, 60), "' is not valid base64");
     entries.emplace_back(rank, bytes);
     line_of.push_back(line_no);
   }
   const size_t n = entries.size();
   STRATA_REQUIRE(n > 0, path, ": no tokens");
-  by_rank.assign(n, std::string());
+  std::vector<std::string> by_rank(n);
   std::vector<size_t> rank_line(n, 0);
   for (size_t i = 0; i < n; ++i) {
     const uint32_t r = entries[i].first;
@@ -439,10 +525,11 @@ std::vector<TokenId> Tokenizer::encode(std::string_view text, bool allow_special
 
 namespace {
 
-// Chunks for parallel encoding: big enough that per-chunk overhead vanishes (~1 MiB), small enough that every
-// thread gets several, never below kMinChunk.
+// Chunks for parallel encoding: about 8 per thread so that uneven chunks still balance, at most 1 MiB, and at
+// least 64 KiB (about a millisecond of work, far above the per-chunk cost of a vector and a safe-cut scan).
 constexpr size_t kMaxChunk = size_t{1} << 20;
-constexpr size_t kMinChunk = size_t{256} << 10;
+constexpr size_t kMinChunk = size_t{64} << 10;
+constexpr size_t kChunksPerThread = 8;
 
 struct Chunk {
   std::string_view text;
@@ -454,7 +541,7 @@ struct Chunk {
 std::vector<TokenId> Tokenizer::encode_parallel(std::string_view text, bool allow_special, int threads) const {
   const int nt = resolve_threads(threads);
   if (nt <= 1 || text.size() < 2 * kMinChunk) return encode(text, allow_special);
-  const size_t chunk_bytes = std::clamp(text.size() / (4 * static_cast<size_t>(nt)), kMinChunk, kMaxChunk);
+  const size_t chunk_bytes = std::clamp(text.size() / (kChunksPerThread * static_cast<size_t>(nt)), kMinChunk, kMaxChunk);
 
   // Cut at special tokens first (they separate texts anyway), then at safe points inside each segment.
   std::vector<Chunk> chunks;
@@ -480,15 +567,22 @@ std::vector<TokenId> Tokenizer::encode_parallel(std::string_view text, bool allo
 
   std::vector<std::vector<TokenId>> parts(chunks.size());
   parallel_for(chunks.size(), nt, [&](size_t i) {
-    parts[i].reserve(chunks[i].text.size() / 4 + 8);
-    impl_->encode_ordinary(chunks[i].text, parts[i]);
-    if (chunks[i].eot_after) parts[i].push_back(impl_->n);
+    // Encode into a local vector: pushing into parts[i] directly would write its end pointer, which shares a
+    // cache line with the neighbouring chunks' vectors, on every token (false sharing across threads).
+    std::vector<TokenId> ids;
+    ids.reserve(chunks[i].text.size() / 4 + 8);
+    impl_->encode_ordinary(chunks[i].text, ids);
+    if (chunks[i].eot_after) ids.push_back(impl_->n);
+    parts[i] = std::move(ids);
   });
-  size_t total = 0;
-  for (const auto& p : parts) total += p.size();
-  std::vector<TokenId> out;
-  out.reserve(total);
-  for (const auto& p : parts) out.insert(out.end(), p.begin(), p.end());
+  // Concatenate in parallel too: with many threads a serial copy of every id would be a visible serial tail.
+  std::vector<size_t> offset(parts.size() + 1, 0);
+  for (size_t i = 0; i < parts.size(); ++i) offset[i + 1] = offset[i] + parts[i].size();
+  std::vector<TokenId> out(offset.back());
+  parallel_for(parts.size(), nt, [&](size_t i) {
+    std::copy(parts[i].begin(), parts[i].end(), out.begin() + static_cast<std::ptrdiff_t>(offset[i]));
+    std::vector<TokenId>().swap(parts[i]);
+  });
   return out;
 }
 

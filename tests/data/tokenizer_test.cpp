@@ -66,8 +66,12 @@ std::string from_hex(const std::string& hex) {
 
 std::string ids_str(const Ids& ids) {
   std::string s = "[";
-  for (size_t i = 0; i < ids.size(); ++i) s += (i ? "," : "") + std::to_string(ids[i]);
-  return s + "]";
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (i) s += ',';
+    s += std::to_string(ids[i]);
+  }
+  s += ']';
+  return s;
 }
 
 // Random text from fragments that exercise every pre-token class, with occasional invalid bytes.
@@ -225,7 +229,6 @@ TEST(Tokenizer, RoundTripsRandomBytes) {
       const uint64_t r = rng();
       c = static_cast<char>(mode == 0 ? r % 256 : mode == 1 ? 0x80 + r % 128 : (r % 8 ? 0x20 + r % 95 : r % 256));
     }
-    if (i == 0) s = "\x01\xff\x80 a";  // never an all-zero or empty-only run
     for (bool special : {false, true}) {
       const Ids ids = tok.encode(s, special);
       ASSERT_EQ(tok.decode(ids), s) << "random string " << i;
@@ -291,12 +294,14 @@ TEST(Tokenizer, BatchMatchesPerDocument) {
   }
 }
 
+// Pieces that need merges are cached per thread; the cache must tell vocabularies apart.
 TEST(Tokenizer, TwoTokenizersInOneThreadDoNotMix) {
   auto tokens = byte_tokens();
   tokens.push_back("th");
   const Tokenizer tiny = Tokenizer::from_tokens(tokens);
   const Tokenizer& big = gpt2();
-  const std::string text = "the thinking of the thousand things";
+  const std::string text = "thxthx zthzth qthq";
+  ASSERT_GT(big.encode(" zthzth").size(), 1u);  // merged (cached) by both tokenizers, not a whole token
   const Ids a = big.encode(text), b = tiny.encode(text);
   for (int i = 0; i < 3; ++i) {
     EXPECT_EQ(big.encode(text), a);
