@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "data/documents.h"
 #include "data/tokenizer.h"
 #include "engine/check.h"
 #include "engine/fileio.h"
@@ -22,22 +23,12 @@
 
 namespace {
 
+// The corpus's documents joined with blank lines (JSON Lines or plain text, as `strata prepare` reads them).
 std::string load_corpus_text(const std::string& path) {
-  const std::string data = strata::read_file(path);
   std::string text;
-  size_t pos = 0, line_no = 0;
-  while (pos < data.size()) {
-    size_t eol = data.find('\n', pos);
-    if (eol == std::string::npos) eol = data.size();
-    const std::string_view line(data.data() + pos, eol - pos);
-    pos = eol + 1;
-    ++line_no;
-    if (line.find_first_not_of(" \t\r") == std::string_view::npos) continue;
-    const auto doc = nlohmann::json::parse(line, nullptr, false);
-    STRATA_REQUIRE(doc.is_object() && doc.contains("text") && doc["text"].is_string(), path, ":", line_no,
-                   ": expected a JSON object with a string \"text\" field");
+  for (const auto& doc : strata::data::read_documents(path)) {
     if (!text.empty()) text += "\n\n";
-    text += doc["text"].get<std::string>();
+    text += doc.text;
   }
   STRATA_REQUIRE(!text.empty(), path, ": no documents");
   return text;

@@ -10,10 +10,6 @@
 namespace strata::data {
 namespace {
 
-bool ends_with(std::string_view s, std::string_view suffix) {
-  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
-}
-
 std::vector<Document> parse_jsonl(const std::string& path, const std::string& content) {
   std::vector<Document> docs;
   size_t pos = 0;
@@ -45,8 +41,8 @@ std::vector<Document> parse_jsonl(const std::string& path, const std::string& co
 std::vector<Document> read_documents(const std::string& path) {
   std::string content = read_file(path);
   std::string_view logical = path;
-  if (ends_with(logical, ".xz")) logical.remove_suffix(3);
-  if (ends_with(logical, ".jsonl")) return parse_jsonl(path, content);
+  if (logical.ends_with(".xz")) logical.remove_suffix(3);
+  if (logical.ends_with(".jsonl")) return parse_jsonl(path, content);
   std::vector<Document> docs;
   docs.push_back({path, std::move(content)});
   return docs;

@@ -15,7 +15,6 @@
 //    (no false sharing) and concatenates in parallel.
 #include "data/tokenizer.h"
 
-#include <lzma.h>
 
 #include <algorithm>
 #include <array>
@@ -481,19 +480,7 @@ void Tokenizer::save(const std::string& path) const {
     text += std::to_string(r);
     text += '\n';
   }
-  if (path.size() >= 3 && path.compare(path.size() - 3, 3, ".xz") == 0) {
-    // Compressed like the committed default, so load() reads it back transparently.
-    std::string xz(lzma_stream_buffer_bound(text.size()), '\0');
-    size_t written = 0;
-    const lzma_ret ret = lzma_easy_buffer_encode(6, LZMA_CHECK_CRC64, nullptr,
-                                                 reinterpret_cast<const uint8_t*>(text.data()), text.size(),
-                                                 reinterpret_cast<uint8_t*>(xz.data()), &written, xz.size());
-    STRATA_REQUIRE(ret == LZMA_OK, "cannot write '", path, "': xz compression failed (liblzma error ",
-                   static_cast<int>(ret), ")");
-    xz.resize(written);
-    text = std::move(xz);
-  }
-  write_file_atomic(path, text);
+  write_file_atomic(path, text);  // compressed when the path ends in .xz, like the committed default
 }
 
 uint32_t Tokenizer::vocab_size() const { return impl_->n + 1; }

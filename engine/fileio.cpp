@@ -18,10 +18,6 @@
 namespace strata {
 namespace {
 
-bool ends_with(std::string_view s, std::string_view suffix) {
-  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
-}
-
 std::string read_raw(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   STRATA_REQUIRE(in, "cannot open '", path, "': ", std::strerror(errno));
@@ -67,6 +63,18 @@ std::string xz_decompress(const std::string& path, const std::string& compressed
   return out;
 }
 
+std::string xz_compress(const std::string& path, std::string_view data) {
+  std::string out(lzma_stream_buffer_bound(data.size()), '\0');
+  size_t written = 0;
+  const lzma_ret ret = lzma_easy_buffer_encode(6, LZMA_CHECK_CRC64, nullptr,
+                                               reinterpret_cast<const uint8_t*>(data.data()), data.size(),
+                                               reinterpret_cast<uint8_t*>(out.data()), &written, out.size());
+  STRATA_REQUIRE(ret == LZMA_OK, "cannot write '", path, "': xz compression failed (liblzma error ",
+                 static_cast<int>(ret), ")");
+  out.resize(written);
+  return out;
+}
+
 }  // namespace
 
 bool file_exists(const std::string& path) {
@@ -76,7 +84,7 @@ bool file_exists(const std::string& path) {
 
 std::string read_file(const std::string& path) {
   std::string raw = read_raw(path);
-  if (ends_with(path, ".xz")) return xz_decompress(path, raw);
+  if (std::string_view(path).ends_with(".xz")) return xz_decompress(path, raw);
   return raw;
 }
 
@@ -118,7 +126,10 @@ void AtomicFile::commit() {
 
 void write_file_atomic(const std::string& path, std::string_view content) {
   AtomicFile f(path);
-  f.write(content);
+  if (std::string_view(path).ends_with(".xz"))
+    f.write(xz_compress(path, content));
+  else
+    f.write(content);
   f.commit();
 }
 

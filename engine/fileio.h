@@ -39,7 +39,8 @@ class AtomicFile {
   bool committed_ = false;
 };
 
-// Writes the whole of `content` to `path` atomically.
+// Writes the whole of `content` to `path` atomically; a path ending in ".xz" is written xz-compressed, so
+// read_file() reads it back transparently.
 void write_file_atomic(const std::string& path, std::string_view content);
 
 // Each pattern may be a file, a directory (its regular files, non-recursive) or a glob ("data/*.txt").

@@ -66,6 +66,16 @@ TEST_F(FileIoTest, ReadsXzTransparently) {
   EXPECT_EQ(strata::read_file(path("t.bin.xz")), text);
 }
 
+TEST_F(FileIoTest, XzPathIsWrittenCompressedAndReadBack) {
+  const std::string text = std::string(20000, 'a') + random_bytes(3000, 3);
+  strata::write_file_atomic(path("w.bin.xz"), text);
+  std::ifstream raw(path("w.bin.xz"), std::ios::binary);
+  std::string magic(6, '\0');
+  raw.read(magic.data(), 6);
+  EXPECT_EQ(magic, std::string("\xFD" "7zXZ\0", 6));  // the xz stream header, so not stored raw
+  EXPECT_EQ(strata::read_file(path("w.bin.xz")), text);
+}
+
 TEST_F(FileIoTest, CorruptXzIsOneLineErrorNamingTheFile) {
   { std::ofstream(path("bad.xz"), std::ios::binary) << "\xFD" "7zXZ this is not xz"; }
   try {
