@@ -9,7 +9,7 @@ cp $b/strata .devcarry/
 find $b/tests -maxdepth 1 -type f -name '*_test' -exec cp {} .devcarry/tests/ \;
 cp $b/bench/tokenizer_bench .devcarry/bench/
 for lib in libpcre2-8.so.0 liblzma.so.5 libcudart.so.13; do
-  path=$(ldd $b/strata $b/tests/* 2>/dev/null | awk -v l="$lib" '$1 == l {print $3; exit}')
+  path=$(ldd $b/strata .devcarry/tests/kernels_cuda_device_test 2>/dev/null | awk -v l="$lib" '$1 == l {p = $3} END {print p}')
   [[ -n "$path" ]] && cp -L "$path" .devcarry/lib/
 done
 strip .devcarry/strata .devcarry/tests/* .devcarry/bench/* 2>/dev/null || true
