@@ -34,8 +34,6 @@ inline size_t utf8_char_len(const unsigned char* s, size_t n) {
   return 0;
 }
 
-inline bool is_ascii_letter(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
-
 }  // namespace
 
 size_t valid_utf8_prefix(std::string_view s) {
@@ -58,11 +56,35 @@ size_t valid_utf8_prefix(std::string_view s) {
   return n;
 }
 
+namespace {
+
+// A letter followed by a valid character that is not a letter; the cut goes between them. Compiled with
+// MATCH_INVALID_UTF so it can search raw text: invalid bytes match nothing (no cut next to them).
+struct CutPattern {
+  pcre2_code* code = nullptr;
+  CutPattern() {
+    int err = 0;
+    PCRE2_SIZE off = 0;
+    code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(R"(\p{L}(?=[^\p{L}]))"), PCRE2_ZERO_TERMINATED,
+                         PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &err, &off, nullptr);
+    STRATA_CHECK(code, "cannot compile the cut pattern (PCRE2 error ", err, ")");
+    pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);  // falls back to the interpreter if JIT is unavailable
+  }
+  ~CutPattern() { pcre2_code_free(code); }
+};
+
+}  // namespace
+
 size_t find_safe_cut(std::string_view text, size_t from) {
+  static const CutPattern pattern;
   if (from == 0) from = 1;
-  for (size_t p = from; p + 1 < text.size(); ++p)
-    if (text[p] == ' ' && is_ascii_letter(text[p - 1]) && is_ascii_letter(text[p + 1])) return p;
-  return text.size();
+  if (from >= text.size()) return text.size();
+  thread_local pcre2_match_data* md = pcre2_match_data_create(1, nullptr);
+  // The letter may start one byte before `from` so that a cut exactly at `from` is found.
+  const int rc = pcre2_match(pattern.code, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), from - 1,
+                             0, md, nullptr);
+  if (rc <= 0) return text.size();
+  return pcre2_get_ovector_pointer(md)[1];
 }
 
 struct PreTokenizer::Impl {
@@ -118,7 +140,9 @@ PreTokenizer::~PreTokenizer() {
 PreTokenizer::PreTokenizer(PreTokenizer&&) noexcept = default;
 PreTokenizer& PreTokenizer::operator=(PreTokenizer&&) noexcept = default;
 
-const char* PreTokenizer::pattern() { return kGpt2Pattern; }
+const char* PreTokenizer::pattern() {
+  return kGpt2Pattern;
+}
 
 void PreTokenizer::split(std::string_view text, const std::function<void(std::string_view)>& fn) const {
   ThreadMatchState& st = thread_state();
@@ -133,10 +157,12 @@ void PreTokenizer::split(std::string_view text, const std::function<void(std::st
     while (off < seg_len) {
       // The segment is validated above, so PCRE2's own UTF check is skipped. Matching stops at seg_len, which
       // makes the segment end behave as the end of a text for (?!\S).
-      int rc = impl_->jit ? pcre2_jit_match(impl_->code, subject, seg_len, off, PCRE2_NO_UTF_CHECK, st.md, st.mctx)
-                          : PCRE2_ERROR_JIT_BADOPTION;
+      int rc = impl_->jit
+                   ? pcre2_jit_match(impl_->code, subject, seg_len, off, PCRE2_NO_UTF_CHECK, st.md, st.mctx)
+                   : PCRE2_ERROR_JIT_BADOPTION;
       if (rc == PCRE2_ERROR_JIT_STACKLIMIT || rc == PCRE2_ERROR_JIT_BADOPTION)
-        rc = pcre2_match(impl_->code, subject, seg_len, off, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, st.md, nullptr);
+        rc = pcre2_match(impl_->code, subject, seg_len, off, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, st.md,
+                         nullptr);
       STRATA_CHECK(rc > 0, "GPT-2 pattern failed to match valid UTF-8 (PCRE2 code ", rc, ")");
       const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(st.md);
       // The pattern matches every valid character (\s+ or [^\s\p{L}\p{N}]+ or a letter/number class), so

@@ -40,9 +40,13 @@ class PreTokenizer {
   std::unique_ptr<Impl> impl_;
 };
 
-// A position p in `text` (0 < p < size) at or after `from` where cutting the text and splitting both halves
-// separately gives the same pieces as splitting the whole text: an ASCII letter, a space, and an ASCII letter
-// with the cut before the space. Returns text.size() if there is none. Used to encode large inputs in parallel.
+// A position p in `text` (from <= p < size, p > 0) where cutting the text and splitting both halves separately
+// gives the same pieces as splitting the whole text; text.size() if there is none. The cut goes after a letter
+// (\p{L}) that is followed by a valid character that is not a letter. Why that is safe: the piece holding the
+// letter is a letter run (` ?\p{L}+`) or a contraction ('s ...), and either ends exactly at p in the whole text
+// and in the left half alike; the only look-ahead, (?!\S), follows a whitespace run, which cannot end at a
+// letter; and matching restarts at p with no look-behind, so the right half sees what the whole text sees.
+// Used to encode large inputs in parallel; works for any script with letters (Latin, CJK, ...).
 size_t find_safe_cut(std::string_view text, size_t from);
 
 }  // namespace strata::data

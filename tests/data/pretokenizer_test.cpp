@@ -183,9 +183,43 @@ TEST(PreTokenizer, SafeCutOnRandomText) {
     split.insert(split.end(), rest.begin(), rest.end());
     ASSERT_EQ(split, pieces(s)) << "string " << i << " cut " << cut;
   }
-  EXPECT_EQ(find_safe_cut("no-cut-here", 0), 11u);
+  EXPECT_EQ(find_safe_cut("no-cut-here", 0), 2u);  // after the letter o, before '-'
   EXPECT_EQ(find_safe_cut("ab cd", 0), 2u);
-  EXPECT_EQ(find_safe_cut("ab cd", 3), 5u);
+  EXPECT_EQ(find_safe_cut("ab cd", 2), 2u);         // a cut exactly at `from`
+  EXPECT_EQ(find_safe_cut("ab cd", 3), 5u);         // "cd" runs to the end: none
+  EXPECT_EQ(find_safe_cut("12 34 !!", 0), 8u);      // no letters: none
+  EXPECT_EQ(find_safe_cut("\xe4\xb8\xad\xe6\x96\x87\xe3\x80\x82", 0), 6u);  // 中文。 cut before 。
+  EXPECT_EQ(find_safe_cut("ab\xff", 0), 3u);       // before an invalid byte: none
+}
+
+// The same property on text in scripts without ASCII spaces (CJK, Thai, Cyrillic), with digits, punctuation,
+// whitespace, contractions and invalid bytes mixed in.
+TEST(PreTokenizer, SafeCutOnNonLatinText) {
+  static const std::vector<std::string> kAtoms = {"\xe4\xb8\xad", "\xe6\x96\x87", "\xe3\x80\x82", "\xef\xbc\x8c",
+                                                  "\xe0\xb8\x81", "\xd0\xb4", " ", "\n", "7", "'s", "'", "a",
+                                                  "\xf0\x9f\x99\x82", "\xff", "\xe4\xb8", "  "};
+  std::mt19937_64 rng(kSeed + 4);
+  int checked = 0;
+  for (int i = 0; i < 1000; ++i) {
+    std::string s;
+    const size_t atoms = 1 + rng() % 120;
+    for (size_t k = 0; k < atoms; ++k) s += kAtoms[rng() % kAtoms.size()];
+    const size_t from = rng() % s.size();
+    const size_t cut = find_safe_cut(s, from);
+    ASSERT_LE(cut, s.size());
+    if (cut == s.size()) continue;
+    ASSERT_GE(cut, std::max<size_t>(from, 1));
+    ++checked;
+    Pieces split = pieces(s.substr(0, cut));
+    const Pieces rest = pieces(s.substr(cut));
+    split.insert(split.end(), rest.begin(), rest.end());
+    ASSERT_EQ(split, pieces(s)) << "string " << i << " cut " << cut;
+    std::vector<TokenId> ids = gpt2().encode(s.substr(0, cut));
+    const std::vector<TokenId> more = gpt2().encode(s.substr(cut));
+    ids.insert(ids.end(), more.begin(), more.end());
+    ASSERT_EQ(ids, gpt2().encode(s)) << "string " << i << " cut " << cut;
+  }
+  EXPECT_GT(checked, 500);
 }
 
 // strata's \s is PCRE2's (Unicode 14 White_Space-like): this pins the code points where it differs from

@@ -278,6 +278,12 @@ TEST(Tokenizer, ParallelMatchesSerialOnRandomText) {
         EXPECT_EQ(tok.encode_parallel(text, special, threads), serial) << bytes << " bytes, threads " << threads;
     }
   }
+  // Chinese with no spaces: the cuts fall after letters before punctuation (find_safe_cut), not at spaces.
+  static const std::vector<std::string> kCjk = {"中", "文", "国", "家", "语", "言", "。", "，", "、", "1", "\n"};
+  std::string cjk;
+  while (cjk.size() < 2'000'000) cjk += kCjk[rng() % kCjk.size()];
+  const Ids serial = tok.encode(cjk);
+  for (int threads : {2, 3, 7}) EXPECT_EQ(tok.encode_parallel(cjk, false, threads), serial) << "CJK, threads " << threads;
   EXPECT_TRUE(tok.encode_parallel("", true, 4).empty());
 }
 
