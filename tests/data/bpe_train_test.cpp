@@ -21,6 +21,7 @@
 #include "data/pretokenizer.h"
 #include "data/tokenizer.h"
 #include "engine/check.h"
+#include "tests/test_util.h"
 #include "engine/fileio.h"
 
 namespace strata::data {
@@ -355,36 +356,19 @@ TEST(BpeTrain, Errors) {
 
 // ---- the CLI ---------------------------------------------------------------------------------------------------
 
-class BpeTrainCli : public ::testing::Test {
+class BpeTrainCli : public strata::test::TempDirTest {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("strata_bpe_train_test_" + std::to_string(::getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+    TempDirTest::SetUp();
     input_ = (dir_ / "in.txt").string();
     std::mt19937_64 rng(5);
     text_ = random_text(rng, 3000, "etaoinshr");
     write_file_atomic(input_, text_);
   }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  // Runs the strata binary; returns the exit status, captures stdout + stderr.
-  static int run_strata(const std::string& args, std::string* output) {
-    const std::string cmd = std::string(STRATA_BINARY) + " " + args + " 2>&1";
-    FILE* p = ::popen(cmd.c_str(), "r");
-    if (!p) return -1;
-    std::array<char, 4096> buf{};
-    output->clear();
-    size_t n;
-    while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) output->append(buf.data(), n);
-    const int status = ::pclose(p);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  }
-
   // A failing run: exit 1, its last line the one error line, naming `what`; no output file.
   void expect_error(const std::string& args, const std::string& out_path, const std::string& what) {
     std::string out;
-    EXPECT_EQ(run_strata("tokenizer train --no-progress " + args, &out), 1) << out;
+    EXPECT_EQ(strata::test::run_strata("tokenizer train --no-progress " + args, &out), 1) << out;
     const auto err = out.find("strata: error: ");
     ASSERT_NE(err, std::string::npos) << out;
     EXPECT_NE(out.find(what, err), std::string::npos) << out;
@@ -392,14 +376,13 @@ class BpeTrainCli : public ::testing::Test {
     EXPECT_FALSE(fs::exists(out_path)) << out_path;
   }
 
-  fs::path dir_;
   std::string input_, text_;
 };
 
 TEST_F(BpeTrainCli, TrainsAndWritesALoadableVocabulary) {
   const std::string out_path = (dir_ / "v.tiktoken").string();
   std::string out;
-  ASSERT_EQ(run_strata("tokenizer train --no-progress --input " + input_ + " --vocab-size 400 --threads 2 --output " +
+  ASSERT_EQ(strata::test::run_strata("tokenizer train --no-progress --input " + input_ + " --vocab-size 400 --threads 2 --output " +
                            out_path,
                        &out),
             0)
@@ -427,7 +410,7 @@ TEST_F(BpeTrainCli, ErrorsAreOneLineAndWriteNothing) {
 
 TEST_F(BpeTrainCli, HelpListsEveryFlag) {
   std::string out;
-  ASSERT_EQ(run_strata("tokenizer train --help", &out), 0) << out;
+  ASSERT_EQ(strata::test::run_strata("tokenizer train --help", &out), 0) << out;
   for (const char* flag : {"--input", "--output", "--vocab-size", "--threads", "--min-frequency", "--no-progress",
                            "sotu.jsonl.xz", "8192"})
     EXPECT_NE(out.find(flag), std::string::npos) << flag << "\n" << out;

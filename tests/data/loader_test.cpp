@@ -16,6 +16,7 @@
 
 #include "data/shard.h"
 #include "engine/check.h"
+#include "tests/test_util.h"
 
 namespace strata::data {
 namespace {
@@ -32,17 +33,8 @@ struct Batch {
   bool operator==(const Batch&) const = default;
 };
 
-class LoaderTest : public ::testing::Test {
+class LoaderTest : public strata::test::TempDirTest {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() /
-           cat("strata_loader_test_", ::getpid(), "_", info->name(), "_", std::random_device{}());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
   // Writes shards of the given token counts (seeded random tokens in [1, kVocab)) and returns their paths.
   std::vector<std::string> make_shards(const std::vector<size_t>& sizes, uint64_t seed,
                                        const std::string& prefix = "s") {
@@ -96,7 +88,6 @@ class LoaderTest : public ::testing::Test {
     return out;
   }
 
-  fs::path dir_;
   std::vector<std::vector<uint32_t>> tokens_;
   std::vector<SampleId> natural_;
   std::map<std::vector<int32_t>, SampleId> windows_;

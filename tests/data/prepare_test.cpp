@@ -17,6 +17,7 @@
 #include "data/shard.h"
 #include "data/tokenizer.h"
 #include "engine/check.h"
+#include "tests/test_util.h"
 #include "engine/fileio.h"
 
 namespace fs = std::filesystem;
@@ -47,15 +48,12 @@ std::vector<std::string> make_docs(size_t n, uint64_t seed) {
   return docs;
 }
 
-class PrepareTest : public ::testing::Test {
+class PrepareTest : public strata::test::TempDirTest {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           (std::string("strata_prepare_") + ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
+    TempDirTest::SetUp();
     fs::create_directories(dir_ / "in");
   }
-  void TearDown() override { fs::remove_all(dir_); }
 
   // Writes docs as JSON Lines.
   std::string write_jsonl(const std::string& name, const std::vector<std::string>& docs) {
@@ -95,7 +93,6 @@ class PrepareTest : public ::testing::Test {
     std::sort(names.begin(), names.end());
     return names;
   }
-  fs::path dir_;
 };
 
 TEST_F(PrepareTest, ShardsHoldEotPlusEncodingOfEachDocumentInOrder) {
@@ -200,18 +197,7 @@ TEST_F(PrepareTest, BadInputFailsInOneLineAndLeavesTheFolderAsItWas) {
   EXPECT_EQ(strata::read_file((dir_ / "out" / "manifest.json").string()), manifest_before);
 }
 
-// Runs the strata binary; returns exit status, captures stdout+stderr.
-int run_strata(const std::string& args, std::string* output) {
-  const std::string cmd = std::string(STRATA_BINARY) + " " + args + " 2>&1";
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (!p) return -1;
-  std::array<char, 4096> buf{};
-  output->clear();
-  size_t n;
-  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) output->append(buf.data(), n);
-  const int status = ::pclose(p);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
+using strata::test::run_strata;
 
 TEST_F(PrepareTest, CliErrorIsOneLineAndNonZeroExit) {
   std::string out;

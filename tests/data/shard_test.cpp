@@ -14,28 +14,14 @@
 #include <vector>
 
 #include "engine/check.h"
+#include "tests/test_util.h"
 
 namespace strata::data {
 namespace {
 
 namespace fs = std::filesystem;
 
-// A fresh directory per test, removed afterwards.
-class ShardTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() /
-           cat("strata_shard_test_", ::getpid(), "_", info->name(), "_", std::random_device{}());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-
-  fs::path dir_;
-};
+using ShardTest = strata::test::TempDirTest;
 
 // Seeded random tokens in [1, vocab): never all zeros.
 std::vector<uint32_t> random_tokens(size_t n, uint32_t vocab, uint64_t seed) {

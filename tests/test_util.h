@@ -1,0 +1,47 @@
+// tests/test_util.h: helpers shared by the test suites.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+#include <string>
+
+namespace strata::test {
+
+// A fixture with a fresh folder per test, unique across processes, removed afterwards.
+class TempDirTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    dir_ = std::filesystem::temp_directory_path() /
+           (std::string("strata_") + info->test_suite_name() + "_" + info->name() + "_" +
+            std::to_string(::getpid()) + "_" + std::to_string(std::random_device{}()));
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+
+  std::filesystem::path dir_;
+};
+
+// Runs the strata binary built with the tests with `args` (shell syntax); returns its exit status and
+// captures stdout + stderr into *output.
+inline int run_strata(const std::string& args, std::string* output) {
+  const std::string cmd = std::string(STRATA_BINARY) + " " + args + " 2>&1";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) return -1;
+  std::array<char, 4096> buf{};
+  output->clear();
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) output->append(buf.data(), n);
+  const int status = ::pclose(p);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+}  // namespace strata::test
