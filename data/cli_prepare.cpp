@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "data/cli.h"
+#include "data/documents.h"
 #include "data/prepare.h"
 #include "engine/parallel.h"
 
@@ -42,8 +43,7 @@ void add_prepare_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "prepare", "Tokenize text files into train/validation token shards (llm.c format) + manifest.json");
   cmd->add_option("--input", opts->train_inputs,
-                  "Training text: files, folders or globs; *.jsonl(.xz) = one {\"text\": ...} per line, other "
-                  "files = one document each [default: " + data + "/sotu.jsonl.xz]");
+                  std::string("Training text: ") + kDocumentFormatsHelp + " [default: " + data + "/sotu.jsonl.xz]");
   cmd->add_option("--val", opts->val_inputs,
                   "Held-out text, same formats [default with no --input: " + data + "/moby_dick.jsonl.xz]");
   cmd->add_option("--val-fraction", opts->val_fraction,

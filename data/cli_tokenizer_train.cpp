@@ -84,8 +84,7 @@ void add_tokenizer_train_command(CLI::App& tokenizer_app) {
   CLI::App* cmd = tokenizer_app.add_subcommand(
       "train", "Train a byte-level BPE vocabulary on text files and write it as a tiktoken rank file");
   cmd->add_option("--input", args->inputs,
-                  "Training text: files, folders or globs; *.jsonl(.xz) = one {\"text\": ...} per line, other "
-                  "files = one document each [default: " + data + "/sotu.jsonl.xz]");
+                  std::string("Training text: ") + kDocumentFormatsHelp + " [default: " + data + "/sotu.jsonl.xz]");
   cmd->add_option("--output", args->output, "Output rank file (tiktoken format; <|endoftext|> = the last id)")
       ->required();
   cmd->add_option("--vocab-size", args->bpe.vocab_size,

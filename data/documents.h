@@ -12,6 +12,10 @@
 
 namespace strata::data {
 
+// The formats above in one line, for the help of every command that reads documents.
+inline constexpr const char* kDocumentFormatsHelp =
+    "files, folders or globs; *.jsonl(.xz) = one {\"text\": ...} per line, other files = one document each";
+
 struct Document {
   std::string name;  // "<file>" or "<file>:<line>" unless the JSON gives a name
   std::string text;

@@ -10,6 +10,9 @@
 #include <filesystem>
 #include <random>
 #include <string>
+#include <vector>
+
+#include "engine/check.h"
 
 namespace strata::test {
 
@@ -42,6 +45,19 @@ inline int run_strata(const std::string& args, std::string* output) {
   while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) output->append(buf.data(), n);
   const int status = ::pclose(p);
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// Runs fn and expects a strata::Error whose message is one line containing every fragment.
+template <typename Fn>
+void expect_one_line_error(Fn&& fn, const std::vector<std::string>& fragments) {
+  try {
+    fn();
+    ADD_FAILURE() << "no error; expected one mentioning '" << fragments.front() << "'";
+  } catch (const strata::Error& e) {
+    const std::string msg = e.what();
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << "not one line: " << msg;
+    for (const auto& f : fragments) EXPECT_NE(msg.find(f), std::string::npos) << "lacks '" << f << "': " << msg;
+  }
 }
 
 }  // namespace strata::test

@@ -119,19 +119,7 @@ LoaderOptions options(int b, int t, int rank, int world, uint64_t seed, bool shu
   return o;
 }
 
-// Runs fn, expects a strata::Error whose one-line message contains every fragment.
-template <typename Fn>
-void expect_error(Fn&& fn, const std::vector<std::string>& fragments) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error; expected one mentioning '" << fragments.front() << "'";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    EXPECT_EQ(msg.find('\n'), std::string::npos) << "not one line: " << msg;
-    for (const auto& f : fragments)
-      EXPECT_NE(msg.find(f), std::string::npos) << "lacks '" << f << "': " << msg;
-  }
-}
+using strata::test::expect_one_line_error;
 
 // T = 8. Samples per shard: 12, 0 (shorter than T+1), 1 (exactly T+1), 32, 7, 4 -> 56.
 const std::vector<size_t> kSizes = {100, 5, 9, 257, 64, 33};
@@ -333,20 +321,20 @@ TEST_F(LoaderTest, StateJsonRoundTrip) {
 
   nlohmann::json j = s.to_json();
   j.erase("seed");
-  expect_error([&] { LoaderState::from_json(j); }, {"loader state", "missing field 'seed'"});
+  expect_one_line_error([&] { LoaderState::from_json(j); }, {"loader state", "missing field 'seed'"});
   j = s.to_json();
   j["epoch"] = "three";
-  expect_error([&] { LoaderState::from_json(j); }, {"field 'epoch'", "non-negative integer", "three"});
+  expect_one_line_error([&] { LoaderState::from_json(j); }, {"field 'epoch'", "non-negative integer", "three"});
   j = s.to_json();
   j["next_sample"] = -1;
-  expect_error([&] { LoaderState::from_json(j); }, {"field 'next_sample'", "-1"});
+  expect_one_line_error([&] { LoaderState::from_json(j); }, {"field 'next_sample'", "-1"});
   j = s.to_json();
   j["batch_size"] = 1e12;
-  expect_error([&] { LoaderState::from_json(j); }, {"field 'batch_size'"});
+  expect_one_line_error([&] { LoaderState::from_json(j); }, {"field 'batch_size'"});
   j = s.to_json();
   j["world"] = 5'000'000'000ll;
-  expect_error([&] { LoaderState::from_json(j); }, {"field 'world'", "fits in int"});
-  expect_error([&] { LoaderState::from_json(nlohmann::json::array()); }, {"loader state", "JSON object"});
+  expect_one_line_error([&] { LoaderState::from_json(j); }, {"field 'world'", "fits in int"});
+  expect_one_line_error([&] { LoaderState::from_json(nlohmann::json::array()); }, {"loader state", "JSON object"});
 }
 
 TEST_F(LoaderTest, RestoreRefusesAnotherRun) {
@@ -360,33 +348,33 @@ TEST_F(LoaderTest, RestoreRefusesAnotherRun) {
   dl.restore(good);  // same run: accepted
 
   auto state_of = [](DataLoader&& other) { return other.state(); };
-  expect_error([&] { dl.restore(state_of(DataLoader(paths, options(2, kT, 0, 2, 2)))); },
+  expect_one_line_error([&] { dl.restore(state_of(DataLoader(paths, options(2, kT, 0, 2, 2)))); },
                {"loader state", "seed 2 differs from this loader's 1"});
-  expect_error([&] { dl.restore(state_of(DataLoader(paths, options(3, kT, 0, 2, 1)))); },
+  expect_one_line_error([&] { dl.restore(state_of(DataLoader(paths, options(3, kT, 0, 2, 1)))); },
                {"batch_size 3 differs from this loader's 2"});
-  expect_error([&] { dl.restore(state_of(DataLoader(paths, options(2, 4, 0, 2, 1)))); },
+  expect_one_line_error([&] { dl.restore(state_of(DataLoader(paths, options(2, 4, 0, 2, 1)))); },
                {"seq_len 4 differs from this loader's 8"});
-  expect_error([&] { dl.restore(state_of(DataLoader(paths, options(2, kT, 0, 1, 1)))); },
+  expect_one_line_error([&] { dl.restore(state_of(DataLoader(paths, options(2, kT, 0, 1, 1)))); },
                {"world 1 differs from this loader's 2"});
   // Another dataset: fewer shards; or as many shards of other sizes.
   const std::vector<std::string> fewer(paths.begin(), paths.end() - 1);
-  expect_error([&] { dl.restore(state_of(DataLoader(fewer, options(2, kT, 0, 2, 1)))); },
+  expect_one_line_error([&] { dl.restore(state_of(DataLoader(fewer, options(2, kT, 0, 2, 1)))); },
                {"num_shards 5 differs from this loader's 6", "different dataset"});
   auto other_sizes = kSizes;
   other_sizes[0] += 1;
   const auto other_paths = make_shards(other_sizes, 7, "o");
-  expect_error([&] { dl.restore(state_of(DataLoader(other_paths, options(2, kT, 0, 2, 1)))); },
+  expect_one_line_error([&] { dl.restore(state_of(DataLoader(other_paths, options(2, kT, 0, 2, 1)))); },
                {"total_tokens 469 differs from this loader's 468", "different dataset"});
   // The same shards in another order: same count and total, different layout.
   std::vector<std::string> reordered(paths.rbegin(), paths.rend());
-  expect_error([&] { dl.restore(state_of(DataLoader(reordered, options(2, kT, 0, 2, 1)))); },
+  expect_one_line_error([&] { dl.restore(state_of(DataLoader(reordered, options(2, kT, 0, 2, 1)))); },
                {"shard_layout", "shards reordered or replaced"});
   // Out of range positions.
   LoaderState bad = good;
   bad.next_sample = 6;
-  expect_error([&] { dl.restore(bad); }, {"next_sample 6", "not a multiple", "4"});
+  expect_one_line_error([&] { dl.restore(bad); }, {"next_sample 6", "not a multiple", "4"});
   bad.next_sample = 56;
-  expect_error([&] { dl.restore(bad); }, {"next_sample 56", "past the last global batch", "14 batches"});
+  expect_one_line_error([&] { dl.restore(bad); }, {"next_sample 56", "past the last global batch", "14 batches"});
   // A refused state leaves the position alone.
   DataLoader fresh(paths, options(2, kT, 0, 2, 1));
   fresh.restore(good);
@@ -407,31 +395,31 @@ TEST_F(LoaderTest, ResetReturnsToTheStart) {
 
 TEST_F(LoaderTest, TooSmallDataset) {
   const auto paths = make_shards(kSizes, 9);
-  expect_error([&] { DataLoader(paths, options(20, kT, 0, 3, 0)); },
+  expect_one_line_error([&] { DataLoader(paths, options(20, kT, 0, 3, 0)); },
                {"has 56 samples of T+1 = 9 tokens", "fewer than one global batch", "20 x 3"});
   DataLoader ok(paths, options(28, kT, 1, 2, 0));  // exactly one global batch
   EXPECT_EQ(ok.batches_per_epoch(), 1u);
   const auto tiny = make_shards({3, 8}, 10, "t");  // both shorter than T+1
-  expect_error([&] { DataLoader(tiny, options(1, kT, 0, 1, 0)); }, {"has 0 samples"});
+  expect_one_line_error([&] { DataLoader(tiny, options(1, kT, 0, 1, 0)); }, {"has 0 samples"});
 }
 
 TEST_F(LoaderTest, BadOptions) {
   const auto paths = make_shards(kSizes, 11);
-  expect_error([&] { DataLoader({}, options(1, kT, 0, 1, 0)); }, {"no shards"});
-  expect_error([&] { DataLoader(paths, options(0, kT, 0, 1, 0)); }, {"batch_size", "got 0"});
-  expect_error([&] { DataLoader(paths, options(1, -3, 0, 1, 0)); }, {"seq_len", "got -3"});
-  expect_error([&] { DataLoader(paths, options(1, kT, 0, 0, 0)); }, {"world", "got 0"});
-  expect_error([&] { DataLoader(paths, options(1, kT, 2, 2, 0)); }, {"rank 2", "world 2"});
-  expect_error([&] { DataLoader(paths, options(1, kT, -1, 2, 0)); }, {"rank -1"});
+  expect_one_line_error([&] { DataLoader({}, options(1, kT, 0, 1, 0)); }, {"no shards"});
+  expect_one_line_error([&] { DataLoader(paths, options(0, kT, 0, 1, 0)); }, {"batch_size", "got 0"});
+  expect_one_line_error([&] { DataLoader(paths, options(1, -3, 0, 1, 0)); }, {"seq_len", "got -3"});
+  expect_one_line_error([&] { DataLoader(paths, options(1, kT, 0, 0, 0)); }, {"world", "got 0"});
+  expect_one_line_error([&] { DataLoader(paths, options(1, kT, 2, 2, 0)); }, {"rank 2", "world 2"});
+  expect_one_line_error([&] { DataLoader(paths, options(1, kT, -1, 2, 0)); }, {"rank -1"});
 }
 
 TEST_F(LoaderTest, ShardsAreValidatedAgainstTheVocabulary) {
   const auto paths = make_shards(kSizes, 12);
   LoaderOptions o = options(1, kT, 0, 1, 0);
   o.vocab_size = 100;  // the random tokens go up to kVocab
-  expect_error([&] { DataLoader(paths, o); }, {"shard '", "outside the vocabulary (size 100)"});
+  expect_one_line_error([&] { DataLoader(paths, o); }, {"shard '", "outside the vocabulary (size 100)"});
   const std::vector<std::string> missing = {paths[0], (dir_ / "nope.bin").string()};
-  expect_error([&] { DataLoader(missing, options(1, kT, 0, 1, 0)); }, {"nope.bin", "cannot open"});
+  expect_one_line_error([&] { DataLoader(missing, options(1, kT, 0, 1, 0)); }, {"nope.bin", "cannot open"});
 }
 
 }  // namespace

@@ -160,14 +160,7 @@ TEST_F(PrepareTest, ValFractionHoldsOutTheLastDocuments) {
 }
 
 void expect_one_line_error(const std::function<void()>& fn, const std::string& needle) {
-  try {
-    fn();
-    FAIL() << "no error; expected one mentioning '" << needle << "'";
-  } catch (const strata::Error& e) {
-    const std::string msg = e.what();
-    EXPECT_NE(msg.find(needle), std::string::npos) << msg;
-    EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
-  }
+  strata::test::expect_one_line_error(fn, {needle});
 }
 
 TEST_F(PrepareTest, BadInputFailsInOneLineAndLeavesTheFolderAsItWas) {
