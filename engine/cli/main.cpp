@@ -7,6 +7,7 @@
 
 #include "data/cli.h"
 #include "engine/check.h"
+#include "models/cli.h"
 
 namespace {
 constexpr const char* kVersion = "0.1.0";
@@ -20,6 +21,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.get_formatter()->column_width(40);
 
+  strata::models::add_model_command(app);
   strata::data::add_prepare_command(app);
   strata::data::add_tokenize_command(app);
   CLI::App* tok = app.add_subcommand("tokenizer", "Tokenizer utilities");
