@@ -488,19 +488,28 @@ TokenId Tokenizer::eot() const { return impl_->n; }
 
 // ---- encoding -------------------------------------------------------------------------------------------------
 
+namespace {
+
+// Calls fn(segment, eot_after) for the ordinary-text segments of `text`: split at each literal "<|endoftext|>"
+// when allow_special (eot_after says one followed the segment), else the whole text as one segment.
+template <typename Fn>
+void for_each_segment(std::string_view text, bool allow_special, Fn&& fn) {
+  if (allow_special) {
+    for (size_t at; (at = text.find(kEndOfText)) != std::string_view::npos;) {
+      fn(text.substr(0, at), true);
+      text.remove_prefix(at + kEndOfText.size());
+    }
+  }
+  fn(text, false);
+}
+
+}  // namespace
+
 void Tokenizer::encode_append(std::string_view text, bool allow_special, std::vector<TokenId>& out) const {
-  if (!allow_special) {
-    impl_->encode_ordinary(text, out);
-    return;
-  }
-  for (;;) {
-    const size_t at = text.find(kEndOfText);
-    if (at == std::string_view::npos) break;
-    impl_->encode_ordinary(text.substr(0, at), out);
-    out.push_back(impl_->n);
-    text.remove_prefix(at + kEndOfText.size());
-  }
-  impl_->encode_ordinary(text, out);
+  for_each_segment(text, allow_special, [&](std::string_view seg, bool eot_after) {
+    impl_->encode_ordinary(seg, out);
+    if (eot_after) out.push_back(impl_->n);
+  });
 }
 
 std::vector<TokenId> Tokenizer::encode(std::string_view text, bool allow_special) const {
@@ -542,15 +551,7 @@ std::vector<TokenId> Tokenizer::encode_parallel(std::string_view text, bool allo
     }
     chunks.push_back(Chunk{seg.substr(start), eot_after});
   };
-  if (allow_special) {
-    for (;;) {
-      const size_t at = text.find(kEndOfText);
-      if (at == std::string_view::npos) break;
-      add_segment(text.substr(0, at), true);
-      text.remove_prefix(at + kEndOfText.size());
-    }
-  }
-  add_segment(text, false);
+  for_each_segment(text, allow_special, add_segment);
 
   std::vector<std::vector<TokenId>> parts(chunks.size());
   parallel_for(chunks.size(), nt, [&](size_t i) {
