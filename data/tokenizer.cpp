@@ -3,18 +3,18 @@
 // Where the speed comes from (SOTU, one thread: the pre-tokenizer's PCRE2 matching is now the largest cost):
 //  - Whole-piece lookup first: 88% of the pre-token pieces of English text are tokens themselves (" the",
 //    " State"), 9% are single bytes, under 3% need merges. The bytes -> rank table is open addressing whose
-//    16-byte slots hold the token length and first 8 bytes, so a lookup is one cache line and no string compare
-//    for tokens up to 8 bytes.
+//    16-byte slots hold the token length and first 8 bytes, so a lookup is one cache line and no string
+//    compare for tokens up to 8 bytes.
 //  - Merges by integer pairs: during BPE every part is a token, so "the concatenation of parts a and b is a
-//    token" is exactly "(rank a, rank b) is in the pair table", built once from every split of every token into
-//    two tokens (108k pairs for r50k). No string building or hashing of bytes in the merge loop.
+//    token" is exactly "(rank a, rank b) is in the pair table", built once from every split of every token
+//    into two tokens (108k pairs for r50k). No string building or hashing of bytes in the merge loop.
 //  - Short pieces merge with a linear scan over small arrays on the stack, and their results are kept in a
-//    per-thread cache; long pieces (digit runs, whitespace runs, invalid bytes: a piece has no length limit) use
-//    a heap with lazy deletion, O(n log n). Both pick the lowest-rank pair, leftmost on ties, as tiktoken does.
+//    per-thread cache; long pieces (digit runs, whitespace runs, invalid bytes: a piece has no length limit)
+//    use a heap with lazy deletion, O(n log n). Both pick the lowest-rank pair, leftmost on ties, as tiktoken
+//    does.
 //  - encode_parallel cuts at safe points into ~8 chunks per thread, encodes each into a thread-private vector
 //    (no false sharing) and concatenates in parallel.
 #include "data/tokenizer.h"
-
 
 #include <algorithm>
 #include <array>
@@ -34,7 +34,8 @@ namespace {
 
 constexpr uint32_t kNone = UINT32_MAX;
 
-// ---- base64 (standard alphabet, '=' padding), as in tiktoken files ---------------------------------------------
+// ---- base64 (standard alphabet, '=' padding), as in tiktoken files
+// ---------------------------------------------
 
 constexpr char kB64Chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -90,7 +91,8 @@ std::string base64_encode(std::string_view in) {
   return out;
 }
 
-// ---- hashing --------------------------------------------------------------------------------------------------
+// ---- hashing
+// --------------------------------------------------------------------------------------------------
 
 inline uint64_t mix(uint64_t x) {
   x ^= x >> 32;
@@ -110,7 +112,8 @@ inline uint64_t load32(const char* p) {
   return w;
 }
 
-// The last 1..8 bytes of p[0, n) as one word, with fixed-size loads only (no memcpy call for a variable size).
+// The last 1..8 bytes of p[0, n) as one word, with fixed-size loads only (no memcpy call for a variable
+// size).
 inline uint64_t load_tail(const char* p, size_t n) {
   if (n >= 8) return load64(p + n - 8);
   if (n >= 4) return (load32(p) << 32) | load32(p + n - 4);
@@ -150,12 +153,13 @@ struct Tokenizer::Impl {
   uint32_t n = 0;                   // ordinary tokens; eot = n
   std::array<uint32_t, 256> byte_rank{};
 
-  // bytes -> rank, open addressing. A slot holds the token's length and its first 8 bytes (the whole token for
-  // the usual short ones), so a lookup touches one cache line; only longer tokens read the rest from `tokens`.
+  // bytes -> rank, open addressing. A slot holds the token's length and its first 8 bytes (the whole token
+  // for the usual short ones), so a lookup touches one cache line; only longer tokens read the rest from
+  // `tokens`.
   struct BytesSlot {
     uint64_t head;  // load_tail(bytes, len) if len <= 8, else the first 8 bytes
     uint32_t rank;
-    uint32_t len;   // 0 = empty
+    uint32_t len;  // 0 = empty
   };
   std::vector<BytesSlot> bytes_slots;
   uint64_t bytes_mask = 0;
@@ -281,7 +285,8 @@ void Tokenizer::Impl::merge_long(std::string_view piece, std::vector<TokenId>& o
   // Parts are identified by their start byte; a merged-away part is dead. A heap entry names a pair by the
   // starts of its two parts and the end of the right one, so it is stale exactly when any of those changed.
   const size_t len = piece.size();
-  STRATA_REQUIRE(len < kNone, "cannot encode a single pre-token piece of ", len, " bytes (the limit is 4 GiB)");
+  STRATA_REQUIRE(len < kNone, "cannot encode a single pre-token piece of ", len,
+                 " bytes (the limit is 4 GiB)");
   std::vector<uint32_t> rank(len), next(len), prev(len);
   std::vector<bool> dead(len, false);
   for (size_t i = 0; i < len; ++i) {
@@ -317,9 +322,9 @@ void Tokenizer::Impl::merge_long(std::string_view piece, std::vector<TokenId>& o
 
 namespace {
 
-// Per-thread cache of BPE results for pieces that are not tokens themselves (a few percent of pieces in English
-// text, but each costs a whole merge loop). Direct-mapped by the piece hash; an entry is valid only for the
-// tokenizer instance that wrote it. 4096 x 64 B = 256 KiB per thread.
+// Per-thread cache of BPE results for pieces that are not tokens themselves (a few percent of pieces in
+// English text, but each costs a whole merge loop). Direct-mapped by the piece hash; an entry is valid only
+// for the tokenizer instance that wrote it. 4096 x 64 B = 256 KiB per thread.
 struct MergeCache {
   static constexpr size_t kEntries = 4096;
   static constexpr size_t kMaxBytes = 24;
@@ -361,7 +366,8 @@ void Tokenizer::Impl::encode_piece(std::string_view piece, std::vector<TokenId>&
     return;
   }
   MergeCache::Entry& e = merge_cache().entries[(hash >> 20) & (MergeCache::kEntries - 1)];
-  if (e.instance == instance && e.len == piece.size() && std::memcmp(e.bytes, piece.data(), piece.size()) == 0) {
+  if (e.instance == instance && e.len == piece.size() &&
+      std::memcmp(e.bytes, piece.data(), piece.size()) == 0) {
     out.insert(out.end(), e.ids, e.ids + e.n_ids);
     return;
   }
@@ -381,7 +387,8 @@ void Tokenizer::Impl::encode_ordinary(std::string_view text, std::vector<TokenId
   pretok.split(text, [&](std::string_view piece) { encode_piece(piece, out); });
 }
 
-// ---- construction and validation ------------------------------------------------------------------------------
+// ---- construction and validation
+// ------------------------------------------------------------------------------
 
 Tokenizer::Tokenizer() : impl_(std::make_unique<Impl>()) {}
 Tokenizer::~Tokenizer() = default;
@@ -405,8 +412,8 @@ void validate_tokens(const std::vector<std::string>& tokens, const std::string& 
   for (uint32_t r = 0; r < tokens.size(); ++r) {
     STRATA_REQUIRE(!tokens[r].empty(), where(r), ": empty token (rank ", r, ")");
     const auto [it, inserted] = seen.emplace(tokens[r], r);
-    STRATA_REQUIRE(inserted, where(r), ": token bytes of rank ", r, " duplicate those of rank ", it->second, " (",
-                   where(it->second), ")");
+    STRATA_REQUIRE(inserted, where(r), ": token bytes of rank ", r, " duplicate those of rank ", it->second,
+                   " (", where(it->second), ")");
   }
   for (int b = 0; b < 256; ++b) {
     const char c = static_cast<char>(b);
@@ -420,7 +427,7 @@ void validate_tokens(const std::vector<std::string>& tokens, const std::string& 
 Tokenizer Tokenizer::load(const std::string& path) {
   const std::string data = read_file(path);
   std::vector<std::pair<uint32_t, std::string>> entries;  // (rank, bytes) in file order
-  std::vector<size_t> line_of;                             // line number of each entry
+  std::vector<size_t> line_of;                            // line number of each entry
   size_t line_no = 0;
   size_t pos = 0;
   std::string bytes;
@@ -438,9 +445,11 @@ Tokenizer Tokenizer::load(const std::string& path) {
     const std::string_view rank_text = line.substr(sp + 1);
     uint32_t rank = 0;
     const auto [end, ec] = std::from_chars(rank_text.data(), rank_text.data() + rank_text.size(), rank);
-    STRATA_REQUIRE(!rank_text.empty() && ec == std::errc() && end == rank_text.data() + rank_text.size(), path,
-                   ":", line_no, ": rank '", rank_text.substr(0, 20), "' is not a non-negative integer");
-    STRATA_REQUIRE(base64_decode(b64, bytes), path, ":", line_no, ": '", b64.substr(0, 60), "' is not valid base64");
+    STRATA_REQUIRE(!rank_text.empty() && ec == std::errc() && end == rank_text.data() + rank_text.size(),
+                   path, ":", line_no, ": rank '", rank_text.substr(0, 20),
+                   "' is not a non-negative integer");
+    STRATA_REQUIRE(base64_decode(b64, bytes), path, ":", line_no, ": '", b64.substr(0, 60),
+                   "' is not valid base64");
     entries.emplace_back(rank, bytes);
     line_of.push_back(line_no);
   }
@@ -470,7 +479,6 @@ Tokenizer Tokenizer::from_tokens(std::vector<std::string> tokens) {
   return tok;
 }
 
-
 void Tokenizer::save(const std::string& path) const {
   std::string text;
   text.reserve(static_cast<size_t>(impl_->n) * 16);
@@ -483,15 +491,21 @@ void Tokenizer::save(const std::string& path) const {
   write_file_atomic(path, text);  // compressed when the path ends in .xz, like the committed default
 }
 
-uint32_t Tokenizer::vocab_size() const { return impl_->n + 1; }
-TokenId Tokenizer::eot() const { return impl_->n; }
+uint32_t Tokenizer::vocab_size() const {
+  return impl_->n + 1;
+}
+TokenId Tokenizer::eot() const {
+  return impl_->n;
+}
 
-// ---- encoding -------------------------------------------------------------------------------------------------
+// ---- encoding
+// -------------------------------------------------------------------------------------------------
 
 namespace {
 
-// Calls fn(segment, eot_after) for the ordinary-text segments of `text`: split at each literal "<|endoftext|>"
-// when allow_special (eot_after says one followed the segment), else the whole text as one segment.
+// Calls fn(segment, eot_after) for the ordinary-text segments of `text`: split at each literal
+// "<|endoftext|>" when allow_special (eot_after says one followed the segment), else the whole text as one
+// segment.
 template <typename Fn>
 void for_each_segment(std::string_view text, bool allow_special, Fn&& fn) {
   if (allow_special) {
@@ -534,10 +548,12 @@ struct Chunk {
 
 }  // namespace
 
-std::vector<TokenId> Tokenizer::encode_parallel(std::string_view text, bool allow_special, int threads) const {
+std::vector<TokenId> Tokenizer::encode_parallel(std::string_view text, bool allow_special,
+                                                int threads) const {
   const int nt = resolve_threads(threads);
   if (nt <= 1 || text.size() < 2 * kMinChunk) return encode(text, allow_special);
-  const size_t chunk_bytes = std::clamp(text.size() / (kChunksPerThread * static_cast<size_t>(nt)), kMinChunk, kMaxChunk);
+  const size_t chunk_bytes =
+      std::clamp(text.size() / (kChunksPerThread * static_cast<size_t>(nt)), kMinChunk, kMaxChunk);
 
   // Cut at special tokens first (they separate texts anyway), then at safe points inside each segment.
   std::vector<Chunk> chunks;
@@ -581,7 +597,8 @@ std::vector<std::vector<TokenId>> Tokenizer::encode_batch(const std::vector<std:
   return out;
 }
 
-// ---- decoding -------------------------------------------------------------------------------------------------
+// ---- decoding
+// -------------------------------------------------------------------------------------------------
 
 const std::string& Tokenizer::token_bytes(TokenId id) const {
   STRATA_REQUIRE(id <= impl_->n, "token id ", id, " is outside the vocabulary (size ", vocab_size(), ")");
