@@ -7,6 +7,7 @@ pkgs=(
   cmake ninja-build g++ pkg-config git xz-utils   # build
   libcli11-dev nlohmann-json3-dev                 # CLI, JSON
   libpcre2-dev liblzma-dev                        # tokenizer pattern, .xz data
+  libopenblas-openmp-dev                          # CPU ops: BLAS sharing the OpenMP (libgomp) threads
   libgtest-dev                                    # tests
   clang libclang-rt-14-dev                        # libFuzzer targets
 )

@@ -7,6 +7,7 @@
 
 #include "data/cli.h"
 #include "engine/check.h"
+#include "engine/cli.h"
 #include "models/cli.h"
 
 namespace {
@@ -17,6 +18,7 @@ int main(int argc, char** argv) {
   CLI::App app{"Strata: transformer pre-training with mid-run model growth", "strata"};
   app.set_version_flag("--version", kVersion);
   app.set_config("--config", "", "Read options from a TOML or INI file ([section] per subcommand)");
+  app.allow_config_extras(CLI::config_extras_mode::error);  // a misspelt key is an error, not ignored
   app.option_defaults()->always_capture_default();
   app.require_subcommand(1);
   app.get_formatter()->column_width(40);
@@ -27,11 +29,17 @@ int main(int argc, char** argv) {
   CLI::App* tok = app.add_subcommand("tokenizer", "Tokenizer utilities");
   tok->require_subcommand(1);
   strata::data::add_tokenizer_train_command(*tok);
+  strata::add_train_command(app);
+  strata::add_eval_command(app);
+  strata::add_sample_command(app);
 
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help and --version are "errors" with exit code 0; every real parse error is one line, exit 2.
+    if (e.get_exit_code() == 0) return app.exit(e);
+    std::fprintf(stderr, "strata: error: %s (see --help)\n", e.what());
+    return 2;
   } catch (const strata::Error& e) {
     std::fprintf(stderr, "strata: error: %s\n", e.what());
     return 1;

@@ -1,0 +1,345 @@
+#include "engine/checkpoint.h"
+
+#include <fcntl.h>
+#include <lzma.h>
+#include <unistd.h>
+
+#include <cinttypes>
+#include <climits>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <optional>
+#include <set>
+#include <vector>
+
+#include "engine/check.h"
+#include "engine/fileio.h"
+#include "models/model_config_json.h"
+
+namespace fs = std::filesystem;
+
+namespace strata {
+namespace {
+
+constexpr const char* kModelFile = "model.safetensors";
+constexpr const char* kOptimizerFile = "optimizer.safetensors";
+constexpr const char* kStateFile = "state.json";
+
+// The step of a folder called ckpt-<digits>, or nullopt.
+std::optional<long> parse_checkpoint_name(const std::string& name) {
+  constexpr std::string_view kPrefix = "ckpt-";
+  if (name.size() <= kPrefix.size() || name.size() > kPrefix.size() + 18 || !name.starts_with(kPrefix))
+    return std::nullopt;
+  long step = 0;
+  for (size_t i = kPrefix.size(); i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9') return std::nullopt;
+    step = step * 10 + (name[i] - '0');
+  }
+  return step;
+}
+
+void fsync_dir(const fs::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  STRATA_REQUIRE(fd >= 0, "checkpoint: cannot open folder '", dir.string(), "': ", std::strerror(errno));
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  STRATA_REQUIRE(rc == 0, "checkpoint: cannot fsync folder '", dir.string(), "': ", std::strerror(err));
+}
+
+void rename_or_fail(const fs::path& from, const fs::path& to) {
+  std::error_code ec;
+  fs::rename(from, to, ec);
+  STRATA_REQUIRE(!ec, "checkpoint: cannot rename '", from.string(), "' to '", to.string(),
+                 "': ", ec.message());
+}
+
+// A checkpoint folder is deleted by renaming it to a dot-folder first, so a crash mid-delete never leaves a
+// ckpt-* folder that looks complete but lacks files.
+void delete_checkpoint(const fs::path& dir) {
+  const fs::path doomed = dir.parent_path() / cat(".", dir.filename().string(), ".del-", ::getpid());
+  std::error_code ec;
+  fs::remove_all(doomed, ec);
+  rename_or_fail(dir, doomed);
+  fs::remove_all(doomed, ec);
+  STRATA_REQUIRE(!ec, "checkpoint: cannot delete '", doomed.string(), "': ", ec.message());
+}
+
+std::vector<TensorView> buffer_views(const ParamBuffer& buf, const std::string& prefix) {
+  std::vector<TensorView> views;
+  for (const ParamEntry& e : buf.layout().entries())
+    views.push_back({prefix + e.spec.name, DType::kF32, e.stored_shape(), buf.data() + e.offset});
+  return views;
+}
+
+SafetensorsMetadata model_metadata(const models::ModelConfig& cfg) {
+  return {{"format", "strata"},
+          {"family", models::family_name(cfg.family)},
+          {"config", models::model_config_to_json(cfg).dump()}};
+}
+
+// Checks that `file` holds exactly the tensors prefix + name of every target's layout, F32, with the stored
+// shapes, then copies them in. Nothing is written to a buffer unless every tensor matches.
+struct LoadTarget {
+  std::string prefix;
+  ParamBuffer* buf;
+};
+void load_buffers(const SafetensorsFile& file, const std::vector<LoadTarget>& targets) {
+  const std::string w = cat("safetensors '", file.path(), "': ");
+  std::set<std::string> expected;
+  std::vector<std::pair<const SafeTensor*, float*>> copies;
+  for (const LoadTarget& t : targets) {
+    for (const ParamEntry& e : t.buf->layout().entries()) {
+      const std::string name = t.prefix + e.spec.name;
+      const std::vector<int64_t> shape = e.stored_shape();
+      expected.insert(name);
+      const SafeTensor* st = file.find(name);
+      STRATA_REQUIRE(st != nullptr, w, "tensor '", name, "' is missing (the model expects F32 ",
+                     shape_string(shape), ")");
+      STRATA_REQUIRE(st->dtype == DType::kF32, w, "tensor '", name, "' is ", dtype_name(st->dtype),
+                     ", expected F32");
+      STRATA_REQUIRE(st->shape == shape, w, "tensor '", name, "' has shape ", shape_string(st->shape),
+                     " but the model expects ", shape_string(shape), " (a checkpoint of a different model?)");
+      copies.emplace_back(st, t.buf->data() + e.offset);
+    }
+  }
+  for (const SafeTensor& st : file.tensors())
+    STRATA_REQUIRE(expected.count(st.name) == 1, w, "unexpected tensor '", st.name, "' ",
+                   shape_string(st.shape), " (the model has no such tensor)");
+  for (const auto& [st, dst] : copies) file.to_f32(*st, dst, static_cast<size_t>(st->numel()));
+}
+
+// Maps <dir>/<name>, checks its size and CRC-64 against state.json, then parses it.
+SafetensorsFile open_verified(const CheckpointInfo& info, const std::string& name) {
+  const auto it = info.files.find(name);
+  STRATA_REQUIRE(it != info.files.end(), "checkpoint '", info.dir, "': state.json lists no '", name, "'",
+                 name == kOptimizerFile ? " (saved without an optimizer)" : "");
+  const std::string path = (fs::path(info.dir) / name).string();
+  STRATA_REQUIRE(file_exists(path), "checkpoint file '", path, "': missing");
+  MappedFile m(path);
+  STRATA_REQUIRE(m.size() == it->second.bytes, "checkpoint file '", path, "': ", m.size(),
+                 " bytes, but state.json records ", it->second.bytes, " (truncated or replaced)");
+  const uint64_t crc = lzma_crc64(m.data(), m.size(), 0);
+  STRATA_REQUIRE(crc == it->second.crc64, "checkpoint file '", path, "': CRC-64 ", crc64_hex(crc),
+                 " does not match ", crc64_hex(it->second.crc64), " recorded in state.json (corrupt file)");
+  return SafetensorsFile::from_mapping(std::move(m));
+}
+
+}  // namespace
+
+std::string crc64_hex(uint64_t crc) {
+  char buf[17];
+  std::snprintf(buf, sizeof(buf), "%016" PRIx64, crc);
+  return buf;
+}
+
+std::string checkpoint_dir_name(long step) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "ckpt-%08ld", step);
+  return buf;
+}
+
+WrittenFile save_params_safetensors(const std::string& path, const ParamBuffer& params,
+                                    const SafetensorsMetadata& metadata) {
+  SafetensorsMetadata meta = model_metadata(params.layout().config());
+  for (const auto& [k, v] : metadata) meta[k] = v;
+  return write_safetensors(path, buffer_views(params, ""), meta);
+}
+
+void load_params_safetensors(const std::string& path, ParamBuffer& params) {
+  load_buffers(SafetensorsFile::open(path), {{"", &params}});
+}
+
+std::string save_checkpoint(const std::string& run_dir, long step, const ParamBuffer& params,
+                            const AdamW* opt, const nlohmann::json& trainer_state, int keep_last) {
+  STRATA_REQUIRE(step >= 0, "checkpoint: step must be non-negative (got ", step, ")");
+  STRATA_REQUIRE(trainer_state.is_object() || trainer_state.is_null(),
+                 "checkpoint: the trainer state must be a JSON object (got ", trainer_state.type_name(), ")");
+  // AdamW exposes its moments through non-const accessors only; they are read, never written, here.
+  AdamW* adam = const_cast<AdamW*>(opt);
+  if (adam != nullptr)
+    STRATA_CHECK(adam->m().numel() == params.numel() && adam->v().numel() == params.numel(),
+                 "optimizer moments laid out for ", adam->m().numel(), " parameters, model has ",
+                 params.numel());
+
+  const fs::path run(run_dir);
+  std::error_code ec;
+  fs::create_directories(run, ec);
+  STRATA_REQUIRE(!ec && fs::is_directory(run), "checkpoint: cannot create run folder '", run_dir,
+                 "': ", ec ? ec.message() : "not a folder");
+  const std::string name = checkpoint_dir_name(step);
+  const fs::path final_dir = run / name;
+  const fs::path tmp = run / cat(".", name, ".tmp-", ::getpid());
+  fs::remove_all(tmp, ec);  // a leftover of an earlier failed save by this process
+  fs::create_directory(tmp, ec);
+  STRATA_REQUIRE(!ec, "checkpoint: cannot create '", tmp.string(), "': ", ec.message());
+
+  try {
+    const models::ModelConfig& cfg = params.layout().config();
+    nlohmann::json files = nlohmann::json::object();
+    const auto record = [&](const char* file, const WrittenFile& wf) {
+      files[file] = {{"bytes", wf.bytes}, {"crc64", crc64_hex(wf.crc64)}};
+    };
+    record(kModelFile, save_params_safetensors((tmp / kModelFile).string(), params));
+    if (adam != nullptr) {
+      std::vector<TensorView> views = buffer_views(adam->m(), "m.");
+      for (TensorView& v : buffer_views(adam->v(), "v.")) views.push_back(std::move(v));
+      SafetensorsMetadata meta = model_metadata(cfg);
+      meta["content"] = "adamw moments m.<name>, v.<name>";
+      record(kOptimizerFile, write_safetensors((tmp / kOptimizerFile).string(), views, meta));
+    }
+    nlohmann::ordered_json state = nlohmann::ordered_json::object();  // in this order, for people reading it
+    state["format_version"] = kCheckpointFormatVersion;
+    state["step"] = step;
+    state["model"] = nlohmann::ordered_json(models::model_config_to_json(cfg));
+    state["trainer"] =
+        trainer_state.is_null() ? nlohmann::ordered_json::object() : nlohmann::ordered_json(trainer_state);
+    state["files"] = nlohmann::ordered_json(files);
+    std::string text;
+    try {
+      text = state.dump(2) + "\n";
+    } catch (const nlohmann::json::exception& e) {
+      STRATA_FAIL("checkpoint: cannot encode the trainer state as JSON: ", e.what());
+    }
+    write_file_atomic((tmp / kStateFile).string(), text);
+    fsync_dir(tmp);
+
+    // Install: an existing checkpoint of this step is moved aside first, restored if the rename fails.
+    if (fs::exists(fs::symlink_status(final_dir))) {
+      const fs::path old = run / cat(".", name, ".old-", ::getpid());
+      fs::remove_all(old, ec);
+      rename_or_fail(final_dir, old);
+      fs::rename(tmp, final_dir, ec);
+      if (ec) {
+        std::error_code ignored;
+        fs::rename(old, final_dir, ignored);
+        STRATA_FAIL("checkpoint: cannot rename '", tmp.string(), "' to '", final_dir.string(),
+                    "': ", ec.message());
+      }
+      fs::remove_all(old, ec);
+    } else {
+      rename_or_fail(tmp, final_dir);
+    }
+    fsync_dir(run);
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+
+  if (keep_last > 0) {
+    const std::map<long, std::string> all = list_checkpoints(run_dir);
+    long keep = keep_last;
+    for (auto it = all.rbegin(); it != all.rend(); ++it) {
+      if (it->first == step) {  // the one just written always stays, and counts towards keep_last
+        --keep;
+        continue;
+      }
+      if (keep > 0) {
+        --keep;
+        continue;
+      }
+      try {
+        delete_checkpoint(it->second);
+      } catch (const Error& e) {  // the new checkpoint is safe; a stale one that survives is only a warning
+        std::fprintf(stderr, "strata: warning: %s\n", e.what());
+      }
+    }
+  }
+  return final_dir.string();
+}
+
+std::map<long, std::string> list_checkpoints(const std::string& run_dir) {
+  std::map<long, std::string> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(run_dir, ec)) {
+    const std::string fname = e.path().filename().string();
+    const std::optional<long> step = parse_checkpoint_name(fname);
+    if (!step || !e.is_directory(ec) || !file_exists((e.path() / kStateFile).string())) continue;
+    // ckpt-5 and ckpt-00000005 are the same step: the canonical spelling wins.
+    if (out.count(*step) == 0 || fname == checkpoint_dir_name(*step)) out[*step] = e.path().string();
+  }
+  return out;
+}
+
+std::string resolve_checkpoint(const std::string& path) {
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  STRATA_REQUIRE(fs::exists(st), "checkpoint '", path, "': no such file or folder");
+  STRATA_REQUIRE(fs::is_directory(st), "checkpoint '", path,
+                 "': not a folder (expected a checkpoint folder or a run folder)");
+  if (file_exists((fs::path(path) / kStateFile).string())) return path;
+  const std::map<long, std::string> all = list_checkpoints(path);
+  STRATA_REQUIRE(
+      !all.empty(), "checkpoint '", path,
+      "': not a checkpoint (no state.json) and holds no complete checkpoint (ckpt-NNNNNNNN/state.json)");
+  return all.rbegin()->second;
+}
+
+CheckpointInfo read_checkpoint_info(const std::string& ckpt_dir) {
+  const std::string path = (fs::path(ckpt_dir) / kStateFile).string();
+  STRATA_REQUIRE(file_exists(path), "checkpoint '", ckpt_dir, "': no state.json (not a checkpoint folder)");
+  const std::string w = cat("checkpoint state '", path, "': ");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_file(path));
+  } catch (const nlohmann::json::exception& e) {
+    std::string msg = e.what();
+    for (char& c : msg)
+      if (c == '\n' || c == '\r') c = ' ';
+    STRATA_FAIL(w, "not valid JSON: ", msg);
+  }
+  STRATA_REQUIRE(j.is_object(), w, "not a JSON object");
+  const auto need = [&](const char* key) -> const nlohmann::json& {
+    STRATA_REQUIRE(j.contains(key), w, "field '", key, "' is missing");
+    return j[key];
+  };
+  const nlohmann::json& version = need("format_version");
+  STRATA_REQUIRE(version.is_number_integer() && version.get<int64_t>() == kCheckpointFormatVersion, w,
+                 "format_version ", version.dump(), " is not supported (expected ", kCheckpointFormatVersion,
+                 ")");
+  CheckpointInfo info;
+  info.dir = ckpt_dir;
+  const nlohmann::json& step = need("step");
+  STRATA_REQUIRE(step.is_number_unsigned() && step.get<uint64_t>() <= static_cast<uint64_t>(LONG_MAX), w,
+                 "field 'step' must be a non-negative integer (got ", step.dump(), ")");
+  info.step = step.get<long>();
+  try {
+    info.model = models::model_config_from_json(need("model"));
+  } catch (const Error& e) {
+    STRATA_FAIL(w, "field 'model': ", e.what());
+  }
+  info.trainer = need("trainer");
+  STRATA_REQUIRE(info.trainer.is_object(), w, "field 'trainer' must be an object");
+  const nlohmann::json& files = need("files");
+  STRATA_REQUIRE(files.is_object(), w, "field 'files' must be an object");
+  for (const auto& [fname, entry] : files.items()) {
+    const bool ok = entry.is_object() && entry.contains("bytes") && entry["bytes"].is_number_unsigned() &&
+                    entry.contains("crc64") && entry["crc64"].is_string() &&
+                    entry["crc64"].get<std::string>().size() == 16;
+    STRATA_REQUIRE(ok, w, "files['", fname, "'] must be {\"bytes\": n, \"crc64\": \"<16 hex digits>\"} (got ",
+                   entry.dump(), ")");
+    const std::string hex = entry["crc64"].get<std::string>();
+    char* end = nullptr;
+    CheckpointFile cf;
+    cf.bytes = entry["bytes"].get<uint64_t>();
+    cf.crc64 = std::strtoull(hex.c_str(), &end, 16);
+    STRATA_REQUIRE(end == hex.c_str() + hex.size() && hex.find_first_of("+- ") == std::string::npos, w,
+                   "files['", fname, "'].crc64 '", hex, "' is not 16 hex digits");
+    info.files[fname] = cf;
+  }
+  STRATA_REQUIRE(info.files.count(kModelFile) == 1, w, "files lists no '", kModelFile, "'");
+  return info;
+}
+
+void load_checkpoint_params(const std::string& ckpt_dir, ParamBuffer& params) {
+  const CheckpointInfo info = read_checkpoint_info(ckpt_dir);
+  load_buffers(open_verified(info, kModelFile), {{"", &params}});
+}
+
+void load_checkpoint_optimizer(const std::string& ckpt_dir, AdamW& opt) {
+  const CheckpointInfo info = read_checkpoint_info(ckpt_dir);
+  load_buffers(open_verified(info, kOptimizerFile), {{"m.", &opt.m()}, {"v.", &opt.v()}});
+}
+
+}  // namespace strata

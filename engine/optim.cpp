@@ -1,0 +1,92 @@
+#include "engine/optim.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "engine/check.h"
+
+namespace strata {
+
+void AdamWConfig::validate() const {
+  STRATA_REQUIRE(beta1 >= 0 && beta1 < 1, "--beta1 must be in [0, 1) (got ", beta1, ")");
+  STRATA_REQUIRE(beta2 >= 0 && beta2 < 1, "--beta2 must be in [0, 1) (got ", beta2, ")");
+  STRATA_REQUIRE(eps > 0 && std::isfinite(eps), "--adam-eps must be positive (got ", eps, ")");
+  STRATA_REQUIRE(weight_decay >= 0 && std::isfinite(weight_decay), "--weight-decay must be >= 0 (got ",
+                 weight_decay, ")");
+}
+
+AdamW::AdamW(const ParamLayout& layout, const AdamWConfig& cfg) : cfg_(cfg), m_(layout), v_(layout) {
+  cfg_.validate();
+}
+
+void AdamW::reset() {
+  m_.zero();
+  v_.zero();
+  t_ = 0;
+}
+
+void AdamW::step(ParamBuffer& params, const ParamBuffer& grads, double lr) {
+  STRATA_CHECK(params.numel() == m_.numel() && grads.numel() == m_.numel(), "AdamW: buffer layouts differ");
+  ++t_;
+  const float b1 = static_cast<float>(cfg_.beta1), b2 = static_cast<float>(cfg_.beta2);
+  const float eps = static_cast<float>(cfg_.eps);
+  // Bias corrections folded into the step size and the denominator, in double then rounded once.
+  const float step_size = static_cast<float>(lr / (1.0 - std::pow(cfg_.beta1, static_cast<double>(t_))));
+  const float bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(cfg_.beta2, static_cast<double>(t_))));
+  for (const ParamEntry& e : params.layout().entries()) {
+    float* p = params.data() + e.offset;
+    const float* g = grads.data() + e.offset;
+    float* m = m_.data() + e.offset;
+    float* v = v_.data() + e.offset;
+    const float decay = e.spec.weight_decay ? static_cast<float>(1.0 - lr * cfg_.weight_decay) : 1.0f;
+    const int64_t n = e.numel();
+#pragma omp parallel for simd schedule(static) if (n > 32768)
+    for (int64_t i = 0; i < n; ++i) {
+      const float gi = g[i];
+      const float mi = b1 * m[i] + (1.0f - b1) * gi;
+      const float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
+      m[i] = mi;
+      v[i] = vi;
+      p[i] = p[i] * decay - step_size * mi / (std::sqrt(vi) / bc2_sqrt + eps);
+    }
+  }
+}
+
+namespace {
+
+// Sum of squares over fixed chunks, each summed in double in order, chunk sums added in order: the result does
+// not depend on the thread count.
+double sum_squares(const float* x, int64_t n) {
+  constexpr int64_t kChunk = 1 << 16;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<double> part(static_cast<size_t>(chunks), 0.0);
+#pragma omp parallel for schedule(static) if (chunks > 1)
+  for (int64_t c = 0; c < chunks; ++c) {
+    double s = 0.0;
+    const int64_t end = std::min(n, (c + 1) * kChunk);
+    for (int64_t i = c * kChunk; i < end; ++i) s += static_cast<double>(x[i]) * x[i];
+    part[static_cast<size_t>(c)] = s;
+  }
+  double total = 0.0;
+  for (double s : part) total += s;
+  return total;
+}
+
+}  // namespace
+
+double grad_norm(const ParamBuffer& grads) { return std::sqrt(sum_squares(grads.data(), grads.numel())); }
+
+double clip_grad_norm(ParamBuffer& grads, double max_norm) {
+  const double norm = grad_norm(grads);
+  if (max_norm > 0 && norm > max_norm) {
+    const float scale = static_cast<float>(max_norm / (norm + 1e-6));
+    float* g = grads.data();
+    const int64_t n = grads.numel();
+#pragma omp parallel for simd schedule(static) if (n > 32768)
+    for (int64_t i = 0; i < n; ++i) g[i] *= scale;
+  }
+  return norm;
+}
+
+}  // namespace strata

@@ -1,0 +1,50 @@
+// engine/optim.h: AdamW with decoupled weight decay, and global-norm gradient clipping, over the flat
+// layer-indexed buffers of engine/params.h.
+//
+// One step t = 1, 2, ... (PyTorch's torch.optim.AdamW, with weight decay only on tensors whose TensorSpec
+// says weight_decay: matrices and embeddings, never norm gains or biases):
+//   p <- p * (1 - lr * wd)                          (decayed tensors only)
+//   m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
+//   p <- p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+#pragma once
+
+#include <cstdint>
+
+#include "engine/params.h"
+
+namespace strata {
+
+struct AdamWConfig {
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double weight_decay = 0.1;
+  void validate() const;  // strata::Error naming the bad field
+};
+
+class AdamW {
+ public:
+  AdamW(const ParamLayout& layout, const AdamWConfig& cfg);
+  // One update of params with grads at rate lr; advances the step counter t first.
+  void step(ParamBuffer& params, const ParamBuffer& grads, double lr);
+
+  const AdamWConfig& config() const { return cfg_; }
+  long t() const { return t_; }
+  void set_t(long t) { t_ = t; }  // checkpoint restore
+  ParamBuffer& m() { return m_; }
+  ParamBuffer& v() { return v_; }
+  void reset();  // zero moments, t = 0
+
+ private:
+  AdamWConfig cfg_;
+  ParamBuffer m_, v_;
+  long t_ = 0;
+};
+
+// The global L2 norm of all gradients (accumulated in double).
+double grad_norm(const ParamBuffer& grads);
+// When max_norm > 0 and norm > max_norm, scales grads by max_norm / (norm + 1e-6) (PyTorch's
+// clip_grad_norm_). Returns the norm before clipping.
+double clip_grad_norm(ParamBuffer& grads, double max_norm);
+
+}  // namespace strata

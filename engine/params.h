@@ -1,0 +1,74 @@
+// engine/params.h: layer-indexed parameter storage.
+//
+// A ParamLayout places every tensor of a model's tensor table (models/model_config.h) in one flat array, in
+// table order: a per-layer kind is one contiguous (L, shape...) block with the layer outermost, a global
+// tensor is its shape. Parameters, gradients and the two AdamW moments are ParamBuffers with the same layout,
+// so an optimizer step is one loop over flat arrays, and growth (issue 4) is a re-layout to L' layers plus
+// copies of layer slices, done identically for every buffer.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "models/model_config.h"
+
+namespace strata {
+
+struct ParamEntry {
+  models::TensorSpec spec;
+  int64_t offset = 0;  // first element in the flat array
+  int64_t layers = 1;  // L for per-layer kinds, 1 for global tensors
+  int64_t numel() const { return spec.numel_per_layer() * layers; }
+  // Shape as stored: (L, shape...) for per-layer kinds, shape otherwise.
+  std::vector<int64_t> stored_shape() const;
+};
+
+class ParamLayout {
+ public:
+  ParamLayout() = default;
+  explicit ParamLayout(const models::ModelConfig& cfg);
+
+  const models::ModelConfig& config() const { return cfg_; }
+  const std::vector<ParamEntry>& entries() const { return entries_; }
+  int64_t numel() const { return numel_; }
+  // The entry called `name`, or null when this family has no such tensor.
+  const ParamEntry* find(const std::string& name) const;
+
+ private:
+  models::ModelConfig cfg_;
+  std::vector<ParamEntry> entries_;
+  int64_t numel_ = 0;
+};
+
+// One flat fp32 array laid out by a ParamLayout (64-byte aligned, zero-initialised).
+class ParamBuffer {
+ public:
+  ParamBuffer() = default;
+  explicit ParamBuffer(const ParamLayout& layout);
+
+  float* data() { return data_.data(); }
+  const float* data() const { return data_.data(); }
+  int64_t numel() const { return static_cast<int64_t>(data_.size()); }
+  const ParamLayout& layout() const { return layout_; }
+
+  // The tensor called `name` (all its layers), or null when absent from the layout.
+  float* tensor(const std::string& name);
+  const float* tensor(const std::string& name) const;
+  // Layer `l` of a per-layer tensor.
+  float* layer(const std::string& name, int l);
+
+  void zero();
+
+ private:
+  ParamLayout layout_;
+  std::vector<float> data_;
+};
+
+// Fills `params` by each tensor's InitRule, from a seed: every tensor draws from its own stream seeded by
+// (seed, tensor name), so adding a tensor kind does not change the others. Normal draws use a portable
+// Box-Muller on std::mt19937_64 (identical with every standard library).
+void init_params(ParamBuffer& params, uint64_t seed);
+
+}  // namespace strata

@@ -1,0 +1,343 @@
+// engine/trainer.cpp: the training loop. One optimizer step = `accumulation` micro-batches of B x T tokens
+// (forward, backward with 1/k scaling), global-norm clipping, the scheduled learning rate, one AdamW update.
+#include "engine/trainer.h"
+
+#include <omp.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "data/loader.h"
+#include "engine/check.h"
+#include "engine/checkpoint.h"
+#include "engine/fileio.h"
+#include "engine/optim.h"
+#include "engine/parallel.h"
+#include "engine/sampler.h"
+
+namespace strata {
+namespace fs = std::filesystem;
+
+std::vector<std::string> split_shards(const std::string& data_dir, const std::string& split) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  if (!fs::is_directory(data_dir, ec)) return out;
+  for (const auto& e : fs::directory_iterator(data_dir)) {
+    const std::string n = e.path().filename().string();
+    if (e.is_regular_file() && n.starts_with(split + "_") && n.ends_with(".bin")) out.push_back(e.path().string());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+EvalResult evaluate_shards(Model& model, const std::vector<std::string>& shards, int batches,
+                           const data::Tokenizer& tok) {
+  const int B = model.batch(), T = model.seq_len();
+  data::LoaderOptions lo;
+  lo.batch_size = B;
+  lo.seq_len = T;
+  lo.shuffle = false;
+  lo.vocab_size = static_cast<uint32_t>(model.config().vocab_size);
+  data::DataLoader loader(shards, lo);
+  const int n = batches > 0 ? static_cast<int>(std::min<uint64_t>(batches, loader.batches_per_epoch()))
+                            : static_cast<int>(loader.batches_per_epoch());
+  std::vector<int32_t> in(static_cast<size_t>(B) * T), tg(in.size());
+  EvalResult r;
+  double nats = 0.0;
+  for (int b = 0; b < n; ++b) {
+    loader.next(in.data(), tg.data());
+    const float loss = model.evaluate(in.data(), tg.data());
+    nats += static_cast<double>(loss) * static_cast<double>(model.num_valid_targets());
+    r.tokens += model.num_valid_targets();
+    for (int32_t t : tg)
+      if (t != kIgnoreIndex && static_cast<uint32_t>(t) < tok.vocab_size())
+        r.bytes += static_cast<int64_t>(tok.token_bytes(static_cast<data::TokenId>(t)).size());
+  }
+  r.batches = n;
+  r.loss = r.tokens ? nats / static_cast<double>(r.tokens) : 0.0;
+  r.bits_per_byte = r.bytes ? nats / std::log(2.0) / static_cast<double>(r.bytes) : 0.0;
+  return r;
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+std::string human(double x) {
+  char b[32];
+  if (x >= 1e12)
+    std::snprintf(b, sizeof b, "%.2fT", x / 1e12);
+  else if (x >= 1e9)
+    std::snprintf(b, sizeof b, "%.2fG", x / 1e9);
+  else if (x >= 1e6)
+    std::snprintf(b, sizeof b, "%.2fM", x / 1e6);
+  else if (x >= 1e3)
+    std::snprintf(b, sizeof b, "%.1fK", x / 1e3);
+  else
+    std::snprintf(b, sizeof b, "%.0f", x);
+  return b;
+}
+
+std::string duration(double s) {
+  char b[32];
+  const long t = std::lround(s);
+  if (t >= 3600)
+    std::snprintf(b, sizeof b, "%ldh%02ldm", t / 3600, t / 60 % 60);
+  else
+    std::snprintf(b, sizeof b, "%ldm%02lds", t / 60, t % 60);
+  return b;
+}
+
+// metrics.jsonl: one JSON object per line, flushed as written. On resume the rows after the checkpoint's
+// step are dropped first, so an interrupted-and-resumed run has the same rows as an uninterrupted one.
+class MetricsLog {
+ public:
+  MetricsLog(const std::string& path, long keep_through_step) {
+    std::string kept;
+    if (keep_through_step >= 0 && file_exists(path)) {
+      std::istringstream in(read_file(path));
+      for (std::string line; std::getline(in, line);) {
+        if (line.empty()) continue;
+        const auto j = nlohmann::json::parse(line, nullptr, false);
+        if (!j.is_discarded() && j.contains("step") && j["step"].get<long>() <= keep_through_step)
+          kept += line + "\n";
+      }
+    }
+    write_file_atomic(path, kept);
+    f_ = std::fopen(path.c_str(), "a");
+    STRATA_REQUIRE(f_ != nullptr, "cannot open ", path, " for appending");
+  }
+  ~MetricsLog() {
+    if (f_) std::fclose(f_);
+  }
+  void write(const nlohmann::json& j) {
+    const std::string s = j.dump() + "\n";
+    std::fwrite(s.data(), 1, s.size(), f_);
+    std::fflush(f_);
+  }
+
+ private:
+  std::FILE* f_ = nullptr;
+};
+
+std::string tokenizer_from_manifest(const std::string& data_dir) {
+  const std::string path = (fs::path(data_dir) / "manifest.json").string();
+  STRATA_REQUIRE(file_exists(path), "data folder ", data_dir,
+                 " has no manifest.json (run `strata prepare --out ", data_dir, "`, or give --tokenizer)");
+  const auto m = nlohmann::json::parse(read_file(path), nullptr, false);
+  STRATA_REQUIRE(m.is_object() && m.contains("tokenizer") && m["tokenizer"].is_string(), path,
+                 ": no \"tokenizer\" field");
+  return m["tokenizer"].get<std::string>();
+}
+
+void print_config(const TrainConfig& c, size_t train_shards, uint64_t train_tokens, size_t val_shards) {
+  const models::ParamCount p = models::count_parameters(c.model);
+  const auto& m = c.model;
+  std::printf("strata train\n");
+  auto row = [](const char* k, const std::string& v) { std::printf("  %-22s %s\n", k, v.c_str()); };
+  row("model", cat(m.name, " (", models::family_name(m.family), "): L=", m.n_layer, " C=", m.d_model,
+                   " NH=", m.n_head, " KVH=", m.n_kv_head, " F=", m.d_ff, " V=", m.vocab_size,
+                   " Tmax=", m.max_seq_len));
+  row("parameters", cat(human(static_cast<double>(p.total())), " (embedding ", human(static_cast<double>(p.embedding)),
+                        ", non-embedding ", human(static_cast<double>(p.non_embedding)), ")"));
+  row("FLOPs/token", human(models::train_flops_per_token(m, c.seq_len)));
+  row("data", cat(c.data_dir, ": ", train_shards, " train shards (", human(static_cast<double>(train_tokens)),
+                  " tokens), ", val_shards, " val shards"));
+  row("tokenizer", c.tokenizer);
+  row("batch", cat(c.batch_size, " x ", c.seq_len, " tokens x ", c.accumulation(), " accumulation = ",
+                   c.global_batch_tokens, " tokens/step"));
+  row("steps", cat(c.steps, " (", human(static_cast<double>(c.tokens)), " tokens, ",
+                   cat(static_cast<double>(c.tokens) / static_cast<double>(std::max<uint64_t>(1, train_tokens))),
+                   " epochs)"));
+  row("schedule", cat(schedule_kind_name(c.schedule.kind), ", lr ", c.schedule.max_lr, ", warmup ",
+                      c.schedule.warmup_steps, ", min lr ", c.schedule.min_lr_frac, " x max",
+                      c.schedule.kind == ScheduleKind::kWsd ? cat(", decay ", c.schedule.decay_frac) : ""));
+  row("AdamW", cat("betas (", c.adamw.beta1, ", ", c.adamw.beta2, "), eps ", c.adamw.eps, ", weight decay ",
+                   c.adamw.weight_decay, ", grad clip ", c.grad_clip));
+  row("seed", cat(c.seed, c.shuffle ? " (shuffled)" : " (natural order)"));
+  row("eval", cat("every ", c.eval_every, " steps, ", c.eval_batches, " batches"));
+  row("out", cat(c.out_dir, " (checkpoint every ", c.ckpt_every, " steps, keep ", c.keep_last, ")"));
+  row("threads", cat(omp_get_max_threads()));
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+void run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool overwrite) {
+  TrainConfig cfg = cfg_in;
+  omp_set_num_threads(resolve_threads(cfg.threads));
+  // Data and tokenizer.
+  const std::vector<std::string> train_shards = split_shards(cfg.data_dir, "train");
+  STRATA_REQUIRE(!train_shards.empty(), "data folder ", cfg.data_dir,
+                 " holds no train_*.bin shards (run `strata prepare --out ", cfg.data_dir, "`)");
+  const std::vector<std::string> val_shards = split_shards(cfg.data_dir, "val");
+  if (cfg.tokenizer.empty()) cfg.tokenizer = tokenizer_from_manifest(cfg.data_dir);
+  const data::Tokenizer tok = data::Tokenizer::load(cfg.tokenizer);
+  STRATA_REQUIRE(tok.vocab_size() <= static_cast<uint32_t>(cfg.model.vocab_size), "tokenizer ", cfg.tokenizer,
+                 " has ", tok.vocab_size(), " tokens but the model's vocab_size is ", cfg.model.vocab_size);
+
+  data::LoaderOptions lo;
+  lo.batch_size = cfg.batch_size;
+  lo.seq_len = cfg.seq_len;
+  lo.seed = cfg.seed;
+  lo.shuffle = cfg.shuffle;
+  lo.vocab_size = static_cast<uint32_t>(cfg.model.vocab_size);
+  data::DataLoader loader(train_shards, lo);
+
+  // Model, optimizer, counters: fresh or from the checkpoint.
+  Model model(cfg.model, cfg.batch_size, cfg.seq_len);
+  AdamW opt(ParamLayout(cfg.model), cfg.adamw);
+  long step = 0;
+  double flops = 0.0, elapsed_before = 0.0;
+  uint64_t tokens_seen = 0;
+  if (!resume_ckpt.empty()) {
+    const CheckpointInfo info = read_checkpoint_info(resume_ckpt);
+    STRATA_REQUIRE(info.has_optimizer(), "checkpoint ", resume_ckpt,
+                   " has no optimizer state (optimizer.safetensors) and cannot be resumed");
+    load_checkpoint_params(resume_ckpt, model.params());
+    load_checkpoint_optimizer(resume_ckpt, opt);
+    const nlohmann::json& t = info.trainer;
+    try {
+      opt.set_t(t.at("optimizer_t").get<long>());
+      step = t.at("step").get<long>();
+      tokens_seen = t.at("tokens").get<uint64_t>();
+      flops = t.at("flops").get<double>();
+      elapsed_before = t.value("elapsed_s", 0.0);
+      loader.restore(data::LoaderState::from_json(t.at("loader")));
+    } catch (const nlohmann::json::exception& e) {
+      STRATA_FAIL("checkpoint ", resume_ckpt, ": bad trainer state (", e.what(), ")");
+    }
+    STRATA_REQUIRE(step <= cfg.steps, "checkpoint ", resume_ckpt, " is at step ", step, ", past the run's ",
+                   cfg.steps, " steps");
+  } else {
+    STRATA_REQUIRE(overwrite || list_checkpoints(cfg.out_dir).empty(), "--out ", cfg.out_dir,
+                   " already holds checkpoints; continue it with --resume ", cfg.out_dir,
+                   ", or pass --overwrite to start over");
+    init_params(model.params(), cfg.seed);
+  }
+  fs::create_directories(cfg.out_dir);
+  write_file_atomic((fs::path(cfg.out_dir) / "config.json").string(), cfg.to_json().dump(2) + "\n");
+  MetricsLog metrics((fs::path(cfg.out_dir) / "metrics.jsonl").string(), resume_ckpt.empty() ? -1 : step);
+  print_config(cfg, train_shards.size(), loader.total_tokens(), val_shards.size());
+  if (val_shards.empty()) std::printf("  (no val_*.bin shards: validation is skipped)\n");
+  if (step > 0) std::printf("resumed from %s at step %ld\n", resume_ckpt.c_str(), step);
+
+  const double flops_per_token = models::train_flops_per_token(cfg.model, cfg.seq_len);
+  const int accum = cfg.accumulation();
+  const bool tty = isatty(fileno(stdout)) != 0;
+  std::vector<int32_t> in(static_cast<size_t>(cfg.batch_size) * cfg.seq_len), tg(in.size());
+  const auto t_start = Clock::now();
+  const long first_step = step;
+  double last_loss = 0.0;
+  EvalResult last_eval;
+  bool have_eval = false;
+
+  auto trainer_state = [&](double elapsed) {
+    return nlohmann::json{{"config", cfg.to_json()},
+                          {"step", step},
+                          {"tokens", tokens_seen},
+                          {"flops", flops},
+                          {"optimizer_t", opt.t()},
+                          {"loader", loader.state().to_json()},
+                          {"rng", {{"seed", cfg.seed}, {"sampler", "mt19937_64 seeded by seed ^ step"}}},
+                          {"elapsed_s", elapsed}};
+  };
+  auto do_eval = [&] {
+    if (val_shards.empty()) return;
+    last_eval = evaluate_shards(model, val_shards, cfg.eval_batches, tok);
+    have_eval = true;
+    metrics.write({{"type", "eval"},
+                   {"step", step},
+                   {"tokens", tokens_seen},
+                   {"flops", flops},
+                   {"val_loss", last_eval.loss},
+                   {"val_bpb", last_eval.bits_per_byte}});
+    std::printf("%seval  step %ld | val loss %.4f | ppl %.2f | bits/byte %.4f | %lld tokens\n", tty ? "\r\033[K" : "",
+                step, last_eval.loss, std::exp(last_eval.loss), last_eval.bits_per_byte,
+                static_cast<long long>(last_eval.tokens));
+    std::fflush(stdout);
+  };
+  auto do_sample = [&] {
+    if (cfg.sample_tokens == 0) return;
+    Generator gen(model.params());
+    std::vector<int32_t> prompt{static_cast<int32_t>(tok.eot())};
+    for (data::TokenId id : tok.encode(cfg.sample_prompt)) prompt.push_back(static_cast<int32_t>(id));
+    if (static_cast<int>(prompt.size()) >= cfg.model.max_seq_len) return;
+    std::mt19937_64 rng(cfg.seed ^ static_cast<uint64_t>(step));
+    const std::vector<int32_t> out = generate(gen, prompt, cfg.sample_tokens, {cfg.temperature, cfg.top_k}, rng,
+                                              static_cast<int32_t>(tok.eot()));
+    std::vector<data::TokenId> ids(prompt.begin() + 1, prompt.end());
+    for (int32_t t : out)
+      if (t != static_cast<int32_t>(tok.eot())) ids.push_back(static_cast<data::TokenId>(t));
+    std::printf("%ssample step %ld: %s\n", tty ? "\r\033[K" : "", step, tok.decode(ids).c_str());
+    std::fflush(stdout);
+  };
+  auto do_checkpoint = [&] {
+    const std::string dir = save_checkpoint(cfg.out_dir, step, model.params(), &opt,
+                                            trainer_state(elapsed_before + seconds_since(t_start)), cfg.keep_last);
+    std::printf("%scheckpoint %s\n", tty ? "\r\033[K" : "", dir.c_str());
+    std::fflush(stdout);
+  };
+
+  const long last = cfg.stop_at > 0 ? std::min<long>(cfg.stop_at, cfg.steps) : cfg.steps;
+  if (step == 0 && cfg.eval_every > 0) do_eval();
+  while (step < last) {
+    const auto t0 = Clock::now();
+    model.zero_grad();
+    double loss = 0.0;
+    for (int k = 0; k < accum; ++k) {
+      loader.next(in.data(), tg.data());
+      loss += model.forward(in.data(), tg.data());
+      model.backward(1.0f / static_cast<float>(accum));
+    }
+    loss /= accum;
+    const double norm = clip_grad_norm(model.grads(), cfg.grad_clip);
+    const double lr = cfg.schedule.lr(step);
+    opt.step(model.params(), model.grads(), lr);
+    ++step;
+    tokens_seen += static_cast<uint64_t>(cfg.global_batch_tokens);
+    flops += flops_per_token * static_cast<double>(cfg.global_batch_tokens);
+    last_loss = loss;
+    STRATA_REQUIRE(std::isfinite(loss), "training diverged: loss is ", loss, " at step ", step);
+    const double dt = seconds_since(t0);
+    const double tps = static_cast<double>(cfg.global_batch_tokens) / dt;
+    metrics.write({{"type", "step"},
+                   {"step", step},
+                   {"tokens", tokens_seen},
+                   {"flops", flops},
+                   {"loss", loss},
+                   {"lr", lr},
+                   {"grad_norm", norm},
+                   {"tokens_per_s", tps}});
+    const double run_s = seconds_since(t_start);
+    const double avg_tps = static_cast<double>((step - first_step) * cfg.global_batch_tokens) / run_s;
+    const double eta = static_cast<double>((last - step) * cfg.global_batch_tokens) / avg_tps;
+    if (tty || step % cfg.log_every == 0 || step == last) {
+      std::printf("%sstep %ld/%ld | tokens %s | loss %.4f | lr %.3e | grad norm %.3f | %s tok/s | ETA %s%s",
+                  tty ? "\r\033[K" : "", step, cfg.steps, human(static_cast<double>(tokens_seen)).c_str(), loss,
+                  lr, norm, human(avg_tps).c_str(), duration(eta).c_str(), tty ? "" : "\n");
+      std::fflush(stdout);
+    }
+    const bool end = step == last;
+    if ((cfg.eval_every > 0 && step % cfg.eval_every == 0) || (end && step == cfg.steps)) do_eval();
+    if ((cfg.sample_every > 0 && step % cfg.sample_every == 0) || (end && step == cfg.steps)) do_sample();
+    if ((cfg.ckpt_every > 0 && step % cfg.ckpt_every == 0) || end) do_checkpoint();
+  }
+  if (tty) std::printf("\n");
+  const double secs = seconds_since(t_start);
+  std::printf("done: %ld steps, %s tokens, %s FLOPs in %s (%s tok/s this session); final train loss %.4f", step,
+              human(static_cast<double>(tokens_seen)).c_str(), human(flops).c_str(), duration(secs).c_str(),
+              human(static_cast<double>((step - first_step) * cfg.global_batch_tokens) / std::max(secs, 1e-9)).c_str(),
+              last_loss);
+  if (have_eval) std::printf(", val loss %.4f (%.4f bits/byte)", last_eval.loss, last_eval.bits_per_byte);
+  std::printf("\n");
+}
+
+}  // namespace strata

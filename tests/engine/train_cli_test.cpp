@@ -1,0 +1,202 @@
+// `strata train / eval / sample` end to end on a small prepared corpus: training lowers the loss, an
+// interrupted-and-resumed run is bit-identical to an uninterrupted one, and bad input (flags, config files,
+// presets, shapes, checkpoints) is one error line with a non-zero exit that overwrites nothing.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/fileio.h"
+#include "tests/test_util.h"
+
+namespace {
+namespace fs = std::filesystem;
+using strata::test::run_strata;
+
+// One corpus for the whole suite: a 512-token BPE vocabulary trained on the embedded State of the Union
+// corpus, and shards of it (train) and Moby-Dick (val).
+class TrainCli : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    root_ = fs::temp_directory_path() / ("strata_train_cli_" + std::to_string(::getpid()));
+    fs::remove_all(root_);
+    fs::create_directories(root_);
+    const std::string data = std::string(STRATA_SOURCE_DIR) + "/data/default/";
+    std::string out;
+    ASSERT_EQ(run_strata("tokenizer train --no-progress --vocab-size 512 --input " + data +
+                             "sotu.jsonl.xz --output " + (root_ / "tok.tiktoken").string(),
+                         &out),
+              0)
+        << out;
+    ASSERT_EQ(run_strata("prepare --no-progress --tokenizer " + (root_ / "tok.tiktoken").string() + " --out " +
+                             (root_ / "data").string(),
+                         &out),
+              0)
+        << out;
+  }
+  static void TearDownTestSuite() { fs::remove_all(root_); }
+
+  static std::string base_args(const std::string& out_dir) {
+    return "train --data " + (root_ / "data").string() +
+           " --model llama-tiny --n-layer 2 --d-model 32 --n-head 4 --n-kv-head 2 --d-ff 64 --max-seq-len 64"
+           " --batch-size 2 --seq-len 32 --global-batch-tokens 128 --steps 8 --warmup 2 --lr 3e-3"
+           " --eval-every 4 --eval-batches 2 --sample-tokens 8 --threads 1 --keep-last 0 --out " +
+           (root_ / out_dir).string();
+  }
+
+  // metrics.jsonl rows without the wall-clock field.
+  static std::vector<nlohmann::json> metrics(const std::string& run) {
+    std::vector<nlohmann::json> rows;
+    std::istringstream in(strata::read_file((root_ / run / "metrics.jsonl").string()));
+    for (std::string line; std::getline(in, line);) {
+      auto j = nlohmann::json::parse(line);
+      j.erase("tokens_per_s");
+      rows.push_back(j);
+    }
+    return rows;
+  }
+
+  // A failing command: non-zero exit, the error is the last line and mentions every fragment.
+  static void expect_error(const std::string& args, const std::vector<std::string>& fragments) {
+    std::string out;
+    EXPECT_NE(run_strata(args, &out), 0) << out;
+    const auto err = out.find("strata: error: ");
+    ASSERT_NE(err, std::string::npos) << out;
+    EXPECT_EQ(out.find('\n', err), out.size() - 1) << "not one line at the end: " << out;
+    for (const auto& f : fragments) EXPECT_NE(out.find(f, err), std::string::npos) << "lacks '" << f << "': " << out;
+  }
+
+  static std::string bytes_of(const fs::path& p) { return strata::read_file(p.string()); }
+
+  static fs::path root_;
+};
+fs::path TrainCli::root_;
+
+TEST_F(TrainCli, TrainsEvaluatesSamplesAndCheckpoints) {
+  std::string out;
+  ASSERT_EQ(run_strata(base_args("run") + " --steps 30 --lr 1e-2 --eval-every 10 --ckpt-every 10", &out), 0) << out;
+  EXPECT_NE(out.find("non-embedding"), std::string::npos) << out;  // the resolved-config table
+  EXPECT_NE(out.find("sample step 30:"), std::string::npos) << out;
+  EXPECT_NE(out.find("done: 30 steps"), std::string::npos) << out;
+  const auto rows = metrics("run");
+  std::vector<double> losses, evals;
+  double last_flops = 0;
+  for (const auto& r : rows) {
+    if (r["type"] == "step") {
+      losses.push_back(r["loss"].get<double>());
+      EXPECT_GT(r["flops"].get<double>(), last_flops);
+      last_flops = r["flops"].get<double>();
+      EXPECT_EQ(r["tokens"].get<long>(), r["step"].get<long>() * 128);
+    } else {
+      evals.push_back(r["val_loss"].get<double>());
+      EXPECT_GT(r["val_bpb"].get<double>(), 0.0);
+    }
+  }
+  ASSERT_EQ(losses.size(), 30u);
+  ASSERT_EQ(evals.size(), 4u);  // before training, at steps 10, 20 and 30
+  const double first = (losses[0] + losses[1] + losses[2]) / 3, last = (losses[27] + losses[28] + losses[29]) / 3;
+  EXPECT_LT(last, first - 0.5) << "training loss did not fall";
+  EXPECT_LT(evals.back(), evals.front()) << "validation loss did not fall";
+  EXPECT_TRUE(fs::exists(root_ / "run" / "ckpt-00000010" / "model.safetensors"));
+  EXPECT_TRUE(fs::exists(root_ / "run" / "ckpt-00000030" / "optimizer.safetensors"));
+
+  ASSERT_EQ(run_strata("eval --checkpoint " + (root_ / "run").string() + " --batch-size 2 --seq-len 32 --batches 2",
+                       &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("step 30"), std::string::npos) << out;
+  EXPECT_NE(out.find("bits/byte"), std::string::npos) << out;
+  // eval of the same batches as the trainer's last validation gives the same loss.
+  char want[32];
+  std::snprintf(want, sizeof want, "loss %.4f", evals.back());
+  EXPECT_NE(out.find(want), std::string::npos) << out << " lacks " << want;
+
+  std::string s1, s2;
+  const std::string sample = "sample --checkpoint " + (root_ / "run").string() + " --prompt 'The' --tokens 12 --seed 3";
+  ASSERT_EQ(run_strata(sample, &s1), 0) << s1;
+  ASSERT_EQ(run_strata(sample, &s2), 0) << s2;
+  EXPECT_EQ(s1, s2);                 // seeded
+  EXPECT_EQ(s1.rfind("The", 0), 0u) << s1;  // continues the prompt
+}
+
+TEST_F(TrainCli, ResumedRunIsBitIdenticalToAnUninterruptedOne) {
+  std::string out;
+  ASSERT_EQ(run_strata(base_args("full"), &out), 0) << out;
+  ASSERT_EQ(run_strata(base_args("cut") + " --ckpt-every 3 --stop-at 5", &out), 0) << out;
+  ASSERT_TRUE(fs::exists(root_ / "cut" / "ckpt-00000005"));
+  // Only the run folder: options not given come from the checkpoint.
+  ASSERT_EQ(run_strata("train --resume " + (root_ / "cut").string(), &out), 0) << out;
+  EXPECT_NE(out.find("resumed from"), std::string::npos) << out;
+  const auto a = metrics("full"), b = metrics("cut");
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]) << "row " << i;
+  EXPECT_EQ(bytes_of(root_ / "full" / "ckpt-00000008" / "model.safetensors"),
+            bytes_of(root_ / "cut" / "ckpt-00000008" / "model.safetensors"));
+  EXPECT_EQ(bytes_of(root_ / "full" / "ckpt-00000008" / "optimizer.safetensors"),
+            bytes_of(root_ / "cut" / "ckpt-00000008" / "optimizer.safetensors"));
+}
+
+TEST_F(TrainCli, GradientAccumulationMatchesOneLargeBatch) {
+  std::string out;
+  // 4 micro-batches of 2 x 16 vs one batch of 8 x 16 over the same samples? The loader hands each micro-batch
+  // the next B samples, so B=2 x 4 and B=8 x 1 read the same 8 samples per step in the same order.
+  const std::string common = " --steps 3 --eval-every 0 --sample-tokens 0 --seq-len 16 --global-batch-tokens 128";
+  ASSERT_EQ(run_strata(base_args("acc") + common + " --batch-size 2", &out), 0) << out;
+  ASSERT_EQ(run_strata(base_args("big") + common + " --batch-size 8", &out), 0) << out;
+  const auto a = metrics("acc"), b = metrics("big");
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i]["type"] != "step") continue;
+    EXPECT_NEAR(a[i]["loss"].get<double>(), b[i]["loss"].get<double>(), 1e-4) << "row " << i;
+    EXPECT_NEAR(a[i]["grad_norm"].get<double>(), b[i]["grad_norm"].get<double>(),
+                1e-4 * b[i]["grad_norm"].get<double>())
+        << "row " << i;
+  }
+}
+
+TEST_F(TrainCli, BadInputIsOneLineAndOverwritesNothing) {
+  std::string out;
+  ASSERT_EQ(run_strata(base_args("keep") + " --steps 2 --eval-every 0 --sample-tokens 0", &out), 0) << out;
+  const fs::path ckpt = root_ / "keep" / "ckpt-00000002";
+  const std::string model_before = bytes_of(ckpt / "model.safetensors");
+  const std::string metrics_before = bytes_of(root_ / "keep" / "metrics.jsonl");
+
+  expect_error(base_args("x") + " --bogus-flag 3", {"--bogus-flag"});
+  expect_error(base_args("x") + " --model llama-huge", {"llama-huge", "known"});
+  expect_error(base_args("x") + " --d-model 30", {"n_head 4 does not divide d_model 30"});
+  expect_error(base_args("x") + " --seq-len 100", {"--seq-len 100", "max_seq_len 64"});
+  expect_error(base_args("x") + " --global-batch-tokens 100", {"--global-batch-tokens 100"});
+  const std::string bad_cfg = (root_ / "bad.toml").string();
+  strata::write_file_atomic(bad_cfg, "[train]\nweight-decay = \"lots\"\n");
+  expect_error("--config " + bad_cfg + " " + base_args("x"), {"weight-decay"});
+  strata::write_file_atomic(bad_cfg, "[train]\nbatch-sise = 8\n");
+  expect_error("--config " + bad_cfg + " " + base_args("x"), {"batch-sise"});
+  EXPECT_FALSE(fs::exists(root_ / "x"));
+  // A fresh run into a folder with checkpoints is refused.
+  expect_error(base_args("keep") + " --steps 2", {"already holds checkpoints", "--resume"});
+  // Checkpoint problems: a model that does not match, a missing file, truncation, corruption.
+  expect_error("train --resume " + (root_ / "keep").string() + " --d-model 64 --n-head 4", {"--resume", "model"});
+  expect_error("sample --checkpoint " + (root_ / "nothing").string(), {"nothing"});
+  fs::copy(root_ / "keep", root_ / "broken", fs::copy_options::recursive);
+  const fs::path bad = root_ / "broken" / "ckpt-00000002";
+  fs::resize_file(bad / "model.safetensors", fs::file_size(bad / "model.safetensors") - 10);
+  expect_error("eval --checkpoint " + bad.string(), {"model.safetensors"});
+  fs::copy_file(ckpt / "model.safetensors", bad / "model.safetensors", fs::copy_options::overwrite_existing);
+  {
+    std::fstream f(bad / "model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(-5, std::ios::end);
+    f.put('\x7f');
+  }
+  expect_error("train --resume " + bad.string(), {"model.safetensors"});
+  fs::copy_file(ckpt / "model.safetensors", bad / "model.safetensors", fs::copy_options::overwrite_existing);
+  fs::remove(bad / "optimizer.safetensors");
+  expect_error("train --resume " + bad.string(), {"optimizer.safetensors"});
+  // Nothing of the original run changed.
+  EXPECT_EQ(bytes_of(ckpt / "model.safetensors"), model_before);
+  EXPECT_EQ(bytes_of(root_ / "keep" / "metrics.jsonl"), metrics_before);
+}
+
+}  // namespace
