@@ -266,7 +266,7 @@ PrepareSummary prepare(const PrepareOptions& opts) {
   summary.seconds = seconds_since(t0);
   nlohmann::json manifest = {
       {"format", "llm.c token shards"},
-      {"tokenizer", opts.tokenizer_path},
+      {"tokenizer", fs::absolute(opts.tokenizer_path).lexically_normal().string()},  // usable from any folder
       {"vocab_size", tok.vocab_size()},
       {"eot", tok.eot()},
       {"token_bytes", token_width_for_vocab(tok.vocab_size()) == TokenWidth::kU16 ? 2 : 4},

@@ -156,8 +156,7 @@ std::string save_checkpoint(const std::string& run_dir, long step, const ParamBu
   STRATA_REQUIRE(step >= 0, "checkpoint: step must be non-negative (got ", step, ")");
   STRATA_REQUIRE(trainer_state.is_object() || trainer_state.is_null(),
                  "checkpoint: the trainer state must be a JSON object (got ", trainer_state.type_name(), ")");
-  // AdamW exposes its moments through non-const accessors only; they are read, never written, here.
-  AdamW* adam = const_cast<AdamW*>(opt);
+  const AdamW* adam = opt;
   if (adam != nullptr)
     STRATA_CHECK(adam->m().numel() == params.numel() && adam->v().numel() == params.numel(),
                  "optimizer moments laid out for ", adam->m().numel(), " parameters, model has ",

@@ -33,6 +33,8 @@ class AdamW {
   void set_t(long t) { t_ = t; }  // checkpoint restore
   ParamBuffer& m() { return m_; }
   ParamBuffer& v() { return v_; }
+  const ParamBuffer& m() const { return m_; }
+  const ParamBuffer& v() const { return v_; }
   void reset();  // zero moments, t = 0
 
  private:

@@ -42,7 +42,8 @@ class ParamLayout {
   int64_t numel_ = 0;
 };
 
-// One flat fp32 array laid out by a ParamLayout (64-byte aligned, zero-initialised).
+// One flat fp32 array laid out by a ParamLayout, zero-initialised. Every tensor starts at a multiple of 16
+// elements from the base.
 class ParamBuffer {
  public:
   ParamBuffer() = default;

@@ -222,6 +222,10 @@ void run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, boo
                    ", or pass --overwrite to start over");
     init_params(model.params(), cfg.seed);
   }
+  if (resume_ckpt.empty() && overwrite) {
+    // Starting over: the old run's checkpoints would otherwise outrank the new ones on --resume.
+    for (const auto& [old_step, dir] : list_checkpoints(cfg.out_dir)) fs::remove_all(dir);
+  }
   fs::create_directories(cfg.out_dir);
   write_file_atomic((fs::path(cfg.out_dir) / "config.json").string(), cfg.to_json().dump(2) + "\n");
   MetricsLog metrics((fs::path(cfg.out_dir) / "metrics.jsonl").string(), resume_ckpt.empty() ? -1 : step);

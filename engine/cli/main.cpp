@@ -8,6 +8,7 @@
 #include "data/cli.h"
 #include "engine/check.h"
 #include "engine/cli.h"
+#include "kernels/cpu/blas_runtime.h"
 #include "models/cli.h"
 
 namespace {
@@ -15,6 +16,7 @@ constexpr const char* kVersion = "0.1.0";
 }
 
 int main(int argc, char** argv) {
+  strata::ops::cpu_blas_fix_core(argv);  // may re-execute once with OPENBLAS_CORETYPE set (see blas_runtime.h)
   CLI::App app{"Strata: transformer pre-training with mid-run model growth", "strata"};
   app.set_version_flag("--version", kVersion);
   app.set_config("--config", "", "Read options from a TOML or INI file ([section] per subcommand)");

@@ -1,14 +1,13 @@
 // kernels/cpu/activations.cpp: MLP activations (SwiGLU, tanh-approximate GELU), CPU.
 //
-// swiglu forward:  out[n,j] = silu(gate) * up, gate = inp[n,j], up = inp[n,F+j], silu(x) = x sigmoid(x)   out
-// `=` swiglu backward: dinp[n,j] = dout * up * sigmoid(gate) * (1 + gate (1 - sigmoid(gate)));
-//                  dinp[n,F+j] = dout * silu(gate)                                                      dinp
-//                  `=` inp, dinp (N,2F) hold [gate | up] per row; out, dout (N,F).
-// gelu forward:    out = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3)                          out
-// `=` gelu backward:   dinp = dout * (0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715
-// x^2))
-//                  out, inp, dout, dinp (n).                                                          dinp
-//                  `=`
+// SwiGLU, inp and dinp (N,2F) holding [gate | up] per row, out and dout (N,F), silu(x) = x sigmoid(x):
+//   forward:  out[n,j] = silu(g) * u,  g = inp[n,j], u = inp[n,F+j]                               out `=`
+//   backward: dinp[n,j] = dout * u * sigmoid(g) * (1 + g (1 - sigmoid(g)));
+//             dinp[n,F+j] = dout * silu(g)                                                        dinp `=`
+// GELU (tanh approximation), out, inp, dout, dinp (n), u = sqrt(2/pi) (x + 0.044715 x^3):
+//   forward:  out = 0.5 x (1 + tanh u)                                                            out `=`
+//   backward: dinp = dout * (0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2))
+//                                                                                                 dinp `=`
 //
 // Element-wise and alias-safe (out may equal inp). Float uses the vectorisable exp of cpu_common.h, so the
 // loops compile to SIMD code; double uses libm.

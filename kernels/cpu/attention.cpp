@@ -1,13 +1,13 @@
 // kernels/cpu/attention.cpp: causal grouped-query attention, CPU (OpenBLAS per (batch, head)).
 //
 // qkv (B,T,(NH+2*KVH)*HS) holds per token NH query heads, then KVH key heads, then KVH value heads (after
-// RoPE). Query head h reads key/value head g = h / (NH/KVH). scale = 1/sqrt(HS). forward:  att[b,h,t,s] =
-// softmax_{s<=t}(q_t . k_s * scale), 0 for s > t                      att `=`
+// RoPE). Query head h reads key/value head g = h / (NH/KVH). scale = 1/sqrt(HS).
+// forward:  att[b,h,t,s] = softmax_{s<=t}(q_t . k_s * scale), 0 for s > t                      att `=`
 //           out[b,t,h*HS:(h+1)*HS] = sum_s att[b,h,t,s] v_s                                   out `=`
 // backward: datt = dout_h v^T;  dpre = att * (datt - sum_s att * datt) * scale  (in datt, scratch)
-//           dq_h = dpre k;  dk_g = sum_{h in g} dpre^T q_h;  dv_g = sum_{h in g} att^T dout_h    dqkv `=`
+//           dq_h = dpre k;  dk_g = sum_{h in g} dpre^T q_h;  dv_g = sum_{h in g} att^T dout_h  dqkv `=`
 // decode:   the Tn new tokens of one sequence at positions [Tp, Tp+Tn) attend to cache rows [0, Tp+t]:
-//           q, out (Tn, NH*HS); kcache, vcache (>= Tp+Tn, KVH*HS); scratch (NH, Tp+Tn)           out `=`
+//           q, out (Tn, NH*HS); kcache, vcache (>= Tp+Tn, KVH*HS); scratch (NH, Tp+Tn)         out `=`
 // Shapes: out, dout (B,T,NH*HS); att, datt (B,NH,T,T); dqkv like qkv.
 //
 // The products are BLAS calls on strided head views (lda = the qkv row length), one (b, h) task per OpenMP
@@ -29,8 +29,8 @@ using cpu_detail::softmax_exp;
 
 namespace {
 
-constexpr int kRowBlock =
-    64;  // rows per causal block: big enough for BLAS efficiency, small enough to skip work
+// Rows per causal block: big enough for BLAS efficiency, small enough to skip the masked work.
+constexpr int kRowBlock = 64;
 
 // Multiply-adds of the causal products of B*NH heads (a bound; the causal blocks skip up to half).
 int64_t attention_work(int B, int T, int NH, int HS) {
@@ -43,36 +43,37 @@ void check_shapes(const char* op, int B, int T, int NH, int KVH, int HS) {
   STRATA_CHECK(NH % KVH == 0, op, ": NH=", NH, " is not a multiple of KVH=", KVH);
 }
 
-// In place on row t of scaled scores p[0..t]: p = softmax(p); p[t+1..len) = 0.
+// In place on row t of scaled scores p[0, n), n > t: p[s] = softmax over s <= t, 0 for s in (t, len).
+// The exp loop runs to m = t+1 rounded up to 16 (whole vectors, no scalar exp remainder; the extra entries
+// are computed scores, zeroed before the sum), so the sum and scale loops over [0, m) see zeros there.
 template <class F>
-STRATA_SIMD_CLONES void softmax_causal_row(F* p, int t, int len) {
+STRATA_SIMD_CLONES void softmax_causal_row(F* p, int t, int n, int len) {
+  const int m = std::min(n, (t + 16) & ~15);
   F mx = p[0];
 #pragma omp simd reduction(max : mx)
-  for (int s = 1; s <= t; ++s) mx = p[s] > mx ? p[s] : mx;
+  for (int s = 0; s <= t; ++s) mx = p[s] > mx ? p[s] : mx;
+#pragma omp simd
+  for (int s = 0; s < m; ++s) p[s] = softmax_exp<F>(p[s] - mx);
+  std::fill(p + t + 1, p + len, F(0));
   double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
-  for (int s = 0; s <= t; ++s) {
-    const F e = softmax_exp<F>(p[s] - mx);
-    p[s] = e;
-    sum += static_cast<double>(e);
-  }
+  for (int s = 0; s < m; ++s) sum += static_cast<double>(p[s]);
   const F inv = static_cast<F>(1.0 / sum);
 #pragma omp simd
-  for (int s = 0; s <= t; ++s) p[s] *= inv;
-  std::fill(p + t + 1, p + len, F(0));
+  for (int s = 0; s < m; ++s) p[s] *= inv;
 }
 
-// Softmax backward of row t, in place on dr: dr[s] = a[s] (dr[s] - sum_u a[u] dr[u]) scale for s <= t, 0
-// above.
+// Softmax backward of row t, in place on dr[0, n): dr[s] = a[s] (dr[s] - sum_u a[u] dr[u]) scale, where a is
+// zero above the diagonal (so is the result); dr[n, len) = 0.
 template <class F>
-STRATA_SIMD_CLONES void softmax_backward_row(const F* a, F* dr, int t, int len, F scale) {
+STRATA_SIMD_CLONES void softmax_backward_row(const F* a, F* dr, int n, int len, F scale) {
   double dot = 0.0;
 #pragma omp simd reduction(+ : dot)
-  for (int s = 0; s <= t; ++s) dot += static_cast<double>(a[s]) * static_cast<double>(dr[s]);
+  for (int s = 0; s < n; ++s) dot += static_cast<double>(a[s]) * static_cast<double>(dr[s]);
   const F d = static_cast<F>(dot);
 #pragma omp simd
-  for (int s = 0; s <= t; ++s) dr[s] = a[s] * (dr[s] - d) * scale;
-  std::fill(dr + t + 1, dr + len, F(0));
+  for (int s = 0; s < n; ++s) dr[s] = a[s] * (dr[s] - d) * scale;
+  std::fill(dr + n, dr + len, F(0));
 }
 
 // One decode query q (HS) against cache rows [0, len): o (HS) = softmax(q . k * scale) v; p (len) is scratch.
@@ -86,7 +87,7 @@ STRATA_SIMD_CLONES void decode_row(F* o, F* p, const F* q, const F* k, const F* 
     for (int i = 0; i < HS; ++i) dot += q[i] * ks[i];
     p[s] = dot * scale;
   }
-  softmax_causal_row(p, len - 1, len);
+  softmax_causal_row(p, len - 1, len, len);
   std::fill(o, o + HS, F(0));
   for (int s = 0; s < len; ++s) {
     const F* vs = v + int64_t{s} * ld;
@@ -118,7 +119,7 @@ void attention_forward(const Dev&, F* out, F* att, const F* qkv, int B, int T, i
       const int r1 = std::min(T, r0 + kRowBlock);
       gemm<F>(false, true, r1 - r0, r1, HS, scale, q + int64_t{r0} * R, R, k, R, F(0), a + int64_t{r0} * T,
               T);
-      for (int t = r0; t < r1; ++t) softmax_causal_row(a + int64_t{t} * T, t, T);
+      for (int t = r0; t < r1; ++t) softmax_causal_row(a + int64_t{t} * T, t, r1, T);
       gemm<F>(false, false, r1 - r0, HS, r1, F(1), a + int64_t{r0} * T, T, v, R, F(0), o + int64_t{r0} * OC,
               OC);
     }
@@ -154,12 +155,11 @@ void attention_backward(const Dev&, F* dqkv, F* datt, const F* dout, const F* qk
         gemm<F>(false, true, r1 - r0, r1, HS, F(1), dy + int64_t{r0} * OC, OC, v, R, F(0),
                 da + int64_t{r0} * T, T);
         for (int t = r0; t < r1; ++t)
-          softmax_backward_row(a + int64_t{t} * T, da + int64_t{t} * T, t, T, scale);
+          softmax_backward_row(a + int64_t{t} * T, da + int64_t{t} * T, r1, T, scale);
         gemm<F>(false, false, r1 - r0, HS, r1, F(1), da + int64_t{r0} * T, T, k, R, F(0),
                 dq + int64_t{r0} * R, R);
       }
-      // dk, dv rows [c0, c1) gather the query rows t >= c0 (columns c0..c1 of the lower-triangular dpre /
-      // att).
+      // dk, dv rows [c0, c1) gather query rows t >= c0: columns c0..c1 of the lower-triangular dpre / att.
       const F beta = hi == 0 ? F(0) : F(1);
       for (int c0 = 0; c0 < T; c0 += kRowBlock) {
         const int c1 = std::min(T, c0 + kRowBlock);

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <cstdio>
 #include <cstdlib>
 #include <string_view>
 
@@ -39,6 +40,7 @@ void cpu_blas_fix_core(char** argv) {
   const std::string want = cpu_blas_better_core();
   if (want.empty()) return;
   if (::setenv("OPENBLAS_CORETYPE", want.c_str(), 1) != 0) return;
+  std::fflush(nullptr);             // output buffered so far would be lost by the exec
   ::execv("/proc/self/exe", argv);  // returns only on failure: carry on with the kernels we have
 }
 

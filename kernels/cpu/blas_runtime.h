@@ -1,5 +1,4 @@
-// kernels/cpu/blas_runtime.h: which OpenBLAS kernels the CPU backend runs, and the fix for a known
-// misdetection.
+// kernels/cpu/blas_runtime.h: which OpenBLAS kernels the CPU ops run, and the fix for a misdetection.
 //
 // Debian 12's OpenBLAS (0.3.21, DYNAMIC_ARCH) picks its kernel set from the CPU model when the library loads.
 // On Intel models newer than it knows (e.g. Emerald Rapids, family 6 model 207, which is what the development

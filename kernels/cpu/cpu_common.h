@@ -3,17 +3,16 @@
 // - gemm<F>: row-major cblas_sgemm / cblas_dgemm. OpenBLAS is the OpenMP build (libopenblas-openmp-dev): it
 //   shares the OpenMP thread pool with our `omp parallel` loops (no oversubscription when the two alternate)
 //   and runs single-threaded when called inside a parallel region (attention calls it per (b, head)).
-// - exp_of / tanh_of / sigmoid_of: for float a branch-free polynomial exp that vectorises under `omp simd`
-//   (glibc's expf only vectorises under -ffast-math), for double the libm functions (the finite-difference
-//   tests run in double and want full accuracy).
-// - kMinParallelWork: below it a loop runs on the calling thread (an OpenMP fork/join costs a few
-// microseconds).
-// - STRATA_SIMD_CLONES: on the row kernels (the loops with exp, norms, reductions), with gcc on x86-64,
-//   compiles them three times (AVX-512 "x86-64-v4", AVX2 "x86-64-v3", baseline SSE2) and picks one at load
-//   time (ifunc): the portable build still runs the exp-heavy loops 2.5-5x faster than SSE2 on AVX-512/AVX2
-//   CPUs. CMake turns it off with -march=native (STRATA_NATIVE), sanitizers and clang. Results may differ in
-//   the last bits between CPUs (vector width changes the simd reduction order; the clones may contract into
-//   FMA).
+// - exp_of / softmax_exp / sigmoid_of / tanh_of: for float a branch-free polynomial exp that vectorises under
+//   `omp simd` (glibc's expf only vectorises under -ffast-math) and never returns denormals; for double the
+//   libm functions (the finite-difference tests run in double and want full accuracy).
+// - kMinParallelWork / kMinParallelFlops: below them a loop runs on the calling thread (an OpenMP fork/join
+//   costs microseconds on an idle machine, a scheduler time slice on a loaded one).
+// - STRATA_SIMD_CLONES: on the row kernels (loops with exp, norms, reductions), with gcc on x86-64, compiles
+//   them three times (AVX-512 "x86-64-v4", AVX2 "x86-64-v3", baseline SSE2) and picks one at load time
+//   (ifunc): the portable build runs the exp-heavy loops 2.5-5x faster than SSE2 would. CMake turns it off
+//   for STRATA_NATIVE (-march=native), sanitizers and clang. Results may differ in the last bits between CPUs
+//   (the vector width changes simd reduction orders; the clones may contract into FMA).
 // - kColBlock: column block width of the column-wise reductions (norm weight/bias gradients, bias gradients,
 //   embedding backward). A block is owned by one thread and summed over rows in row order, so those
 //   reductions are deterministic and independent of the thread count.

@@ -1,12 +1,10 @@
 // kernels/cpu/layernorm.cpp: LayerNorm (biased variance), CPU.
 //
 // forward:  mean[n] = mean_c inp[n,c];  rstd[n] = 1 / sqrt(mean_c (inp[n,c] - mean[n])^2 + eps)
-//           out[n,c] = (inp[n,c] - mean[n]) * rstd[n] * weight[c] + bias[c]                  out, mean, rstd
-//           `=`
+//           out[n,c] = (inp[n,c] - mean[n]) * rstd[n] * weight[c] + bias[c]          out, mean, rstd `=`
 // backward: with xhat = (inp - mean) * rstd and g = dout * weight,
-//           dinp[n,c]  += rstd[n] * (g - mean_c(g) - xhat * mean_c(g * xhat))               dinp `+=`
-//           dweight[c] += sum_n dout[n,c] * xhat[n,c];  dbias[c] += sum_n dout[n,c]         dweight, dbias
-//           `+=`
+//           dinp[n,c]  += rstd[n] * (g - mean_c(g) - xhat * mean_c(g * xhat))                  dinp `+=`
+//           dweight[c] += sum_n dout[n,c] * xhat[n,c];  dbias[c] += sum_n dout[n,c]   dweight, dbias `+=`
 // Shapes: out, inp, dout, dinp (N,C); mean, rstd (N); weight, bias, dweight, dbias (C).
 //
 // Statistics in double, the variance in two passes (no cancellation). Rows are independent; dweight and dbias

@@ -1,9 +1,10 @@
 // kernels/cpu/rmsnorm.cpp: RMSNorm, CPU.
 //
-// forward:  rstd[n] = 1 / sqrt(mean_c inp[n,c]^2 + eps);  out[n,c] = inp[n,c] * rstd[n] * weight[c]   out,
-// rstd `=` backward: with xhat = inp * rstd and g = dout * weight,
-//           dinp[n,c]  += rstd[n] * (g[n,c] - xhat[n,c] * mean_c(g[n,:] * xhat[n,:]))                dinp
-//           `+=` dweight[c] += sum_n dout[n,c] * xhat[n,c] dweight `+=`
+// forward:  rstd[n] = 1 / sqrt(mean_c inp[n,c]^2 + eps)
+//           out[n,c] = inp[n,c] * rstd[n] * weight[c]                                       out, rstd `=`
+// backward: with xhat = inp * rstd and g = dout * weight,
+//           dinp[n,c]  += rstd[n] * (g[n,c] - xhat[n,c] * mean_c(g[n,:] * xhat[n,:]))          dinp `+=`
+//           dweight[c] += sum_n dout[n,c] * xhat[n,c]                                       dweight `+=`
 // Shapes: out, inp, dout, dinp (N,C); rstd (N); weight, dweight (C).
 //
 // Row statistics are accumulated in double. Rows are independent (parallel over n); dweight is reduced

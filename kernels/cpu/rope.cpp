@@ -1,10 +1,9 @@
-// kernels/cpu/rope.cpp: rotary position embedding, GPT-NeoX "rotate half" layout over the full head dim, CPU.
+// kernels/cpu/rope.cpp: rotary position embedding, GPT-NeoX "rotate half" layout over the full head, CPU.
 //
 // In place on the NH query heads and KVH key heads of every token row of qkv (B,T,(NH+2*KVH)*HS); the KVH
 // value heads are untouched. For i in [0, HS/2), position p = pos0 + t, theta_i = p * base^(-2i/HS):
-// forward:  x'[i] = x[i] cos - x[i+HS/2] sin;   x'[i+HS/2] = x[i+HS/2] cos + x[i] sin             qkv in
-// place backward: the transpose (inverse) rotation, angle -theta, on dqkv (B,T,(NH+2*KVH)*HS)           dqkv
-// in place
+// forward:  x'[i] = x[i] cos - x[i+HS/2] sin;  x'[i+HS/2] = x[i+HS/2] cos + x[i] sin        qkv in place
+// backward: the transpose (inverse) rotation, angle -theta, on dqkv (B,T,(NH+2*KVH)*HS)    dqkv in place
 //
 // The angle and its cos/sin are computed in double for both element types (float's p * inv_freq loses ~3
 // digits by p ~ 4096), once per (position, i), and applied to the NH+KVH rotated heads of all B rows.

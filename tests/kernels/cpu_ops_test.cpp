@@ -1,13 +1,12 @@
 // tests/kernels/cpu_ops_test.cpp: the CPU backend (kernels/cpu/*.cpp) against independent references.
 //
 // For every op:
-//   - forward vs a naive double loop (or an exact identity: rope_backward inverts rope_forward, decode with a
-//     prefix cache equals the full causal forward), outputs poisoned with NaN first so unwritten elements
-//     fail;
+//   - forward vs a naive double loop (or an exact identity: rope_backward inverts rope_forward, decode with
+//     a prefix cache equals the full causal forward), outputs poisoned with NaN so unwritten elements fail;
 //   - every input and parameter gradient vs central finite differences of L = sum(out * R) in double, R a
-//     seeded random projection; accumulating (`+=`) gradients start from random values and are called twice;
+//     seeded random projection; accumulating (`+=`) gradients start from random values, called twice;
 //   - float vs double on the same inputs;
-//   - determinism: two runs are bitwise equal, and with 1 vs 2 OpenMP threads for the ops that guarantee it.
+//   - determinism: two runs are bitwise equal, and so are 1 vs 2 OpenMP threads where the op guarantees it.
 // Inputs are seeded uniform random values, never zeros; every comparison asserts its reference is non-zero.
 #include <gtest/gtest.h>
 #include <omp.h>
@@ -24,16 +23,17 @@
 #include <vector>
 
 #include "engine/check.h"
+#include "kernels/cpu/blas_runtime.h"
 #include "kernels/cpu/cpu_common.h"
 #include "kernels/ops.h"
 
 namespace strata::ops {
 namespace {
 
-// ---- tolerances: relative to the largest |reference| entry of the compared tensor
-// ---------------------------- Central differences with step kFdStep on O(1) inputs: truncation ~h^2 |f'''| ~
-// 1e-10, rounding ~1e-16 |L| / h ~ 1e-10; 1e-6 leaves headroom and still catches any wrong term (those are
-// O(1e-2) or larger).
+// ---- tolerances, relative to the largest |reference| entry of the compared tensor -------------------------
+// Central differences with step kFdStep on O(1) inputs: truncation ~h^2 |f'''| ~ 1e-10, rounding
+// ~1e-16 |L| / h ~ 1e-10; 1e-6 leaves headroom and still catches any wrong term (those are O(1e-2)
+// or larger).
 constexpr double kFdStep = 1e-5;
 constexpr double kTolFiniteDiff = 1e-6;
 // Double op vs a naive double reference: only the summation order (BLAS blocking, simd reductions) differs.
@@ -163,8 +163,7 @@ void with_threads(int threads, Fn&& fn) {
   omp_set_num_threads(before);
 }
 
-// ---- exp approximation
-// ---------------------------------------------------------------------------------------
+// ---- exp approximation ------------------------------------------------------------------------------------
 TEST(CpuOps, ExpApproxMatchesLibm) {
   double worst = 0.0;
   for (double x = -87.0; x <= 80.0; x += 0.0013) {
@@ -188,8 +187,7 @@ bool has_denormal(const std::vector<float>& v) {
   return std::any_of(v.begin(), v.end(), [](float x) { return std::fpclassify(x) == FP_SUBNORMAL; });
 }
 
-// ---- embedding
-// -----------------------------------------------------------------------------------------------
+// ---- embedding --------------------------------------------------------------------------------------------
 constexpr int kB = 2, kT = 5, kC = 7, kV = 11;
 
 std::vector<int32_t> embedding_tokens() {
@@ -246,8 +244,7 @@ TEST(CpuOps, EmbeddingBackwardMatchesFiniteDifferences) {
   expect_close("embedding dwte (no wpe)", sub(dwte2, dwte0), gwte, kTolDoubleRef);
 }
 
-// ---- RMSNorm / LayerNorm
-// -------------------------------------------------------------------------------------
+// ---- RMSNorm / LayerNorm ----------------------------------------------------------------------------------
 constexpr int kN = kB * kT;
 constexpr float kEps = 1e-5f;
 
@@ -374,8 +371,7 @@ TEST(CpuOps, LayernormBackwardMatchesFiniteDifferences) {
   expect_close("layernorm dbias (float)", db_f, g_b, kTolFloatVsDouble);
 }
 
-// ---- matmul
-// --------------------------------------------------------------------------------------------------
+// ---- matmul -----------------------------------------------------------------------------------------------
 constexpr int kIC = 7, kOC = 5;
 
 template <class F>
@@ -438,8 +434,7 @@ TEST(CpuOps, MatmulBackwardMatchesFiniteDifferences) {
   expect_close("matmul dbias (float)", db_f, g_b, kTolFloatVsDouble);
 }
 
-// ---- RoPE
-// ----------------------------------------------------------------------------------------------------
+// ---- RoPE -------------------------------------------------------------------------------------------------
 struct AttnShape {
   int B, T, NH, KVH, HS;
   int row() const { return (NH + 2 * KVH) * HS; }
@@ -497,8 +492,7 @@ TEST(CpuOps, RopeBackwardIsTheInverseAndTheTranspose) {
   expect_close("rope dqkv (float)", run_rope<float>(R, s, false), grad, kTolFloatVsDouble);
 }
 
-// ---- attention
-// -----------------------------------------------------------------------------------------------
+// ---- attention --------------------------------------------------------------------------------------------
 template <class F>
 struct AttnOut {
   std::vector<F> out, att;
@@ -613,8 +607,7 @@ TEST(CpuOps, AttentionDecodeMatchesForwardWithPrefixCache) {
   }
 }
 
-// ---- activations
-// ---------------------------------------------------------------------------------------------
+// ---- activations ------------------------------------------------------------------------------------------
 constexpr int kFdim = 9;
 
 template <class F>
@@ -672,8 +665,7 @@ TEST(CpuOps, GeluMatchesNaiveAndFiniteDifferences) {
   expect_close("gelu dinp (float)", dinp_f, dinp, kTolFloatVsDouble);
 }
 
-// ---- residual
-// ------------------------------------------------------------------------------------------------
+// ---- residual ---------------------------------------------------------------------------------------------
 TEST(CpuOps, ResidualForwardInPlaceAndBackwardAccumulates) {
   const size_t n = 41;
   const Vec a = random_vec(n, 91), b = random_vec(n, 92);
@@ -702,8 +694,7 @@ TEST(CpuOps, ResidualForwardInPlaceAndBackwardAccumulates) {
   expect_close("residual db untouched with null", sub(db, db0), dout, kTolDoubleRef);
 }
 
-// ---- softmax + cross-entropy
-// ---------------------------------------------------------------------------------
+// ---- softmax + cross-entropy ------------------------------------------------------------------------------
 constexpr int32_t kIgnore = -100;
 constexpr float kDloss = 0.37f;
 
@@ -811,9 +802,15 @@ TEST(CpuOpsDeathTest, PreconditionsAreChecked) {
                "not a multiple of KVH=2");
 }
 
-// ---- determinism
-// --------------------------------------------------------------------------------------------- Shapes past
-// the serial cutoff (cpu_detail::kMinParallelWork elements), so the OpenMP paths run.
+// The kernel-set query works, and a suggested override is one of the two sets we force.
+TEST(CpuOps, BlasCoreQuery) {
+  EXPECT_FALSE(cpu_blas_core().empty());
+  const std::string better = cpu_blas_better_core();
+  EXPECT_TRUE(better.empty() || better == "SkylakeX" || better == "Haswell") << better;
+}
+
+// ---- determinism ------------------------------------------------------------------------------------------
+// Shapes past the serial cutoff (cpu_detail::kMinParallelWork elements), so the OpenMP paths run.
 constexpr int kDetN = 300, kDetC = 131;
 static_assert(int64_t{kDetN} * kDetC >= cpu_detail::kMinParallelWork);
 
