@@ -17,7 +17,6 @@
 #include "engine/train_config.h"
 #include "engine/trainer.h"
 
-#include <omp.h>
 
 namespace strata {
 namespace {
@@ -42,7 +41,7 @@ struct EvalOptions {
 };
 
 void run_eval(const EvalOptions& o) {
-  omp_set_num_threads(resolve_threads(o.threads));
+  set_compute_threads(o.threads);
   const std::string dir = resolve_checkpoint(o.checkpoint);
   const CheckpointInfo info = read_checkpoint_info(dir);
   std::vector<std::string> shards;
@@ -75,7 +74,7 @@ struct SampleCliOptions {
 };
 
 void run_sample(const SampleCliOptions& o) {
-  omp_set_num_threads(resolve_threads(o.threads));
+  set_compute_threads(o.threads);
   STRATA_REQUIRE(o.tokens >= 1, "--tokens must be at least 1 (got ", o.tokens, ")");
   STRATA_REQUIRE(o.samples >= 1, "--samples must be at least 1 (got ", o.samples, ")");
   STRATA_REQUIRE(o.temperature >= 0, "--temperature must be >= 0 (got ", o.temperature, ")");

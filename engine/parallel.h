@@ -18,6 +18,10 @@ inline int hardware_threads() { return std::max(1, static_cast<int>(std::thread:
 // Resolves a user's thread count: 0 (or less) means all cores.
 inline int resolve_threads(int requested) { return requested > 0 ? requested : hardware_threads(); }
 
+// Sets the threads of the numeric kernels (OpenMP, and OpenBLAS, which shares OpenMP's pool): 0 = all cores.
+// Returns the count in effect (1 in a build without OpenMP). Defined in engine/threads.cpp (strata_train).
+int set_compute_threads(int requested);
+
 // Calls fn(i) for i in [0, n) on up to `threads` threads (0 = all cores), handing out indices one at a time.
 // The first exception thrown by any call is rethrown on the calling thread after all workers stop.
 template <typename Fn>

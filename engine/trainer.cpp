@@ -2,7 +2,6 @@
 // (forward, backward with 1/k scaling), global-norm clipping, the scheduled learning rate, one AdamW update.
 #include "engine/trainer.h"
 
-#include <omp.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -164,7 +163,7 @@ void print_config(const TrainConfig& c, size_t train_shards, uint64_t train_toke
   row("seed", cat(c.seed, c.shuffle ? " (shuffled)" : " (natural order)"));
   row("eval", cat("every ", c.eval_every, " steps, ", c.eval_batches, " batches"));
   row("out", cat(c.out_dir, " (checkpoint every ", c.ckpt_every, " steps, keep ", c.keep_last, ")"));
-  row("threads", cat(omp_get_max_threads()));
+  row("threads", cat(set_compute_threads(c.threads)));
   std::fflush(stdout);
 }
 
@@ -172,7 +171,7 @@ void print_config(const TrainConfig& c, size_t train_shards, uint64_t train_toke
 
 void run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool overwrite) {
   TrainConfig cfg = cfg_in;
-  omp_set_num_threads(resolve_threads(cfg.threads));
+  set_compute_threads(cfg.threads);
   // Data and tokenizer.
   const std::vector<std::string> train_shards = split_shards(cfg.data_dir, "train");
   STRATA_REQUIRE(!train_shards.empty(), "data folder ", cfg.data_dir,
