@@ -1,7 +1,7 @@
 // bench/train_bench.cpp: CPU training throughput of the engine for one model preset, the same step that
 // bench/torch_train_bench.py times in PyTorch (bench/train_bench.sh runs both and prints ratios).
 //
-// One step = zero_grad, forward with targets, backward, clip_grad_norm (1.0), AdamW step (lr 1e-4, so the
+// One step = zero_grad, forward with targets, backward, clip to 1.0 (folded into the AdamW update, as in the trainer), AdamW step (lr 1e-4, so the
 // loss stays finite however long it runs) on one fixed random (B,T) batch (seeded uniform tokens over the
 // preset's vocabulary) from init_params. --warmup untimed steps, then --steps timed ones; reports tokens/s
 // (B*T per step, from the median and the best step), the median time of each phase, and the peak resident
@@ -95,8 +95,8 @@ int main(int argc, char** argv) {
       const auto t1 = Clock::now();
       model.backward();
       const auto t2 = Clock::now();
-      strata::clip_grad_norm(model.grads(), 1.0);
-      opt.step(model.params(), model.grads(), 1e-4);
+      const double norm = strata::grad_norm(model.grads());  // clipping folded into AdamW, as the trainer does
+      opt.step(model.params(), model.grads(), 1e-4, strata::clip_scale(norm, 1.0));
       const auto t3 = Clock::now();
       STRATA_REQUIRE(std::isfinite(loss), "non-finite loss at step ", i);
       if (i == 0) first_loss = loss;

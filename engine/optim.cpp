@@ -26,14 +26,15 @@ void AdamW::reset() {
   t_ = 0;
 }
 
-void AdamW::step(ParamBuffer& params, const ParamBuffer& grads, double lr) {
+void AdamW::step(ParamBuffer& params, const ParamBuffer& grads, double lr, float grad_scale) {
   STRATA_CHECK(params.numel() == m_.numel() && grads.numel() == m_.numel(), "AdamW: buffer layouts differ");
   ++t_;
   const float b1 = static_cast<float>(cfg_.beta1), b2 = static_cast<float>(cfg_.beta2);
   const float eps = static_cast<float>(cfg_.eps);
   // Bias corrections folded into the step size and the denominator, in double then rounded once.
   const float step_size = static_cast<float>(lr / (1.0 - std::pow(cfg_.beta1, static_cast<double>(t_))));
-  const float bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(cfg_.beta2, static_cast<double>(t_))));
+  const float inv_bc2_sqrt =
+      static_cast<float>(1.0 / std::sqrt(1.0 - std::pow(cfg_.beta2, static_cast<double>(t_))));
   for (const ParamEntry& e : params.layout().entries()) {
     float* p = params.data() + e.offset;
     const float* g = grads.data() + e.offset;
@@ -41,14 +42,16 @@ void AdamW::step(ParamBuffer& params, const ParamBuffer& grads, double lr) {
     float* v = v_.data() + e.offset;
     const float decay = e.spec.weight_decay ? static_cast<float>(1.0 - lr * cfg_.weight_decay) : 1.0f;
     const int64_t n = e.numel();
+    // One streaming pass (p, g, m, v): memory-bound, so it vectorises (this file is built with
+    // -fno-math-errno, without which sqrtf keeps the loop scalar) and splits across threads for large tensors.
 #pragma omp parallel for simd schedule(static) if (n > 32768)
     for (int64_t i = 0; i < n; ++i) {
-      const float gi = g[i];
+      const float gi = g[i] * grad_scale;
       const float mi = b1 * m[i] + (1.0f - b1) * gi;
       const float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
       m[i] = mi;
       v[i] = vi;
-      p[i] = p[i] * decay - step_size * mi / (std::sqrt(vi) / bc2_sqrt + eps);
+      p[i] = p[i] * decay - step_size * mi / (std::sqrt(vi) * inv_bc2_sqrt + eps);
     }
   }
 }
@@ -63,10 +66,14 @@ double sum_squares(const float* x, int64_t n) {
   std::vector<double> part(static_cast<size_t>(chunks), 0.0);
 #pragma omp parallel for schedule(static) if (chunks > 1)
   for (int64_t c = 0; c < chunks; ++c) {
-    double s = 0.0;
-    const int64_t end = std::min(n, (c + 1) * kChunk);
-    for (int64_t i = c * kChunk; i < end; ++i) s += static_cast<double>(x[i]) * x[i];
-    part[static_cast<size_t>(c)] = s;
+    // Eight interleaved accumulators so the loop vectorises; their order is fixed, so the sum is too.
+    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    const int64_t begin = c * kChunk, end = std::min(n, begin + kChunk);
+    int64_t i = begin;
+    for (; i + 8 <= end; i += 8)
+      for (int k = 0; k < 8; ++k) acc[k] += static_cast<double>(x[i + k]) * x[i + k];
+    for (; i < end; ++i) acc[0] += static_cast<double>(x[i]) * x[i];
+    part[static_cast<size_t>(c)] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
   }
   double total = 0.0;
   for (double s : part) total += s;
@@ -77,10 +84,14 @@ double sum_squares(const float* x, int64_t n) {
 
 double grad_norm(const ParamBuffer& grads) { return std::sqrt(sum_squares(grads.data(), grads.numel())); }
 
+float clip_scale(double norm, double max_norm) {
+  return (max_norm > 0 && norm > max_norm) ? static_cast<float>(max_norm / (norm + 1e-6)) : 1.0f;
+}
+
 double clip_grad_norm(ParamBuffer& grads, double max_norm) {
   const double norm = grad_norm(grads);
-  if (max_norm > 0 && norm > max_norm) {
-    const float scale = static_cast<float>(max_norm / (norm + 1e-6));
+  const float scale = clip_scale(norm, max_norm);
+  if (scale != 1.0f) {
     float* g = grads.data();
     const int64_t n = grads.numel();
 #pragma omp parallel for simd schedule(static) if (n > 32768)

@@ -25,8 +25,10 @@ struct AdamWConfig {
 class AdamW {
  public:
   AdamW(const ParamLayout& layout, const AdamWConfig& cfg);
-  // One update of params with grads at rate lr; advances the step counter t first.
-  void step(ParamBuffer& params, const ParamBuffer& grads, double lr);
+  // One update of params with grad_scale * grads at rate lr; advances the step counter t first. grad_scale
+  // folds gradient clipping into the update (clip_scale below): the same arithmetic as scaling the gradients
+  // first, without another pass over them.
+  void step(ParamBuffer& params, const ParamBuffer& grads, double lr, float grad_scale = 1.0f);
 
   const AdamWConfig& config() const { return cfg_; }
   long t() const { return t_; }
@@ -45,6 +47,9 @@ class AdamW {
 
 // The global L2 norm of all gradients (accumulated in double).
 double grad_norm(const ParamBuffer& grads);
+// The factor clipping applies for a gradient of global norm `norm`: max_norm / (norm + 1e-6) when max_norm > 0
+// and norm > max_norm, else 1 (PyTorch's clip_grad_norm_).
+float clip_scale(double norm, double max_norm);
 // When max_norm > 0 and norm > max_norm, scales grads by max_norm / (norm + 1e-6) (PyTorch's
 // clip_grad_norm_). Returns the norm before clipping.
 double clip_grad_norm(ParamBuffer& grads, double max_norm);

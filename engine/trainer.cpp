@@ -301,9 +301,9 @@ void run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, boo
       model.backward(1.0f / static_cast<float>(accum));
     }
     loss /= accum;
-    const double norm = clip_grad_norm(model.grads(), cfg.grad_clip);
+    const double norm = grad_norm(model.grads());
     const double lr = cfg.schedule.lr(step);
-    opt.step(model.params(), model.grads(), lr);
+    opt.step(model.params(), model.grads(), lr, clip_scale(norm, cfg.grad_clip));
     ++step;
     tokens_seen += static_cast<uint64_t>(cfg.global_batch_tokens);
     flops += flops_per_token * static_cast<double>(cfg.global_batch_tokens);
