@@ -145,36 +145,11 @@ ShardInfo validate_shard_bytes(std::string_view name, const uint8_t* data, size_
 }
 
 Shard Shard::open(const std::string& path, uint32_t vocab_size) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  STRATA_REQUIRE(fd >= 0, where(path), "cannot open: ", std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    const int err = errno;
-    ::close(fd);
-    STRATA_FAIL(where(path), "cannot stat: ", std::strerror(err));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    STRATA_FAIL(where(path), "not a regular file");
-  }
-  const auto bytes = static_cast<size_t>(st.st_size);
-  if (bytes < kShardHeaderBytes) {  // also avoids mmap of an empty file; the message comes from the validator
-    ::close(fd);
-    validate_shard_bytes(path, nullptr, bytes, vocab_size);  // throws "truncated" before reading any byte
-    STRATA_CHECK(false, "validate_shard_bytes accepted ", bytes, " bytes");
-  }
-  void* map = ::mmap(nullptr, bytes, PROT_READ, MAP_PRIVATE, fd, 0);
-  const int map_err = errno;
-  ::close(fd);  // the mapping keeps the file alive
-  STRATA_REQUIRE(map != MAP_FAILED, where(path), "cannot mmap: ", std::strerror(map_err));
-
-  Shard s;  // owns the mapping from here: a validation error below unmaps it
+  Shard s;
   s.path_ = path;
-  s.map_ = map;
-  s.map_bytes_ = bytes;
-  const auto* base = static_cast<const uint8_t*>(map);
-  const ShardInfo info = validate_shard_bytes(path, base, bytes, vocab_size);
-  s.tokens_ = base + kShardHeaderBytes;
+  s.file_ = MappedFile(path, where(path));  // an empty file has no mapping: the validator reports truncation
+  const ShardInfo info = validate_shard_bytes(path, s.file_.data(), s.file_.size(), vocab_size);
+  s.tokens_ = s.file_.data() + kShardHeaderBytes;
   s.count_ = info.count;
   s.width_ = info.width;
   return s;
@@ -192,18 +167,15 @@ Shard Shard::view(std::string name, const uint8_t* data, size_t size, uint32_t v
 
 Shard::Shard(Shard&& other) noexcept
     : path_(std::move(other.path_)),
-      map_(std::exchange(other.map_, nullptr)),
-      map_bytes_(std::exchange(other.map_bytes_, 0)),
+      file_(std::move(other.file_)),
       tokens_(std::exchange(other.tokens_, nullptr)),
       count_(std::exchange(other.count_, 0)),
       width_(other.width_) {}
 
 Shard& Shard::operator=(Shard&& other) noexcept {
   if (this != &other) {
-    release();
     path_ = std::move(other.path_);
-    map_ = std::exchange(other.map_, nullptr);
-    map_bytes_ = std::exchange(other.map_bytes_, 0);
+    file_ = std::move(other.file_);
     tokens_ = std::exchange(other.tokens_, nullptr);
     count_ = std::exchange(other.count_, 0);
     width_ = other.width_;
@@ -211,17 +183,7 @@ Shard& Shard::operator=(Shard&& other) noexcept {
   return *this;
 }
 
-Shard::~Shard() {
-  release();
-}
-
-void Shard::release() {
-  if (map_ != nullptr) ::munmap(map_, map_bytes_);
-  map_ = nullptr;
-  map_bytes_ = 0;
-  tokens_ = nullptr;
-  count_ = 0;
-}
+Shard::~Shard() = default;
 
 uint32_t Shard::operator[](size_t i) const {
   STRATA_CHECK(i < count_, "token index ", i, " outside shard '", path_, "' of ", count_, " tokens");

@@ -28,6 +28,8 @@
 #include <string>
 #include <string_view>
 
+#include "engine/fileio.h"
+
 namespace strata::data {
 
 static_assert(std::endian::native == std::endian::little,
@@ -93,11 +95,9 @@ class Shard {
 
  private:
   Shard() = default;
-  void release();
 
   std::string path_;
-  void* map_ = nullptr;  // the mmap of the whole file; null for a view
-  size_t map_bytes_ = 0;
+  MappedFile file_;  // the mapping of the whole file; empty for a view
   const uint8_t* tokens_ = nullptr;
   size_t count_ = 0;
   TokenWidth width_ = TokenWidth::kU16;

@@ -43,6 +43,30 @@ class AtomicFile {
 // read_file() reads it back transparently.
 void write_file_atomic(const std::string& path, std::string_view content);
 
+// A read-only mapping of a whole file (an empty file has no mapping: data() is null). Movable.
+class MappedFile {
+ public:
+  MappedFile() = default;
+  // Errors (one line, starting with `what`, default "'<path>': "): missing, not a regular file, cannot be
+  // mapped.
+  explicit MappedFile(const std::string& path, const std::string& what = "");
+  MappedFile(MappedFile&& other) noexcept;
+  MappedFile& operator=(MappedFile&& other) noexcept;
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  ~MappedFile();
+
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  void release();
+  std::string path_;
+  const uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+};
+
 // Each pattern may be a file, a directory (its regular files, non-recursive) or a glob ("data/*.txt").
 // A pattern that matches nothing is an error naming it.
 std::vector<std::string> expand_inputs(const std::vector<std::string>& patterns);

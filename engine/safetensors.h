@@ -30,6 +30,8 @@
 #include <string_view>
 #include <vector>
 
+#include "engine/fileio.h"
+
 namespace strata {
 
 static_assert(std::endian::native == std::endian::little,
@@ -68,29 +70,6 @@ struct WrittenFile {
 // ("__metadata__") name, a negative dimension, a size that overflows, null data for a non-empty tensor, I/O.
 WrittenFile write_safetensors(const std::string& path, const std::vector<TensorView>& tensors,
                               const SafetensorsMetadata& metadata = {});
-
-// A read-only mapping of a whole file (an empty file has no mapping: data() is null). Movable.
-class MappedFile {
- public:
-  MappedFile() = default;
-  // Errors naming the file: missing, not a regular file, cannot be mapped.
-  explicit MappedFile(const std::string& path);
-  MappedFile(MappedFile&& other) noexcept;
-  MappedFile& operator=(MappedFile&& other) noexcept;
-  MappedFile(const MappedFile&) = delete;
-  MappedFile& operator=(const MappedFile&) = delete;
-  ~MappedFile();
-
-  const uint8_t* data() const { return data_; }
-  size_t size() const { return size_; }
-  const std::string& path() const { return path_; }
-
- private:
-  void release();
-  std::string path_;
-  const uint8_t* data_ = nullptr;
-  size_t size_ = 0;
-};
 
 // One tensor of a validated file: its bytes lie in the file's data section.
 struct SafeTensor {
