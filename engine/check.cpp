@@ -28,10 +28,10 @@ std::string process_description() {
 
 namespace detail {
 
-void check_failed(std::string_view what, std::string_view statement, const char* file, int line, const char* func,
-                  const std::string& message) {
-  // Internal failures are bugs or broken hardware, not user errors: report everything and abort, so a core dump
-  // or a debugger catches the state. The message stays on one line for log grepping.
+void check_failed(std::string_view what, std::string_view statement, const char* file, int line,
+                  const char* func, const std::string& message) {
+  // Internal failures are bugs or broken hardware, not user errors: report everything and abort, so a core
+  // dump or a debugger catches the state. The message stays on one line for log grepping.
   std::fprintf(stderr, "strata: %.*s failed: %.*s%s%s at %s:%d in %s (%s)\n", static_cast<int>(what.size()),
                what.data(), static_cast<int>(statement.size()), statement.data(), message.empty() ? "" : ": ",
                message.c_str(), file, line, func, process_description().c_str());

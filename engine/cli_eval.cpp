@@ -1,5 +1,5 @@
-// `strata eval` (loss, perplexity and bits per byte of a checkpoint on any shard set) and `strata sample` (text
-// from a checkpoint, with a KV cache).
+// `strata eval` (loss, perplexity and bits per byte of a checkpoint on any shard set) and `strata sample`
+// (text from a checkpoint, with a KV cache).
 #include <CLI/CLI.hpp>
 
 #include <cmath>
@@ -16,7 +16,6 @@
 #include "engine/sampler.h"
 #include "engine/train_config.h"
 #include "engine/trainer.h"
-
 
 namespace strata {
 namespace {
@@ -61,8 +60,9 @@ void run_eval(const EvalOptions& o) {
   const EvalResult r = evaluate_shards(model, shards, o.batches, tok);
   std::printf("checkpoint %s (step %ld), %zu shard%s, %d batches of %d x %d\n", dir.c_str(), info.step,
               shards.size(), shards.size() == 1 ? "" : "s", r.batches, o.batch_size, T);
-  std::printf("loss %.4f | perplexity %.3f | bits/byte %.4f | %lld tokens, %lld bytes\n", r.loss, std::exp(r.loss),
-              r.bits_per_byte, static_cast<long long>(r.tokens), static_cast<long long>(r.bytes));
+  std::printf("loss %.4f | perplexity %.3f | bits/byte %.4f | %lld tokens, %lld bytes\n", r.loss,
+              std::exp(r.loss), r.bits_per_byte, static_cast<long long>(r.tokens),
+              static_cast<long long>(r.bytes));
 }
 
 struct SampleCliOptions {
@@ -108,11 +108,14 @@ void run_sample(const SampleCliOptions& o) {
 
 void add_eval_command(CLI::App& app) {
   auto o = std::make_shared<EvalOptions>();
-  CLI::App* cmd = app.add_subcommand("eval", "Loss, perplexity and bits per byte of a checkpoint on token shards");
-  cmd->add_option("--checkpoint", o->checkpoint, "Checkpoint folder, or a run folder (its newest)")->required();
+  CLI::App* cmd =
+      app.add_subcommand("eval", "Loss, perplexity and bits per byte of a checkpoint on token shards");
+  cmd->add_option("--checkpoint", o->checkpoint, "Checkpoint folder, or a run folder (its newest)")
+      ->required();
   cmd->add_option("--shards", o->shards, "Shard files or globs [default: --data's split]");
   cmd->add_option("--data", o->data_dir, "Prepared data folder [default: the run's]");
-  cmd->add_option("--split", o->split, "Split of --data: val | train")->check(CLI::IsMember({"val", "train"}));
+  cmd->add_option("--split", o->split, "Split of --data: val | train")
+      ->check(CLI::IsMember({"val", "train"}));
   cmd->add_option("--tokenizer", o->tokenizer, "Tokenizer for the byte count [default: the run's]");
   cmd->add_option("--batch-size", o->batch_size, "Sequences per batch")->check(CLI::PositiveNumber);
   cmd->add_option("--seq-len", o->seq_len, "Tokens per sequence (0 = the model's context, at most 1024)");
@@ -123,8 +126,10 @@ void add_eval_command(CLI::App& app) {
 
 void add_sample_command(CLI::App& app) {
   auto o = std::make_shared<SampleCliOptions>();
-  CLI::App* cmd = app.add_subcommand("sample", "Generate text from a checkpoint (KV cache, temperature, top-k)");
-  cmd->add_option("--checkpoint", o->checkpoint, "Checkpoint folder, or a run folder (its newest)")->required();
+  CLI::App* cmd =
+      app.add_subcommand("sample", "Generate text from a checkpoint (KV cache, temperature, top-k)");
+  cmd->add_option("--checkpoint", o->checkpoint, "Checkpoint folder, or a run folder (its newest)")
+      ->required();
   cmd->add_option("--prompt", o->prompt, "Text to continue (after <|endoftext|>)");
   cmd->add_option("--tokens", o->tokens, "Tokens to generate per sample (stops early at <|endoftext|>)");
   cmd->add_option("--samples", o->samples, "Number of samples");

@@ -34,8 +34,10 @@ struct OptionRule {
   std::function<void(TrainConfig& to, const TrainConfig& from)> copy;
 };
 
-#define STRATA_FIELD(flag, fixed, field) \
-  OptionRule { flag, fixed, [](TrainConfig& to, const TrainConfig& from) { to.field = from.field; } }
+#define STRATA_FIELD(flag, fixed, field)                                                 \
+  OptionRule {                                                                           \
+    flag, fixed, [](TrainConfig& to, const TrainConfig& from) { to.field = from.field; } \
+  }
 
 const std::vector<OptionRule>& option_rules() {
   static const std::vector<OptionRule> rules = {
@@ -76,8 +78,8 @@ const std::vector<OptionRule>& option_rules() {
 }
 #undef STRATA_FIELD
 
-const char* const kModelFlags[] = {"--model",     "--n-layer",    "--d-model",  "--n-head",   "--n-kv-head",
-                                   "--d-ff",      "--vocab-size", "--max-seq-len", "--norm-eps", "--rope-base"};
+const char* const kModelFlags[] = {"--model", "--n-layer",    "--d-model",     "--n-head",   "--n-kv-head",
+                                   "--d-ff",  "--vocab-size", "--max-seq-len", "--norm-eps", "--rope-base"};
 
 // The vocabulary size recorded by `strata prepare`, or 0 when the folder has no readable manifest.
 int manifest_vocab(const std::string& data_dir) {
@@ -98,7 +100,8 @@ void run_train_command(TrainOptions& o, CLI::App& cmd) {
   if (o.resume.empty()) {
     // The vocabulary follows the data unless --vocab-size says otherwise.
     if (!o.model.vocab_size) {
-      if (const int v = manifest_vocab(o.cfg.data_dir); v > 0 && v != models::preset(o.model.preset).vocab_size)
+      if (const int v = manifest_vocab(o.cfg.data_dir);
+          v > 0 && v != models::preset(o.model.preset).vocab_size)
         o.model.vocab_size = v;
     }
     o.cfg.model = models::resolve_model(o.model);
@@ -143,31 +146,38 @@ void add_train_command(CLI::App& app) {
   c.steps = 0;
   CLI::App* cmd = app.add_subcommand("train", "Train a model on prepared token shards (CPU backend)");
   models::add_model_options(*cmd, o->model);
-  cmd->add_option("--data", c.data_dir, "Folder written by `strata prepare` (train_*.bin, val_*.bin, manifest)");
-  cmd->add_option("--tokenizer", c.tokenizer, "Tokenizer for samples and bits per byte [default: the manifest's]");
+  cmd->add_option("--data", c.data_dir,
+                  "Folder written by `strata prepare` (train_*.bin, val_*.bin, manifest)");
+  cmd->add_option("--tokenizer", c.tokenizer,
+                  "Tokenizer for samples and bits per byte [default: the manifest's]");
   cmd->add_option("--batch-size", c.batch_size, "Sequences per micro-batch (B)");
   cmd->add_option("--seq-len", c.seq_len, "Tokens per sequence (T)");
-  cmd->add_option("--global-batch-tokens", c.global_batch_tokens,
-                  "Tokens per optimizer step, a multiple of B x T reached by gradient accumulation (0 = B x T)");
+  cmd->add_option(
+      "--global-batch-tokens", c.global_batch_tokens,
+      "Tokens per optimizer step, a multiple of B x T reached by gradient accumulation (0 = B x T)");
   cmd->add_option("--steps", c.steps, "Optimizer steps (or give --tokens)");
   cmd->add_option("--tokens", c.tokens, "Training tokens, rounded up to whole steps (instead of --steps)");
   cmd->add_option("--schedule", o->schedule, "LR schedule: cosine | constant | wsd (warmup-stable-decay)")
       ->check(CLI::IsMember({"cosine", "constant", "wsd"}));
   cmd->add_option("--lr", c.schedule.max_lr, "Peak learning rate");
-  cmd->add_option("--min-lr-frac", c.schedule.min_lr_frac, "Final LR as a fraction of the peak (cosine, wsd)");
+  cmd->add_option("--min-lr-frac", c.schedule.min_lr_frac,
+                  "Final LR as a fraction of the peak (cosine, wsd)");
   cmd->add_option("--warmup", c.schedule.warmup_steps, "Linear warmup steps");
   cmd->add_option("--decay-frac", c.schedule.decay_frac, "wsd: fraction of the steps spent decaying");
   cmd->add_option("--beta1", c.adamw.beta1, "AdamW beta1");
   cmd->add_option("--beta2", c.adamw.beta2, "AdamW beta2");
   cmd->add_option("--adam-eps", c.adamw.eps, "AdamW epsilon");
-  cmd->add_option("--weight-decay", c.adamw.weight_decay, "Decoupled weight decay (matrices and embeddings only)");
+  cmd->add_option("--weight-decay", c.adamw.weight_decay,
+                  "Decoupled weight decay (matrices and embeddings only)");
   cmd->add_option("--grad-clip", c.grad_clip, "Clip the global gradient norm to this (0 = off)");
   cmd->add_option("--seed", c.seed, "Seed of the initialisation and the data order");
   cmd->add_flag("--no-shuffle{false}", c.shuffle, "Read the training samples in order");
   cmd->add_option("--log-every", c.log_every, "Progress line every N steps when stdout is not a terminal");
   cmd->add_option("--eval-every", c.eval_every, "Validation every N steps (0 = at the end only)");
-  cmd->add_option("--eval-batches", c.eval_batches, "Validation batches per evaluation (0 = the whole split)");
-  cmd->add_option("--sample-every", c.sample_every, "Print a text sample every N steps (0 = at the end only)");
+  cmd->add_option("--eval-batches", c.eval_batches,
+                  "Validation batches per evaluation (0 = the whole split)");
+  cmd->add_option("--sample-every", c.sample_every,
+                  "Print a text sample every N steps (0 = at the end only)");
   cmd->add_option("--sample-tokens", c.sample_tokens, "Tokens per sample (0 = no samples)");
   cmd->add_option("--sample-prompt", c.sample_prompt, "Prompt of the samples (after <|endoftext|>)");
   cmd->add_option("--temperature", c.temperature, "Sampling temperature (0 = greedy)");
@@ -177,7 +187,8 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--keep-last", c.keep_last, "Checkpoints to keep (0 = all)");
   cmd->add_option("--threads", c.threads, "CPU threads (0 = all cores)");
   cmd->add_option("--stop-at", c.stop_at, "Stop after this step as if interrupted (a checkpoint is written)");
-  cmd->add_option("--resume", o->resume, "Continue from a checkpoint folder, or a run folder's newest checkpoint");
+  cmd->add_option("--resume", o->resume,
+                  "Continue from a checkpoint folder, or a run folder's newest checkpoint");
   cmd->add_flag("--overwrite", o->overwrite, "Start over in an --out folder that already holds checkpoints");
   // A scalar option given twice takes the last value, so a base command line can be extended.
   for (CLI::Option* opt : cmd->get_options())

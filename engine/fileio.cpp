@@ -36,7 +36,8 @@ std::string read_raw(const std::string& path) {
 std::string xz_decompress(const std::string& path, const std::string& compressed) {
   lzma_stream strm = LZMA_STREAM_INIT;
   lzma_ret ret = lzma_stream_decoder(&strm, UINT64_MAX, LZMA_CONCATENATED);
-  STRATA_REQUIRE(ret == LZMA_OK, "cannot decompress '", path, "': liblzma init failed (", static_cast<int>(ret), ")");
+  STRATA_REQUIRE(ret == LZMA_OK, "cannot decompress '", path, "': liblzma init failed (",
+                 static_cast<int>(ret), ")");
   std::string out;
   out.resize(std::max<size_t>(compressed.size() * 4, 1 << 16));
   strm.next_in = reinterpret_cast<const uint8_t*>(compressed.data());
@@ -67,9 +68,9 @@ std::string xz_decompress(const std::string& path, const std::string& compressed
 std::string xz_compress(const std::string& path, std::string_view data) {
   std::string out(lzma_stream_buffer_bound(data.size()), '\0');
   size_t written = 0;
-  const lzma_ret ret = lzma_easy_buffer_encode(6, LZMA_CHECK_CRC64, nullptr,
-                                               reinterpret_cast<const uint8_t*>(data.data()), data.size(),
-                                               reinterpret_cast<uint8_t*>(out.data()), &written, out.size());
+  const lzma_ret ret =
+      lzma_easy_buffer_encode(6, LZMA_CHECK_CRC64, nullptr, reinterpret_cast<const uint8_t*>(data.data()),
+                              data.size(), reinterpret_cast<uint8_t*>(out.data()), &written, out.size());
   STRATA_REQUIRE(ret == LZMA_OK, "cannot write '", path, "': xz compression failed (liblzma error ",
                  static_cast<int>(ret), ")");
   out.resize(written);

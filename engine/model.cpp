@@ -57,15 +57,24 @@ Tensors bind(ParamBuffer& b) {
 }
 
 // Layer l's slice of a per-layer tensor of `per_layer` elements (null stays null).
-inline float* at(float* base, int l, int64_t per_layer) { return base ? base + l * per_layer : nullptr; }
+inline float* at(float* base, int l, int64_t per_layer) {
+  return base ? base + l * per_layer : nullptr;
+}
 
 // Sizes derived from the config, shared by the training runner and the generator.
 struct Dims {
   int C, NH, KVH, HS, QKV, Fd, H1, V, L;  // H1: width of the MLP's first product (2F SwiGLU, F GELU)
   bool llama;
   explicit Dims(const ModelConfig& c)
-      : C(c.d_model), NH(c.n_head), KVH(c.n_kv_head), HS(c.head_dim()), QKV((c.n_head + 2 * c.n_kv_head) * HS),
-        Fd(c.d_ff), H1(c.family == Family::kLlama ? 2 * c.d_ff : c.d_ff), V(c.vocab_size), L(c.n_layer),
+      : C(c.d_model),
+        NH(c.n_head),
+        KVH(c.n_kv_head),
+        HS(c.head_dim()),
+        QKV((c.n_head + 2 * c.n_kv_head) * HS),
+        Fd(c.d_ff),
+        H1(c.family == Family::kLlama ? 2 * c.d_ff : c.d_ff),
+        V(c.vocab_size),
+        L(c.n_layer),
         llama(c.family == Family::kLlama) {}
 };
 
@@ -110,22 +119,22 @@ void check_tokens(const int32_t* ids, int64_t n, int V, const char* what) {
 
 // Every activation the backward pass reads, per layer, plus the backward scratch.
 struct Model::Acts {
-  std::vector<int32_t> inputs;  // (N)
-  std::vector<float> resid;     // (L+1, N, C): the residual stream entering each layer, and the final one
-  std::vector<float> resid_mid;                 // (L, N, C): after the attention branch
-  std::vector<float> ln1, ln2;                  // (L, N, C)
+  std::vector<int32_t> inputs;   // (N)
+  std::vector<float> resid;      // (L+1, N, C): the residual stream entering each layer, and the final one
+  std::vector<float> resid_mid;  // (L, N, C): after the attention branch
+  std::vector<float> ln1, ln2;   // (L, N, C)
   std::vector<float> ln1_mean, ln1_rstd, ln2_mean, ln2_rstd;  // (L, N)
-  std::vector<float> qkv;                       // (L, N, QKV), after RoPE
-  std::vector<float> atty;                      // (L, N, NH*HS)
-  std::vector<float> att;                       // (L, B, NH, T, T)
-  std::vector<float> mlp_h;                     // (L, N, H1)
-  std::vector<float> mlp_act;                   // (L, N, F)
-  std::vector<float> lnf, lnf_mean, lnf_rstd;   // (N, C), (N), (N)
-  std::vector<float> logits;                    // (N, V); dlogits in place after a forward with targets
-  std::vector<float> losses;                    // (N)
+  std::vector<float> qkv;                                     // (L, N, QKV), after RoPE
+  std::vector<float> atty;                                    // (L, N, NH*HS)
+  std::vector<float> att;                                     // (L, B, NH, T, T)
+  std::vector<float> mlp_h;                                   // (L, N, H1)
+  std::vector<float> mlp_act;                                 // (L, N, F)
+  std::vector<float> lnf, lnf_mean, lnf_rstd;                 // (N, C), (N), (N)
+  std::vector<float> logits;  // (N, V); dlogits in place after a forward with targets
+  std::vector<float> losses;  // (N)
   // Scratch.
-  std::vector<float> branch;                          // (N, C): a branch output before it joins the stream
-  std::vector<float> dx, dln;                         // (N, C)
+  std::vector<float> branch;   // (N, C): a branch output before it joins the stream
+  std::vector<float> dx, dln;  // (N, C)
   std::vector<float> dqkv, datty, datt, dmlp_h, dmlp_act;
 };
 
@@ -202,8 +211,8 @@ float Model::run_forward(const int32_t* inputs, const int32_t* targets, bool nee
     // Attention branch.
     norm_forward(d, ln1, a.ln1_mean.data() + l * N, a.ln1_rstd.data() + l * N, x, at(w.attn_norm, l, C),
                  at(w.attn_norm_bias, l, C), N, cfg_.norm_eps);
-    ops::matmul_forward(kDev, qkv, ln1, at(w.attn_qkv, l, int64_t{d.QKV} * C), at(w.attn_qkv_bias, l, d.QKV), N,
-                        C, d.QKV);
+    ops::matmul_forward(kDev, qkv, ln1, at(w.attn_qkv, l, int64_t{d.QKV} * C), at(w.attn_qkv_bias, l, d.QKV),
+                        N, C, d.QKV);
     if (d.llama) ops::rope_forward(kDev, qkv, B, T, d.NH, d.KVH, d.HS, cfg_.rope_base, 0);
     ops::attention_forward(kDev, atty, att, qkv, B, T, d.NH, d.KVH, d.HS);
     ops::matmul_forward(kDev, a.branch.data(), atty, at(w.attn_out, l, int64_t{C} * C),
@@ -268,8 +277,9 @@ void Model::backward(float grad_scale) {
     const float* h = a.mlp_h.data() + static_cast<size_t>(l) * N * d.H1;
     const float* act = a.mlp_act.data() + static_cast<size_t>(l) * N * d.Fd;
     // dx holds d(resid[l+1]); the residual passes it unchanged to resid_mid, and each branch adds its part.
-    ops::matmul_backward(kDev, a.dmlp_act.data(), at(g.mlp_down, l, int64_t{C} * d.Fd), at(g.mlp_down_bias, l, C),
-                         a.dx.data(), act, at(w.mlp_down, l, int64_t{C} * d.Fd), N, d.Fd, C);
+    ops::matmul_backward(kDev, a.dmlp_act.data(), at(g.mlp_down, l, int64_t{C} * d.Fd),
+                         at(g.mlp_down_bias, l, C), a.dx.data(), act, at(w.mlp_down, l, int64_t{C} * d.Fd), N,
+                         d.Fd, C);
     act_backward(d, a.dmlp_h.data(), a.dmlp_act.data(), h, N);
     ops::matmul_backward(kDev, a.dln.data(), at(g.mlp_in, l, int64_t{d.H1} * C), at(g.mlp_in_bias, l, d.H1),
                          a.dmlp_h.data(), ln2, at(w.mlp_in, l, int64_t{d.H1} * C), N, C, d.H1);
@@ -282,18 +292,23 @@ void Model::backward(float grad_scale) {
                             d.HS);
     if (d.llama) ops::rope_backward(kDev, a.dqkv.data(), B, T, d.NH, d.KVH, d.HS, cfg_.rope_base, 0);
     ops::matmul_backward(kDev, a.dln.data(), at(g.attn_qkv, l, int64_t{d.QKV} * C),
-                         at(g.attn_qkv_bias, l, d.QKV), a.dqkv.data(), ln1, at(w.attn_qkv, l, int64_t{d.QKV} * C),
-                         N, C, d.QKV);
+                         at(g.attn_qkv_bias, l, d.QKV), a.dqkv.data(), ln1,
+                         at(w.attn_qkv, l, int64_t{d.QKV} * C), N, C, d.QKV);
     norm_backward(d, a.dx.data(), at(g.attn_norm, l, C), at(g.attn_norm_bias, l, C), a.dln.data(), x,
                   at(w.attn_norm, l, C), a.ln1_mean.data() + l * N, a.ln1_rstd.data() + l * N, N);
   }
   ops::embedding_backward(kDev, g.tok_embedding, g.pos_embedding, a.dx.data(), a.inputs.data(), B, T, C);
 }
 
-const float* Model::logits() const { return acts_->logits.data(); }
-const float* Model::losses() const { return acts_->losses.data(); }
+const float* Model::logits() const {
+  return acts_->logits.data();
+}
+const float* Model::losses() const {
+  return acts_->losses.data();
+}
 
-// ---- Generator ---------------------------------------------------------------------------------------------
+// ---- Generator
+// ---------------------------------------------------------------------------------------------
 
 struct Generator::State {
   std::vector<float> kcache, vcache;  // (L, Tmax, KVH*HS)
@@ -317,8 +332,8 @@ const float* Generator::append(const int32_t* tokens, int n) {
   const ModelConfig& c = params_.layout().config();
   const Dims d(c);
   STRATA_REQUIRE(n >= 1, "generator: nothing to append");
-  STRATA_REQUIRE(pos_ + n <= c.max_seq_len, "generator: context of ", pos_ + n, " tokens exceeds max_seq_len ",
-                 c.max_seq_len);
+  STRATA_REQUIRE(pos_ + n <= c.max_seq_len, "generator: context of ", pos_ + n,
+                 " tokens exceeds max_seq_len ", c.max_seq_len);
   check_tokens(tokens, n, d.V, "prompt");
   State& s = *st_;
   const int C = d.C, KV = d.KVH * d.HS;
@@ -355,7 +370,8 @@ const float* Generator::append(const int32_t* tokens, int n) {
       std::copy(row + QD, row + QD + KV, kc + static_cast<size_t>(pos_ + t) * KV);
       std::copy(row + QD + KV, row + QD + 2 * KV, vc + static_cast<size_t>(pos_ + t) * KV);
     }
-    ops::attention_decode(kDev, s.atty.data(), s.scratch.data(), s.q.data(), kc, vc, pos_, n, d.NH, d.KVH, d.HS);
+    ops::attention_decode(kDev, s.atty.data(), s.scratch.data(), s.q.data(), kc, vc, pos_, n, d.NH, d.KVH,
+                          d.HS);
     ops::matmul_forward(kDev, s.branch.data(), s.atty.data(), at(w.attn_out, l, int64_t{C} * C),
                         at(w.attn_out_bias, l, C), n, C, C);
     ops::residual_forward(kDev, s.x.data(), s.x.data(), s.branch.data(), static_cast<int64_t>(n) * C);

@@ -43,7 +43,8 @@ void AdamW::step(ParamBuffer& params, const ParamBuffer& grads, double lr, float
     const float decay = e.spec.weight_decay ? static_cast<float>(1.0 - lr * cfg_.weight_decay) : 1.0f;
     const int64_t n = e.numel();
     // One streaming pass (p, g, m, v): memory-bound, so it vectorises (this file is built with
-    // -fno-math-errno, without which sqrtf keeps the loop scalar) and splits across threads for large tensors.
+    // -fno-math-errno, without which sqrtf keeps the loop scalar) and splits across threads for large
+    // tensors.
 #pragma omp parallel for simd schedule(static) if (n > 32768)
     for (int64_t i = 0; i < n; ++i) {
       const float gi = g[i] * grad_scale;
@@ -58,8 +59,8 @@ void AdamW::step(ParamBuffer& params, const ParamBuffer& grads, double lr, float
 
 namespace {
 
-// Sum of squares over fixed chunks, each summed in double in order, chunk sums added in order: the result does
-// not depend on the thread count.
+// Sum of squares over fixed chunks, each summed in double in order, chunk sums added in order: the result
+// does not depend on the thread count.
 double sum_squares(const float* x, int64_t n) {
   constexpr int64_t kChunk = 1 << 16;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
@@ -73,7 +74,8 @@ double sum_squares(const float* x, int64_t n) {
     for (; i + 8 <= end; i += 8)
       for (int k = 0; k < 8; ++k) acc[k] += static_cast<double>(x[i + k]) * x[i + k];
     for (; i < end; ++i) acc[0] += static_cast<double>(x[i]) * x[i];
-    part[static_cast<size_t>(c)] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    part[static_cast<size_t>(c)] =
+        ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
   }
   double total = 0.0;
   for (double s : part) total += s;
@@ -82,7 +84,9 @@ double sum_squares(const float* x, int64_t n) {
 
 }  // namespace
 
-double grad_norm(const ParamBuffer& grads) { return std::sqrt(sum_squares(grads.data(), grads.numel())); }
+double grad_norm(const ParamBuffer& grads) {
+  return std::sqrt(sum_squares(grads.data(), grads.numel()));
+}
 
 float clip_scale(double norm, double max_norm) {
   return (max_norm > 0 && norm > max_norm) ? static_cast<float>(max_norm / (norm + 1e-6)) : 1.0f;

@@ -1,5 +1,5 @@
-// engine/parallel.h: the one CPU work-sharing helper for non-numeric work (tokenizing, counting, shard writing).
-// Numeric kernels use OpenMP; this is for coarse tasks of uneven size, scheduled dynamically.
+// engine/parallel.h: the one CPU work-sharing helper for non-numeric work (tokenizing, counting, shard
+// writing). Numeric kernels use OpenMP; this is for coarse tasks of uneven size, scheduled dynamically.
 #pragma once
 
 #include <algorithm>
@@ -13,10 +13,14 @@
 namespace strata {
 
 // Number of hardware threads (at least 1).
-inline int hardware_threads() { return std::max(1, static_cast<int>(std::thread::hardware_concurrency())); }
+inline int hardware_threads() {
+  return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+}
 
 // Resolves a user's thread count: 0 (or less) means all cores.
-inline int resolve_threads(int requested) { return requested > 0 ? requested : hardware_threads(); }
+inline int resolve_threads(int requested) {
+  return requested > 0 ? requested : hardware_threads();
+}
 
 // Sets the threads of the numeric kernels (OpenMP, and OpenBLAS, which shares OpenMP's pool): 0 = all cores.
 // Returns the count in effect (1 in a build without OpenMP). Defined in engine/threads.cpp (strata_train).

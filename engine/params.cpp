@@ -53,7 +53,9 @@ float* ParamBuffer::layer(const std::string& name, int l) {
   return data_.data() + e->offset + l * e->spec.numel_per_layer();
 }
 
-void ParamBuffer::zero() { std::fill(data_.begin(), data_.end(), 0.0f); }
+void ParamBuffer::zero() {
+  std::fill(data_.begin(), data_.end(), 0.0f);
+}
 
 namespace {
 
@@ -71,7 +73,9 @@ uint64_t fnv1a(const std::string& s) {
 }
 
 // Uniform in (0, 1) from the top 53 bits; never 0, so log() is finite.
-double uniform_open(std::mt19937_64& rng) { return (static_cast<double>(rng() >> 11) + 0.5) * 0x1.0p-53; }
+double uniform_open(std::mt19937_64& rng) {
+  return (static_cast<double>(rng() >> 11) + 0.5) * 0x1.0p-53;
+}
 
 }  // namespace
 

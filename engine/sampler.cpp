@@ -14,7 +14,9 @@ int32_t sample_token(const float* logits, int V, const SampleOptions& opt, std::
   std::vector<int32_t> ids(static_cast<size_t>(V));
   std::iota(ids.begin(), ids.end(), 0);
   const int k = (opt.top_k > 0 && opt.top_k < V) ? opt.top_k : V;
-  auto higher = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
+  auto higher = [&](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  };
   if (k < V) std::partial_sort(ids.begin(), ids.begin() + k, ids.end(), higher);
   const double top = *std::max_element(logits, logits + V);
   std::vector<double> p(static_cast<size_t>(k));
@@ -33,8 +35,8 @@ int32_t sample_token(const float* logits, int V, const SampleOptions& opt, std::
   return ids[static_cast<size_t>(k - 1)];
 }
 
-std::vector<int32_t> generate(Generator& gen, const std::vector<int32_t>& prompt, int n, const SampleOptions& opt,
-                              std::mt19937_64& rng, int32_t stop) {
+std::vector<int32_t> generate(Generator& gen, const std::vector<int32_t>& prompt, int n,
+                              const SampleOptions& opt, std::mt19937_64& rng, int32_t stop) {
   STRATA_REQUIRE(!prompt.empty(), "generate: the prompt needs at least one token");
   std::vector<int32_t> out;
   const float* logits = gen.append(prompt.data(), static_cast<int>(prompt.size()));

@@ -15,13 +15,13 @@ struct SampleOptions {
   int top_k = 40;            // 0 = the whole vocabulary
 };
 
-// Draws the next token from logits (V). Ties in top-k keep the lower id; the draw uses one 53-bit uniform from
-// rng, so a seed gives the same text with every standard library.
+// Draws the next token from logits (V). Ties in top-k keep the lower id; the draw uses one 53-bit uniform
+// from rng, so a seed gives the same text with every standard library.
 int32_t sample_token(const float* logits, int V, const SampleOptions& opt, std::mt19937_64& rng);
 
 // Feeds the prompt (at least one token) and draws up to n tokens, stopping early after `stop` (>= 0) or at
 // the model's context limit. Returns the drawn tokens only.
-std::vector<int32_t> generate(Generator& gen, const std::vector<int32_t>& prompt, int n, const SampleOptions& opt,
-                              std::mt19937_64& rng, int32_t stop = -1);
+std::vector<int32_t> generate(Generator& gen, const std::vector<int32_t>& prompt, int n,
+                              const SampleOptions& opt, std::mt19937_64& rng, int32_t stop = -1);
 
 }  // namespace strata

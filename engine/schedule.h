@@ -5,7 +5,8 @@
 //   cosine:             p = (step - W) / max(1, S - W)
 //                       lr = min_lr + (max_lr - min_lr) * 0.5 * (1 + cos(pi * p))
 //   constant:           lr = max_lr
-//   wsd (warmup-stable-decay): stable at max_lr until the last D = round(decay_frac * S) steps, then linear to
+//   wsd (warmup-stable-decay): stable at max_lr until the last D = round(decay_frac * S) steps, then linear
+//   to
 //                       min_lr:  lr = max_lr - (max_lr - min_lr) * (step - (S - D) + 1) / D
 // with S = total steps, W = warmup steps, min_lr = min_lr_frac * max_lr. Steps past S keep the last rate.
 #pragma once
@@ -25,7 +26,8 @@ struct Schedule {
   double decay_frac = 0.2;  // wsd only
 
   double lr(long step) const;
-  // Throws strata::Error naming the bad field (negative warmup, warmup > total, fractions outside [0,1], ...).
+  // Throws strata::Error naming the bad field (negative warmup, warmup > total, fractions outside [0,1],
+  // ...).
   void validate() const;
 };
 

@@ -30,7 +30,7 @@ struct TrainConfig {
   uint64_t seed = 1337;    // initialisation and data order
   bool shuffle = true;
   // Reporting.
-  int64_t log_every = 10;    // progress lines when stdout is not a terminal, and metrics.jsonl rows: every step
+  int64_t log_every = 10;  // progress lines when stdout is not a terminal, and metrics.jsonl rows: every step
   int64_t eval_every = 100;  // validation every N steps (0 = only at the end)
   int eval_batches = 20;     // validation micro-batches per evaluation (0 = the whole validation set)
   int64_t sample_every = 0;  // text samples every N steps (0 = only at the end)

@@ -29,7 +29,8 @@ std::vector<std::string> split_shards(const std::string& data_dir, const std::st
   if (!fs::is_directory(data_dir, ec)) return out;
   for (const auto& e : fs::directory_iterator(data_dir)) {
     const std::string n = e.path().filename().string();
-    if (e.is_regular_file() && n.starts_with(split + "_") && n.ends_with(".bin")) out.push_back(e.path().string());
+    if (e.is_regular_file() && n.starts_with(split + "_") && n.ends_with(".bin"))
+      out.push_back(e.path().string());
   }
   std::sort(out.begin(), out.end());
   return out;
@@ -67,7 +68,9 @@ EvalResult evaluate_shards(Model& model, const std::vector<std::string>& shards,
 namespace {
 
 using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
 
 std::string human(double x) {
   char b[32];
@@ -141,20 +144,22 @@ void print_config(const TrainConfig& c, size_t train_shards, uint64_t train_toke
   const auto& m = c.model;
   std::printf("strata train\n");
   auto row = [](const char* k, const std::string& v) { std::printf("  %-22s %s\n", k, v.c_str()); };
-  row("model", cat(m.name, " (", models::family_name(m.family), "): L=", m.n_layer, " C=", m.d_model,
-                   " NH=", m.n_head, " KVH=", m.n_kv_head, " F=", m.d_ff, " V=", m.vocab_size,
-                   " Tmax=", m.max_seq_len));
-  row("parameters", cat(human(static_cast<double>(p.total())), " (embedding ", human(static_cast<double>(p.embedding)),
-                        ", non-embedding ", human(static_cast<double>(p.non_embedding)), ")"));
+  row("model",
+      cat(m.name, " (", models::family_name(m.family), "): L=", m.n_layer, " C=", m.d_model, " NH=", m.n_head,
+          " KVH=", m.n_kv_head, " F=", m.d_ff, " V=", m.vocab_size, " Tmax=", m.max_seq_len));
+  row("parameters",
+      cat(human(static_cast<double>(p.total())), " (embedding ", human(static_cast<double>(p.embedding)),
+          ", non-embedding ", human(static_cast<double>(p.non_embedding)), ")"));
   row("FLOPs/token", human(models::train_flops_per_token(m, c.seq_len)));
   row("data", cat(c.data_dir, ": ", train_shards, " train shards (", human(static_cast<double>(train_tokens)),
                   " tokens), ", val_shards, " val shards"));
   row("tokenizer", c.tokenizer);
-  row("batch", cat(c.batch_size, " x ", c.seq_len, " tokens x ", c.accumulation(), " accumulation = ",
-                   c.global_batch_tokens, " tokens/step"));
-  row("steps", cat(c.steps, " (", human(static_cast<double>(c.tokens)), " tokens, ",
-                   cat(static_cast<double>(c.tokens) / static_cast<double>(std::max<uint64_t>(1, train_tokens))),
-                   " epochs)"));
+  row("batch", cat(c.batch_size, " x ", c.seq_len, " tokens x ", c.accumulation(),
+                   " accumulation = ", c.global_batch_tokens, " tokens/step"));
+  row("steps",
+      cat(c.steps, " (", human(static_cast<double>(c.tokens)), " tokens, ",
+          cat(static_cast<double>(c.tokens) / static_cast<double>(std::max<uint64_t>(1, train_tokens))),
+          " epochs)"));
   row("schedule", cat(schedule_kind_name(c.schedule.kind), ", lr ", c.schedule.max_lr, ", warmup ",
                       c.schedule.warmup_steps, ", min lr ", c.schedule.min_lr_frac, " x max",
                       c.schedule.kind == ScheduleKind::kWsd ? cat(", decay ", c.schedule.decay_frac) : ""));
@@ -262,9 +267,9 @@ void run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, boo
                    {"flops", flops},
                    {"val_loss", last_eval.loss},
                    {"val_bpb", last_eval.bits_per_byte}});
-    std::printf("%seval  step %ld | val loss %.4f | ppl %.2f | bits/byte %.4f | %lld tokens\n", tty ? "\r\033[K" : "",
-                step, last_eval.loss, std::exp(last_eval.loss), last_eval.bits_per_byte,
-                static_cast<long long>(last_eval.tokens));
+    std::printf("%seval  step %ld | val loss %.4f | ppl %.2f | bits/byte %.4f | %lld tokens\n",
+                tty ? "\r\033[K" : "", step, last_eval.loss, std::exp(last_eval.loss),
+                last_eval.bits_per_byte, static_cast<long long>(last_eval.tokens));
     std::fflush(stdout);
   };
   auto do_sample = [&] {
@@ -274,8 +279,8 @@ void run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, boo
     for (data::TokenId id : tok.encode(cfg.sample_prompt)) prompt.push_back(static_cast<int32_t>(id));
     if (static_cast<int>(prompt.size()) >= cfg.model.max_seq_len) return;
     std::mt19937_64 rng(cfg.seed ^ static_cast<uint64_t>(step));
-    const std::vector<int32_t> out = generate(gen, prompt, cfg.sample_tokens, {cfg.temperature, cfg.top_k}, rng,
-                                              static_cast<int32_t>(tok.eot()));
+    const std::vector<int32_t> out = generate(gen, prompt, cfg.sample_tokens, {cfg.temperature, cfg.top_k},
+                                              rng, static_cast<int32_t>(tok.eot()));
     std::vector<data::TokenId> ids(prompt.begin() + 1, prompt.end());
     for (int32_t t : out)
       if (t != static_cast<int32_t>(tok.eot())) ids.push_back(static_cast<data::TokenId>(t));
@@ -283,8 +288,9 @@ void run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, boo
     std::fflush(stdout);
   };
   auto do_checkpoint = [&] {
-    const std::string dir = save_checkpoint(cfg.out_dir, step, model.params(), &opt,
-                                            trainer_state(elapsed_before + seconds_since(t_start)), cfg.keep_last);
+    const std::string dir =
+        save_checkpoint(cfg.out_dir, step, model.params(), &opt,
+                        trainer_state(elapsed_before + seconds_since(t_start)), cfg.keep_last);
     std::printf("%scheckpoint %s\n", tty ? "\r\033[K" : "", dir.c_str());
     std::fflush(stdout);
   };
@@ -324,8 +330,8 @@ void run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, boo
     const double eta = static_cast<double>((last - step) * cfg.global_batch_tokens) / avg_tps;
     if (tty || step % cfg.log_every == 0 || step == last) {
       std::printf("%sstep %ld/%ld | tokens %s | loss %.4f | lr %.3e | grad norm %.3f | %s tok/s | ETA %s%s",
-                  tty ? "\r\033[K" : "", step, cfg.steps, human(static_cast<double>(tokens_seen)).c_str(), loss,
-                  lr, norm, human(avg_tps).c_str(), duration(eta).c_str(), tty ? "" : "\n");
+                  tty ? "\r\033[K" : "", step, cfg.steps, human(static_cast<double>(tokens_seen)).c_str(),
+                  loss, lr, norm, human(avg_tps).c_str(), duration(eta).c_str(), tty ? "" : "\n");
       std::fflush(stdout);
     }
     const bool end = step == last;
@@ -335,9 +341,11 @@ void run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, boo
   }
   if (tty) std::printf("\n");
   const double secs = seconds_since(t_start);
-  std::printf("done: %ld steps, %s tokens, %s FLOPs in %s (%s tok/s this session); final train loss %.4f", step,
-              human(static_cast<double>(tokens_seen)).c_str(), human(flops).c_str(), duration(secs).c_str(),
-              human(static_cast<double>((step - first_step) * cfg.global_batch_tokens) / std::max(secs, 1e-9)).c_str(),
+  std::printf("done: %ld steps, %s tokens, %s FLOPs in %s (%s tok/s this session); final train loss %.4f",
+              step, human(static_cast<double>(tokens_seen)).c_str(), human(flops).c_str(),
+              duration(secs).c_str(),
+              human(static_cast<double>((step - first_step) * cfg.global_batch_tokens) / std::max(secs, 1e-9))
+                  .c_str(),
               last_loss);
   if (have_eval) std::printf(", val loss %.4f (%.4f bits/byte)", last_eval.loss, last_eval.bits_per_byte);
   std::printf("\n");

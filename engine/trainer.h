@@ -16,10 +16,10 @@ namespace strata {
 void run_training(const TrainConfig& cfg, const std::string& resume_ckpt, bool overwrite);
 
 struct EvalResult {
-  double loss = 0.0;        // mean cross-entropy (nats per token) over the evaluated targets
+  double loss = 0.0;  // mean cross-entropy (nats per token) over the evaluated targets
   double bits_per_byte = 0.0;
-  int64_t tokens = 0;       // targets evaluated
-  int64_t bytes = 0;        // their UTF-8 bytes (special tokens count 0)
+  int64_t tokens = 0;  // targets evaluated
+  int64_t bytes = 0;   // their UTF-8 bytes (special tokens count 0)
   int batches = 0;
 };
 

@@ -63,12 +63,17 @@ TEST_F(FileIoTest, XzPathIsWrittenCompressedAndReadBack) {
   std::ifstream raw(path("w.bin.xz"), std::ios::binary);
   std::string magic(6, '\0');
   raw.read(magic.data(), 6);
-  EXPECT_EQ(magic, std::string("\xFD" "7zXZ\0", 6));  // the xz stream header, so not stored raw
+  EXPECT_EQ(magic, std::string("\xFD"
+                               "7zXZ\0",
+                               6));  // the xz stream header, so not stored raw
   EXPECT_EQ(strata::read_file(path("w.bin.xz")), text);
 }
 
 TEST_F(FileIoTest, CorruptXzIsOneLineErrorNamingTheFile) {
-  { std::ofstream(path("bad.xz"), std::ios::binary) << "\xFD" "7zXZ this is not xz"; }
+  {
+    std::ofstream(path("bad.xz"), std::ios::binary) << "\xFD"
+                                                       "7zXZ this is not xz";
+  }
   try {
     strata::read_file(path("bad.xz"));
     FAIL() << "no error";

@@ -9,16 +9,13 @@
 #include "engine/model.h"
 #include "engine/optim.h"
 #include "tests/test_util.h"
+#include "tests/tolerances.h"
 
 namespace strata {
 namespace {
 
-// Tolerances. kAccumTol: the k micro-batch gradients are summed in a different order than one big batch's
-// (BLAS reductions over N), so they agree to fp32 rounding relative to the largest gradient.
-// kCacheTol: the generator's attention reduces over the same keys in the same order but through a different
-// op (decode vs batched), so logits agree to a few fp32 ulps relative to their scale.
-constexpr double kAccumTol = 2e-5;
-constexpr double kCacheTol = 2e-5;
+using test::kAccumTol;  // tolerances: tests/tolerances.h
+using test::kCacheTol;
 
 models::ModelConfig config(models::Family f) {
   models::ModelConfig c = models::preset(f == models::Family::kLlama ? "llama-tiny" : "gpt2-tiny");
@@ -86,7 +83,8 @@ TEST_P(ModelTest, GeneratorWithKvCacheMatchesFullForward) {
   EXPECT_LT(rel_err(logits, m.logits() + 3 * cfg.vocab_size, cfg.vocab_size), kCacheTol);
   for (int t = 4; t < T; ++t) {
     logits = gen.append(&in[static_cast<size_t>(t)], 1);
-    EXPECT_LT(rel_err(logits, m.logits() + static_cast<int64_t>(t) * cfg.vocab_size, cfg.vocab_size), kCacheTol)
+    EXPECT_LT(rel_err(logits, m.logits() + static_cast<int64_t>(t) * cfg.vocab_size, cfg.vocab_size),
+              kCacheTol)
         << "position " << t;
   }
   EXPECT_EQ(gen.position(), T);
@@ -136,11 +134,14 @@ TEST_P(ModelTest, OutOfRangeTokensAreErrors) {
   const models::ModelConfig cfg = config(GetParam());
   Model m(cfg, 1, 4);
   std::vector<int32_t> in{1, 2, cfg.vocab_size, 3};
-  test::expect_one_line_error([&] { m.forward(in.data(), nullptr); }, {"input token", "outside the vocabulary"});
-  test::expect_one_line_error([&] { Model(cfg, 1, cfg.max_seq_len + 1); }, {"sequence length", "max_seq_len"});
+  test::expect_one_line_error([&] { m.forward(in.data(), nullptr); },
+                              {"input token", "outside the vocabulary"});
+  test::expect_one_line_error([&] { Model(cfg, 1, cfg.max_seq_len + 1); },
+                              {"sequence length", "max_seq_len"});
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, ModelTest, ::testing::Values(models::Family::kLlama, models::Family::kGpt2),
+INSTANTIATE_TEST_SUITE_P(Families, ModelTest,
+                         ::testing::Values(models::Family::kLlama, models::Family::kGpt2),
                          [](const auto& p) { return std::string(models::family_name(p.param)); });
 
 }  // namespace

@@ -35,22 +35,17 @@
 #include "engine/safetensors.h"
 #include "engine/schedule.h"
 #include "models/model_config_json.h"
+#include "tests/tolerances.h"
 
 namespace strata {
 namespace {
 
-// Logits (B,T,V) and the mean loss: fp32 products over C = 32, softmax over V = 67.
-constexpr double kForwardTol = 1e-5;
-// Every parameter's gradient, and the pre-clip global norm of each step (one more reduction).
-constexpr double kGradTol = 5e-5;
-// The loss before each step: the parameters carry the optimizer's error from the earlier steps too.
-constexpr double kStepLossTol = 5e-5;
-// The learning rates: the same formula in double on both sides, compared as the F32 the golden file stores.
-constexpr double kLrTol = 1e-7;
-// Final parameters, relative to the largest update. AdamW's update m^/(sqrt(v^) + eps) has slope up to 1/eps
-// near g = 0, so a gradient error dg moves an element by up to ~2 lr dg / eps per step: with the cases' eps
-// 1e-4 (make_case.cpp) and dg ~5e-8, at most ~1e-3 of the update whatever the gradient values.
-constexpr double kFinalTol = 1e-3;
+// Tolerances (relative to each tensor's largest |reference| entry): tests/tolerances.h.
+using test::kRefFinalTol;
+using test::kRefForwardTol;
+using test::kRefGradTol;
+using test::kRefLrTol;
+using test::kRefStepLossTol;
 
 struct Error {
   double max_err = 0, scale = 0;
@@ -126,17 +121,17 @@ TEST_P(ReferenceTest, ForwardLossAndGradients) {
 
   // Logits are readable only after a forward without targets.
   EXPECT_EQ(model.forward(inputs_.data(), nullptr), 0.0f);
-  expect_close("logits", model.logits(), golden.to_f32("logits"), kForwardTol);
+  expect_close("logits", model.logits(), golden.to_f32("logits"), kRefForwardTol);
 
   model.zero_grad();
   const float loss = model.forward(inputs_.data(), targets_.data());
-  expect_close("loss", &loss, golden.to_f32("loss"), kForwardTol);
+  expect_close("loss", &loss, golden.to_f32("loss"), kRefForwardTol);
   EXPECT_EQ(model.num_valid_targets(), static_cast<int64_t>(targets_.size()) -
                                            std::count(targets_.begin(), targets_.end(), kIgnoreIndex));
   model.backward();
   for (const ParamEntry& e : model.grads().layout().entries())
     expect_close("grad." + e.spec.name, model.grads().tensor(e.spec.name),
-                 golden.to_f32("grad." + e.spec.name), kGradTol);
+                 golden.to_f32("grad." + e.spec.name), kRefGradTol);
 }
 
 TEST_P(ReferenceTest, AdamWStepsWithClippingAndSchedule) {
@@ -178,16 +173,16 @@ TEST_P(ReferenceTest, AdamWStepsWithClippingAndSchedule) {
     lrs.push_back(static_cast<float>(lr));
   }
   EXPECT_GT(clipped, 0) << "clipping never triggered; the case does not test it";
-  expect_close("step_losses", losses.data(), golden.to_f32("step_losses"), kStepLossTol);
-  expect_close("grad_norms", norms.data(), golden.to_f32("grad_norms"), kGradTol);
-  expect_close("lrs", lrs.data(), golden.to_f32("lrs"), kLrTol);
+  expect_close("step_losses", losses.data(), golden.to_f32("step_losses"), kRefStepLossTol);
+  expect_close("grad_norms", norms.data(), golden.to_f32("grad_norms"), kRefGradTol);
+  expect_close("lrs", lrs.data(), golden.to_f32("lrs"), kRefLrTol);
 
   for (const ParamEntry& e : model.params().layout().entries()) {
     const std::vector<float> want = golden.to_f32("final." + e.spec.name);
     double update = 0;
     for (int64_t i = 0; i < e.numel(); ++i)
       update = std::max(update, std::abs(static_cast<double>(want[i]) - init[e.offset + i]));
-    expect_close("final." + e.spec.name, model.params().tensor(e.spec.name), want, kFinalTol, update);
+    expect_close("final." + e.spec.name, model.params().tensor(e.spec.name), want, kRefFinalTol, update);
   }
 }
 

@@ -1,5 +1,5 @@
-// LR schedules against their closed forms, AdamW against a double-precision re-derivation of PyTorch's update,
-// and gradient clipping against its definition.
+// LR schedules against their closed forms, AdamW against a double-precision re-derivation of PyTorch's
+// update, and gradient clipping against its definition.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -10,14 +10,13 @@
 #include "engine/schedule.h"
 #include "models/model_config.h"
 #include "tests/test_util.h"
+#include "tests/tolerances.h"
 
 namespace strata {
 namespace {
 
-// Tolerances. kLrTol: the schedule is computed in double; only rounding differs from the closed form.
-// kAdamTol: the engine updates in fp32; three steps of O(1e-3) updates accumulate a few fp32 ulps of 1.
-constexpr double kLrTol = 1e-15;
-constexpr double kAdamTol = 2e-6;
+using test::kAdamTol;  // tolerances: tests/tolerances.h
+using test::kScheduleTol;
 
 TEST(Schedule, CosineWarmupThenDecayToMin) {
   Schedule s;
@@ -27,13 +26,13 @@ TEST(Schedule, CosineWarmupThenDecayToMin) {
   s.warmup_steps = 10;
   s.total_steps = 110;
   s.validate();
-  EXPECT_NEAR(s.lr(0), 1e-4, kLrTol);
-  EXPECT_NEAR(s.lr(9), 1e-3, kLrTol);
-  EXPECT_NEAR(s.lr(10), 1e-3, kLrTol);  // p = 0
-  EXPECT_NEAR(s.lr(60), 1e-4 + 0.9e-3 * 0.5, kLrTol);  // p = 1/2
+  EXPECT_NEAR(s.lr(0), 1e-4, kScheduleTol);
+  EXPECT_NEAR(s.lr(9), 1e-3, kScheduleTol);
+  EXPECT_NEAR(s.lr(10), 1e-3, kScheduleTol);                 // p = 0
+  EXPECT_NEAR(s.lr(60), 1e-4 + 0.9e-3 * 0.5, kScheduleTol);  // p = 1/2
   const double p = 99.0 / 100.0;
-  EXPECT_NEAR(s.lr(109), 1e-4 + 0.9e-3 * 0.5 * (1 + std::cos(std::numbers::pi * p)), kLrTol);
-  EXPECT_NEAR(s.lr(5000), s.lr(109), kLrTol);  // past the end: the last rate
+  EXPECT_NEAR(s.lr(109), 1e-4 + 0.9e-3 * 0.5 * (1 + std::cos(std::numbers::pi * p)), kScheduleTol);
+  EXPECT_NEAR(s.lr(5000), s.lr(109), kScheduleTol);  // past the end: the last rate
   for (long i = 11; i < 110; ++i) EXPECT_LT(s.lr(i), s.lr(i - 1));
 }
 
@@ -43,15 +42,15 @@ TEST(Schedule, ConstantAndWsd) {
   s.warmup_steps = 4;
   s.total_steps = 20;
   s.kind = ScheduleKind::kConstant;
-  EXPECT_NEAR(s.lr(1), 1e-3, kLrTol);
-  EXPECT_NEAR(s.lr(15), 2e-3, kLrTol);
+  EXPECT_NEAR(s.lr(1), 1e-3, kScheduleTol);
+  EXPECT_NEAR(s.lr(15), 2e-3, kScheduleTol);
   s.kind = ScheduleKind::kWsd;
   s.decay_frac = 0.25;  // the last 5 steps decay: 15..19
   s.min_lr_frac = 0.0;
   s.validate();
-  EXPECT_NEAR(s.lr(14), 2e-3, kLrTol);
-  EXPECT_NEAR(s.lr(15), 2e-3 * 4 / 5, kLrTol);
-  EXPECT_NEAR(s.lr(19), 0.0, kLrTol);
+  EXPECT_NEAR(s.lr(14), 2e-3, kScheduleTol);
+  EXPECT_NEAR(s.lr(15), 2e-3 * 4 / 5, kScheduleTol);
+  EXPECT_NEAR(s.lr(19), 0.0, kScheduleTol);
 }
 
 TEST(Schedule, BadFieldsAreOneLineErrors) {

@@ -31,8 +31,8 @@ class TrainCli : public ::testing::Test {
                          &out),
               0)
         << out;
-    ASSERT_EQ(run_strata("prepare --no-progress --tokenizer " + (root_ / "tok.tiktoken").string() + " --out " +
-                             (root_ / "data").string(),
+    ASSERT_EQ(run_strata("prepare --no-progress --tokenizer " + (root_ / "tok.tiktoken").string() +
+                             " --out " + (root_ / "data").string(),
                          &out),
               0)
         << out;
@@ -66,7 +66,8 @@ class TrainCli : public ::testing::Test {
     const auto err = out.find("strata: error: ");
     ASSERT_NE(err, std::string::npos) << out;
     EXPECT_EQ(out.find('\n', err), out.size() - 1) << "not one line at the end: " << out;
-    for (const auto& f : fragments) EXPECT_NE(out.find(f, err), std::string::npos) << "lacks '" << f << "': " << out;
+    for (const auto& f : fragments)
+      EXPECT_NE(out.find(f, err), std::string::npos) << "lacks '" << f << "': " << out;
   }
 
   static std::string bytes_of(const fs::path& p) { return strata::read_file(p.string()); }
@@ -77,7 +78,8 @@ fs::path TrainCli::root_;
 
 TEST_F(TrainCli, TrainsEvaluatesSamplesAndCheckpoints) {
   std::string out;
-  ASSERT_EQ(run_strata(base_args("run") + " --steps 30 --lr 1e-2 --eval-every 10 --ckpt-every 10", &out), 0) << out;
+  ASSERT_EQ(run_strata(base_args("run") + " --steps 30 --lr 1e-2 --eval-every 10 --ckpt-every 10", &out), 0)
+      << out;
   EXPECT_NE(out.find("non-embedding"), std::string::npos) << out;  // the resolved-config table
   EXPECT_NE(out.find("sample step 30:"), std::string::npos) << out;
   EXPECT_NE(out.find("done: 30 steps"), std::string::npos) << out;
@@ -97,15 +99,17 @@ TEST_F(TrainCli, TrainsEvaluatesSamplesAndCheckpoints) {
   }
   ASSERT_EQ(losses.size(), 30u);
   ASSERT_EQ(evals.size(), 4u);  // before training, at steps 10, 20 and 30
-  const double first = (losses[0] + losses[1] + losses[2]) / 3, last = (losses[27] + losses[28] + losses[29]) / 3;
+  const double first = (losses[0] + losses[1] + losses[2]) / 3,
+               last = (losses[27] + losses[28] + losses[29]) / 3;
   EXPECT_LT(last, first - 0.5) << "training loss did not fall";
   EXPECT_LT(evals.back(), evals.front()) << "validation loss did not fall";
   EXPECT_TRUE(fs::exists(root_ / "run" / "ckpt-00000010" / "model.safetensors"));
   EXPECT_TRUE(fs::exists(root_ / "run" / "ckpt-00000030" / "optimizer.safetensors"));
 
-  ASSERT_EQ(run_strata("eval --checkpoint " + (root_ / "run").string() + " --batch-size 2 --seq-len 32 --batches 2",
-                       &out),
-            0)
+  ASSERT_EQ(
+      run_strata("eval --checkpoint " + (root_ / "run").string() + " --batch-size 2 --seq-len 32 --batches 2",
+                 &out),
+      0)
       << out;
   EXPECT_NE(out.find("step 30"), std::string::npos) << out;
   EXPECT_NE(out.find("bits/byte"), std::string::npos) << out;
@@ -115,10 +119,11 @@ TEST_F(TrainCli, TrainsEvaluatesSamplesAndCheckpoints) {
   EXPECT_NE(out.find(want), std::string::npos) << out << " lacks " << want;
 
   std::string s1, s2;
-  const std::string sample = "sample --checkpoint " + (root_ / "run").string() + " --prompt 'The' --tokens 12 --seed 3";
+  const std::string sample =
+      "sample --checkpoint " + (root_ / "run").string() + " --prompt 'The' --tokens 12 --seed 3";
   ASSERT_EQ(run_strata(sample, &s1), 0) << s1;
   ASSERT_EQ(run_strata(sample, &s2), 0) << s2;
-  EXPECT_EQ(s1, s2);                 // seeded
+  EXPECT_EQ(s1, s2);                        // seeded
   EXPECT_EQ(s1.rfind("The", 0), 0u) << s1;  // continues the prompt
 }
 
@@ -143,7 +148,8 @@ TEST_F(TrainCli, GradientAccumulationMatchesOneLargeBatch) {
   std::string out;
   // 4 micro-batches of 2 x 16 vs one batch of 8 x 16 over the same samples? The loader hands each micro-batch
   // the next B samples, so B=2 x 4 and B=8 x 1 read the same 8 samples per step in the same order.
-  const std::string common = " --steps 3 --eval-every 0 --sample-tokens 0 --seq-len 16 --global-batch-tokens 128";
+  const std::string common =
+      " --steps 3 --eval-every 0 --sample-tokens 0 --seq-len 16 --global-batch-tokens 128";
   ASSERT_EQ(run_strata(base_args("acc") + common + " --batch-size 2", &out), 0) << out;
   ASSERT_EQ(run_strata(base_args("big") + common + " --batch-size 8", &out), 0) << out;
   const auto a = metrics("acc"), b = metrics("big");
@@ -178,7 +184,8 @@ TEST_F(TrainCli, BadInputIsOneLineAndOverwritesNothing) {
   // A fresh run into a folder with checkpoints is refused.
   expect_error(base_args("keep") + " --steps 2", {"already holds checkpoints", "--resume"});
   // Checkpoint problems: a model that does not match, a missing file, truncation, corruption.
-  expect_error("train --resume " + (root_ / "keep").string() + " --d-model 64 --n-head 4", {"--resume", "model"});
+  expect_error("train --resume " + (root_ / "keep").string() + " --d-model 64 --n-head 4",
+               {"--resume", "model"});
   expect_error("sample --checkpoint " + (root_ / "nothing").string(), {"nothing"});
   fs::copy(root_ / "keep", root_ / "broken", fs::copy_options::recursive);
   const fs::path bad = root_ / "broken" / "ckpt-00000002";

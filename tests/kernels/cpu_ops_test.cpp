@@ -26,25 +26,18 @@
 #include "kernels/cpu/blas_runtime.h"
 #include "kernels/cpu/cpu_common.h"
 #include "kernels/ops.h"
+#include "tests/tolerances.h"
 
 namespace strata::ops {
 namespace {
 
-// ---- tolerances, relative to the largest |reference| entry of the compared tensor -------------------------
-// Central differences with step kFdStep on O(1) inputs: truncation ~h^2 |f'''| ~ 1e-10, rounding
-// ~1e-16 |L| / h ~ 1e-10; 1e-6 leaves headroom and still catches any wrong term (those are O(1e-2)
-// or larger).
-constexpr double kFdStep = 1e-5;
-constexpr double kTolFiniteDiff = 1e-6;
-// Double op vs a naive double reference: only the summation order (BLAS blocking, simd reductions) differs.
-constexpr double kTolDoubleRef = 1e-12;
-// Float op vs double op on identical inputs: float rounding (6e-8) grown over sums of up to ~1000 terms, the
-// float exp polynomial (~2e-7 relative), and the float softmax feeding a second product in attention.
-constexpr double kTolFloatVsDouble = 3e-5;
-// Accumulating gradient called twice vs twice its first increment: one more rounding per element in double.
-constexpr double kTolTwice = 1e-12;
-// cpu_detail::exp_approx vs std::exp, relative: Cephes' expf bound (~2 ulp) plus the input rounding.
-constexpr double kTolExpApprox = 4e-7;
+// Tolerances (relative to the largest |reference| entry of the compared tensor): tests/tolerances.h.
+using test::kFdStep;
+using test::kTolDoubleRef;
+using test::kTolExpApprox;
+using test::kTolFiniteDiff;
+using test::kTolFloatVsDouble;
+using test::kTolTwice;
 
 using Vec = std::vector<double>;
 const Cpu kCpu{};

@@ -1,0 +1,54 @@
+// tests/tolerances.h: every numeric tolerance of the test suites, each with the reason for its size. A test
+// compares against an independent reference; these say how far apart two correct computations may be.
+#pragma once
+
+namespace strata::test {
+
+// ---- CPU ops (tests/kernels/cpu_ops_test.cpp), relative to the largest |reference| entry
+// -------------------- Central differences with step kFdStep on O(1) inputs: truncation ~h^2 |f'''| ~ 1e-10,
+// rounding ~1e-16 |L| / h ~ 1e-10; 1e-6 leaves headroom and still catches any wrong term (those are O(1e-2)
+// or larger).
+constexpr double kFdStep = 1e-5;
+constexpr double kTolFiniteDiff = 1e-6;
+// Double op vs a naive double reference: only the summation order (BLAS blocking, simd reductions) differs.
+constexpr double kTolDoubleRef = 1e-12;
+// Float op vs double op on identical inputs: float rounding (6e-8) grown over sums of up to ~1000 terms, the
+// float exp polynomial (~2e-7 relative), and the float softmax feeding a second product in attention.
+constexpr double kTolFloatVsDouble = 3e-5;
+// Accumulating gradient called twice vs twice its first increment: one more rounding per element in double.
+constexpr double kTolTwice = 1e-12;
+// cpu_detail::exp_approx vs std::exp, relative: Cephes' expf bound (~2 ulp) plus the input rounding.
+constexpr double kTolExpApprox = 4e-7;
+
+// ---- the whole model vs the PyTorch reference (tests/engine/reference_test.cpp), relative to each tensor's
+// largest |reference| entry (final parameters: to the largest update)
+// ----------------------------------------- Logits (B,T,V) and the mean loss: fp32 products over C = 32,
+// softmax over V = 67.
+constexpr double kRefForwardTol = 1e-5;
+// Every parameter's gradient, and the pre-clip global norm of each step (one more reduction).
+constexpr double kRefGradTol = 5e-5;
+// The loss before each step: the parameters carry the optimizer's error from the earlier steps too.
+constexpr double kRefStepLossTol = 5e-5;
+// The learning rates: the same formula in double on both sides, compared as the F32 the golden file stores.
+constexpr double kRefLrTol = 1e-7;
+// Final parameters, relative to the largest update. AdamW's update m^/(sqrt(v^) + eps) has slope up to 1/eps
+// near g = 0, so a gradient error dg moves an element by up to ~2 lr dg / eps per step: with the cases' eps
+// 1e-4 (make_case.cpp) and dg ~5e-8, at most ~1e-3 of the update whatever the gradient values.
+constexpr double kRefFinalTol = 1e-3;
+
+// ---- model invariants (tests/engine/model_test.cpp)
+// --------------------------------------------------------- kAccumTol: the k micro-batch gradients are summed
+// in a different order than one big batch's (BLAS reductions over N), so they agree to fp32 rounding relative
+// to the largest gradient. kCacheTol: the generator's attention reduces over the same keys in the same order
+// but through a different op (decode vs batched), so logits agree to a few fp32 ulps relative to their scale.
+constexpr double kAccumTol = 2e-5;
+constexpr double kCacheTol = 2e-5;
+
+// ---- schedules and AdamW (tests/engine/schedule_optim_test.cpp)
+// -------------------------------------------- kScheduleTol: the schedule is computed in double; only
+// rounding differs from the closed form. kAdamTol: the engine updates in fp32; three steps of O(1e-3) updates
+// accumulate a few fp32 ulps of 1.
+constexpr double kScheduleTol = 1e-15;
+constexpr double kAdamTol = 2e-6;
+
+}  // namespace strata::test
