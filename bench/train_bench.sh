@@ -4,7 +4,8 @@
 #   bench/train_bench.sh [BUILD_DIR]      (default build/release; configured as a CPU Release build if new)
 #   env: THREADS (default: nproc) threads for both (OMP_NUM_THREADS + OPENBLAS_NUM_THREADS for strata,
 #        torch.set_num_threads for PyTorch); MODELS (default "llama-mini gpt2-124m"); B (4); T (64);
-#        WARMUP (2); STEPS (5); PYTHON (default /usr/bin/python3: Debian's python3-torch).
+#        WARMUP (2); STEPS (5); PYTHON (default /usr/bin/python3: Debian's python3-torch); NO_BUILD=1 to use
+#        BUILD_DIR/bench/strata_train_bench as it is; STRATA_LIBS: a library folder for strata only (a carried build).
 #        OPENBLAS_CORETYPE: PyTorch runs with the OpenBLAS kernel set strata chose (Debian's OpenBLAS 0.3.21
 #        falls back to SSE3 "Prescott" kernels on CPUs newer than it knows, ~4-6x slower sgemm; strata fixes
 #        that itself, see kernels/cpu/blas_runtime.h, and Debian's torch 1.13 calls the same OpenBLAS), so both
@@ -33,17 +34,19 @@ py=${PYTHON:-/usr/bin/python3}
   echo "train_bench.sh: $py has no torch (Debian: apt-get install python3-torch)" >&2
   exit 1
 }
-if [[ ! -f "$build/CMakeCache.txt" ]]; then
-  cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSTRATA_CUDA=OFF >&2
+if [[ "${NO_BUILD:-0}" != 1 ]]; then  # NO_BUILD=1: use $build/bench/strata_train_bench as it is (a carried build)
+  if [[ ! -f "$build/CMakeCache.txt" ]]; then
+    cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSTRATA_CUDA=OFF >&2
+  fi
+  cmake --build "$build" --target strata_train_bench >&2
 fi
-cmake --build "$build" --target strata_train_bench >&2
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 args=(--batch "$B" --seq "$T" --warmup "$warmup" --steps "$steps" --json)
 for m in $models; do
   echo "== $m: strata ($threads threads)" >&2
-  OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads \
+  LD_LIBRARY_PATH="${STRATA_LIBS:+$STRATA_LIBS:}${LD_LIBRARY_PATH:-}" OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads \
     "$build/bench/strata_train_bench" --model "$m" "${args[@]}" > "$tmp/$m.strata.json"
   core=${OPENBLAS_CORETYPE:-$("$py" -c 'import json,sys; print(json.load(sys.stdin)["blas_core"])' < "$tmp/$m.strata.json")}
   # PyTorch gets its better of two BLAS settings: OpenBLAS threaded too (its default), or single-threaded
