@@ -11,6 +11,7 @@
 
 #include "engine/fileio.h"
 #include "tests/test_util.h"
+#include "tests/tolerances.h"
 
 namespace {
 namespace fs = std::filesystem;
@@ -156,9 +157,10 @@ TEST_F(TrainCli, GradientAccumulationMatchesOneLargeBatch) {
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i) {
     if (a[i]["type"] != "step") continue;
-    EXPECT_NEAR(a[i]["loss"].get<double>(), b[i]["loss"].get<double>(), 1e-4) << "row " << i;
+    EXPECT_NEAR(a[i]["loss"].get<double>(), b[i]["loss"].get<double>(), strata::test::kCliAccumTol)
+        << "row " << i;
     EXPECT_NEAR(a[i]["grad_norm"].get<double>(), b[i]["grad_norm"].get<double>(),
-                1e-4 * b[i]["grad_norm"].get<double>())
+                strata::test::kCliAccumTol * b[i]["grad_norm"].get<double>())
         << "row " << i;
   }
 }
