@@ -3,6 +3,7 @@
 // seed) may be repeated but not changed, so a resumed run continues exactly.
 #include <CLI/CLI.hpp>
 
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -106,7 +107,8 @@ void run_train_command(TrainOptions& o, CLI::App& cmd) {
     }
     o.cfg.model = models::resolve_model(o.model);
     o.cfg.finalize();
-    run_training(o.cfg, "", o.overwrite);
+    if (const int rc = run_training(o.cfg, "", o.overwrite))
+      std::exit(rc);  // interrupted, checkpoint written
     return;
   }
   STRATA_REQUIRE(!o.overwrite, "--overwrite and --resume exclude each other");
@@ -135,7 +137,7 @@ void run_train_command(TrainOptions& o, CLI::App& cmd) {
     r.copy(cfg, o.cfg);
   }
   cfg.finalize();
-  run_training(cfg, ckpt, false);
+  if (const int rc = run_training(cfg, ckpt, false)) std::exit(rc);
 }
 
 }  // namespace

@@ -4,8 +4,10 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -68,6 +70,27 @@ EvalResult evaluate_shards(Model& model, const std::vector<std::string>& shards,
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// SIGINT / SIGTERM during training: the step in flight finishes, a checkpoint is written, and the run ends
+// with status 128 + signal. A second signal gets the default action (the handler resets itself).
+std::atomic<int> g_stop_signal{0};
+extern "C" void on_stop_signal(int sig) {
+  g_stop_signal.store(sig);
+  std::signal(sig, SIG_DFL);
+}
+
+struct StopSignals {
+  using Handler = void (*)(int);
+  Handler old_int, old_term;
+  StopSignals()
+      : old_int(std::signal(SIGINT, on_stop_signal)), old_term(std::signal(SIGTERM, on_stop_signal)) {
+    g_stop_signal.store(0);
+  }
+  ~StopSignals() {
+    std::signal(SIGINT, old_int);
+    std::signal(SIGTERM, old_term);
+  }
+};
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
@@ -174,7 +197,7 @@ void print_config(const TrainConfig& c, size_t train_shards, uint64_t train_toke
 
 }  // namespace
 
-void run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool overwrite) {
+int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool overwrite) {
   TrainConfig cfg = cfg_in;
   set_compute_threads(cfg.threads);
   // Data and tokenizer.
@@ -297,6 +320,8 @@ void run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, boo
 
   const long last = cfg.stop_at > 0 ? std::min<long>(cfg.stop_at, cfg.steps) : cfg.steps;
   if (step == 0 && cfg.eval_every > 0) do_eval();
+  const StopSignals signals;
+  int interrupted = 0;
   while (step < last) {
     const auto t0 = Clock::now();
     model.zero_grad();
@@ -337,7 +362,14 @@ void run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, boo
     const bool end = step == last;
     if ((cfg.eval_every > 0 && step % cfg.eval_every == 0) || (end && step == cfg.steps)) do_eval();
     if ((cfg.sample_every > 0 && step % cfg.sample_every == 0) || (end && step == cfg.steps)) do_sample();
-    if ((cfg.ckpt_every > 0 && step % cfg.ckpt_every == 0) || end) do_checkpoint();
+    const bool stop = !end && g_stop_signal.load() != 0;
+    if ((cfg.ckpt_every > 0 && step % cfg.ckpt_every == 0) || end || stop) do_checkpoint();
+    if (stop) {
+      interrupted = g_stop_signal.load();
+      std::printf("%sinterrupted (signal %d) after step %ld; continue with: strata train --resume %s\n",
+                  tty ? "\r\033[K" : "", interrupted, step, cfg.out_dir.c_str());
+      break;
+    }
   }
   if (tty) std::printf("\n");
   const double secs = seconds_since(t_start);
@@ -349,6 +381,8 @@ void run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, boo
               last_loss);
   if (have_eval) std::printf(", val loss %.4f (%.4f bits/byte)", last_eval.loss, last_eval.bits_per_byte);
   std::printf("\n");
+  std::fflush(stdout);
+  return interrupted ? 128 + interrupted : 0;
 }
 
 }  // namespace strata

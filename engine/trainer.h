@@ -12,8 +12,9 @@ namespace strata {
 
 // Trains cfg (already finalize()d). With resume_ckpt (a checkpoint folder) the parameters, moments, step,
 // token and FLOP counters and the loader position come from it, and the run continues bit-identically.
-// Without it, an out_dir that already holds checkpoints is refused unless overwrite is set.
-void run_training(const TrainConfig& cfg, const std::string& resume_ckpt, bool overwrite);
+// Without it, an out_dir that already holds checkpoints is refused unless overwrite is set. SIGINT or SIGTERM
+// ends the run after the current step with a checkpoint; returns 0, or 128 + the signal when interrupted.
+int run_training(const TrainConfig& cfg, const std::string& resume_ckpt, bool overwrite);
 
 struct EvalResult {
   double loss = 0.0;  // mean cross-entropy (nats per token) over the evaluated targets

@@ -165,6 +165,36 @@ TEST_F(TrainCli, GradientAccumulationMatchesOneLargeBatch) {
   }
 }
 
+TEST_F(TrainCli, InterruptWritesACheckpointThatResumes) {
+  // SIGINT once the first step is logged: the run finishes that step, checkpoints and exits 128 + 2.
+  const fs::path run = root_ / "intr";
+  const std::string cmd = "sh -c '" + std::string(STRATA_BINARY) + " " + base_args("intr") +
+                          " --steps 100000 --eval-every 0 --sample-tokens 0 > " +
+                          (root_ / "intr.log").string() + " 2>&1 & p=$!; until grep -q step " +
+                          (run / "metrics.jsonl").string() +
+                          " 2>/dev/null; do sleep 0.05; done; kill -INT $p; wait $p; echo rc=$?'";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  char buf[64] = {};
+  const size_t n = std::fread(buf, 1, sizeof(buf) - 1, p);
+  ::pclose(p);
+  const std::string out(buf, n), log = bytes_of(root_ / "intr.log");
+  EXPECT_EQ(out, "rc=130\n") << log;
+  EXPECT_NE(log.find("interrupted (signal 2) after step"), std::string::npos) << log;
+  std::vector<std::string> ckpts;
+  for (const auto& e : fs::directory_iterator(run))
+    if (e.path().filename().string().starts_with("ckpt-")) ckpts.push_back(e.path().filename().string());
+  ASSERT_EQ(ckpts.size(), 1u) << log;
+  const long step = std::stol(ckpts[0].substr(5));
+  std::string resumed;
+  ASSERT_EQ(run_strata("train --resume " + run.string() + " --stop-at " + std::to_string(step + 2), &resumed),
+            0)
+      << resumed;
+  EXPECT_TRUE(fs::exists(
+      run / ("ckpt-" + std::string(8 - std::to_string(step + 2).size(), '0') + std::to_string(step + 2))))
+      << resumed;
+}
+
 TEST_F(TrainCli, BadInputIsOneLineAndOverwritesNothing) {
   std::string out;
   ASSERT_EQ(run_strata(base_args("keep") + " --steps 2 --eval-every 0 --sample-tokens 0", &out), 0) << out;
