@@ -57,7 +57,8 @@ void run_eval(const EvalOptions& o) {
   Model model(info.model, o.batch_size, T);
   load_checkpoint_params(dir, model.params());
   const data::Tokenizer tok = data::Tokenizer::load(checkpoint_tokenizer(info, o.tokenizer));
-  const EvalResult r = evaluate_shards(model, shards, o.batches, tok);
+  data::DataLoader loader = eval_loader(model, shards);
+  const EvalResult r = evaluate(model, loader, o.batches, tok);
   std::printf("checkpoint %s (step %ld), %zu shard%s, %d batches of %d x %d\n", dir.c_str(), info.step,
               shards.size(), shards.size() == 1 ? "" : "s", r.batches, o.batch_size, T);
   std::printf("loss %.4f | perplexity %.3f | bits/byte %.4f | %lld tokens, %lld bytes\n", r.loss,
@@ -86,21 +87,15 @@ void run_sample(const SampleCliOptions& o) {
   const data::Tokenizer tok = data::Tokenizer::load(checkpoint_tokenizer(info, o.tokenizer));
   STRATA_REQUIRE(tok.vocab_size() <= static_cast<uint32_t>(info.model.vocab_size), "tokenizer has ",
                  tok.vocab_size(), " tokens, more than the model's vocabulary ", info.model.vocab_size);
-  const int32_t eot = static_cast<int32_t>(tok.eot());
-  std::vector<int32_t> prompt{eot};
-  for (data::TokenId id : tok.encode(o.prompt)) prompt.push_back(static_cast<int32_t>(id));
+  const std::vector<int32_t> prompt = prompt_tokens(tok, o.prompt);
   STRATA_REQUIRE(static_cast<int>(prompt.size()) < info.model.max_seq_len, "the prompt (", prompt.size(),
                  " tokens) leaves no room in the model's context of ", info.model.max_seq_len);
   Generator gen(params);
   std::mt19937_64 rng(o.seed);
   for (int s = 0; s < o.samples; ++s) {
-    gen.reset();
-    const std::vector<int32_t> out = generate(gen, prompt, o.tokens, {o.temperature, o.top_k}, rng, eot);
-    std::vector<data::TokenId> ids(prompt.begin() + 1, prompt.end());
-    for (int32_t t : out)
-      if (t != eot) ids.push_back(static_cast<data::TokenId>(t));
+    const std::string text = sample_text(gen, tok, prompt, o.tokens, {o.temperature, o.top_k}, rng);
     if (o.samples > 1) std::printf("--- sample %d\n", s + 1);
-    std::printf("%s\n", tok.decode(ids).c_str());
+    std::printf("%s\n", text.c_str());
   }
 }
 

@@ -84,9 +84,7 @@ const char* const kModelFlags[] = {"--model", "--n-layer",    "--d-model",     "
 
 // The vocabulary size recorded by `strata prepare`, or 0 when the folder has no readable manifest.
 int manifest_vocab(const std::string& data_dir) {
-  const std::string path = (std::filesystem::path(data_dir) / "manifest.json").string();
-  if (!file_exists(path)) return 0;
-  const auto m = nlohmann::json::parse(read_file(path), nullptr, false);
+  const nlohmann::json m = data_manifest(data_dir);
   return (m.is_object() && m.contains("vocab_size") && m["vocab_size"].is_number_integer())
              ? m["vocab_size"].get<int>()
              : 0;

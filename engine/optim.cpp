@@ -92,16 +92,4 @@ float clip_scale(double norm, double max_norm) {
   return (max_norm > 0 && norm > max_norm) ? static_cast<float>(max_norm / (norm + 1e-6)) : 1.0f;
 }
 
-double clip_grad_norm(ParamBuffer& grads, double max_norm) {
-  const double norm = grad_norm(grads);
-  const float scale = clip_scale(norm, max_norm);
-  if (scale != 1.0f) {
-    float* g = grads.data();
-    const int64_t n = grads.numel();
-#pragma omp parallel for simd schedule(static) if (n > 32768)
-    for (int64_t i = 0; i < n; ++i) g[i] *= scale;
-  }
-  return norm;
-}
-
 }  // namespace strata

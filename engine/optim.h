@@ -50,8 +50,5 @@ double grad_norm(const ParamBuffer& grads);
 // The factor clipping applies for a gradient of global norm `norm`: max_norm / (norm + 1e-6) when max_norm >
 // 0 and norm > max_norm, else 1 (PyTorch's clip_grad_norm_).
 float clip_scale(double norm, double max_norm);
-// When max_norm > 0 and norm > max_norm, scales grads by max_norm / (norm + 1e-6) (PyTorch's
-// clip_grad_norm_). Returns the norm before clipping.
-double clip_grad_norm(ParamBuffer& grads, double max_norm);
 
 }  // namespace strata

@@ -49,4 +49,22 @@ std::vector<int32_t> generate(Generator& gen, const std::vector<int32_t>& prompt
   return out;
 }
 
+std::vector<int32_t> prompt_tokens(const data::Tokenizer& tok, const std::string& text) {
+  std::vector<int32_t> prompt{static_cast<int32_t>(tok.eot())};
+  for (data::TokenId id : tok.encode(text)) prompt.push_back(static_cast<int32_t>(id));
+  return prompt;
+}
+
+std::string sample_text(Generator& gen, const data::Tokenizer& tok, const std::vector<int32_t>& prompt, int n,
+                        const SampleOptions& opt, std::mt19937_64& rng) {
+  const int32_t eot = static_cast<int32_t>(tok.eot());
+  gen.reset();
+  const std::vector<int32_t> out = generate(gen, prompt, n, opt, rng, eot);
+  std::vector<data::TokenId> ids;
+  for (const auto* part : {&prompt, &out})
+    for (int32_t t : *part)
+      if (t != eot) ids.push_back(static_cast<data::TokenId>(t));
+  return tok.decode(ids);
+}
+
 }  // namespace strata

@@ -4,8 +4,10 @@
 
 #include <cstdint>
 #include <random>
+#include <string>
 #include <vector>
 
+#include "data/tokenizer.h"
 #include "engine/model.h"
 
 namespace strata {
@@ -23,5 +25,12 @@ int32_t sample_token(const float* logits, int V, const SampleOptions& opt, std::
 // the model's context limit. Returns the drawn tokens only.
 std::vector<int32_t> generate(Generator& gen, const std::vector<int32_t>& prompt, int n,
                               const SampleOptions& opt, std::mt19937_64& rng, int32_t stop = -1);
+
+// <|endoftext|> followed by the tokens of `text`: how samples are prompted.
+std::vector<int32_t> prompt_tokens(const data::Tokenizer& tok, const std::string& text);
+// Generates from `prompt` (as prompt_tokens makes it; the generator is reset first), stopping at
+// <|endoftext|>, and returns the prompt's text followed by the drawn text.
+std::string sample_text(Generator& gen, const data::Tokenizer& tok, const std::vector<int32_t>& prompt, int n,
+                        const SampleOptions& opt, std::mt19937_64& rng);
 
 }  // namespace strata

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <random>
 #include <sstream>
 
@@ -38,18 +39,20 @@ std::vector<std::string> split_shards(const std::string& data_dir, const std::st
   return out;
 }
 
-EvalResult evaluate_shards(Model& model, const std::vector<std::string>& shards, int batches,
-                           const data::Tokenizer& tok) {
-  const int B = model.batch(), T = model.seq_len();
+data::DataLoader eval_loader(const Model& model, const std::vector<std::string>& shards) {
   data::LoaderOptions lo;
-  lo.batch_size = B;
-  lo.seq_len = T;
+  lo.batch_size = model.batch();
+  lo.seq_len = model.seq_len();
   lo.shuffle = false;
   lo.vocab_size = static_cast<uint32_t>(model.config().vocab_size);
-  data::DataLoader loader(shards, lo);
+  return data::DataLoader(shards, lo);
+}
+
+EvalResult evaluate(Model& model, data::DataLoader& loader, int batches, const data::Tokenizer& tok) {
+  loader.reset();
   const int n = batches > 0 ? static_cast<int>(std::min<uint64_t>(batches, loader.batches_per_epoch()))
                             : static_cast<int>(loader.batches_per_epoch());
-  std::vector<int32_t> in(static_cast<size_t>(B) * T), tg(in.size());
+  std::vector<int32_t> in(static_cast<size_t>(model.batch()) * model.seq_len()), tg(in.size());
   EvalResult r;
   double nats = 0.0;
   for (int b = 0; b < n; ++b) {
@@ -65,6 +68,13 @@ EvalResult evaluate_shards(Model& model, const std::vector<std::string>& shards,
   r.loss = r.tokens ? nats / static_cast<double>(r.tokens) : 0.0;
   r.bits_per_byte = r.bytes ? nats / std::log(2.0) / static_cast<double>(r.bytes) : 0.0;
   return r;
+}
+
+nlohmann::json data_manifest(const std::string& data_dir) {
+  const std::string path = (fs::path(data_dir) / "manifest.json").string();
+  if (!file_exists(path)) return nullptr;
+  auto m = nlohmann::json::parse(read_file(path), nullptr, false);
+  return m.is_object() ? m : nlohmann::json();
 }
 
 namespace {
@@ -153,16 +163,17 @@ class MetricsLog {
 };
 
 std::string tokenizer_from_manifest(const std::string& data_dir) {
-  const std::string path = (fs::path(data_dir) / "manifest.json").string();
-  STRATA_REQUIRE(file_exists(path), "data folder ", data_dir,
-                 " has no manifest.json (run `strata prepare --out ", data_dir, "`, or give --tokenizer)");
-  const auto m = nlohmann::json::parse(read_file(path), nullptr, false);
-  STRATA_REQUIRE(m.is_object() && m.contains("tokenizer") && m["tokenizer"].is_string(), path,
-                 ": no \"tokenizer\" field");
+  const nlohmann::json m = data_manifest(data_dir);
+  STRATA_REQUIRE(!m.is_null(), "data folder ", data_dir,
+                 " has no readable manifest.json (run `strata prepare --out ", data_dir,
+                 "`, or give --tokenizer)");
+  STRATA_REQUIRE(m.contains("tokenizer") && m["tokenizer"].is_string(), data_dir,
+                 "/manifest.json: no \"tokenizer\" field");
   return m["tokenizer"].get<std::string>();
 }
 
-void print_config(const TrainConfig& c, size_t train_shards, uint64_t train_tokens, size_t val_shards) {
+void print_config(const TrainConfig& c, size_t train_shards, uint64_t train_tokens, size_t val_shards,
+                  int threads) {
   const models::ParamCount p = models::count_parameters(c.model);
   const auto& m = c.model;
   std::printf("strata train\n");
@@ -191,7 +202,7 @@ void print_config(const TrainConfig& c, size_t train_shards, uint64_t train_toke
   row("seed", cat(c.seed, c.shuffle ? " (shuffled)" : " (natural order)"));
   row("eval", cat("every ", c.eval_every, " steps, ", c.eval_batches, " batches"));
   row("out", cat(c.out_dir, " (checkpoint every ", c.ckpt_every, " steps, keep ", c.keep_last, ")"));
-  row("threads", cat(set_compute_threads(c.threads)));
+  row("threads", cat(threads));
   std::fflush(stdout);
 }
 
@@ -199,7 +210,7 @@ void print_config(const TrainConfig& c, size_t train_shards, uint64_t train_toke
 
 int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool overwrite) {
   TrainConfig cfg = cfg_in;
-  set_compute_threads(cfg.threads);
+  const int threads = set_compute_threads(cfg.threads);
   // Data and tokenizer.
   const std::vector<std::string> train_shards = split_shards(cfg.data_dir, "train");
   STRATA_REQUIRE(!train_shards.empty(), "data folder ", cfg.data_dir,
@@ -256,7 +267,9 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
   fs::create_directories(cfg.out_dir);
   write_file_atomic((fs::path(cfg.out_dir) / "config.json").string(), cfg.to_json().dump(2) + "\n");
   MetricsLog metrics((fs::path(cfg.out_dir) / "metrics.jsonl").string(), resume_ckpt.empty() ? -1 : step);
-  print_config(cfg, train_shards.size(), loader.total_tokens(), val_shards.size());
+  std::optional<data::DataLoader> val_loader;  // opened (and its tokens checked) once for every evaluation
+  if (!val_shards.empty()) val_loader.emplace(eval_loader(model, val_shards));
+  print_config(cfg, train_shards.size(), loader.total_tokens(), val_shards.size(), threads);
   if (val_shards.empty()) std::printf("  (no val_*.bin shards: validation is skipped)\n");
   if (step > 0) std::printf("resumed from %s at step %ld\n", resume_ckpt.c_str(), step);
 
@@ -281,8 +294,8 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
                           {"elapsed_s", elapsed}};
   };
   auto do_eval = [&] {
-    if (val_shards.empty()) return;
-    last_eval = evaluate_shards(model, val_shards, cfg.eval_batches, tok);
+    if (!val_loader) return;
+    last_eval = evaluate(model, *val_loader, cfg.eval_batches, tok);
     have_eval = true;
     metrics.write({{"type", "eval"},
                    {"step", step},
@@ -297,17 +310,13 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
   };
   auto do_sample = [&] {
     if (cfg.sample_tokens == 0) return;
-    Generator gen(model.params());
-    std::vector<int32_t> prompt{static_cast<int32_t>(tok.eot())};
-    for (data::TokenId id : tok.encode(cfg.sample_prompt)) prompt.push_back(static_cast<int32_t>(id));
+    const std::vector<int32_t> prompt = prompt_tokens(tok, cfg.sample_prompt);
     if (static_cast<int>(prompt.size()) >= cfg.model.max_seq_len) return;
+    Generator gen(model.params());
     std::mt19937_64 rng(cfg.seed ^ static_cast<uint64_t>(step));
-    const std::vector<int32_t> out = generate(gen, prompt, cfg.sample_tokens, {cfg.temperature, cfg.top_k},
-                                              rng, static_cast<int32_t>(tok.eot()));
-    std::vector<data::TokenId> ids(prompt.begin() + 1, prompt.end());
-    for (int32_t t : out)
-      if (t != static_cast<int32_t>(tok.eot())) ids.push_back(static_cast<data::TokenId>(t));
-    std::printf("%ssample step %ld: %s\n", tty ? "\r\033[K" : "", step, tok.decode(ids).c_str());
+    const std::string text =
+        sample_text(gen, tok, prompt, cfg.sample_tokens, {cfg.temperature, cfg.top_k}, rng);
+    std::printf("%ssample step %ld: %s\n", tty ? "\r\033[K" : "", step, text.c_str());
     std::fflush(stdout);
   };
   auto do_checkpoint = [&] {

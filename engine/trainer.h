@@ -4,6 +4,9 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
+#include "data/loader.h"
 #include "data/tokenizer.h"
 #include "engine/model.h"
 #include "engine/train_config.h"
@@ -24,10 +27,16 @@ struct EvalResult {
   int batches = 0;
 };
 
-// Evaluates `model` (its B, T) on the first `batches` batches of `shards` in natural order (0 = every
-// batch of one epoch). The tokenizer gives the byte count for bits per byte.
-EvalResult evaluate_shards(Model& model, const std::vector<std::string>& shards, int batches,
-                           const data::Tokenizer& tok);
+// A loader over `shards` in natural order with the model's B, T and vocabulary (every token is checked once
+// here, not at each evaluation).
+data::DataLoader eval_loader(const Model& model, const std::vector<std::string>& shards);
+// Evaluates `model` on the first `batches` batches of `loader` (from its start; 0 = every batch of one
+// epoch). The tokenizer gives the byte count for bits per byte.
+EvalResult evaluate(Model& model, data::DataLoader& loader, int batches, const data::Tokenizer& tok);
+
+// The manifest.json `strata prepare` wrote in data_dir; a null JSON when there is none or it is not an
+// object.
+nlohmann::json data_manifest(const std::string& data_dir);
 
 // The shards of one split ("train" or "val") in a prepared data folder, sorted; empty when there are none.
 std::vector<std::string> split_shards(const std::string& data_dir, const std::string& split);

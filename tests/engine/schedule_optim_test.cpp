@@ -118,7 +118,7 @@ TEST(AdamW, MatchesReferenceUpdateWithDecayOnMatricesOnly) {
   EXPECT_NEAR(p.tensor("attn_norm")[0], 1.0f, 0.05f);
 }
 
-TEST(Clip, ScalesToMaxNormAndReportsThePreClipNorm) {
+TEST(Clip, ScaleBringsTheNormToMaxAndFoldsIntoAdamW) {
   const ParamLayout layout(tiny());
   ParamBuffer g(layout);
   double sq = 0;
@@ -126,13 +126,23 @@ TEST(Clip, ScalesToMaxNormAndReportsThePreClipNorm) {
     g.data()[i] = static_cast<float>((i % 7) - 3) * 0.5f;
     sq += static_cast<double>(g.data()[i]) * g.data()[i];
   }
-  const double norm = clip_grad_norm(g, 1.0);
+  const double norm = grad_norm(g);
   EXPECT_NEAR(norm, std::sqrt(sq), kNormTol * std::sqrt(sq));
-  EXPECT_NEAR(grad_norm(g), 1.0, kClippedNormTol);
-  // Below the threshold nothing changes.
-  const std::vector<float> before(g.data(), g.data() + g.numel());
-  clip_grad_norm(g, 10.0);
-  EXPECT_TRUE(std::equal(before.begin(), before.end(), g.data()));
+  const float scale = clip_scale(norm, 1.0);
+  ParamBuffer clipped(layout);
+  for (int64_t i = 0; i < g.numel(); ++i) clipped.data()[i] = g.data()[i] * scale;
+  EXPECT_NEAR(grad_norm(clipped), 1.0, kClippedNormTol);
+  // Below the threshold (the clipped gradient, norm 1, against 10), or with clipping off, nothing changes.
+  EXPECT_EQ(clip_scale(grad_norm(clipped), 10.0), 1.0f);
+  EXPECT_EQ(clip_scale(norm, 0.0), 1.0f);
+  // The trainer folds the scale into the update: bit for bit the same as updating with clipped gradients.
+  ParamBuffer p1(layout), p2(layout);
+  init_params(p1, 3);
+  init_params(p2, 3);
+  AdamW folded(layout, AdamWConfig{}), separate(layout, AdamWConfig{});
+  folded.step(p1, g, 1e-2, scale);
+  separate.step(p2, clipped, 1e-2);
+  EXPECT_TRUE(std::equal(p1.data(), p1.data() + p1.numel(), p2.data()));
 }
 
 TEST(InitParams, FollowsTheTableAndIsSeeded) {
