@@ -128,6 +128,10 @@ SafetensorsFile open_verified(const CheckpointInfo& info, const std::string& nam
 
 }  // namespace
 
+SafetensorsFile open_checkpoint_file(const std::string& ckpt_dir, const std::string& file) {
+  return open_verified(read_checkpoint_info(ckpt_dir), file);
+}
+
 std::string crc64_hex(uint64_t crc) {
   char buf[17];
   std::snprintf(buf, sizeof(buf), "%016" PRIx64, crc);
@@ -152,7 +156,8 @@ void load_params_safetensors(const std::string& path, ParamBuffer& params) {
 }
 
 std::string save_checkpoint(const std::string& run_dir, long step, const ParamBuffer& params,
-                            const AdamW* opt, const nlohmann::json& trainer_state, int keep_last) {
+                            const AdamW* opt, const nlohmann::json& trainer_state, int keep_last,
+                            const std::vector<CheckpointExtra>& extra) {
   STRATA_REQUIRE(step >= 0, "checkpoint: step must be non-negative (got ", step, ")");
   STRATA_REQUIRE(trainer_state.is_object() || trainer_state.is_null(),
                  "checkpoint: the trainer state must be a JSON object (got ", trainer_state.type_name(), ")");
@@ -187,6 +192,12 @@ std::string save_checkpoint(const std::string& run_dir, long step, const ParamBu
       SafetensorsMetadata meta = model_metadata(cfg);
       meta["content"] = "adamw moments m.<name>, v.<name>";
       record(kOptimizerFile, write_safetensors((tmp / kOptimizerFile).string(), views, meta));
+    }
+    for (const CheckpointExtra& x : extra) {
+      STRATA_CHECK(x.file != kModelFile && x.file != kOptimizerFile && x.file != kStateFile &&
+                       x.file.find('/') == std::string::npos,
+                   "checkpoint: bad extra file name '", x.file, "'");
+      record(x.file.c_str(), write_safetensors((tmp / x.file).string(), x.tensors, x.metadata));
     }
     nlohmann::ordered_json state = nlohmann::ordered_json::object();  // in this order, for people reading it
     state["format_version"] = kCheckpointFormatVersion;

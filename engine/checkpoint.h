@@ -42,8 +42,15 @@ std::string checkpoint_dir_name(long step);
 // optimizer.safetensors). `trainer_state` must be a JSON object (null is taken as {}). After the save, only
 // the newest `keep_last` checkpoints (by step) are kept (keep_last <= 0: all); the one just written is never
 // deleted.
+// Extra safetensors files of a checkpoint (growth state), written and checksummed like the others.
+struct CheckpointExtra {
+  std::string file;  // e.g. "growth.safetensors"
+  std::vector<TensorView> tensors;
+  SafetensorsMetadata metadata;
+};
 std::string save_checkpoint(const std::string& run_dir, long step, const ParamBuffer& params,
-                            const AdamW* opt, const nlohmann::json& trainer_state, int keep_last);
+                            const AdamW* opt, const nlohmann::json& trainer_state, int keep_last,
+                            const std::vector<CheckpointExtra>& extra = {});
 
 // `path` is a checkpoint folder (it holds state.json), or a run folder: its complete checkpoint with the
 // highest step (ckpt-<digits>/ holding state.json; dot-folders such as leftover temporaries are ignored).
@@ -76,6 +83,9 @@ CheckpointInfo read_checkpoint_info(const std::string& ckpt_dir);
 // layout must be present, F32, with its exact stored shape (an error names the tensor, the expected and the
 // found shape); a tensor the layout lacks is an error too. Nothing is copied unless everything matches.
 void load_checkpoint_params(const std::string& ckpt_dir, ParamBuffer& params);
+
+// Opens one of the checkpoint's files listed in state.json after checking its size and CRC-64.
+SafetensorsFile open_checkpoint_file(const std::string& ckpt_dir, const std::string& file);
 
 // Loads the AdamW moments (same checks, on optimizer.safetensors). The step counter t is not in this file:
 // the caller restores it from the trainer state (AdamW::set_t).

@@ -23,6 +23,7 @@ struct TrainOptions {
   TrainConfig cfg;
   models::ModelOptions model;
   std::string schedule = "cosine";
+  std::vector<std::string> grow;
   std::string resume;
   bool overwrite = false;
 };
@@ -49,6 +50,10 @@ const std::vector<OptionRule>& option_rules() {
       STRATA_FIELD("--global-batch-tokens", true, global_batch_tokens),
       STRATA_FIELD("--steps", true, steps),
       STRATA_FIELD("--tokens", true, tokens),
+      STRATA_FIELD("--flops", true, flops),
+      // Growth stages may be extended on --resume; the trainer checks that the stages that ran are unchanged
+      // and that new ones lie ahead.
+      STRATA_FIELD("--grow", false, grow),
       STRATA_FIELD("--schedule", true, schedule.kind),
       STRATA_FIELD("--lr", true, schedule.max_lr),
       STRATA_FIELD("--min-lr-frac", true, schedule.min_lr_frac),
@@ -92,6 +97,8 @@ int manifest_vocab(const std::string& data_dir) {
 
 void run_train_command(TrainOptions& o, CLI::App& cmd) {
   o.cfg.schedule.kind = parse_schedule_kind(o.schedule);
+  o.cfg.grow.clear();
+  for (const std::string& g : o.grow) o.cfg.grow.push_back(growth::parse_stage(g));
   auto given = [&](const char* flag) { return cmd.count(flag) > 0; };
   bool model_given = false;
   for (const char* f : kModelFlags) model_given = model_given || given(f);
@@ -157,6 +164,13 @@ void add_train_command(CLI::App& app) {
       "Tokens per optimizer step, a multiple of B x T reached by gradient accumulation (0 = B x T)");
   cmd->add_option("--steps", c.steps, "Optimizer steps (or give --tokens)");
   cmd->add_option("--tokens", c.tokens, "Training tokens, rounded up to whole steps (instead of --steps)");
+  cmd->add_option("--flops", c.flops,
+                  "Training FLOPs budget over all growth stages (instead of --steps / --tokens)");
+  cmd->add_option("--grow", o->grow,
+                  "Growth stage, repeatable: \"at=<n> tokens|steps|flops,op=stack|interpolate|zero|random|learn|"
+                  "direct,g=4 | layers=0-1,2-3*7 | d_model=.. d_ff=..[,noise=a][,optimizer=reset|map]"
+                  "[,schedule=restart|continue][,warmup=n]\" (see growth/spec.h)")
+      ->take_all();
   cmd->add_option("--schedule", o->schedule, "LR schedule: cosine | constant | wsd (warmup-stable-decay)")
       ->check(CLI::IsMember({"cosine", "constant", "wsd"}));
   cmd->add_option("--lr", c.schedule.max_lr, "Peak learning rate");

@@ -146,6 +146,30 @@ Model::Model(const ModelConfig& cfg, int B, int T) : cfg_(cfg), B_(B), T_(T) {
   const ParamLayout layout(cfg_);
   params_ = ParamBuffer(layout);
   grads_ = ParamBuffer(layout);
+  plan_activations();
+}
+
+void Model::release_gradients() {
+  grads_ = ParamBuffer();
+  acts_.reset();
+  have_grad_ = false;
+}
+
+void Model::regrow(ParamBuffer&& params) {
+  const ModelConfig cfg = params.layout().config();
+  cfg.validate();
+  STRATA_REQUIRE(T_ <= cfg.max_seq_len, "sequence length ", T_, " exceeds the grown model's max_seq_len ",
+                 cfg.max_seq_len);
+  release_gradients();
+  params_ = ParamBuffer();  // the caller's buffer replaces it; free the old one first
+  params_ = std::move(params);
+  cfg_ = cfg;
+  grads_ = ParamBuffer(params_.layout());
+  plan_activations();
+}
+
+void Model::plan_activations() {
+  const int B = B_, T = T_;
   const Dims d(cfg_);
   const size_t N = static_cast<size_t>(B) * T, L = d.L, C = d.C;
   acts_ = std::make_unique<Acts>();

@@ -55,6 +55,12 @@ class Model {
   void backward(float grad_scale = 1.0f);
   void zero_grad() { grads_.zero(); }
 
+  // Growth (growth/apply.h): release_gradients() frees the gradients and activations (the first half of a
+  // growth, so old and new model state never coexist with them); regrow() installs parameters of a new
+  // architecture, allocates its gradients and re-plans the activations for the same (B, T).
+  void release_gradients();
+  void regrow(ParamBuffer&& params);
+
   // After a forward without targets: the logits (B,T,V). After a forward with targets they are overwritten
   // by their gradient and not available.
   const float* logits() const;
@@ -69,6 +75,7 @@ class Model {
   ParamBuffer params_, grads_;
   std::unique_ptr<Acts> acts_;
   float run_forward(const int32_t* inputs, const int32_t* targets, bool need_grad);
+  void plan_activations();
   bool have_grad_ = false;  // the last forward left dlogits for backward()
   int64_t n_valid_ = 0;
 };

@@ -79,31 +79,41 @@ double uniform_open(std::mt19937_64& rng) {
 
 }  // namespace
 
-void init_params(ParamBuffer& params, uint64_t seed) {
-  for (const ParamEntry& e : params.layout().entries()) {
-    float* p = params.data() + e.offset;
-    const int64_t n = e.numel();
-    switch (e.spec.init.kind) {
-      case models::InitKind::kOnes:
-        std::fill(p, p + n, 1.0f);
-        break;
-      case models::InitKind::kZeros:
-        std::fill(p, p + n, 0.0f);
-        break;
-      case models::InitKind::kNormal: {
-        uint64_t s = seed ^ fnv1a(e.spec.name);
-        std::mt19937_64 rng(splitmix64(s));
-        const double sd = e.spec.init.std;
-        for (int64_t i = 0; i < n; i += 2) {  // Box-Muller: two normals per pair of uniforms
-          const double r = std::sqrt(-2.0 * std::log(uniform_open(rng)));
-          const double a = 2.0 * std::numbers::pi * uniform_open(rng);
-          p[i] = static_cast<float>(sd * r * std::cos(a));
-          if (i + 1 < n) p[i + 1] = static_cast<float>(sd * r * std::sin(a));
-        }
-        break;
+void fill_init(const models::InitRule& rule, float* p, int64_t n, uint64_t stream_seed) {
+  switch (rule.kind) {
+    case models::InitKind::kOnes:
+      std::fill(p, p + n, 1.0f);
+      break;
+    case models::InitKind::kZeros:
+      std::fill(p, p + n, 0.0f);
+      break;
+    case models::InitKind::kNormal: {
+      uint64_t s = stream_seed;
+      std::mt19937_64 rng(splitmix64(s));
+      const double sd = rule.std;
+      for (int64_t i = 0; i < n; i += 2) {  // Box-Muller: two normals per pair of uniforms
+        const double r = std::sqrt(-2.0 * std::log(uniform_open(rng)));
+        const double a = 2.0 * std::numbers::pi * uniform_open(rng);
+        p[i] = static_cast<float>(sd * r * std::cos(a));
+        if (i + 1 < n) p[i + 1] = static_cast<float>(sd * r * std::sin(a));
       }
+      break;
     }
   }
+}
+
+uint64_t init_stream_seed(uint64_t seed, const std::string& name, int64_t index) {
+  uint64_t s = seed ^ fnv1a(name);
+  if (index >= 0) {
+    uint64_t x = static_cast<uint64_t>(index) + 0x632BE59BD9B4E019ull;
+    s ^= splitmix64(x);
+  }
+  return s;
+}
+
+void init_params(ParamBuffer& params, uint64_t seed) {
+  for (const ParamEntry& e : params.layout().entries())
+    fill_init(e.spec.init, params.data() + e.offset, e.numel(), init_stream_seed(seed, e.spec.name));
 }
 
 }  // namespace strata

@@ -72,4 +72,9 @@ class ParamBuffer {
 // Box-Muller on std::mt19937_64 (identical with every standard library).
 void init_params(ParamBuffer& params, uint64_t seed);
 
+// Fills n values by `rule` from one stream seeded by `stream_seed` (the draw init_params makes per tensor).
+void fill_init(const models::InitRule& rule, float* out, int64_t n, uint64_t stream_seed);
+// A stream seed for (seed, name, index): distinct per tensor name and index (growth draws per layer).
+uint64_t init_stream_seed(uint64_t seed, const std::string& name, int64_t index = -1);
+
 }  // namespace strata

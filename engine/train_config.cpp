@@ -14,15 +14,31 @@ void TrainConfig::finalize() {
   if (global_batch_tokens == 0) global_batch_tokens = micro;
   STRATA_REQUIRE(global_batch_tokens > 0 && global_batch_tokens % micro == 0, "--global-batch-tokens ",
                  global_batch_tokens, " must be a positive multiple of batch-size x seq-len = ", micro);
-  STRATA_REQUIRE(steps >= 0 && tokens >= 0, "--steps and --tokens must not be negative");
-  STRATA_REQUIRE(steps > 0 || tokens > 0, "give the run length: --steps or --tokens");
+  STRATA_REQUIRE(steps >= 0 && tokens >= 0 && flops >= 0, "--steps, --tokens and --flops must not be negative");
+  STRATA_REQUIRE(steps > 0 || tokens > 0 || flops > 0, "give the run length: --steps, --tokens or --flops");
   STRATA_REQUIRE(steps == 0 || tokens == 0 || tokens == steps * global_batch_tokens,
                  "--steps and --tokens disagree (", steps, " steps x ", global_batch_tokens,
                  " tokens != ", tokens, "); give one");
-  if (steps == 0) steps = (tokens + global_batch_tokens - 1) / global_batch_tokens;
+  STRATA_REQUIRE(flops == 0 || (steps == 0 && tokens == 0),
+                 "--flops is a run length like --steps and --tokens; give one");
+  if (steps == 0 && tokens > 0) steps = (tokens + global_batch_tokens - 1) / global_batch_tokens;
+  resolve_growth();
   tokens = steps * global_batch_tokens;
   schedule.total_steps = steps;
   schedule.validate();
+  for (size_t k = 0; k < grow.size(); ++k) {
+    GrowthPoint& p = growth_points[k];
+    const growth::Stage& st = grow[k];
+    STRATA_REQUIRE(p.step < steps, "--grow '", st.text, "': its point (after step ", p.step,
+                   ") is not before the end of the run (", steps, " steps)");
+    STRATA_REQUIRE(p.phase_end < steps, "--grow '", st.text, "': its learn phase ends at step ", p.phase_end,
+                   ", not before the end of the run (", steps, " steps)");
+    p.schedule = schedule;
+    p.schedule.total_steps = steps - p.phase_end;
+    if (st.warmup >= 0) p.schedule.warmup_steps = st.warmup;
+    p.schedule.warmup_steps = std::min(p.schedule.warmup_steps, p.schedule.total_steps);
+    p.schedule.validate();
+  }
   adamw.validate();
   STRATA_REQUIRE(grad_clip >= 0, "--grad-clip must be >= 0 (got ", grad_clip, ")");
   STRATA_REQUIRE(log_every >= 1, "--log-every must be at least 1 (got ", log_every, ")");
@@ -37,7 +53,71 @@ void TrainConfig::finalize() {
   STRATA_REQUIRE(!out_dir.empty(), "--out must not be empty");
 }
 
+void TrainConfig::resolve_growth() {
+  // Walks the run step by step (cumulative tokens and FLOPs with the architecture of each phase) to place
+  // every stage and, for a FLOPs budget, the end of the run.
+  growth_points.clear();
+  models::ModelConfig arch = model;
+  double done_flops = 0.0;
+  long s = 0;
+  size_t k = 0;
+  long busy_until = 0;  // the previous stage's learn/mask phase
+  const double G = static_cast<double>(global_batch_tokens);
+  const long limit = steps > 0 ? steps : (1L << 40);
+  while (true) {
+    // Stages due after s steps.
+    while (k < grow.size()) {
+      const growth::Stage& st = grow[k];
+      bool due = false;
+      switch (st.unit) {
+        case growth::Unit::kSteps: due = static_cast<double>(s) >= st.at; break;
+        case growth::Unit::kTokens: due = static_cast<double>(s) * G >= st.at; break;
+        case growth::Unit::kFlops: due = done_flops >= st.at; break;
+      }
+      if (!due) break;
+      STRATA_REQUIRE(s > 0, "--grow '", st.text, "': the point is before the first step");
+      STRATA_REQUIRE(s >= busy_until, "--grow '", st.text, "': its point (after step ", s,
+                     ") comes before the previous stage's phase ends (step ", busy_until,
+                     "); grow later or shorten learn_steps / mask_steps");
+      GrowthPoint p;
+      p.step = s;
+      p.from = arch;
+      p.to = growth::target_config(arch, st);  // errors when the stage does not fit
+      p.phase_end = s + (st.op == growth::Op::kLearn ? st.learn_steps : 0);
+      busy_until = s + (st.op == growth::Op::kLearn    ? st.learn_steps
+                        : st.op == growth::Op::kRandom ? st.mask_steps
+                                                       : 1);
+      STRATA_REQUIRE(p.to.max_seq_len >= seq_len, "--grow '", st.text, "': bad target");
+      arch = p.to;
+      growth_points.push_back(p);
+      ++k;
+    }
+    if (s >= limit) break;
+    if (steps == 0 && done_flops >= flops) break;
+    done_flops += models::train_flops_per_token(arch, seq_len) * G;
+    ++s;
+  }
+  if (steps == 0) steps = s;
+  STRATA_REQUIRE(k == grow.size(), "--grow '", grow[k].text, "': the point is not reached in the run's ", steps,
+                 " steps");
+}
+
+double TrainConfig::lr_at(long step) const {
+  for (size_t k = growth_points.size(); k-- > 0;)
+    if (grow[k].schedule == growth::SchedulePolicy::kRestart && growth_points[k].phase_end <= step)
+      return growth_points[k].schedule.lr(step - growth_points[k].phase_end);
+  return schedule.lr(step);
+}
+
+const models::ModelConfig& TrainConfig::model_at(long step) const {
+  for (size_t k = growth_points.size(); k-- > 0;)
+    if (growth_points[k].step <= step) return growth_points[k].to;
+  return model;
+}
+
 nlohmann::json TrainConfig::to_json() const {
+  nlohmann::json grow_json = nlohmann::json::array();
+  for (const growth::Stage& st : grow) grow_json.push_back(st.to_json());
   return {{"model", models::model_config_to_json(model)},
           {"data_dir", data_dir},
           {"tokenizer", tokenizer},
@@ -46,6 +126,8 @@ nlohmann::json TrainConfig::to_json() const {
           {"global_batch_tokens", global_batch_tokens},
           {"steps", steps},
           {"tokens", tokens},
+          {"flops", flops},
+          {"grow", grow_json},
           {"schedule",
            {{"kind", schedule_kind_name(schedule.kind)},
             {"max_lr", schedule.max_lr},
@@ -99,6 +181,11 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   get(j, "global_batch_tokens", c.global_batch_tokens);
   get(j, "steps", c.steps);
   get(j, "tokens", c.tokens);
+  // Absent in runs written before growth existed.
+  c.flops = j.value("flops", 0.0);
+  const nlohmann::json g = j.value("grow", nlohmann::json::array());
+  STRATA_REQUIRE(g.is_array(), "run config: field 'grow' must be an array of stage strings");
+  for (const auto& st : g) c.grow.push_back(growth::Stage::from_json(st));
   nlohmann::json s, a;
   get(j, "schedule", s);
   std::string kind;

@@ -8,9 +8,18 @@
 
 #include "engine/optim.h"
 #include "engine/schedule.h"
+#include "growth/spec.h"
 #include "models/model_config.h"
 
 namespace strata {
+
+// Where a growth stage happens in a run, resolved from its trigger by finalize().
+struct GrowthPoint {
+  long step = 0;        // growth happens after this many optimizer steps (before step + 1)
+  long phase_end = 0;   // step at which its learn phase (op=learn) ends; = step otherwise
+  models::ModelConfig from, to;
+  Schedule schedule;    // the restarted schedule (schedule=restart), counted from phase_end
+};
 
 struct TrainConfig {
   models::ModelConfig model;
@@ -24,6 +33,9 @@ struct TrainConfig {
   int64_t global_batch_tokens = 0;  // 0 = B*T (no accumulation)
   int64_t steps = 0;                // optimizer steps; 0 = derived from `tokens`
   int64_t tokens = 0;               // training tokens, used when steps == 0
+  double flops = 0.0;               // training FLOPs budget (both phases of a growth run), when steps and
+                                    // tokens are 0: the run ends at the first step reaching it
+  std::vector<growth::Stage> grow;  // growth stages, in order
   Schedule schedule;
   AdamWConfig adamw;
   double grad_clip = 1.0;  // global-norm clip; 0 = off
@@ -45,12 +57,25 @@ struct TrainConfig {
   int threads = 0;         // OpenMP threads (0 = all cores)
   int64_t stop_at = 0;     // stop after this step as if interrupted (tests resume); 0 = run to the end
 
+  // Resolved by finalize(): one point per growth stage.
+  std::vector<GrowthPoint> growth_points;
+
+  // The learning rate of 0-based step `step`: the base schedule, or the restarted schedule of the last
+  // growth (schedule=restart) whose phase ended at or before it.
+  double lr_at(long step) const;
+  // The architecture trained at 0-based step `step` (after every growth whose point is <= step).
+  const models::ModelConfig& model_at(long step) const;
+
   int accumulation() const { return static_cast<int>(global_batch_tokens / (int64_t{batch_size} * seq_len)); }
-  // Resolves defaults (global batch, steps from tokens, schedule total) and checks every field; errors are
-  // one line naming the option.
+  // Resolves defaults (global batch, steps from tokens or FLOPs, schedule total, growth points) and checks
+  // every field, growth stages included (a stage that does not fit the model, a point at or past the end of
+  // the run or not after the previous stage's phase); errors are one line naming the option.
   void finalize();
   nlohmann::json to_json() const;
   static TrainConfig from_json(const nlohmann::json& j);
+
+ private:
+  void resolve_growth();
 };
 
 }  // namespace strata

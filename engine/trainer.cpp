@@ -22,6 +22,9 @@
 #include "engine/optim.h"
 #include "engine/parallel.h"
 #include "engine/sampler.h"
+#include "growth/apply.h"
+#include "growth/plan.h"
+#include "models/model_config_json.h"
 
 namespace strata {
 namespace fs = std::filesystem;
@@ -199,6 +202,13 @@ void print_config(const TrainConfig& c, size_t train_shards, uint64_t train_toke
                       c.schedule.kind == ScheduleKind::kWsd ? cat(", decay ", c.schedule.decay_frac) : ""));
   row("AdamW", cat("betas (", c.adamw.beta1, ", ", c.adamw.beta2, "), eps ", c.adamw.eps, ", weight decay ",
                    c.adamw.weight_decay, ", grad clip ", c.grad_clip));
+  for (size_t k = 0; k < c.grow.size(); ++k) {
+    const GrowthPoint& gp = c.growth_points[k];
+    row(k == 0 ? "growth" : "",
+        cat("after step ", gp.step, ": ", c.grow[k].to_string(), " -> L=", gp.to.n_layer, " C=", gp.to.d_model,
+            " F=", gp.to.d_ff, " (", human(static_cast<double>(models::count_parameters(gp.to).total())),
+            " parameters)"));
+  }
   row("seed", cat(c.seed, c.shuffle ? " (shuffled)" : " (natural order)"));
   row("eval", cat("every ", c.eval_every, " steps, ", c.eval_batches, " batches"));
   row("out", cat(c.out_dir, " (checkpoint every ", c.ckpt_every, " steps, keep ", c.keep_last, ")"));
@@ -229,14 +239,25 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
   lo.vocab_size = static_cast<uint32_t>(cfg.model.vocab_size);
   data::DataLoader loader(train_shards, lo);
 
-  // Model, optimizer, counters: fresh or from the checkpoint.
-  Model model(cfg.model, cfg.batch_size, cfg.seq_len);
-  AdamW opt(ParamLayout(cfg.model), cfg.adamw);
+  // Model, optimizer, counters: fresh or from the checkpoint (whose architecture is the one trained at its
+  // step: growth may have happened).
+  std::optional<CheckpointInfo> resume_info;
+  if (!resume_ckpt.empty()) resume_info = read_checkpoint_info(resume_ckpt);
+  const models::ModelConfig& start_arch = resume_info ? resume_info->model : cfg.model;
+  Model model(start_arch, cfg.batch_size, cfg.seq_len);
+  AdamW opt(ParamLayout(start_arch), cfg.adamw);
   long step = 0;
   double flops = 0.0, elapsed_before = 0.0;
   uint64_t tokens_seen = 0;
-  if (!resume_ckpt.empty()) {
-    const CheckpointInfo info = read_checkpoint_info(resume_ckpt);
+  // Growth: the next stage to run, what has run, and the state of a stage still in its phase.
+  size_t next_stage = 0;
+  nlohmann::json growth_history = nlohmann::json::array();
+  growth::GrowthMask mask;
+  std::unique_ptr<growth::LearnedDepth> learned;
+  long learn_end = 0;
+  double learn_lr = 0.0;
+  if (resume_info) {
+    const CheckpointInfo& info = *resume_info;
     STRATA_REQUIRE(info.has_optimizer(), "checkpoint ", resume_ckpt,
                    " has no optimizer state (optimizer.safetensors) and cannot be resumed");
     load_checkpoint_params(resume_ckpt, model.params());
@@ -249,11 +270,48 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
       flops = t.at("flops").get<double>();
       elapsed_before = t.value("elapsed_s", 0.0);
       loader.restore(data::LoaderState::from_json(t.at("loader")));
+      if (t.contains("growth")) {
+        growth_history = t.at("growth").at("history");
+        next_stage = t.at("growth").at("done").get<size_t>();
+      }
     } catch (const nlohmann::json::exception& e) {
       STRATA_FAIL("checkpoint ", resume_ckpt, ": bad trainer state (", e.what(), ")");
     }
     STRATA_REQUIRE(step <= cfg.steps, "checkpoint ", resume_ckpt, " is at step ", step, ", past the run's ",
                    cfg.steps, " steps");
+    // The stages that ran must be the first stages of this run's list; the rest must still lie ahead.
+    STRATA_REQUIRE(next_stage <= cfg.grow.size() && next_stage == growth_history.size(), "checkpoint ",
+                   resume_ckpt, " has run ", growth_history.size(), " growth stages, but the run lists ",
+                   cfg.grow.size());
+    for (size_t k = 0; k < next_stage; ++k)
+      STRATA_REQUIRE(growth_history[k].at("spec").get<std::string>() == cfg.grow[k].to_string() &&
+                         growth_history[k].at("step").get<long>() == cfg.growth_points[k].step,
+                     "--grow: stage ", k + 1, " ran as '", growth_history[k].at("spec").get<std::string>(),
+                     "' after step ", growth_history[k].at("step").get<long>(),
+                     " in this run; it cannot change on --resume");
+    for (size_t k = next_stage; k < cfg.grow.size(); ++k)
+      STRATA_REQUIRE(cfg.growth_points[k].step >= step, "--grow '", cfg.grow[k].text,
+                     "': the growth point (after step ", cfg.growth_points[k].step,
+                     ") has already passed: the checkpoint is at step ", step);
+    STRATA_REQUIRE(models::model_config_to_json(cfg.model_at(step)) == models::model_config_to_json(info.model) ||
+                       (next_stage < cfg.grow.size() && cfg.growth_points[next_stage].step == step),
+                   "checkpoint ", resume_ckpt, ": its architecture does not match the run's growth schedule");
+    // A stage still in its phase: rebuild its mask / learned mixing.
+    if (next_stage > 0) {
+      const size_t k = next_stage - 1;
+      const GrowthPoint& gp = cfg.growth_points[k];
+      const growth::GrowthPlan plan = growth::make_plan(gp.from, cfg.grow[k]);
+      if (cfg.grow[k].op == growth::Op::kRandom)
+        mask = growth::GrowthMask(plan.masks, gp.step, cfg.grow[k].mask_steps);
+      if (cfg.grow[k].op == growth::Op::kLearn && step < gp.phase_end) {
+        learned = std::make_unique<growth::LearnedDepth>(plan, ParamBuffer(ParamLayout(gp.from)),
+                                                         cfg.adamw.beta1, cfg.adamw.beta2, cfg.adamw.eps);
+        learned->load(open_checkpoint_file(resume_ckpt, "growth.safetensors"),
+                      info.trainer.at("growth").at("learn_t").get<long>());
+        learn_end = gp.phase_end;
+        learn_lr = cfg.grow[k].learn_lr;
+      }
+    }
   } else {
     STRATA_REQUIRE(overwrite || list_checkpoints(cfg.out_dir).empty(), "--out ", cfg.out_dir,
                    " already holds checkpoints; continue it with --resume ", cfg.out_dir,
@@ -273,7 +331,7 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
   if (val_shards.empty()) std::printf("  (no val_*.bin shards: validation is skipped)\n");
   if (step > 0) std::printf("resumed from %s at step %ld\n", resume_ckpt.c_str(), step);
 
-  const double flops_per_token = models::train_flops_per_token(cfg.model, cfg.seq_len);
+  double flops_per_token = models::train_flops_per_token(model.config(), cfg.seq_len);
   const int accum = cfg.accumulation();
   const bool tty = isatty(fileno(stdout)) != 0;
   std::vector<int32_t> in(static_cast<size_t>(cfg.batch_size) * cfg.seq_len), tg(in.size());
@@ -289,13 +347,20 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
                           {"tokens", tokens_seen},
                           {"flops", flops},
                           {"optimizer_t", opt.t()},
+                          {"growth",
+                           {{"done", next_stage},
+                            {"history", growth_history},
+                            {"learn_t", learned ? learned->t() : 0}}},
                           {"loader", loader.state().to_json()},
                           {"rng", {{"seed", cfg.seed}, {"sampler", "mt19937_64 seeded by seed ^ step"}}},
                           {"elapsed_s", elapsed}};
   };
   auto do_eval = [&] {
     if (!val_loader) return;
+    const bool masked = mask.active(step);  // evaluate the function the next step trains
+    if (masked) mask.begin(model.params(), step);
     last_eval = evaluate(model, *val_loader, cfg.eval_batches, tok);
+    if (masked) mask.end(model.params(), nullptr);
     have_eval = true;
     metrics.write({{"type", "eval"},
                    {"step", step},
@@ -312,17 +377,22 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
     if (cfg.sample_tokens == 0) return;
     const std::vector<int32_t> prompt = prompt_tokens(tok, cfg.sample_prompt);
     if (static_cast<int>(prompt.size()) >= cfg.model.max_seq_len) return;
+    const bool masked = mask.active(step);
+    if (masked) mask.begin(model.params(), step);
     Generator gen(model.params());
     std::mt19937_64 rng(cfg.seed ^ static_cast<uint64_t>(step));
     const std::string text =
         sample_text(gen, tok, prompt, cfg.sample_tokens, {cfg.temperature, cfg.top_k}, rng);
+    if (masked) mask.end(model.params(), nullptr);
     std::printf("%ssample step %ld: %s\n", tty ? "\r\033[K" : "", step, text.c_str());
     std::fflush(stdout);
   };
   auto do_checkpoint = [&] {
+    std::vector<CheckpointExtra> extra;
+    if (learned) extra.push_back({"growth.safetensors", learned->tensors(), {{"content", "G_learn mixing state"}}});
     const std::string dir =
         save_checkpoint(cfg.out_dir, step, model.params(), &opt,
-                        trainer_state(elapsed_before + seconds_since(t_start)), cfg.keep_last);
+                        trainer_state(elapsed_before + seconds_since(t_start)), cfg.keep_last, extra);
     std::printf("%scheckpoint %s\n", tty ? "\r\033[K" : "", dir.c_str());
     std::fflush(stdout);
   };
@@ -331,9 +401,50 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
   if (step == 0 && cfg.eval_every > 0) do_eval();
   const StopSignals signals;
   int interrupted = 0;
+  auto do_growth = [&] {
+    const size_t k = next_stage;
+    const growth::Stage& st = cfg.grow[k];
+    const auto g0 = Clock::now();
+    const growth::GrowthPlan plan = growth::make_plan(model.config(), st);
+    growth::GrowthRecord rec;
+    rec.stage = static_cast<int>(k) + 1;
+    rec.spec = st.to_string();
+    rec.step = step;
+    rec.tokens = tokens_seen;
+    rec.flops = flops;
+    rec.from = plan.from;
+    rec.to = plan.to;
+    rec.params_before = models::count_parameters(plan.from).total();
+    rec.params_after = models::count_parameters(plan.to).total();
+    if (st.op == growth::Op::kLearn)
+      learned = std::make_unique<growth::LearnedDepth>(plan, model.params(), cfg.adamw.beta1, cfg.adamw.beta2,
+                                                       cfg.adamw.eps);
+    growth::grow_in_place(plan, model, opt, cfg.seed ^ (0x9E3779B97F4A7C15ull * (k + 1)));
+    if (learned) {
+      learned->materialise(model.params());
+      learn_end = cfg.growth_points[k].phase_end;
+      learn_lr = st.learn_lr;
+    }
+    if (st.op == growth::Op::kRandom) mask = growth::GrowthMask(plan.masks, step, st.mask_steps);
+    rec.wall_s = seconds_since(g0);
+    flops_per_token = models::train_flops_per_token(model.config(), cfg.seq_len);
+    ++next_stage;
+    growth_history.push_back(rec.to_json());
+    nlohmann::json row = rec.to_json();
+    row["type"] = "growth";
+    metrics.write(row);
+    std::printf("%s%s  done in %.3f s (%s -> %s parameters)\n", tty ? "\r\033[K" : "", plan.describe().c_str(),
+                rec.wall_s, human(static_cast<double>(rec.params_before)).c_str(),
+                human(static_cast<double>(rec.params_after)).c_str());
+    std::fflush(stdout);
+  };
+
   while (step < last) {
+    while (next_stage < cfg.grow.size() && cfg.growth_points[next_stage].step == step) do_growth();
     const auto t0 = Clock::now();
     model.zero_grad();
+    const bool masked = mask.active(step);
+    if (masked) mask.begin(model.params(), step);
     double loss = 0.0;
     for (int k = 0; k < accum; ++k) {
       loader.next(in.data(), tg.data());
@@ -341,9 +452,19 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
       model.backward(1.0f / static_cast<float>(accum));
     }
     loss /= accum;
+    if (masked) mask.end(model.params(), &model.grads());
     const double norm = grad_norm(model.grads());
-    const double lr = cfg.schedule.lr(step);
-    opt.step(model.params(), model.grads(), lr, clip_scale(norm, cfg.grad_clip));
+    double lr = 0.0;
+    if (learned) {
+      // G_learn phase: only the mixing matrices train; the grown layers are re-materialised from them.
+      lr = learn_lr;
+      learned->step(model.grads(), lr);
+      learned->materialise(model.params());
+      if (step + 1 >= learn_end) learned.reset();
+    } else {
+      lr = cfg.lr_at(step);
+      opt.step(model.params(), model.grads(), lr, clip_scale(norm, cfg.grad_clip));
+    }
     ++step;
     tokens_seen += static_cast<uint64_t>(cfg.global_batch_tokens);
     flops += flops_per_token * static_cast<double>(cfg.global_batch_tokens);

@@ -8,6 +8,7 @@
 #include "data/cli.h"
 #include "engine/check.h"
 #include "engine/cli.h"
+#include "growth/cli.h"
 #include "kernels/cpu/blas_runtime.h"
 #include "models/cli.h"
 
@@ -34,6 +35,7 @@ int main(int argc, char** argv) {
   strata::add_train_command(app);
   strata::add_eval_command(app);
   strata::add_sample_command(app);
+  strata::growth::add_plan_command(app);
 
   try {
     app.parse(argc, argv);

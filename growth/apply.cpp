@@ -1,0 +1,300 @@
+#include "growth/apply.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+
+#include "engine/check.h"
+#include "models/model_config_json.h"
+
+namespace strata::growth {
+namespace {
+
+const ParamEntry& entry(const ParamBuffer& b, const std::string& name) {
+  const ParamEntry* e = b.layout().find(name);
+  STRATA_CHECK(e != nullptr, "layout has no tensor '", name, "'");
+  return *e;
+}
+
+// Streams of growth draws: distinct from the init streams of init_params (different seed mixing) and per
+// (purpose, tensor, layer).
+uint64_t growth_stream(uint64_t seed, const std::string& purpose, const std::string& name, int64_t layer) {
+  return init_stream_seed(seed ^ 0xA5A5F00DC0FFEE11ull, purpose + ":" + name, layer);
+}
+
+// One target layer of one tensor: dst[r, c] from src layer `sl` through the rule's axis maps. `moments`:
+// copy without factors, new elements 0. `fresh` holds init draws for new elements (null unless needed).
+void gather(const TensorRule& r, const float* src, int64_t src_cols, float* dst, const float* fresh,
+            bool moments) {
+  const int64_t rows = r.rows.size();
+  const int64_t cols = r.cols.src.empty() ? 1 : r.cols.size();
+  const bool two_d = !r.cols.src.empty();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < rows; ++i) {
+    const int32_t sr = r.rows.src[static_cast<size_t>(i)];
+    const float rf = moments ? 1.0f : r.rows.factor(i);
+    float* out = dst + i * cols;
+    const float* fr = fresh ? fresh + i * cols : nullptr;
+    for (int64_t j = 0; j < cols; ++j) {
+      const int32_t sc = two_d ? r.cols.src[static_cast<size_t>(j)] : 0;
+      if (sr < 0 || sc < 0) {
+        out[j] = (moments || r.new_fill == LayerFill::kZero || fr == nullptr) ? 0.0f : fr[j];
+      } else {
+        const float cf = (moments || !two_d) ? 1.0f : r.cols.factor(j);
+        out[j] = src[static_cast<int64_t>(sr) * src_cols + sc] * rf * cf;
+      }
+    }
+  }
+}
+
+bool has_new(const TensorRule& r) {
+  for (int32_t s : r.rows.src)
+    if (s < 0) return true;
+  for (int32_t s : r.cols.src)
+    if (s < 0) return true;
+  return false;
+}
+
+void run_plan(const GrowthPlan& plan, const ParamBuffer& src, ParamBuffer& dst, uint64_t seed, bool moments) {
+  STRATA_CHECK(src.layout().config().n_layer == plan.from.n_layer && dst.layout().config().n_layer == plan.to.n_layer &&
+                   src.layout().config().d_model == plan.from.d_model && dst.layout().config().d_model == plan.to.d_model,
+               "growth: buffers do not match the plan's architectures");
+  std::vector<float> fresh;
+  for (const TensorRule& r : plan.tensors) {
+    const ParamEntry& de = entry(dst, r.name);
+    const ParamEntry& se = entry(src, r.name);
+    const int64_t per = de.spec.numel_per_layer(), sper = se.spec.numel_per_layer();
+    const int64_t scols = se.spec.shape.size() == 2 ? se.spec.shape[1] : 1;
+    const bool need_fresh = !moments && r.new_fill == LayerFill::kInit && has_new(r);
+    for (size_t l = 0; l < r.layers.size(); ++l) {
+      const LayerRule& lr = r.layers[l];
+      float* out = dst.data() + de.offset + static_cast<int64_t>(l) * per;
+      if (lr.fill == LayerFill::kZero || (moments && lr.fill == LayerFill::kInit)) {
+        std::fill(out, out + per, 0.0f);
+        continue;
+      }
+      if (lr.fill == LayerFill::kInit) {
+        fill_init(de.spec.init, out, per, growth_stream(seed, "init", r.name, static_cast<int64_t>(l)));
+        continue;
+      }
+      STRATA_CHECK(lr.src >= 0 && lr.src < se.layers, "growth: source layer ", lr.src, " of ", r.name);
+      if (need_fresh) {
+        fresh.resize(static_cast<size_t>(per));
+        fill_init(de.spec.init, fresh.data(), per, growth_stream(seed, "new", r.name, static_cast<int64_t>(l)));
+      }
+      gather(r, src.data() + se.offset + static_cast<int64_t>(lr.src) * sper, scols, out,
+             need_fresh ? fresh.data() : nullptr, moments);
+    }
+  }
+}
+
+}  // namespace
+
+void apply_params(const GrowthPlan& plan, const ParamBuffer& src, ParamBuffer& dst, uint64_t seed) {
+  run_plan(plan, src, dst, seed, false);
+  const double a = plan.stage.noise;
+  if (a <= 0) return;
+  std::vector<float> e;
+  for (const ParamEntry& de : dst.layout().entries()) {
+    if (!de.spec.per_layer) continue;
+    const int64_t per = de.spec.numel_per_layer();
+    e.resize(static_cast<size_t>(per));
+    for (int64_t l = 0; l < de.layers; ++l) {
+      fill_init(de.spec.init, e.data(), per, growth_stream(seed, "noise", de.spec.name, l));
+      float* w = dst.data() + de.offset + l * per;
+      for (int64_t i = 0; i < per; ++i)
+        w[i] = static_cast<float>((1.0 - a) * w[i] + a * e[static_cast<size_t>(i)]);
+    }
+  }
+}
+
+void map_moments(const GrowthPlan& plan, const ParamBuffer& src, ParamBuffer& dst) {
+  run_plan(plan, src, dst, 0, true);
+}
+
+// ---- GrowthMask --------------------------------------------------------------------------------------------
+
+namespace {
+
+// Calls f(index into the flat buffer) for every masked element of slice s.
+template <class F>
+void for_each_masked(const ParamBuffer& b, const MaskSlice& s, F&& f) {
+  const ParamEntry& e = entry(b, s.name);
+  const int64_t rows = e.spec.shape[0];
+  const int64_t cols = e.spec.shape.size() == 2 ? e.spec.shape[1] : 1;
+  const int64_t base = e.offset + (s.layer >= 0 ? s.layer * e.spec.numel_per_layer() : 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    const bool row_in = r >= s.row_begin && r < s.row_end;
+    for (int64_t c = 0; c < cols; ++c)
+      if (row_in || (c >= s.col_begin && c < s.col_end)) f(base + r * cols + c);
+  }
+}
+
+}  // namespace
+
+GrowthMask::GrowthMask(std::vector<MaskSlice> slices, long growth_step, long mask_steps)
+    : slices_(std::move(slices)), growth_step_(growth_step), mask_steps_(mask_steps) {}
+
+bool GrowthMask::active(long steps_done) const {
+  return !slices_.empty() && steps_done - growth_step_ < mask_steps_;
+}
+
+void GrowthMask::begin(ParamBuffer& params, long steps_done) {
+  STRATA_CHECK(!applied_, "GrowthMask::begin twice");
+  c_ = mask_factor(steps_done - growth_step_, mask_steps_);
+  raw_.clear();
+  float* p = params.data();
+  for (const MaskSlice& s : slices_)
+    for_each_masked(params, s, [&](int64_t i) {
+      raw_.push_back(p[i]);
+      p[i] *= c_;
+    });
+  applied_ = true;
+}
+
+void GrowthMask::end(ParamBuffer& params, ParamBuffer* grads) {
+  STRATA_CHECK(applied_, "GrowthMask::end without begin");
+  size_t k = 0;
+  float* p = params.data();
+  float* g = grads ? grads->data() : nullptr;
+  for (const MaskSlice& s : slices_)
+    for_each_masked(params, s, [&](int64_t i) {
+      p[i] = raw_[k++];
+      if (g) g[i] *= c_;
+    });
+  applied_ = false;
+}
+
+// ---- LearnedDepth ------------------------------------------------------------------------------------------
+
+LearnedDepth::LearnedDepth(const GrowthPlan& plan, const ParamBuffer& small, double beta1, double beta2,
+                           double eps)
+    : L_(plan.from.n_layer), L2_(plan.to.n_layer), beta1_(beta1), beta2_(beta2), eps_(eps) {
+  STRATA_CHECK(plan.stage.op == Op::kLearn && plan.stage.direction() == Direction::kDepth,
+               "LearnedDepth needs a depth op=learn plan");
+  for (const ParamEntry& e : small.layout().entries()) {
+    if (!e.spec.per_layer) continue;
+    Kind k;
+    k.name = e.spec.name;
+    k.per_layer = e.spec.numel_per_layer();
+    k.src.assign(small.data() + e.offset, small.data() + e.offset + e.numel());
+    k.src_shape = e.stored_shape();
+    const size_t n = static_cast<size_t>(L2_) * L_;
+    k.D.assign(n, 0.0f);
+    k.m.assign(n, 0.0f);
+    k.v.assign(n, 0.0f);
+    for (int l = 0; l < L2_; ++l) k.D[static_cast<size_t>(l) * L_ + plan.layer_map[static_cast<size_t>(l)]] = 1.0f;
+    kinds_.push_back(std::move(k));
+  }
+}
+
+void LearnedDepth::materialise(ParamBuffer& grown) const {
+  for (const Kind& k : kinds_) {
+    float* out = grown.tensor(k.name);
+    STRATA_CHECK(out != nullptr, "grown layout lacks ", k.name);
+    for (int l = 0; l < L2_; ++l) {
+      float* o = out + static_cast<int64_t>(l) * k.per_layer;
+      std::fill(o, o + k.per_layer, 0.0f);
+      for (int j = 0; j < L_; ++j) {
+        const float d = k.D[static_cast<size_t>(l) * L_ + j];
+        if (d == 0.0f) continue;
+        const float* w = k.src.data() + static_cast<int64_t>(j) * k.per_layer;
+#pragma omp parallel for simd schedule(static)
+        for (int64_t i = 0; i < k.per_layer; ++i) o[i] += d * w[i];
+      }
+    }
+  }
+}
+
+void LearnedDepth::step(const ParamBuffer& grown_grads, double lr) {
+  ++t_;
+  const double bc1 = 1.0 - std::pow(beta1_, static_cast<double>(t_));
+  const double bc2 = 1.0 - std::pow(beta2_, static_cast<double>(t_));
+  for (Kind& k : kinds_) {
+    const float* g = grown_grads.tensor(k.name);
+    STRATA_CHECK(g != nullptr, "grown gradients lack ", k.name);
+    for (int l = 0; l < L2_; ++l)
+      for (int j = 0; j < L_; ++j) {
+        const float* gl = g + static_cast<int64_t>(l) * k.per_layer;
+        const float* w = k.src.data() + static_cast<int64_t>(j) * k.per_layer;
+        double dot = 0.0;
+#pragma omp parallel for reduction(+ : dot) schedule(static)
+        for (int64_t i = 0; i < k.per_layer; ++i) dot += static_cast<double>(gl[i]) * w[i];
+        const size_t at = static_cast<size_t>(l) * L_ + j;
+        k.m[at] = static_cast<float>(beta1_ * k.m[at] + (1.0 - beta1_) * dot);
+        k.v[at] = static_cast<float>(beta2_ * k.v[at] + (1.0 - beta2_) * dot * dot);
+        k.D[at] -= static_cast<float>(lr * (k.m[at] / bc1) / (std::sqrt(k.v[at] / bc2) + eps_));
+      }
+  }
+}
+
+const std::vector<float>& LearnedDepth::mixing(const std::string& name) const {
+  for (const Kind& k : kinds_)
+    if (k.name == name) return k.D;
+  STRATA_FAIL("G_learn: no mixing matrix for tensor '", name, "'");
+}
+
+std::vector<TensorView> LearnedDepth::tensors() const {
+  std::vector<TensorView> out;
+  const std::vector<int64_t> dshape{L2_, L_};
+  for (const Kind& k : kinds_) {
+    out.push_back({"D." + k.name, DType::kF32, dshape, k.D.data()});
+    out.push_back({"mD." + k.name, DType::kF32, dshape, k.m.data()});
+    out.push_back({"vD." + k.name, DType::kF32, dshape, k.v.data()});
+    out.push_back({"src." + k.name, DType::kF32, k.src_shape, k.src.data()});
+  }
+  return out;
+}
+
+void LearnedDepth::load(const SafetensorsFile& f, long t) {
+  for (Kind& k : kinds_) {
+    for (auto [prefix, vec] : {std::pair<const char*, std::vector<float>*>{"D.", &k.D}, {"mD.", &k.m},
+                               {"vD.", &k.v}, {"src.", &k.src}}) {
+      const SafeTensor& st = f.get(prefix + k.name);
+      STRATA_REQUIRE(st.numel() == static_cast<int64_t>(vec->size()), f.path(), ": tensor '", prefix, k.name,
+                     "' has ", st.numel(), " elements, expected ", vec->size());
+      f.to_f32(st, vec->data(), vec->size());
+    }
+  }
+  t_ = t;
+}
+
+// ---- grow_in_place -----------------------------------------------------------------------------------------
+
+nlohmann::json GrowthRecord::to_json() const {
+  return {{"stage", stage},
+          {"spec", spec},
+          {"step", step},
+          {"tokens", tokens},
+          {"flops", flops},
+          {"from", models::model_config_to_json(from)},
+          {"to", models::model_config_to_json(to)},
+          {"wall_s", wall_s},
+          {"params_before", params_before},
+          {"params_after", params_after}};
+}
+
+void grow_in_place(const GrowthPlan& plan, Model& model, AdamW& opt, uint64_t seed) {
+  const ParamLayout layout(plan.to);
+  model.release_gradients();  // old grads + activations go first
+  ParamBuffer grown(layout);
+  apply_params(plan, model.params(), grown, seed);
+  if (plan.stage.optimizer == OptimizerPolicy::kMap) {
+    ParamBuffer m(layout);
+    map_moments(plan, opt.m(), m);
+    opt.m() = std::move(m);
+    ParamBuffer v(layout);
+    map_moments(plan, opt.v(), v);
+    opt.v() = std::move(v);
+  } else {
+    opt.m() = ParamBuffer();
+    opt.v() = ParamBuffer();
+    opt.m() = ParamBuffer(layout);
+    opt.v() = ParamBuffer(layout);
+    opt.set_t(0);
+  }
+  model.regrow(std::move(grown));
+}
+
+}  // namespace strata::growth

@@ -1,0 +1,109 @@
+// growth/apply.h: executing a GrowthPlan on layer-indexed buffers, the G_random masks, G_learn's trained
+// depth mixing, and growing a running model + optimizer in place.
+//
+// Everything here works on ParamBuffers through their layouts (per tensor, per layer slices) and never on a
+// backend: the CUDA backend runs the same plan on its buffers.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "engine/model.h"
+#include "engine/optim.h"
+#include "engine/params.h"
+#include "engine/safetensors.h"
+#include "growth/plan.h"
+
+namespace strata::growth {
+
+// Fills `dst` (laid out for plan.to) from `src` (laid out for plan.from) by the plan's rules, then applies
+// the stage's noise (W <- (1 - a) W + a e on every per-layer tensor). Random draws (new elements, init-filled
+// layers, noise) come from streams seeded by (seed, tensor, layer), so the result depends on nothing else.
+void apply_params(const GrowthPlan& plan, const ParamBuffer& src, ParamBuffer& dst, uint64_t seed);
+
+// Maps one AdamW moment buffer with the weights: copied elements keep their moment (no split factors, no
+// noise), new elements and init- or zero-filled layers get 0.
+void map_moments(const GrowthPlan& plan, const ParamBuffer& src, ParamBuffer& dst);
+
+// The G_random mask: the plan's masked elements are multiplied by c = mask_factor(step - growth_step, K)
+// for the forward and backward of each step, while the parameters keep their raw values between steps (so
+// the optimizer and checkpoints see raw weights). Per step: begin() before the forward pass saves the raw
+// values and writes c * raw; end() after the backward pass restores them and scales their gradients by c
+// (the chain rule through the factor).
+class GrowthMask {
+ public:
+  GrowthMask() = default;
+  GrowthMask(std::vector<MaskSlice> slices, long growth_step, long mask_steps);
+  // Whether the step after `steps_done` optimizer steps is still masked.
+  bool active(long steps_done) const;
+  void begin(ParamBuffer& params, long steps_done);
+  // grads may be null (an evaluation between steps).
+  void end(ParamBuffer& params, ParamBuffer* grads);
+  long growth_step() const { return growth_step_; }
+
+ private:
+  std::vector<MaskSlice> slices_;
+  long growth_step_ = 0, mask_steps_ = 0;
+  float c_ = 1.0f;
+  std::vector<float> raw_;
+  bool applied_ = false;
+};
+
+// G_learn (depth, LiGO-style): every per-layer tensor kind k of the grown model is W'_l = sum_j D_k[l, j] W_j
+// over the small model's layers j, with one (L' x L) matrix D_k per kind, initialised to the plan's layer map
+// (D[l, layer_map[l]] = 1: G_stack). For learn_steps steps the grown model runs on the training data, the
+// small model's weights are frozen, and only the D_k are trained (Adam, learn_lr, betas of the run, no
+// weight decay) by dD[l, j] = <dL/dW'_l, W_j>. Global tensors (embeddings, final norm, LM head) are frozen.
+// Afterwards the last W' are plain layers.
+class LearnedDepth {
+ public:
+  LearnedDepth(const GrowthPlan& plan, const ParamBuffer& small, double beta1, double beta2, double eps);
+  // Writes W' = D W into the per-layer tensors of `grown` (global tensors are left as they are).
+  void materialise(ParamBuffer& grown) const;
+  // One Adam step on every D from the grown model's gradients.
+  void step(const ParamBuffer& grown_grads, double lr);
+  long t() const { return t_; }
+  // D of kind `name` (L' x L, row-major).
+  const std::vector<float>& mixing(const std::string& name) const;
+
+  // Checkpoint form: "D.<kind>", "mD.<kind>", "vD.<kind>" (L' x L) and "src.<kind>" (L, ...) tensors; the
+  // views point into this object.
+  std::vector<TensorView> tensors() const;
+  void load(const SafetensorsFile& f, long t);
+
+ private:
+  struct Kind {
+    std::string name;
+    int64_t per_layer = 0;
+    std::vector<float> src;       // (L, per_layer): the frozen small-model weights
+    std::vector<float> D, m, v;   // (L', L)
+    std::vector<int64_t> src_shape;
+  };
+  std::vector<Kind> kinds_;
+  int L_ = 0, L2_ = 0;
+  double beta1_, beta2_, eps_;
+  long t_ = 0;
+};
+
+// What one growth did, for the metrics log and the checkpoint's history.
+struct GrowthRecord {
+  int stage = 0;
+  std::string spec;
+  long step = 0;
+  uint64_t tokens = 0;
+  double flops = 0.0;
+  models::ModelConfig from, to;
+  double wall_s = 0.0;
+  int64_t params_before = 0, params_after = 0;
+  nlohmann::json to_json() const;
+};
+
+// Grows `model` and `opt` in place by `plan`: the new parameters are filled by apply_params (seeded by
+// `seed`), the optimizer is reset (moments 0, t = 0) or its moments are mapped (t kept), and the model
+// re-plans its activations for the new architecture. Peak memory stays within the old plus the new model
+// state: the old gradients and activations are released before the new buffers are allocated.
+void grow_in_place(const GrowthPlan& plan, Model& model, AdamW& opt, uint64_t seed);
+
+}  // namespace strata::growth
