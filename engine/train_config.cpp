@@ -14,7 +14,8 @@ void TrainConfig::finalize() {
   if (global_batch_tokens == 0) global_batch_tokens = micro;
   STRATA_REQUIRE(global_batch_tokens > 0 && global_batch_tokens % micro == 0, "--global-batch-tokens ",
                  global_batch_tokens, " must be a positive multiple of batch-size x seq-len = ", micro);
-  STRATA_REQUIRE(steps >= 0 && tokens >= 0 && flops >= 0, "--steps, --tokens and --flops must not be negative");
+  STRATA_REQUIRE(steps >= 0 && tokens >= 0 && flops >= 0,
+                 "--steps, --tokens and --flops must not be negative");
   STRATA_REQUIRE(steps > 0 || tokens > 0 || flops > 0, "give the run length: --steps, --tokens or --flops");
   STRATA_REQUIRE(steps == 0 || tokens == 0 || tokens == steps * global_batch_tokens,
                  "--steps and --tokens disagree (", steps, " steps x ", global_batch_tokens,
@@ -70,9 +71,15 @@ void TrainConfig::resolve_growth() {
       const growth::Stage& st = grow[k];
       bool due = false;
       switch (st.unit) {
-        case growth::Unit::kSteps: due = static_cast<double>(s) >= st.at; break;
-        case growth::Unit::kTokens: due = static_cast<double>(s) * G >= st.at; break;
-        case growth::Unit::kFlops: due = done_flops >= st.at; break;
+        case growth::Unit::kSteps:
+          due = static_cast<double>(s) >= st.at;
+          break;
+        case growth::Unit::kTokens:
+          due = static_cast<double>(s) * G >= st.at;
+          break;
+        case growth::Unit::kFlops:
+          due = done_flops >= st.at;
+          break;
       }
       if (!due) break;
       STRATA_REQUIRE(s > 0, "--grow '", st.text, "': the point is before the first step");
@@ -98,8 +105,8 @@ void TrainConfig::resolve_growth() {
     ++s;
   }
   if (steps == 0) steps = s;
-  STRATA_REQUIRE(k == grow.size(), "--grow '", grow[k].text, "': the point is not reached in the run's ", steps,
-                 " steps");
+  STRATA_REQUIRE(k == grow.size(), "--grow '", grow[k].text,
+                 "': its point is not before the end of the run (", steps, " steps)");
 }
 
 double TrainConfig::lr_at(long step) const {

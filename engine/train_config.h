@@ -15,10 +15,10 @@ namespace strata {
 
 // Where a growth stage happens in a run, resolved from its trigger by finalize().
 struct GrowthPoint {
-  long step = 0;        // growth happens after this many optimizer steps (before step + 1)
-  long phase_end = 0;   // step at which its learn phase (op=learn) ends; = step otherwise
+  long step = 0;       // growth happens after this many optimizer steps (before step + 1)
+  long phase_end = 0;  // step at which its learn phase (op=learn) ends; = step otherwise
   models::ModelConfig from, to;
-  Schedule schedule;    // the restarted schedule (schedule=restart), counted from phase_end
+  Schedule schedule;  // the restarted schedule (schedule=restart), counted from phase_end
 };
 
 struct TrainConfig {

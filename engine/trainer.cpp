@@ -205,9 +205,9 @@ void print_config(const TrainConfig& c, size_t train_shards, uint64_t train_toke
   for (size_t k = 0; k < c.grow.size(); ++k) {
     const GrowthPoint& gp = c.growth_points[k];
     row(k == 0 ? "growth" : "",
-        cat("after step ", gp.step, ": ", c.grow[k].to_string(), " -> L=", gp.to.n_layer, " C=", gp.to.d_model,
-            " F=", gp.to.d_ff, " (", human(static_cast<double>(models::count_parameters(gp.to).total())),
-            " parameters)"));
+        cat("after step ", gp.step, ": ", c.grow[k].to_string(), " -> L=", gp.to.n_layer,
+            " C=", gp.to.d_model, " F=", gp.to.d_ff, " (",
+            human(static_cast<double>(models::count_parameters(gp.to).total())), " parameters)"));
   }
   row("seed", cat(c.seed, c.shuffle ? " (shuffled)" : " (natural order)"));
   row("eval", cat("every ", c.eval_every, " steps, ", c.eval_batches, " batches"));
@@ -293,9 +293,10 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
       STRATA_REQUIRE(cfg.growth_points[k].step >= step, "--grow '", cfg.grow[k].text,
                      "': the growth point (after step ", cfg.growth_points[k].step,
                      ") has already passed: the checkpoint is at step ", step);
-    STRATA_REQUIRE(models::model_config_to_json(cfg.model_at(step)) == models::model_config_to_json(info.model) ||
-                       (next_stage < cfg.grow.size() && cfg.growth_points[next_stage].step == step),
-                   "checkpoint ", resume_ckpt, ": its architecture does not match the run's growth schedule");
+    STRATA_REQUIRE(
+        models::model_config_to_json(cfg.model_at(step)) == models::model_config_to_json(info.model) ||
+            (next_stage < cfg.grow.size() && cfg.growth_points[next_stage].step == step),
+        "checkpoint ", resume_ckpt, ": its architecture does not match the run's growth schedule");
     // A stage still in its phase: rebuild its mask / learned mixing.
     if (next_stage > 0) {
       const size_t k = next_stage - 1;
@@ -342,18 +343,17 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
   bool have_eval = false;
 
   auto trainer_state = [&](double elapsed) {
-    return nlohmann::json{{"config", cfg.to_json()},
-                          {"step", step},
-                          {"tokens", tokens_seen},
-                          {"flops", flops},
-                          {"optimizer_t", opt.t()},
-                          {"growth",
-                           {{"done", next_stage},
-                            {"history", growth_history},
-                            {"learn_t", learned ? learned->t() : 0}}},
-                          {"loader", loader.state().to_json()},
-                          {"rng", {{"seed", cfg.seed}, {"sampler", "mt19937_64 seeded by seed ^ step"}}},
-                          {"elapsed_s", elapsed}};
+    return nlohmann::json{
+        {"config", cfg.to_json()},
+        {"step", step},
+        {"tokens", tokens_seen},
+        {"flops", flops},
+        {"optimizer_t", opt.t()},
+        {"growth",
+         {{"done", next_stage}, {"history", growth_history}, {"learn_t", learned ? learned->t() : 0}}},
+        {"loader", loader.state().to_json()},
+        {"rng", {{"seed", cfg.seed}, {"sampler", "mt19937_64 seeded by seed ^ step"}}},
+        {"elapsed_s", elapsed}};
   };
   auto do_eval = [&] {
     if (!val_loader) return;
@@ -389,7 +389,8 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
   };
   auto do_checkpoint = [&] {
     std::vector<CheckpointExtra> extra;
-    if (learned) extra.push_back({"growth.safetensors", learned->tensors(), {{"content", "G_learn mixing state"}}});
+    if (learned)
+      extra.push_back({"growth.safetensors", learned->tensors(), {{"content", "G_learn mixing state"}}});
     const std::string dir =
         save_checkpoint(cfg.out_dir, step, model.params(), &opt,
                         trainer_state(elapsed_before + seconds_since(t_start)), cfg.keep_last, extra);
@@ -433,8 +434,8 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
     nlohmann::json row = rec.to_json();
     row["type"] = "growth";
     metrics.write(row);
-    std::printf("%s%s  done in %.3f s (%s -> %s parameters)\n", tty ? "\r\033[K" : "", plan.describe().c_str(),
-                rec.wall_s, human(static_cast<double>(rec.params_before)).c_str(),
+    std::printf("%s%s  done in %.3f s (%s -> %s parameters)\n", tty ? "\r\033[K" : "",
+                plan.describe().c_str(), rec.wall_s, human(static_cast<double>(rec.params_before)).c_str(),
                 human(static_cast<double>(rec.params_after)).c_str());
     std::fflush(stdout);
   };

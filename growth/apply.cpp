@@ -57,8 +57,10 @@ bool has_new(const TensorRule& r) {
 }
 
 void run_plan(const GrowthPlan& plan, const ParamBuffer& src, ParamBuffer& dst, uint64_t seed, bool moments) {
-  STRATA_CHECK(src.layout().config().n_layer == plan.from.n_layer && dst.layout().config().n_layer == plan.to.n_layer &&
-                   src.layout().config().d_model == plan.from.d_model && dst.layout().config().d_model == plan.to.d_model,
+  STRATA_CHECK(src.layout().config().n_layer == plan.from.n_layer &&
+                   dst.layout().config().n_layer == plan.to.n_layer &&
+                   src.layout().config().d_model == plan.from.d_model &&
+                   dst.layout().config().d_model == plan.to.d_model,
                "growth: buffers do not match the plan's architectures");
   std::vector<float> fresh;
   for (const TensorRule& r : plan.tensors) {
@@ -81,7 +83,8 @@ void run_plan(const GrowthPlan& plan, const ParamBuffer& src, ParamBuffer& dst, 
       STRATA_CHECK(lr.src >= 0 && lr.src < se.layers, "growth: source layer ", lr.src, " of ", r.name);
       if (need_fresh) {
         fresh.resize(static_cast<size_t>(per));
-        fill_init(de.spec.init, fresh.data(), per, growth_stream(seed, "new", r.name, static_cast<int64_t>(l)));
+        fill_init(de.spec.init, fresh.data(), per,
+                  growth_stream(seed, "new", r.name, static_cast<int64_t>(l)));
       }
       gather(r, src.data() + se.offset + static_cast<int64_t>(lr.src) * sper, scols, out,
              need_fresh ? fresh.data() : nullptr, moments);
@@ -113,7 +116,8 @@ void map_moments(const GrowthPlan& plan, const ParamBuffer& src, ParamBuffer& ds
   run_plan(plan, src, dst, 0, true);
 }
 
-// ---- GrowthMask --------------------------------------------------------------------------------------------
+// ---- GrowthMask
+// --------------------------------------------------------------------------------------------
 
 namespace {
 
@@ -166,7 +170,8 @@ void GrowthMask::end(ParamBuffer& params, ParamBuffer* grads) {
   applied_ = false;
 }
 
-// ---- LearnedDepth ------------------------------------------------------------------------------------------
+// ---- LearnedDepth
+// ------------------------------------------------------------------------------------------
 
 LearnedDepth::LearnedDepth(const GrowthPlan& plan, const ParamBuffer& small, double beta1, double beta2,
                            double eps)
@@ -184,7 +189,8 @@ LearnedDepth::LearnedDepth(const GrowthPlan& plan, const ParamBuffer& small, dou
     k.D.assign(n, 0.0f);
     k.m.assign(n, 0.0f);
     k.v.assign(n, 0.0f);
-    for (int l = 0; l < L2_; ++l) k.D[static_cast<size_t>(l) * L_ + plan.layer_map[static_cast<size_t>(l)]] = 1.0f;
+    for (int l = 0; l < L2_; ++l)
+      k.D[static_cast<size_t>(l) * L_ + plan.layer_map[static_cast<size_t>(l)]] = 1.0f;
     kinds_.push_back(std::move(k));
   }
 }
@@ -249,8 +255,10 @@ std::vector<TensorView> LearnedDepth::tensors() const {
 
 void LearnedDepth::load(const SafetensorsFile& f, long t) {
   for (Kind& k : kinds_) {
-    for (auto [prefix, vec] : {std::pair<const char*, std::vector<float>*>{"D.", &k.D}, {"mD.", &k.m},
-                               {"vD.", &k.v}, {"src.", &k.src}}) {
+    for (auto [prefix, vec] : {std::pair<const char*, std::vector<float>*>{"D.", &k.D},
+                               {"mD.", &k.m},
+                               {"vD.", &k.v},
+                               {"src.", &k.src}}) {
       const SafeTensor& st = f.get(prefix + k.name);
       STRATA_REQUIRE(st.numel() == static_cast<int64_t>(vec->size()), f.path(), ": tensor '", prefix, k.name,
                      "' has ", st.numel(), " elements, expected ", vec->size());
@@ -260,7 +268,8 @@ void LearnedDepth::load(const SafetensorsFile& f, long t) {
   t_ = t;
 }
 
-// ---- grow_in_place -----------------------------------------------------------------------------------------
+// ---- grow_in_place
+// -----------------------------------------------------------------------------------------
 
 nlohmann::json GrowthRecord::to_json() const {
   return {{"stage", stage},

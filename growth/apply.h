@@ -77,8 +77,8 @@ class LearnedDepth {
   struct Kind {
     std::string name;
     int64_t per_layer = 0;
-    std::vector<float> src;       // (L, per_layer): the frozen small-model weights
-    std::vector<float> D, m, v;   // (L', L)
+    std::vector<float> src;      // (L, per_layer): the frozen small-model weights
+    std::vector<float> D, m, v;  // (L', L)
     std::vector<int64_t> src_shape;
   };
   std::vector<Kind> kinds_;

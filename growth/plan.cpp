@@ -16,7 +16,8 @@ using models::ModelConfig;
 AxisMap grow_axis(int64_t n, int64_t n2, bool copy) {
   AxisMap m;
   m.src.resize(static_cast<size_t>(n2));
-  for (int64_t i = 0; i < n2; ++i) m.src[static_cast<size_t>(i)] = static_cast<int32_t>(i < n ? i : copy ? (i - n) % n : -1);
+  for (int64_t i = 0; i < n2; ++i)
+    m.src[static_cast<size_t>(i)] = static_cast<int32_t>(i < n ? i : copy ? (i - n) % n : -1);
   return m;
 }
 
@@ -33,7 +34,8 @@ AxisMap split(AxisMap m, double alpha) {
     if (s < 0) continue;
     const int k = copies[static_cast<size_t>(s)];
     if (k == 0) continue;
-    m.scale[i] = static_cast<size_t>(s) == i ? static_cast<float>(alpha) : static_cast<float>((1.0 - alpha) / k);
+    m.scale[i] =
+        static_cast<size_t>(s) == i ? static_cast<float>(alpha) : static_cast<float>((1.0 - alpha) / k);
   }
   return m;
 }
@@ -176,20 +178,20 @@ GrowthPlan make_plan(const ModelConfig& from, const Stage& stage) {
   for (int l = 0; l < b.n_layer; ++l) p.layer_map.push_back(l);
   p.new_layer.assign(static_cast<size_t>(b.n_layer), false);
   const double alpha = stage.split;
-  const AxisMap resid = grow_axis(a.d_model, b.d_model, direct);            // the residual stream's dims
-  const AxisMap resid_in = direct ? split(resid, alpha) : resid;            // fan-in from the stream
+  const AxisMap resid = grow_axis(a.d_model, b.d_model, direct);  // the residual stream's dims
+  const AxisMap resid_in = direct ? split(resid, alpha) : resid;  // fan-in from the stream
   const AxisMap qheads = grow_axis(a.n_head, b.n_head, direct);
   const AxisMap kvheads = grow_axis(a.n_kv_head, b.n_kv_head, direct);
   const AxisMap qdims = expand_heads(qheads, hs, 0);
   const AxisMap qdims_in = expand_heads(direct ? split(qheads, alpha) : qheads, hs, 0);  // fan-in of attn_out
-  const AxisMap qkv_rows =
-      concat(concat(qdims, expand_heads(kvheads, hs, a.n_head * hs)),
-             expand_heads(kvheads, hs, (a.n_head + a.n_kv_head) * hs));
+  const AxisMap qkv_rows = concat(concat(qdims, expand_heads(kvheads, hs, a.n_head * hs)),
+                                  expand_heads(kvheads, hs, (a.n_head + a.n_kv_head) * hs));
   const AxisMap ffn = grow_axis(a.d_ff, b.d_ff, direct);
   const AxisMap ffn_in = direct ? split(ffn, alpha) : ffn;
   // G_zero / G_random: new stream dims are zero at growth, so the RMS over C' dims is sqrt(C / C') of the RMS
   // over C; the gains of the old dims are scaled by sqrt(C / C') to compensate (exact for RMSNorm).
-  const float gain = direct ? 1.0f : static_cast<float>(std::sqrt(static_cast<double>(a.d_model) / b.d_model));
+  const float gain =
+      direct ? 1.0f : static_cast<float>(std::sqrt(static_cast<double>(a.d_model) / b.d_model));
   // GPT-2's MLP input (up) has F rows; LLaMA's gate_up has gate rows then up rows, F each.
   AxisMap gate_up_rows = ffn;
   if (a.family == Family::kLlama) {
@@ -251,14 +253,17 @@ GrowthPlan make_plan(const ModelConfig& from, const Stage& stage) {
     STRATA_CHECK(r.rows.size() == t.shape[0] && (t.shape.size() == 1 || r.cols.size() == t.shape[1]),
                  "width rule for ", n, " does not match its shape");
     (void)src_spec(n);
-    if (r.new_fill != LayerFill::kInit) r.new_fill = (fan_out && !random) ? LayerFill::kZero : LayerFill::kInit;
-    for (int l = 0; l < (t.per_layer ? b.n_layer : 1); ++l) r.layers.push_back({t.per_layer ? l : 0, LayerFill::kCopy});
+    if (r.new_fill != LayerFill::kInit)
+      r.new_fill = (fan_out && !random) ? LayerFill::kZero : LayerFill::kInit;
+    for (int l = 0; l < (t.per_layer ? b.n_layer : 1); ++l)
+      r.layers.push_back({t.per_layer ? l : 0, LayerFill::kCopy});
     if (random && fan_out) {
-      const int64_t rows_old = n == "attn_out" || n == "mlp_down" || n.ends_with("_bias") ? a.d_model : t.shape[0];
-      const int64_t cols_old = n == "attn_out"        ? int64_t{a.n_head} * hs
-                               : n == "mlp_down"      ? a.d_ff
+      const int64_t rows_old =
+          n == "attn_out" || n == "mlp_down" || n.ends_with("_bias") ? a.d_model : t.shape[0];
+      const int64_t cols_old = n == "attn_out"       ? int64_t{a.n_head} * hs
+                               : n == "mlp_down"     ? a.d_ff
                                : t.shape.size() == 2 ? a.d_model
-                                                      : 0;
+                                                     : 0;
       MaskSlice m{n, -1, 0, 0, 0, 0};
       if (n == "tok_embedding" || n == "pos_embedding") {
         m.col_begin = cols_old, m.col_end = t.shape[1];
@@ -278,7 +283,8 @@ GrowthPlan make_plan(const ModelConfig& from, const Stage& stage) {
 
 std::string GrowthPlan::describe() const {
   std::string s;
-  s += cat("growth: op=", op_name(stage.op), " (", stage.direction() == Direction::kDepth ? "depth" : "width", ")\n");
+  s += cat("growth: op=", op_name(stage.op), " (", stage.direction() == Direction::kDepth ? "depth" : "width",
+           ")\n");
   auto arch = [](const ModelConfig& c) {
     return cat("L=", c.n_layer, " C=", c.d_model, " NH=", c.n_head, " KVH=", c.n_kv_head, " F=", c.d_ff);
   };
@@ -286,14 +292,16 @@ std::string GrowthPlan::describe() const {
   if (stage.direction() == Direction::kDepth) {
     s += "  layers:";
     const bool marks = stage.op == Op::kZero || stage.op == Op::kRandom;
-    for (size_t l = 0; l < layer_map.size(); ++l) s += cat(" ", layer_map[l], marks && new_layer[l] ? "*" : "");
+    for (size_t l = 0; l < layer_map.size(); ++l)
+      s += cat(" ", layer_map[l], marks && new_layer[l] ? "*" : "");
     s += stage.op == Op::kZero     ? "   (* = new: attention and MLP outputs zero)\n"
          : stage.op == Op::kRandom ? "   (* = new: from init, outputs masked)\n"
                                    : "\n";
   }
   for (const TensorRule& r : tensors) {
     s += cat("  ", r.name, ": ");
-    if (!r.rows.is_identity()) s += cat("rows [", range_text(r.rows.src), "]", r.rows.scale.empty() ? "" : " scaled", "; ");
+    if (!r.rows.is_identity())
+      s += cat("rows [", range_text(r.rows.src), "]", r.rows.scale.empty() ? "" : " scaled", "; ");
     if (!r.cols.src.empty() && !r.cols.is_identity())
       s += cat("cols [", range_text(r.cols.src), "]", r.cols.scale.empty() ? "" : " scaled", "; ");
     int counts[3] = {0, 0, 0};
@@ -310,10 +318,13 @@ std::string GrowthPlan::describe() const {
     } else {
       s += "kept";
     }
-    s += cat(stage.direction() == Direction::kWidth ? cat(", new entries ", fill_name(r.new_fill)) : "", "\n");
+    s +=
+        cat(stage.direction() == Direction::kWidth ? cat(", new entries ", fill_name(r.new_fill)) : "", "\n");
   }
-  if (!masks.empty()) s += cat("  masks: ", masks.size(), " slices ramped 0 -> 1 over ", stage.mask_steps, " steps\n");
-  if (stage.noise > 0) s += cat("  noise: W <- (1 - ", stage.noise, ") W + ", stage.noise, " e on every block tensor\n");
+  if (!masks.empty())
+    s += cat("  masks: ", masks.size(), " slices ramped 0 -> 1 over ", stage.mask_steps, " steps\n");
+  if (stage.noise > 0)
+    s += cat("  noise: W <- (1 - ", stage.noise, ") W + ", stage.noise, " e on every block tensor\n");
   return s;
 }
 

@@ -45,8 +45,8 @@ struct LayerRule {
 struct TensorRule {
   std::string name;
   bool per_layer = false;
-  AxisMap rows;  // first axis (the only one of a 1-D tensor)
-  AxisMap cols;  // second axis; empty for 1-D tensors
+  AxisMap rows;                           // first axis (the only one of a 1-D tensor)
+  AxisMap cols;                           // second axis; empty for 1-D tensors
   LayerFill new_fill = LayerFill::kZero;  // elements on a new (-1) row or column
   std::vector<LayerRule> layers;          // one per target layer (one for a global tensor)
 };
@@ -62,8 +62,9 @@ struct MaskSlice {
 struct GrowthPlan {
   Stage stage;
   models::ModelConfig from, to;
-  std::vector<int> layer_map;   // target layer -> source layer (depth: the layer list; width: identity)
-  std::vector<bool> new_layer;  // depth zero/random: target layers that are not the first copy of their source
+  std::vector<int> layer_map;  // target layer -> source layer (depth: the layer list; width: identity)
+  std::vector<bool>
+      new_layer;  // depth zero/random: target layers that are not the first copy of their source
   std::vector<TensorRule> tensors;  // the target's tensor table order
   std::vector<MaskSlice> masks;     // op=random only
   // Human-readable: operator, architectures, layer map, one line per tensor rule, masks.

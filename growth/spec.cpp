@@ -61,21 +61,30 @@ int parse_layer(const std::string& list, const std::string& item, const std::str
 
 const char* op_name(Op op) {
   switch (op) {
-    case Op::kStack: return "stack";
-    case Op::kInterpolate: return "interpolate";
-    case Op::kZero: return "zero";
-    case Op::kRandom: return "random";
-    case Op::kLearn: return "learn";
-    case Op::kDirect: return "direct";
+    case Op::kStack:
+      return "stack";
+    case Op::kInterpolate:
+      return "interpolate";
+    case Op::kZero:
+      return "zero";
+    case Op::kRandom:
+      return "random";
+    case Op::kLearn:
+      return "learn";
+    case Op::kDirect:
+      return "direct";
   }
   return "?";
 }
 
 const char* unit_name(Unit u) {
   switch (u) {
-    case Unit::kTokens: return "tokens";
-    case Unit::kSteps: return "steps";
-    case Unit::kFlops: return "flops";
+    case Unit::kTokens:
+      return "tokens";
+    case Unit::kSteps:
+      return "steps";
+    case Unit::kFlops:
+      return "flops";
   }
   return "?";
 }
@@ -111,7 +120,8 @@ std::vector<int> parse_layer_list(const std::string& text, int L) {
     }
     for (long k = 0; k < repeat; ++k) out.insert(out.end(), run.begin(), run.end());
   }
-  STRATA_REQUIRE(out.size() <= 65536, "layer list '", text, "' expands to ", out.size(), " layers (max 65536)");
+  STRATA_REQUIRE(out.size() <= 65536, "layer list '", text, "' expands to ", out.size(),
+                 " layers (max 65536)");
   return out;
 }
 
@@ -158,7 +168,8 @@ Stage parse_stage(const std::string& text) {
       const std::string num = sp == std::string::npos ? value : value.substr(0, sp);
       const std::string unit = sp == std::string::npos ? "tokens" : trim(value.substr(sp));
       s.at = parse_number(ctx, "at", num);
-      STRATA_REQUIRE(s.at > 0, ctx, "at=", num, " must be positive (growing before the first step is training "
+      STRATA_REQUIRE(s.at > 0, ctx, "at=", num,
+                     " must be positive (growing before the first step is training "
                      "the large model from a stacked initialisation: give that model instead)");
       if (unit == "tokens" || unit == "token")
         s.unit = Unit::kTokens;
@@ -237,17 +248,20 @@ Stage parse_stage(const std::string& text) {
   }
   const bool width = s.direction() == Direction::kWidth;
   const bool depth = s.g > 0 || !s.layers.empty();
-  STRATA_REQUIRE(!(width && depth), ctx, "mixes depth (g, layers) and width (d_model, d_ff, n_head, n_kv_head) "
+  STRATA_REQUIRE(!(width && depth), ctx,
+                 "mixes depth (g, layers) and width (d_model, d_ff, n_head, n_kv_head) "
                  "keys; grow one direction per stage");
   STRATA_REQUIRE(!(s.g > 0 && !s.layers.empty()), ctx, "give g or layers, not both");
-  STRATA_REQUIRE(width || depth, ctx, "say how much to grow: g=<factor> or layers=<list> (depth), or d_model / "
+  STRATA_REQUIRE(width || depth, ctx,
+                 "say how much to grow: g=<factor> or layers=<list> (depth), or d_model / "
                  "d_ff / n_head (width)");
   if (width)
     STRATA_REQUIRE(s.op == Op::kDirect || s.op == Op::kZero || s.op == Op::kRandom, ctx, "op=", op_name(s.op),
                    " is a depth operator; width growth takes op=direct, zero or random");
   else
     STRATA_REQUIRE(s.op != Op::kDirect, ctx, "op=direct is the width operator; its depth form is op=stack");
-  if (!s.layers.empty()) parse_layer_list(s.layers, 1 << 30);  // syntax only; layers are checked against L later
+  if (!s.layers.empty())
+    parse_layer_list(s.layers, 1 << 30);  // syntax only; layers are checked against L later
   return s;
 }
 
@@ -298,8 +312,8 @@ models::ModelConfig target_config(const models::ModelConfig& from, const Stage& 
     if (s.n_head) {
       to.n_head = s.n_head;
     } else {
-      STRATA_REQUIRE(to.d_model % hs == 0, ctx, "d_model ", to.d_model, " is not a multiple of the head dim ", hs,
-                     " (the head dim stays fixed: d_model = n_head x ", hs, ")");
+      STRATA_REQUIRE(to.d_model % hs == 0, ctx, "d_model ", to.d_model, " is not a multiple of the head dim ",
+                     hs, " (the head dim stays fixed: d_model = n_head x ", hs, ")");
       to.n_head = to.d_model / hs;
     }
     STRATA_REQUIRE(to.d_model == to.n_head * hs, ctx, "d_model ", to.d_model, " != n_head ", to.n_head,
@@ -312,18 +326,20 @@ models::ModelConfig target_config(const models::ModelConfig& from, const Stage& 
       to.n_kv_head = s.n_kv_head;
     } else {
       const int group = from.n_head / from.n_kv_head;
-      STRATA_REQUIRE(to.n_head % group == 0, ctx, "n_head ", to.n_head, " is not a multiple of the query group ",
-                     group, " (n_head / n_kv_head); give n_kv_head");
+      STRATA_REQUIRE(to.n_head % group == 0, ctx, "n_head ", to.n_head,
+                     " is not a multiple of the query group ", group,
+                     " (n_head / n_kv_head); give n_kv_head");
       to.n_kv_head = to.n_head / group;
     }
     STRATA_REQUIRE(to.d_model >= from.d_model && to.d_ff >= from.d_ff && to.n_head >= from.n_head &&
                        to.n_kv_head >= from.n_kv_head,
-                   ctx, "width growth cannot shrink the model (d_model ", from.d_model, "->", to.d_model, ", d_ff ",
-                   from.d_ff, "->", to.d_ff, ", n_head ", from.n_head, "->", to.n_head, ", n_kv_head ",
-                   from.n_kv_head, "->", to.n_kv_head, ")");
-    STRATA_REQUIRE(to.d_model != from.d_model || to.d_ff != from.d_ff, ctx, "the target width equals the model's");
-    STRATA_REQUIRE(to.n_head % to.n_kv_head == 0 && to.n_head / to.n_kv_head == from.n_head / from.n_kv_head, ctx,
-                   "n_head ", to.n_head, " / n_kv_head ", to.n_kv_head,
+                   ctx, "width growth cannot shrink the model (d_model ", from.d_model, "->", to.d_model,
+                   ", d_ff ", from.d_ff, "->", to.d_ff, ", n_head ", from.n_head, "->", to.n_head,
+                   ", n_kv_head ", from.n_kv_head, "->", to.n_kv_head, ")");
+    STRATA_REQUIRE(to.d_model != from.d_model || to.d_ff != from.d_ff, ctx,
+                   "the target width equals the model's");
+    STRATA_REQUIRE(to.n_head % to.n_kv_head == 0 && to.n_head / to.n_kv_head == from.n_head / from.n_kv_head,
+                   ctx, "n_head ", to.n_head, " / n_kv_head ", to.n_kv_head,
                    " must keep the query group size of the model (", from.n_head / from.n_kv_head,
                    ") so every new head copies or extends a whole group");
   }

@@ -55,6 +55,7 @@ class TrainCli : public ::testing::Test {
     for (std::string line; std::getline(in, line);) {
       auto j = nlohmann::json::parse(line);
       j.erase("tokens_per_s");
+      j.erase("wall_s");  // growth rows: wall time of the growth
       rows.push_back(j);
     }
     return rows;
@@ -74,6 +75,9 @@ class TrainCli : public ::testing::Test {
   static std::string bytes_of(const fs::path& p) { return strata::read_file(p.string()); }
 
   static fs::path root_;
+
+ public:
+  static std::string base_args_public(const std::string& out_dir) { return base_args(out_dir); }
 };
 fs::path TrainCli::root_;
 
@@ -236,6 +240,141 @@ TEST_F(TrainCli, BadInputIsOneLineAndOverwritesNothing) {
   // Nothing of the original run changed.
   EXPECT_EQ(bytes_of(ckpt / "model.safetensors"), model_before);
   EXPECT_EQ(bytes_of(root_ / "keep" / "metrics.jsonl"), metrics_before);
+}
+
+// ---- growth in `strata train` ----------------------------------------------------------------------------
+
+// A growth run: 2 layers grown after step 3 of 8.
+std::string grow_args(const std::string& out_dir, const std::string& stage) {
+  return TrainCli::base_args_public(out_dir) + " --grow \"" + stage + "\"";
+}
+
+TEST_F(TrainCli, GrowthIsLoggedCheckpointedAndChangesTheArchitecture) {
+  std::string out;
+  ASSERT_EQ(run_strata(grow_args("g_stack", "at=3 steps,op=stack,g=2"), &out), 0) << out;
+  EXPECT_NE(out.find("growth: op=stack (depth)"), std::string::npos) << out;
+  const auto rows = metrics("g_stack");
+  int growth_rows = 0;
+  long last_step_before = -1;
+  for (const auto& r : rows) {
+    if (r["type"] == "step" && r["step"].get<long>() <= 3) last_step_before = r["step"].get<long>();
+    if (r["type"] != "growth") continue;
+    ++growth_rows;
+    EXPECT_EQ(r["step"], 3);
+    EXPECT_EQ(r["from"]["n_layer"], 2);
+    EXPECT_EQ(r["to"]["n_layer"], 4);
+    EXPECT_EQ(r["tokens"], 3 * 128);
+    EXPECT_GT(r["params_after"].get<long>(), r["params_before"].get<long>());
+  }
+  EXPECT_EQ(growth_rows, 1);
+  EXPECT_EQ(last_step_before, 3);
+  // FLOPs accumulate across stages: per-step FLOPs grow after the growth.
+  double f3 = 0, f4 = 0, f5 = 0;
+  for (const auto& r : rows)
+    if (r["type"] == "step") {
+      if (r["step"] == 3) f3 = r["flops"].get<double>();
+      if (r["step"] == 4) f4 = r["flops"].get<double>();
+      if (r["step"] == 5) f5 = r["flops"].get<double>();
+    }
+  EXPECT_GT(f4 - f3, f3 / 3 * 1.2) << "a step of the grown model costs more";
+  EXPECT_DOUBLE_EQ(f5 - f4, f4 - f3);
+  const auto state = nlohmann::json::parse(bytes_of(root_ / "g_stack" / "ckpt-00000008" / "state.json"));
+  EXPECT_EQ(state["model"]["n_layer"], 4);
+  EXPECT_EQ(state["trainer"]["growth"]["done"], 1);
+  ASSERT_EQ(state["trainer"]["growth"]["history"].size(), 1u);
+  EXPECT_EQ(state["trainer"]["growth"]["history"][0]["step"], 3);
+  // The grown checkpoint evaluates as the grown model.
+  ASSERT_EQ(run_strata("eval --checkpoint " + (root_ / "g_stack").string() + " --data " +
+                           (root_ / "data").string() + " --batches 2 --threads 1",
+                       &out),
+            0)
+      << out;
+}
+
+TEST_F(TrainCli, ScheduleRestartsWithWarmupOrContinues) {
+  std::string out;
+  ASSERT_EQ(run_strata(grow_args("g_restart", "at=3 steps,op=stack,g=2,warmup=2"), &out), 0) << out;
+  ASSERT_EQ(run_strata(grow_args("g_continue", "at=3 steps,op=stack,g=2,schedule=continue"), &out), 0) << out;
+  ASSERT_EQ(run_strata(base_args("g_none"), &out), 0) << out;
+  auto lr_at = [&](const std::string& run, long step) {
+    for (const auto& r : metrics(run))
+      if (r["type"] == "step" && r["step"] == step) return r["lr"].get<double>();
+    return -1.0;
+  };
+  // Restart: step 4 (0-based step 3) is the first of a new 2-step warmup: lr = 3e-3 * 1/2.
+  EXPECT_NEAR(lr_at("g_restart", 4), 3e-3 / 2, 1e-12);
+  EXPECT_NEAR(lr_at("g_restart", 5), 3e-3, 1e-12);
+  // Continue: the rates of the run without growth.
+  for (long s = 1; s <= 8; ++s) EXPECT_EQ(lr_at("g_continue", s), lr_at("g_none", s)) << s;
+}
+
+// Growth + checkpoint + resume reproduces the uninterrupted run bit for bit, whether the run was cut before,
+// at or after the growth point, for an operator with no phase (stack), a masked one (random) and a learned
+// one (learn).
+TEST_F(TrainCli, GrowthResumesBitIdenticallyBeforeAtAndAfterTheGrowthPoint) {
+  const std::vector<std::string> stages = {"at=3 steps,op=stack,g=2", "at=3 steps,op=random,g=2,mask_steps=3",
+                                           "at=3 steps,op=learn,g=2,learn_steps=2",
+                                           "at=3 steps,op=zero,d_ff=96,optimizer=map"};
+  for (size_t i = 0; i < stages.size(); ++i) {
+    const std::string full = "gr_full" + std::to_string(i);
+    std::string out;
+    ASSERT_EQ(run_strata(grow_args(full, stages[i]), &out), 0) << out;
+    for (int cut : {2, 3, 4}) {
+      const std::string run = "gr_cut" + std::to_string(i) + "_" + std::to_string(cut);
+      ASSERT_EQ(run_strata(grow_args(run, stages[i]) + " --stop-at " + std::to_string(cut), &out), 0) << out;
+      ASSERT_EQ(run_strata("train --resume " + (root_ / run).string(), &out), 0) << out;
+      const auto a = metrics(full), b = metrics(run);
+      ASSERT_EQ(a.size(), b.size()) << stages[i] << " cut at " << cut;
+      for (size_t r = 0; r < a.size(); ++r)
+        EXPECT_EQ(a[r], b[r]) << stages[i] << " cut " << cut << " row " << r;
+      for (const char* f : {"model.safetensors", "optimizer.safetensors"})
+        EXPECT_EQ(bytes_of(root_ / full / "ckpt-00000008" / f), bytes_of(root_ / run / "ckpt-00000008" / f))
+            << stages[i] << " cut at " << cut << ": " << f;
+    }
+  }
+}
+
+TEST_F(TrainCli, FlopsBudgetSetsTheRunLength) {
+  std::string out;
+  // Budget between the cumulative FLOPs of steps 6 and 7 of the growth run.
+  ASSERT_EQ(run_strata(grow_args("g_ref", "at=3 steps,op=stack,g=2"), &out), 0) << out;
+  double f6 = 0, f7 = 0;
+  for (const auto& r : metrics("g_ref"))
+    if (r["type"] == "step") {
+      if (r["step"] == 6) f6 = r["flops"].get<double>();
+      if (r["step"] == 7) f7 = r["flops"].get<double>();
+    }
+  ASSERT_GT(f7, f6);
+  const std::string budget = std::to_string((f6 + f7) / 2);
+  std::string args = grow_args("g_flops", "at=3 steps,op=stack,g=2");
+  args.replace(args.find(" --steps 8"), 10, " --flops " + budget);
+  ASSERT_EQ(run_strata(args, &out), 0) << out;
+  EXPECT_TRUE(fs::exists(root_ / "g_flops" / "ckpt-00000007")) << out;
+}
+
+TEST_F(TrainCli, BadGrowthSpecsFailAtStartupWithOneLine) {
+  expect_error(grow_args("gb", "at=3 steps,op=stack,g=1"), {"g=1", "integer >= 2"});
+  expect_error(grow_args("gb", "at=3 steps,op=stack,g=2.5"), {"g=2.5"});
+  expect_error(grow_args("gb", "at=3 steps,op=stack,layers=0-1,5"), {"layer 5 does not exist", "2 layers"});
+  expect_error(grow_args("gb", "at=3 steps,op=zero,d_model=36"), {"d_model 36", "head dim 8"});
+  expect_error(grow_args("gb", "at=30 steps,op=stack,g=2"), {"not before the end of the run"});
+  expect_error(grow_args("gb", "at=3 steps,op=direct,g=2"), {"op=direct"});
+  expect_error(grow_args("gb", "at=3 steps,op=stack,d_ff=96"), {"op=stack", "depth operator"});
+  expect_error(grow_args("gb", "at=3 bananas,op=stack,g=2"), {"bananas"});
+  expect_error(grow_args("gb", "op=stack,g=2"), {"missing at="});
+  expect_error(
+      base_args("gb") +
+          " --model gpt2-tiny --n-head 4 --n-kv-head 4 --grow \"at=3 steps,op=zero,d_model=64,n_kv_head=4\"",
+      {"GPT-2", "grouped-query"});
+  expect_error(
+      grow_args("gb", "at=3 steps,op=random,g=2,mask_steps=4") + " --grow \"at=5 steps,op=stack,g=2\"",
+      {"previous stage's phase"});
+  EXPECT_FALSE(fs::exists(root_ / "gb")) << "nothing may be written before the error";
+  // A growth point that has already passed when resuming.
+  std::string out;
+  ASSERT_EQ(run_strata(base_args("g_late") + " --stop-at 5", &out), 0) << out;
+  expect_error("train --resume " + (root_ / "g_late").string() + " --grow \"at=3 steps,op=stack,g=2\"",
+               {"already passed", "step 5"});
 }
 
 }  // namespace
