@@ -1,6 +1,7 @@
 #include "engine/params.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <numbers>
 
@@ -33,8 +34,22 @@ const ParamEntry* ParamLayout::find(const std::string& name) const {
   return nullptr;
 }
 
+ZeroedFloats::ZeroedFloats(size_t n) : n_(n) {
+  if (n == 0) return;
+  p_ = static_cast<float*>(std::calloc(n, sizeof(float)));
+  STRATA_REQUIRE(p_ != nullptr, "out of memory allocating ", n * sizeof(float) / (1024 * 1024), " MiB");
+}
+
+ZeroedFloats::ZeroedFloats(const ZeroedFloats& o) : ZeroedFloats(o.n_) {
+  if (n_) std::memcpy(p_, o.p_, n_ * sizeof(float));
+}
+
+ZeroedFloats::~ZeroedFloats() {
+  std::free(p_);
+}
+
 ParamBuffer::ParamBuffer(const ParamLayout& layout)
-    : layout_(layout), data_(static_cast<size_t>(layout.numel()), 0.0f) {}
+    : layout_(layout), data_(static_cast<size_t>(layout.numel())) {}
 
 float* ParamBuffer::tensor(const std::string& name) {
   const ParamEntry* e = layout_.find(name);
@@ -54,7 +69,7 @@ float* ParamBuffer::layer(const std::string& name, int l) {
 }
 
 void ParamBuffer::zero() {
-  std::fill(data_.begin(), data_.end(), 0.0f);
+  std::fill(data_.data(), data_.data() + data_.size(), 0.0f);
 }
 
 namespace {

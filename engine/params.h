@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "models/model_config.h"
@@ -42,6 +43,29 @@ class ParamLayout {
   int64_t numel_ = 0;
 };
 
+// Zero-initialised floats from calloc: a large buffer comes from fresh zero pages of the OS, so allocating
+// it costs nothing until it is written (growth allocates whole model states it may overwrite at once).
+class ZeroedFloats {
+ public:
+  ZeroedFloats() = default;
+  explicit ZeroedFloats(size_t n);
+  ZeroedFloats(const ZeroedFloats& o);
+  ZeroedFloats(ZeroedFloats&& o) noexcept : p_(o.p_), n_(o.n_) { o.p_ = nullptr, o.n_ = 0; }
+  ZeroedFloats& operator=(ZeroedFloats o) noexcept {
+    std::swap(p_, o.p_);
+    std::swap(n_, o.n_);
+    return *this;
+  }
+  ~ZeroedFloats();
+  float* data() { return p_; }
+  const float* data() const { return p_; }
+  size_t size() const { return n_; }
+
+ private:
+  float* p_ = nullptr;
+  size_t n_ = 0;
+};
+
 // One flat fp32 array laid out by a ParamLayout, zero-initialised. Every tensor starts at a multiple of 16
 // elements from the base.
 class ParamBuffer {
@@ -64,7 +88,7 @@ class ParamBuffer {
 
  private:
   ParamLayout layout_;
-  std::vector<float> data_;
+  ZeroedFloats data_;
 };
 
 // Fills `params` by each tensor's InitRule, from a seed: every tensor draws from its own stream seeded by

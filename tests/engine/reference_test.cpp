@@ -35,6 +35,7 @@
 #include "engine/safetensors.h"
 #include "engine/schedule.h"
 #include "models/model_config_json.h"
+#include "tests/reference/compare.h"
 #include "tests/tolerances.h"
 
 namespace strata {
@@ -47,40 +48,9 @@ using test::kRefGradTol;
 using test::kRefLrTol;
 using test::kRefStepLossTol;
 
-struct Error {
-  double max_err = 0, scale = 0;
-  int64_t index = -1;
-  float got = 0, want = 0;
-};
-
-// max |got - want| and where, plus max |want| (or the given scale).
-Error compare(const float* got, const std::vector<float>& want, double scale = -1) {
-  Error e;
-  double max_ref = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    max_ref = std::max(max_ref, std::abs(static_cast<double>(want[i])));
-    const double d = std::abs(static_cast<double>(got[i]) - want[i]);
-    if (!(d <= e.max_err)) {  // NaN counts as the worst
-      e.max_err = std::isnan(d) ? INFINITY : d;
-      e.index = static_cast<int64_t>(i);
-      e.got = got[i];
-      e.want = want[i];
-    }
-  }
-  e.scale = scale >= 0 ? scale : max_ref;
-  return e;
-}
-
 void expect_close(const std::string& what, const float* got, const std::vector<float>& want, double tol,
                   double scale = -1) {
-  const Error e = compare(got, want, scale);
-  ASSERT_GT(e.scale, 0.0) << what << ": the reference is all zeros, so the comparison would pass vacuously";
-  const double rel = e.max_err / e.scale;
-  if (std::getenv("STRATA_REFERENCE_VERBOSE"))
-    std::printf("  %-28s %.2e  (tolerance %.0e)\n", what.c_str(), rel, tol);
-  EXPECT_LE(rel, tol) << std::setprecision(3) << what << ": max abs err " << e.max_err << " at index "
-                      << e.index << " (engine " << e.got << ", reference " << e.want << "), scale " << e.scale
-                      << " -> " << rel << " > tolerance " << tol;
+  test::expect_close_to_reference(what, got, want, tol, scale);
 }
 
 class ReferenceTest : public ::testing::TestWithParam<const char*> {

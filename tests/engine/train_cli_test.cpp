@@ -283,6 +283,10 @@ TEST_F(TrainCli, GrowthIsLoggedCheckpointedAndChangesTheArchitecture) {
   EXPECT_EQ(state["trainer"]["growth"]["done"], 1);
   ASSERT_EQ(state["trainer"]["growth"]["history"].size(), 1u);
   EXPECT_EQ(state["trainer"]["growth"]["history"][0]["step"], 3);
+  // The data stream continues exactly: after 8 steps the loader is where a run without growth is.
+  ASSERT_EQ(run_strata(base_args("g_plain"), &out), 0) << out;
+  const auto plain = nlohmann::json::parse(bytes_of(root_ / "g_plain" / "ckpt-00000008" / "state.json"));
+  EXPECT_EQ(state["trainer"]["loader"], plain["trainer"]["loader"]);
   // The grown checkpoint evaluates as the grown model.
   ASSERT_EQ(run_strata("eval --checkpoint " + (root_ / "g_stack").string() + " --data " +
                            (root_ / "data").string() + " --batches 2 --threads 1",
