@@ -1,5 +1,8 @@
 #include "engine/train_config.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include "engine/check.h"
 #include "models/model_config_json.h"
 
@@ -55,58 +58,58 @@ void TrainConfig::finalize() {
 }
 
 void TrainConfig::resolve_growth() {
-  // Walks the run step by step (cumulative tokens and FLOPs with the architecture of each phase) to place
-  // every stage and, for a FLOPs budget, the end of the run.
+  // Places every stage and, for a FLOPs budget, the end of the run, phase by phase: within a phase the
+  // architecture and so the FLOPs per step are fixed, so each point is a division, not a walk over steps.
   growth_points.clear();
   models::ModelConfig arch = model;
-  double done_flops = 0.0;
+  double done_flops = 0.0;  // cumulative FLOPs after s steps
   long s = 0;
-  size_t k = 0;
   long busy_until = 0;  // the previous stage's learn/mask phase
   const double G = static_cast<double>(global_batch_tokens);
-  const long limit = steps > 0 ? steps : (1L << 40);
-  while (true) {
-    // Stages due after s steps.
-    while (k < grow.size()) {
-      const growth::Stage& st = grow[k];
-      bool due = false;
-      switch (st.unit) {
-        case growth::Unit::kSteps:
-          due = static_cast<double>(s) >= st.at;
-          break;
-        case growth::Unit::kTokens:
-          due = static_cast<double>(s) * G >= st.at;
-          break;
-        case growth::Unit::kFlops:
-          due = done_flops >= st.at;
-          break;
-      }
-      if (!due) break;
-      STRATA_REQUIRE(s > 0, "--grow '", st.text, "': the point is before the first step");
-      STRATA_REQUIRE(s >= busy_until, "--grow '", st.text, "': its point (after step ", s,
-                     ") comes before the previous stage's phase ends (step ", busy_until,
-                     "); grow later or shorten learn_steps / mask_steps");
-      GrowthPoint p;
-      p.step = s;
-      p.from = arch;
-      p.to = growth::target_config(arch, st);  // errors when the stage does not fit
-      p.phase_end = s + (st.op == growth::Op::kLearn ? st.learn_steps : 0);
-      busy_until = s + (st.op == growth::Op::kLearn    ? st.learn_steps
-                        : st.op == growth::Op::kRandom ? st.mask_steps
-                                                       : 1);
-      STRATA_REQUIRE(p.to.max_seq_len >= seq_len, "--grow '", st.text, "': bad target");
-      arch = p.to;
-      growth_points.push_back(p);
-      ++k;
+  // Steps from s until cumulative FLOPs (per_step each) reach `target`: the smallest n with
+  // done + n * per_step >= target.
+  auto steps_to = [&](double target, double per_step) -> long {
+    if (done_flops >= target) return 0;
+    double n = std::ceil((target - done_flops) / per_step);
+    if (n > 1 && done_flops + (n - 1) * per_step >= target) n -= 1;
+    STRATA_REQUIRE(n < 9e15, "the FLOPs budget ", target, " needs more than 9e15 steps");
+    return static_cast<long>(n);
+  };
+  for (size_t k = 0; k < grow.size(); ++k) {
+    const growth::Stage& st = grow[k];
+    const double per_step = models::train_flops_per_token(arch, seq_len) * G;
+    long at = 0;  // the step after which the stage is due
+    switch (st.unit) {
+      case growth::Unit::kSteps: at = static_cast<long>(st.at); break;
+      case growth::Unit::kTokens: at = static_cast<long>(std::ceil(st.at / G)); break;
+      case growth::Unit::kFlops: at = s + steps_to(st.at, per_step); break;
     }
-    if (s >= limit) break;
-    if (steps == 0 && done_flops >= flops) break;
-    done_flops += models::train_flops_per_token(arch, seq_len) * G;
-    ++s;
+    at = std::max(at, s);
+    STRATA_REQUIRE(at > 0, "--grow '", st.text, "': the point is before the first step");
+    STRATA_REQUIRE(steps == 0 || at <= steps, "--grow '", st.text, "': its point (after step ", at,
+                   ") is not before the end of the run (", steps, " steps)");
+    if (steps == 0 && flops > 0) {
+      const long end = s + steps_to(flops, per_step);
+      STRATA_REQUIRE(at < end, "--grow '", st.text, "': its point (after step ", at,
+                     ") is not before the end of the run (the FLOPs budget ends it after step ", end, ")");
+    }
+    STRATA_REQUIRE(at >= busy_until, "--grow '", st.text, "': its point (after step ", at,
+                   ") comes before the previous stage's phase ends (step ", busy_until,
+                   "); grow later or shorten learn_steps / mask_steps");
+    done_flops += static_cast<double>(at - s) * per_step;
+    s = at;
+    GrowthPoint p;
+    p.step = s;
+    p.from = arch;
+    p.to = growth::target_config(arch, st);  // errors when the stage does not fit
+    p.phase_end = s + (st.op == growth::Op::kLearn ? st.learn_steps : 0);
+    busy_until = s + (st.op == growth::Op::kLearn    ? st.learn_steps
+                      : st.op == growth::Op::kRandom ? st.mask_steps
+                                                     : 1);
+    arch = p.to;
+    growth_points.push_back(p);
   }
-  if (steps == 0) steps = s;
-  STRATA_REQUIRE(k == grow.size(), "--grow '", grow[k].text,
-                 "': its point is not before the end of the run (", steps, " steps)");
+  if (steps == 0) steps = s + steps_to(flops, models::train_flops_per_token(arch, seq_len) * G);
 }
 
 double TrainConfig::lr_at(long step) const {

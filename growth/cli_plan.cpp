@@ -34,7 +34,8 @@ void run_plan(const PlanOptions& o) {
   in.flops = o.flops;
   in.n_params = o.params;
   const GuidelinePlan p = make_guideline_plan(in);
-  STRATA_REQUIRE(o.write.empty() || p.growth_happens, "--write ", o.write, ": growth at d = ", p.growth_tokens(),
+  STRATA_REQUIRE(o.write.empty() || p.growth_happens, "--write ", o.write,
+                 ": growth at d = ", p.growth_tokens(),
                  " tokens never happens within the budget; nothing written");
 
   std::fputs(format_plan(p, o.model).c_str(), stdout);
@@ -57,10 +58,13 @@ void add_plan_command(CLI::App& app) {
                   "Budget as tokens D of the target trained from scratch (the fit's C = 6 N D)");
   cmd->add_option("--flops", o->flops, "Budget as training FLOPs C (instead of --tokens)");
   cmd->add_option("--g", o->g, "Growth factor: the base model has n_layer / g layers (the paper: 4)");
-  cmd->add_option("--seq-len", o->seq_len, "Sequence length T of the FLOPs count (0 = the model's max_seq_len)");
-  cmd->add_option("--params", o->params,
-                  "N in the fit (default: the target's total parameter count; e.g. 7e9 for the paper's nominal 7B)");
-  cmd->add_option("--write", o->write, "Write the schedule as a config file for `strata --config FILE train`");
+  cmd->add_option("--seq-len", o->seq_len,
+                  "Sequence length T of the FLOPs count (0 = the model's max_seq_len)");
+  cmd->add_option(
+      "--params", o->params,
+      "N in the fit (default: the target's total parameter count; e.g. 7e9 for the paper's nominal 7B)");
+  cmd->add_option("--write", o->write,
+                  "Write the schedule as a config file for `strata --config FILE train`");
   cmd->callback([o] { run_plan(*o); });
 }
 

@@ -10,6 +10,8 @@
 namespace strata::growth {
 namespace {
 
+constexpr double kMaxBudgetTokens = 1e15;
+
 // The fit's coefficients (the spec's "Guidelines").
 constexpr double kLogNSlope = 0.88;
 constexpr double kLogCNumerator = 163.27;
@@ -143,7 +145,8 @@ GuidelinePlan make_guideline_plan(const GuidelineInput& in) {
   STRATA_REQUIRE(!(in.tokens && in.flops), "strata plan: give one budget, --tokens or --flops, not both");
   const double budget = in.tokens ? *in.tokens : *in.flops;
   const char* budget_flag = in.tokens ? "--tokens" : "--flops";
-  STRATA_REQUIRE(std::isfinite(budget) && budget > 0.0, budget_flag, " ", budget, ": must be a positive number");
+  STRATA_REQUIRE(std::isfinite(budget) && budget > 0.0, budget_flag, " ", budget,
+                 ": must be a positive number");
   STRATA_REQUIRE(in.g >= 2, "--g ", in.g, ": the growth factor must be at least 2");
   const models::ModelConfig& t = in.target;
   STRATA_REQUIRE(t.n_layer % in.g == 0, "--g ", in.g, " does not divide the target's ", t.n_layer,
@@ -178,6 +181,10 @@ GuidelinePlan make_guideline_plan(const GuidelineInput& in) {
     p.budget_flops = *in.flops;
     p.scratch_tokens = *in.flops / f_target;
   }
+  // Token counts are whole int64 numbers in the schedule; 1e15 (a thousand times the largest public runs)
+  // keeps every count of the plan far from overflow.
+  STRATA_REQUIRE(p.scratch_tokens <= kMaxBudgetTokens, "strata plan: the budget is ", p.scratch_tokens,
+                 " tokens of the target, beyond the ", kMaxBudgetTokens, " this calculator handles");
   STRATA_REQUIRE(p.formula_flops > 10.0, "strata plan: a budget of ", p.formula_flops,
                  " FLOPs is too small for the fit (log10(C) must be positive)");
   p.d = guideline_growth_tokens(p.n_params, p.formula_flops);
@@ -195,10 +202,12 @@ GuidelinePlan make_guideline_plan(const GuidelineInput& in) {
   // Warnings: outside the fit, or a plan that spends the budget badly.
   auto& w = p.warnings;
   if (p.n_params < fit_min_params() || p.n_params > fit_max_params())
-    w.push_back(cat("N = ", human(p.n_params), " parameters is outside the fit's range ", human(fit_min_params()),
-                    "..", human(fit_max_params()), " (the paper's 410M..3B targets): d is an extrapolation"));
+    w.push_back(cat("N = ", human(p.n_params), " parameters is outside the fit's range ",
+                    human(fit_min_params()), "..", human(fit_max_params()),
+                    " (the paper's 410M..3B targets): d is an extrapolation"));
   if (p.formula_flops < kFitMinFlops || p.formula_flops > kFitMaxFlops)
-    w.push_back(cat("C = ", sci(p.formula_flops), " FLOPs is outside ", sci(kFitMinFlops), "..", sci(kFitMaxFlops),
+    w.push_back(cat("C = ", sci(p.formula_flops), " FLOPs is outside ", sci(kFitMinFlops), "..",
+                    sci(kFitMaxFlops),
                     ", around the budgets of the paper's runs at the fitted sizes: d is an extrapolation"));
   if (!p.growth_happens)
     w.push_back(cat("the small phase alone (", human(p.d), " tokens of the ", p.base.n_layer,
@@ -229,9 +238,9 @@ std::string train_flags(const GuidelinePlan& p, const models::ModelOptions& mode
 std::string schedule_toml(const GuidelinePlan& p, const models::ModelOptions& model) {
   std::string s;
   s += cat("# Growth schedule written by `strata plan` (the paper's growth-timing guideline, G_stack).\n",
-           "# Use: strata --config THIS_FILE train --data DIR [other train options]\n",
-           "# Trains the ", p.base.n_layer, "-layer base of ", p.target.name, " for d = ", human(p.d),
-           " tokens, stacks it ", p.g, "x into the\n# ", p.target.n_layer, "-layer target, and stops at ",
+           "# Use: strata --config THIS_FILE train --data DIR [other train options]\n", "# Trains the ",
+           p.base.n_layer, "-layer base of ", p.target.name, " for d = ", human(p.d), " tokens, stacks it ",
+           p.g, "x into the\n# ", p.target.n_layer, "-layer target, and stops at ",
            human(static_cast<double>(p.total_tokens())), " tokens in all: the compute of ",
            human(p.scratch_tokens), " tokens of the target\n# from scratch (", sci(p.budget_flops),
            " FLOPs at T=", p.seq_len, "). The vocabulary follows the data's manifest unless vocab-size\n",
@@ -256,38 +265,42 @@ std::string format_plan(const GuidelinePlan& p, const models::ModelOptions& mode
            " parameters\n");
   s += cat("  base        ", p.base.name, ": ", p.base.n_layer, " layers (target / g, g = ", p.g, "); ",
            human(total_params(p.base)), " parameters\n");
-  s += cat("  N (fit)     ", sci(p.n_params),
-           p.n_params == total_params(p.target) ? " (the target's total parameter count)" : " (from --params)",
-           "\n");
+  s +=
+      cat("  N (fit)     ", sci(p.n_params),
+          p.n_params == total_params(p.target) ? " (the target's total parameter count)" : " (from --params)",
+          "\n");
   if (p.flops_given)
     s += cat("  budget      ", sci(p.formula_flops), " FLOPs, also the fit's C\n", "              = ",
              human(p.scratch_tokens), " tokens of the target from scratch at ", sci(p.large.flops_per_token),
              " FLOPs/token (6 N_matmul + 12 L C T, T = ", p.seq_len, ")\n");
   else
-    s += cat("  budget      ", human(p.scratch_tokens), " tokens of the target from scratch; C (fit) = 6 N D = ",
-             sci(p.formula_flops), " FLOPs\n", "              Strata's count: ", sci(p.budget_flops),
+    s += cat("  budget      ", human(p.scratch_tokens),
+             " tokens of the target from scratch; C (fit) = 6 N D = ", sci(p.formula_flops), " FLOPs\n",
+             "              Strata's count: ", sci(p.budget_flops),
              " FLOPs (6 N_matmul + 12 L C T per token, T = ", p.seq_len, ")\n");
   s += cat("\n  growth timing  log10(d) = 0.88 log10(N) + 163.27 / log10(C) - 5.74\n",
-           "                 d = ", human(p.d), " tokens (", p.growth_tokens(), ")\n\n");
+           "                 d = ", human(p.d), " tokens",
+           p.growth_happens ? cat(" (", p.growth_tokens(), ")") : std::string(), "\n\n");
 
   std::snprintf(line, sizeof(line), "  %-14s %-22s %12s %12s %12s %8s\n", "phase", "model", "tokens",
                 "FLOPs/token", "FLOPs", "share");
   s += line;
   auto row = [&](const char* name, const Phase& ph) {
     std::snprintf(line, sizeof(line), "  %-14s %-22s %12s %12s %12s %8s\n", name,
-                  cat(ph.model.n_layer, " layers").c_str(), human(ph.tokens).c_str(),
-                  sci(ph.flops_per_token).c_str(), sci(ph.flops).c_str(),
+                  cat(ph.model.n_layer, ph.model.n_layer == 1 ? " layer" : " layers").c_str(),
+                  human(ph.tokens).c_str(), sci(ph.flops_per_token).c_str(), sci(ph.flops).c_str(),
                   percent(ph.flops / p.budget_flops).c_str());
     s += line;
   };
   row("small (before)", p.small);
   row("large (after)", p.large);
   std::snprintf(line, sizeof(line), "  %-14s %-22s %12s %12s %12s %8s\n", "total", "",
-                human(p.small.tokens + p.large.tokens).c_str(), "", sci(p.small.flops + p.large.flops).c_str(),
+                human(p.small.tokens + p.large.tokens).c_str(), "",
+                sci(p.small.flops + p.large.flops).c_str(),
                 percent((p.small.flops + p.large.flops) / p.budget_flops).c_str());
   s += line;
-  s += cat("  (equal compute to the scratch run: the grown run sees ",
-           human(p.small.tokens + p.large.tokens), " tokens where scratch sees ", human(p.scratch_tokens), ")\n");
+  s += cat("  (equal compute to the scratch run: the grown run sees ", human(p.small.tokens + p.large.tokens),
+           " tokens where scratch sees ", human(p.scratch_tokens), ")\n");
 
   // The saving is measured, not predicted: quote every measurement, marking the nearest.
   const MeasuredSpeedup& m = nearest_speedup(p.n_params, p.scratch_tokens);
@@ -302,7 +315,8 @@ std::string format_plan(const GuidelinePlan& p, const models::ModelOptions& mode
   if (p.growth_happens)
     s += cat("\n  strata train ", train_flags(p, model), "\n");
   else
-    s += "\n  no schedule: the budget ends before the small model reaches d (a larger budget or a smaller g)\n";
+    s += "\n  no schedule: the budget ends before the small model reaches d (a larger budget or a smaller "
+         "g)\n";
   return s;
 }
 

@@ -62,8 +62,8 @@ const MeasuredSpeedup& nearest_speedup(double n_params, double scratch_tokens);
 struct GuidelineInput {
   models::ModelConfig target;
   int g = kPaperGrowthFactor;
-  int seq_len = 0;                // 0 = the target's max_seq_len
-  std::optional<double> tokens;   // exactly one of tokens / flops
+  int seq_len = 0;               // 0 = the target's max_seq_len
+  std::optional<double> tokens;  // exactly one of tokens / flops
   std::optional<double> flops;
   std::optional<double> n_params;  // N in the fit; default: the target's total parameter count
 };
@@ -79,14 +79,14 @@ struct GuidelinePlan {
   models::ModelConfig target, base;
   int g = 0;
   int seq_len = 0;
-  double n_params = 0.0;        // N in the fit
-  double formula_flops = 0.0;   // C in the fit (6 N D, or the FLOPs budget)
-  bool flops_given = false;     // budget given in FLOPs (else tokens)
-  double scratch_tokens = 0.0;  // D: tokens of a scratch run of the target with the budget
-  double budget_flops = 0.0;    // C_total = F(target) * D
-  double d = 0.0;               // the fit's growth timing, tokens
-  Phase small, large;           // large.tokens = 0 when the small phase spends the whole budget
-  bool growth_happens = true;   // C_small < C_total
+  double n_params = 0.0;              // N in the fit
+  double formula_flops = 0.0;         // C in the fit (6 N D, or the FLOPs budget)
+  bool flops_given = false;           // budget given in FLOPs (else tokens)
+  double scratch_tokens = 0.0;        // D: tokens of a scratch run of the target with the budget
+  double budget_flops = 0.0;          // C_total = F(target) * D
+  double d = 0.0;                     // the fit's growth timing, tokens
+  Phase small, large;                 // large.tokens = 0 when the small phase spends the whole budget
+  bool growth_happens = true;         // C_small < C_total
   std::vector<std::string> warnings;  // one line each, without a "warning:" prefix
 
   int64_t growth_tokens() const;  // d rounded to whole tokens (the `at=` of the schedule)

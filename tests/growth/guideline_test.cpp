@@ -4,8 +4,8 @@
 // growth::parse_stage).
 #include "growth/guideline.h"
 
-#include <CLI/CLI.hpp>
 #include <gtest/gtest.h>
+#include <CLI/CLI.hpp>
 
 #include <cmath>
 #include <filesystem>
@@ -40,7 +40,8 @@ bool has_warning(const GuidelinePlan& p, const std::string& fragment) {
   return false;
 }
 
-GuidelineInput input(const std::string& preset, std::optional<double> tokens, std::optional<double> flops = {}) {
+GuidelineInput input(const std::string& preset, std::optional<double> tokens,
+                     std::optional<double> flops = {}) {
   GuidelineInput in;
   in.target = models::preset(preset);
   in.tokens = tokens;
@@ -181,6 +182,8 @@ TEST(Guideline, BadInputIsOneLineError) {
   expect_one_line_error([] { make_guideline_plan(input("llama-1.1b", -5e9)); }, {"--tokens", "positive"});
   expect_one_line_error([] { make_guideline_plan(input("llama-1.1b", {}, 0.0)); }, {"--flops", "positive"});
   expect_one_line_error([] { make_guideline_plan(input("llama-1.1b", {}, std::nan(""))); }, {"--flops"});
+  expect_one_line_error([] { make_guideline_plan(input("llama-1.1b", 1e300)); }, {"beyond"});
+  expect_one_line_error([] { make_guideline_plan(input("llama-1.1b", {}, 5.0)); }, {"too small"});
   GuidelineInput g1 = input("llama-1.1b", 1e9);
   g1.g = 1;
   expect_one_line_error([&] { make_guideline_plan(g1); }, {"--g 1", "at least 2"});
@@ -261,8 +264,8 @@ TEST_F(PlanCli, WritesAScheduleThatReadsBack) {
   std::string out;
   ASSERT_EQ(run_strata("plan --model llama-1.1b --tokens 300e9 --write " + file, &out), 0) << out;
   const std::string text = read_file(file);
-  for (const char* part : {"[train]\n", "model = \"llama-1.1b\"\n", "n-layer = 6\n", "seq-len = 2048\n",
-                           "grow = [\"at="})
+  for (const char* part :
+       {"[train]\n", "model = \"llama-1.1b\"\n", "n-layer = 6\n", "seq-len = 2048\n", "grow = [\"at="})
     EXPECT_TRUE(contains(text, part)) << "lacks '" << part << "':\n" << text;
 
   const GuidelinePlan p = make_guideline_plan(input("llama-1.1b", 300e9));
@@ -287,10 +290,8 @@ TEST_F(PlanCli, WritesAScheduleThatReadsBack) {
 TEST_F(PlanCli, CustomShapeKeepsItsOverrides) {
   const std::string file = path("custom.toml");
   std::string out;
-  ASSERT_EQ(run_strata("plan --model llama-mini --d-model 512 --n-head 8 --n-kv-head 8 --n-layer 16 "
-                       "--flops 1e20 --g 2 --write " + file, &out),
-            0)
-      << out;
+  const std::string shape = "--model llama-mini --d-model 512 --n-head 8 --n-kv-head 8 --n-layer 16";
+  ASSERT_EQ(run_strata("plan " + shape + " --flops 1e20 --g 2 --write " + file, &out), 0) << out;
   const ReadBack r = read_schedule(file);
   const models::ModelConfig base = models::resolve_model(r.model);
   EXPECT_EQ(r.model.preset, "llama-mini");
@@ -300,6 +301,14 @@ TEST_F(PlanCli, CustomShapeKeepsItsOverrides) {
   EXPECT_EQ(base.n_kv_head, 8);
   EXPECT_EQ(r.seq_len, 512);
   EXPECT_TRUE(contains(out, "--model llama-mini --n-layer 8 --d-model 512 --n-head 8 --n-kv-head 8")) << out;
+  // `strata train` itself accepts every key: with no data it gets as far as looking for the shards. (A small
+  // model, since train builds the model before it opens the data; a large global batch, since it places the
+  // growth points by walking the run's steps.)
+  ASSERT_EQ(
+      run_strata("--config " + file + " train --global-batch-tokens 4096000 --data " + path("no_data"), &out),
+      1)
+      << out;
+  EXPECT_TRUE(contains(out, "train_*.bin")) << out;
 }
 
 TEST_F(PlanCli, WriteRefusesAScheduleThatNeverGrows) {
