@@ -211,7 +211,8 @@ GrowthPlan make_plan(const ModelConfig& from, const Stage& stage) {
     bool fan_out = false;
     if (n == "tok_embedding") {
       r.rows = AxisMap::identity(t.shape[0]);
-      // GPT-2 ties the LM head to this table: its columns are copied (the head's fan-in is then not split).
+      // GPT-2 ties the LM head to this table: its columns are copied; the head's fan-in split is applied
+      // through the final norm instead (below).
       r.cols = resid;
       fan_out = true;
     } else if (n == "pos_embedding") {
@@ -221,6 +222,10 @@ GrowthPlan make_plan(const ModelConfig& from, const Stage& stage) {
     } else if (n == "lm_head") {
       r.rows = AxisMap::identity(t.shape[0]);
       r.cols = resid_in;
+    } else if (direct && a.tied_embeddings() && (n == "final_norm" || n == "final_norm_bias")) {
+      // The tied LM head reads the final norm through the token embedding, whose columns are copied (they
+      // are the stream's input); the fan-in split of the head moves into the final norm's gain and bias.
+      r.rows = resid_in;
     } else if (is_norm_gain(n)) {
       r.rows = scaled(resid, a.d_model, gain);
       r.new_fill = LayerFill::kInit;  // ones

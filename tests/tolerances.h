@@ -62,4 +62,26 @@ constexpr double kAdamTol = 2e-6;
 constexpr double kNormTol = 1e-9;
 constexpr double kClippedNormTol = 1e-5;
 
+// ---- growth operators (tests/growth/growth_test.cpp), relative to the largest |logit| or |gradient|
+// kGrowthPreserveTol: a function-preserving growth recomputes the same logits through wider or reordered fp32
+// sums (split fan-ins alpha w + (1 - alpha) w, added zero terms): a few ulps.
+constexpr double kGrowthPreserveTol = 1e-5;
+// LLaMA hidden growth by zero/random with norm eps 1e-5: normed vectors move by up to eps (C'/C - 1) / (2 m),
+// stream mean square m ~ 1e-2 in the test models, so ~5e-4 per norm (measured 6e-4 on the logits, C'/C = 2).
+constexpr double kGrowthNormEpsTol = 2e-3;
+// Growth that is not function-preserving (direct at a non-integer ratio, GPT-2 LayerNorm under zero/random):
+// the norm's statistics change by O(10%), the logits by less than half their scale (measured 0.12, 0.06,
+// 0.06). Says "bounded" only.
+constexpr double kGrowthInexactBound = 0.5;
+// Noise e recovered from (W_noisy - (1 - a) W) / a over >= 2e3 draws per tensor: the sample mean and standard
+// deviation are within ~3 / sqrt(n) ~ 7% of the init's; fp32 cancellation adds ~1e-6.
+constexpr double kGrowthNoiseStatTol = 0.1;
+// G_learn dD vs central differences of the fp32 loss along W' += h W_j: the loss (~4) rounds at ~5e-7, over
+// 2h = 2e-2 is ~1e-4 of the largest |g| (~0.2); truncation h^2 |f'''| / 6 is smaller (measured 1.2e-4 total).
+constexpr double kGrowthFdStep = 1e-2;
+constexpr double kGrowthFdTol = 2e-3;
+// dD recovered from one Adam step (betas 0, eps 1: dD = -delta / (1 - |delta|)) vs the double dot product of
+// the fp32 gradients: D is fp32 near 1 (ulp 1.2e-7), and the step rounds m, v to fp32.
+constexpr double kGrowthLearnGradTol = 1e-5;
+
 }  // namespace strata::test
