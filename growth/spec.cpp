@@ -1,6 +1,7 @@
 #include "growth/spec.h"
 
 #include <cerrno>
+#include <charconv>
 #include <cmath>
 #include <cstdlib>
 #include <map>
@@ -55,6 +56,14 @@ int parse_layer(const std::string& list, const std::string& item, const std::str
   STRATA_REQUIRE(x >= 0 && x < L, "layer list '", list, "': layer ", x, " does not exist (the model has ", L,
                  " layers, 0-", L - 1, ")");
   return static_cast<int>(x);
+}
+
+// The shortest text that parses back to the same double (to_string() must round-trip: checkpoints compare
+// stages by it).
+std::string num(double x) {
+  char buf[64];
+  const auto r = std::to_chars(buf, buf + sizeof buf, x);
+  return std::string(buf, r.ptr);
 }
 
 }  // namespace
@@ -266,17 +275,17 @@ Stage parse_stage(const std::string& text) {
 }
 
 std::string Stage::to_string() const {
-  std::string s = cat("at=", at, " ", unit_name(unit), ",op=", op_name(op));
+  std::string s = cat("at=", num(at), " ", unit_name(unit), ",op=", op_name(op));
   if (g) s += cat(",g=", g);
   if (!layers.empty()) s += ",layers=" + layers;
   if (d_model) s += cat(",d_model=", d_model);
   if (d_ff) s += cat(",d_ff=", d_ff);
   if (n_head) s += cat(",n_head=", n_head);
   if (n_kv_head) s += cat(",n_kv_head=", n_kv_head);
-  if (noise > 0) s += cat(",noise=", noise);
+  if (noise > 0) s += cat(",noise=", num(noise));
   if (op == Op::kRandom) s += cat(",mask_steps=", mask_steps);
-  if (op == Op::kLearn) s += cat(",learn_steps=", learn_steps, ",learn_lr=", learn_lr);
-  if (op == Op::kDirect) s += cat(",split=", split);
+  if (op == Op::kLearn) s += cat(",learn_steps=", learn_steps, ",learn_lr=", num(learn_lr));
+  if (op == Op::kDirect) s += cat(",split=", num(split));
   s += cat(",optimizer=", optimizer == OptimizerPolicy::kReset ? "reset" : "map");
   s += cat(",schedule=", schedule == SchedulePolicy::kRestart ? "restart" : "continue");
   if (warmup >= 0) s += cat(",warmup=", warmup);

@@ -626,6 +626,25 @@ TEST(Spec, BadStagesAreOneLineErrorsNamingTheProblem) {
                           {"growth stage '" + text + "'", problem});
 }
 
+// Checkpoints and config.json store stages as to_string(), and a resumed run compares them: the text must
+// parse back to the same stage, whatever the numbers.
+TEST(Spec, CanonicalTextRoundTrips) {
+  for (const char* text : {"at=1234567 tokens,op=random,g=3,mask_steps=77,noise=0.123456789",
+                           "at=3.3333333333e13 flops,op=learn,layers=0-1,1*3,learn_steps=9,learn_lr=0.00012345678",
+                           "at=17 steps,op=direct,d_model=64,d_ff=96,split=0.61803398875,optimizer=map,"
+                           "schedule=continue,warmup=3"}) {
+    const growth::Stage a = growth::parse_stage(text);
+    const growth::Stage b = growth::parse_stage(a.to_string());
+    EXPECT_EQ(b.to_string(), a.to_string()) << text;
+    EXPECT_EQ(b.at, a.at) << text;
+    EXPECT_EQ(b.noise, a.noise) << text;
+    EXPECT_EQ(b.learn_lr, a.learn_lr) << text;
+    EXPECT_EQ(b.split, a.split) << text;
+    EXPECT_EQ(b.layers, a.layers) << text;
+    EXPECT_EQ(b.warmup, a.warmup) << text;
+  }
+}
+
 TEST(Spec, TargetConfigs) {
   const ModelConfig c = config(Family::kLlama);
   const ModelConfig deep = target_config(c, parse_stage("at=1,op=stack,g=4"));
