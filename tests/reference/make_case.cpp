@@ -9,8 +9,12 @@
 //                       "schedule": {kind, max_lr, min_lr_frac, warmup_steps, total_steps, decay_frac}}
 //   init.safetensors   strata::init_params(seed), saved by save_params_safetensors (F32, layer-indexed)
 //   batch.safetensors  "inputs", "targets": I32 (B,T), seeded uniform tokens; a few targets are -1 (ignored)
+//   grow_small.safetensors   the small model the growth cases grow: init.safetensors with every gain and bias
+//                      (all ones and zeros at init, so the same in every layer) moved by a seeded uniform
+//                      offset in [-0.25, 0.25), so a growth operator that fails to copy or zero one shows
 // tests/reference/torch_reference.py then adds golden.safetensors, and tests/engine/reference_test.cpp
-// compares the engine against it.
+// compares the engine against it; tests/reference/torch_growth_reference.py grows grow_small in torch and
+// adds grown_<growth>.safetensors, which tests/growth/reference_growth_test.cpp compares against.
 #include <cstdint>
 #include <cstdio>
 #include <exception>
@@ -103,6 +107,20 @@ void write_case(const Case& c, const std::filesystem::path& dir) {
   strata::ParamBuffer params(layout);
   strata::init_params(params, c.init_seed);
   strata::save_params_safetensors((dir / "init.safetensors").string(), params,
+                                  {{"case", c.name}, {"generator", "tests/reference/make_case"}});
+
+  // The growth cases' small model: gains and biases off their constant init (53-bit uniforms from
+  // mt19937_64, whose sequence the standard fixes, unlike std's distributions).
+  std::mt19937_64 grow_rng(c.init_seed ^ 0x67726f77ull);  // "grow"
+  for (const strata::ParamEntry& e : layout.entries()) {
+    if (e.spec.shape.size() != 1) continue;
+    float* w = params.tensor(e.spec.name);
+    for (int64_t i = 0; i < e.numel(); ++i) {
+      const double u = static_cast<double>(grow_rng() >> 11) * 0x1.0p-53;
+      w[i] += static_cast<float>(0.5 * u - 0.25);
+    }
+  }
+  strata::save_params_safetensors((dir / "grow_small.safetensors").string(), params,
                                   {{"case", c.name}, {"generator", "tests/reference/make_case"}});
 
   // Uniform tokens from a portable generator (mt19937_64's sequence is fixed by the standard; the modulo

@@ -8,7 +8,10 @@
 #    loops, autograd against finite differences, training lowers the loss, schedules at known points);
 # 2. builds reference_make_case and writes each case's case.json, init.safetensors, batch.safetensors;
 # 3. runs tests/reference/torch_reference.py on each case (golden.safetensors), with the float32-torch error
-#    report that the tolerances of tests/engine/reference_test.cpp are set against.
+#    report that the tolerances of tests/engine/reference_test.cpp are set against;
+# 4. runs tests/reference/torch_growth_reference.py on each case: grows grow_small.safetensors in torch by
+#    G_stack / G_zero (grown_<growth>.safetensors, compared by tests/growth/reference_growth_test.cpp), with
+#    the same float32 report.
 # CI never runs this: it uses the committed files and needs no torch.
 set -euo pipefail
 
@@ -33,5 +36,6 @@ for c in $("$build/tests/reference_make_case" --list); do
   echo "== case $c" >&2
   "$build/tests/reference_make_case" "$c" "$out/$c"
   "$py" "$root/tests/reference/torch_reference.py" "$out/$c" --fp32-report
+  "$py" "$root/tests/reference/torch_growth_reference.py" "$out/$c" --fp32-report
   du -ch "$out/$c"/* | tail -n 1 | sed "s|total|$out/$c|"
 done
