@@ -23,10 +23,13 @@ void TrainConfig::finalize() {
   STRATA_REQUIRE(steps == 0 || tokens == 0 || tokens == steps * global_batch_tokens,
                  "--steps and --tokens disagree (", steps, " steps x ", global_batch_tokens,
                  " tokens != ", tokens, "); give one");
-  STRATA_REQUIRE(flops == 0 || (steps == 0 && tokens == 0),
-                 "--flops is a run length like --steps and --tokens; give one");
   if (steps == 0 && tokens > 0) steps = (tokens + global_batch_tokens - 1) / global_batch_tokens;
+  // A FLOPs budget determines the steps; steps given as well (a resumed run's config holds both) must agree.
+  const int64_t given_steps = flops > 0 ? steps : 0;
+  if (flops > 0) steps = 0;
   resolve_growth();
+  STRATA_REQUIRE(given_steps == 0 || given_steps == steps, "--flops ", flops, " ends the run after ", steps,
+                 " steps, but --steps / --tokens say ", given_steps, "; give one");
   tokens = steps * global_batch_tokens;
   schedule.total_steps = steps;
   schedule.validate();

@@ -399,8 +399,8 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
   };
 
   const long last = cfg.stop_at > 0 ? std::min<long>(cfg.stop_at, cfg.steps) : cfg.steps;
+  const StopSignals signals;  // from here on a signal ends the run with a checkpoint
   if (step == 0 && cfg.eval_every > 0) do_eval();
-  const StopSignals signals;
   int interrupted = 0;
   auto do_growth = [&] {
     const size_t k = next_stage;

@@ -354,6 +354,16 @@ TEST_F(TrainCli, FlopsBudgetSetsTheRunLength) {
   args.replace(args.find(" --steps 8"), 10, " --flops " + budget);
   ASSERT_EQ(run_strata(args, &out), 0) << out;
   EXPECT_TRUE(fs::exists(root_ / "g_flops" / "ckpt-00000007")) << out;
+  EXPECT_FALSE(fs::exists(root_ / "g_flops" / "ckpt-00000008")) << out;
+  // A FLOPs-budget run resumes like any other (its saved config holds the budget and the resolved steps).
+  std::string cut = args;
+  cut.replace(cut.find("g_flops"), 7, "g_flops_cut");
+  ASSERT_EQ(run_strata(cut + " --stop-at 4", &out), 0) << out;
+  ASSERT_EQ(run_strata("train --resume " + (root_ / "g_flops_cut").string(), &out), 0) << out;
+  EXPECT_EQ(bytes_of(root_ / "g_flops" / "ckpt-00000007" / "model.safetensors"),
+            bytes_of(root_ / "g_flops_cut" / "ckpt-00000007" / "model.safetensors"));
+  // --flops and --steps that disagree.
+  expect_error(args + " --steps 3", {"--flops", "give one"});
 }
 
 TEST_F(TrainCli, BadGrowthSpecsFailAtStartupWithOneLine) {
