@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <random>
@@ -33,6 +34,14 @@ class TempDirTest : public ::testing::Test {
   std::filesystem::path dir_;
 };
 
+// n token ids uniform in [0, V) from a seeded stream (portable: mt19937_64 and a modulo).
+inline std::vector<int32_t> random_tokens(size_t n, int V, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> t(n);
+  for (auto& x : t) x = static_cast<int32_t>(rng() % static_cast<uint64_t>(V));
+  return t;
+}
+
 // Runs the strata binary built with the tests with `args` (shell syntax); returns its exit status and
 // captures stdout + stderr into *output.
 inline int run_strata(const std::string& args, std::string* output) {
@@ -56,7 +65,8 @@ void expect_one_line_error(Fn&& fn, const std::vector<std::string>& fragments) {
   } catch (const strata::Error& e) {
     const std::string msg = e.what();
     EXPECT_EQ(msg.find('\n'), std::string::npos) << "not one line: " << msg;
-    for (const auto& f : fragments) EXPECT_NE(msg.find(f), std::string::npos) << "lacks '" << f << "': " << msg;
+    for (const auto& f : fragments)
+      EXPECT_NE(msg.find(f), std::string::npos) << "lacks '" << f << "': " << msg;
   }
 }
 

@@ -30,13 +30,6 @@ models::ModelConfig config(models::Family f) {
   return c;
 }
 
-std::vector<int32_t> random_tokens(size_t n, int V, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = static_cast<int32_t>(rng() % static_cast<uint64_t>(V));
-  return t;
-}
-
 // Max |a-b| / max |b| over a buffer.
 double rel_err(const float* a, const float* b, int64_t n) {
   double err = 0, scale = 0;
@@ -53,8 +46,8 @@ class ModelTest : public ::testing::TestWithParam<models::Family> {};
 TEST_P(ModelTest, AccumulatedMicroBatchesEqualOneLargeBatch) {
   const models::ModelConfig cfg = config(GetParam());
   const int B = 2, T = 7, k = 3;
-  const auto in = random_tokens(static_cast<size_t>(k) * B * T, cfg.vocab_size, 1);
-  const auto tg = random_tokens(in.size(), cfg.vocab_size, 2);
+  const auto in = test::random_tokens(static_cast<size_t>(k) * B * T, cfg.vocab_size, 1);
+  const auto tg = test::random_tokens(in.size(), cfg.vocab_size, 2);
   Model big(cfg, k * B, T), small(cfg, B, T);
   init_params(big.params(), 5);
   init_params(small.params(), 5);
@@ -76,7 +69,7 @@ TEST_P(ModelTest, GeneratorWithKvCacheMatchesFullForward) {
   const int T = 11;
   Model m(cfg, 1, T);
   init_params(m.params(), 9);
-  const auto in = random_tokens(T, cfg.vocab_size, 3);
+  const auto in = test::random_tokens(T, cfg.vocab_size, 3);
   m.forward(in.data(), nullptr);
   Generator gen(m.params());
   // A prompt of 4 tokens, then one token at a time: every step's logits equal the full forward's row.
@@ -96,8 +89,8 @@ TEST_P(ModelTest, IgnoredTargetsDoNotContribute) {
   const int B = 2, T = 6;
   Model m(cfg, B, T);
   init_params(m.params(), 4);
-  const auto in = random_tokens(B * T, cfg.vocab_size, 5);
-  auto tg = random_tokens(B * T, cfg.vocab_size, 6);
+  const auto in = test::random_tokens(B * T, cfg.vocab_size, 5);
+  auto tg = test::random_tokens(B * T, cfg.vocab_size, 6);
   m.forward(in.data(), tg.data());
   std::vector<float> losses(m.losses(), m.losses() + B * T);
   tg[3] = kIgnoreIndex;
@@ -122,7 +115,7 @@ TEST_P(ModelTest, ForwardBackwardIsDeterministic) {
   Model a(cfg, 3, 8), b(cfg, 3, 8);
   init_params(a.params(), 1);
   init_params(b.params(), 1);
-  const auto in = random_tokens(24, cfg.vocab_size, 7), tg = random_tokens(24, cfg.vocab_size, 8);
+  const auto in = test::random_tokens(24, cfg.vocab_size, 7), tg = test::random_tokens(24, cfg.vocab_size, 8);
   for (Model* m : {&a, &b}) {
     m->zero_grad();
     m->forward(in.data(), tg.data());

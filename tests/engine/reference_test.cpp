@@ -63,18 +63,9 @@ class ReferenceTest : public ::testing::TestWithParam<const char*> {
     T_ = json_.at("T").get<int>();
     steps_ = json_.at("steps").get<int>();
     const SafetensorsFile batch = SafetensorsFile::open(dir_ + "batch.safetensors");
-    inputs_ = ints(batch, "inputs");
-    targets_ = ints(batch, "targets");
+    inputs_ = test::batch_ints(batch, "inputs", B_, T_);
+    targets_ = test::batch_ints(batch, "targets", B_, T_);
     ASSERT_NE(std::count(targets_.begin(), targets_.end(), kIgnoreIndex), 0) << "the case ignores no target";
-  }
-
-  std::vector<int32_t> ints(const SafetensorsFile& f, const std::string& name) {
-    const SafeTensor& t = f.get(name);
-    EXPECT_EQ(t.dtype, DType::kI32);
-    EXPECT_EQ(t.shape, (std::vector<int64_t>{B_, T_}));
-    std::vector<int32_t> v(static_cast<size_t>(t.numel()));
-    std::copy_n(reinterpret_cast<const uint8_t*>(t.data), t.bytes, reinterpret_cast<uint8_t*>(v.data()));
-    return v;
   }
 
   std::string dir_;

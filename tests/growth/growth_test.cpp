@@ -47,13 +47,6 @@ ModelConfig config(Family f) {
   return c;
 }
 
-std::vector<int32_t> random_tokens(size_t n, int V, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = static_cast<int32_t>(rng() % static_cast<uint64_t>(V));
-  return t;
-}
-
 // A "trained-like" model: the init distribution, then gains off 1 and biases off 0, so that no rescaled or
 // copied norm parameter is trivially 1 or 0.
 void randomise(ParamBuffer& p, uint64_t seed) {
@@ -224,7 +217,7 @@ constexpr long kGrowthStep = 100;
 Logits grow_and_compare(const ModelConfig& c, const std::string& spec, long steps_since = 0) {
   Model m(c, kB, kT);
   randomise(m.params(), 21);
-  const auto in = random_tokens(static_cast<size_t>(kB) * kT, c.vocab_size, 5);
+  const auto in = test::random_tokens(static_cast<size_t>(kB) * kT, c.vocab_size, 5);
   Logits r;
   r.before = logits_of(m, in);
   const GrowthPlan p = plan_of(c, spec);
@@ -529,8 +522,8 @@ TEST(LearnedDepthTest, StartsAtStackAndItsGradientMatchesFiniteDifferences) {
   ld.materialise(big.params());
   EXPECT_TRUE(same_bits(big.params().data(), stacked.data(), stacked.numel()));
 
-  const auto in = random_tokens(static_cast<size_t>(kB) * kT, c.vocab_size, 6);
-  const auto tg = random_tokens(in.size(), c.vocab_size, 7);
+  const auto in = test::random_tokens(static_cast<size_t>(kB) * kT, c.vocab_size, 6);
+  const auto tg = test::random_tokens(in.size(), c.vocab_size, 7);
   big.zero_grad();
   big.forward(in.data(), tg.data());
   big.backward();
@@ -580,8 +573,8 @@ TEST(LearnedDepthTest, LearnStepsLowerTheLossOnAFixedBatch) {
   Model big(p.to, kB, kT);
   apply_params(p, small, big.params(), 1);
   LearnedDepth ld(p, small, 0.9, 0.95, 1e-8);
-  const auto in = random_tokens(static_cast<size_t>(kB) * kT, c.vocab_size, 8);
-  const auto tg = random_tokens(in.size(), c.vocab_size, 9);
+  const auto in = test::random_tokens(static_cast<size_t>(kB) * kT, c.vocab_size, 8);
+  const auto tg = test::random_tokens(in.size(), c.vocab_size, 9);
   const float first = big.evaluate(in.data(), tg.data());
   for (int s = 0; s < 10; ++s) {
     ld.materialise(big.params());
@@ -629,10 +622,11 @@ TEST(Spec, BadStagesAreOneLineErrorsNamingTheProblem) {
 // Checkpoints and config.json store stages as to_string(), and a resumed run compares them: the text must
 // parse back to the same stage, whatever the numbers.
 TEST(Spec, CanonicalTextRoundTrips) {
-  for (const char* text : {"at=1234567 tokens,op=random,g=3,mask_steps=77,noise=0.123456789",
-                           "at=3.3333333333e13 flops,op=learn,layers=0-1,1*3,learn_steps=9,learn_lr=0.00012345678",
-                           "at=17 steps,op=direct,d_model=64,d_ff=96,split=0.61803398875,optimizer=map,"
-                           "schedule=continue,warmup=3"}) {
+  for (const char* text :
+       {"at=1234567 tokens,op=random,g=3,mask_steps=77,noise=0.123456789",
+        "at=3.3333333333e13 flops,op=learn,layers=0-1,1*3,learn_steps=9,learn_lr=0.00012345678",
+        "at=17 steps,op=direct,d_model=64,d_ff=96,split=0.61803398875,optimizer=map,"
+        "schedule=continue,warmup=3"}) {
     const growth::Stage a = growth::parse_stage(text);
     const growth::Stage b = growth::parse_stage(a.to_string());
     EXPECT_EQ(b.to_string(), a.to_string()) << text;

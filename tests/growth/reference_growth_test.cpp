@@ -84,18 +84,9 @@ class ReferenceGrowthTest : public ::testing::TestWithParam<GrowthCase> {
     B_ = j.at("B").get<int>();
     T_ = j.at("T").get<int>();
     const SafetensorsFile batch = SafetensorsFile::open(dir_ + "batch.safetensors");
-    inputs_ = ints(batch, "inputs");
-    targets_ = ints(batch, "targets");
+    inputs_ = test::batch_ints(batch, "inputs", B_, T_);
+    targets_ = test::batch_ints(batch, "targets", B_, T_);
     plan_ = growth::make_plan(cfg_, growth::parse_stage(GetParam().stage));
-  }
-
-  std::vector<int32_t> ints(const SafetensorsFile& f, const std::string& name) {
-    const SafeTensor& t = f.get(name);
-    EXPECT_EQ(t.dtype, DType::kI32);
-    EXPECT_EQ(t.shape, (std::vector<int64_t>{B_, T_}));
-    std::vector<int32_t> v(static_cast<size_t>(t.numel()));
-    std::copy_n(reinterpret_cast<const uint8_t*>(t.data), t.bytes, reinterpret_cast<uint8_t*>(v.data()));
-    return v;
   }
 
   // The small model, loaded from grow_small.safetensors.

@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "engine/safetensors.h"
+
 namespace strata::test {
 
 struct RefError {
@@ -60,6 +62,17 @@ inline double expect_close_to_reference(const std::string& what, const float* go
 inline double expect_close_to_reference(const std::string& what, const float* got,
                                         const std::vector<float>& want, double tol, double scale = -1) {
   return expect_close_to_reference(what, got, want.data(), want.size(), tol, scale);
+}
+
+// A (B, T) int32 tensor of a case's batch file (inputs or targets).
+inline std::vector<int32_t> batch_ints(const SafetensorsFile& f, const std::string& name, int64_t B,
+                                       int64_t T) {
+  const SafeTensor& t = f.get(name);
+  EXPECT_EQ(t.dtype, DType::kI32) << name;
+  EXPECT_EQ(t.shape, (std::vector<int64_t>{B, T})) << name;
+  std::vector<int32_t> v(static_cast<size_t>(t.numel()));
+  std::copy_n(reinterpret_cast<const uint8_t*>(t.data), t.bytes, reinterpret_cast<uint8_t*>(v.data()));
+  return v;
 }
 
 }  // namespace strata::test
