@@ -62,32 +62,45 @@ void run_plan(const GrowthPlan& plan, const ParamBuffer& src, ParamBuffer& dst, 
                    src.layout().config().d_model == plan.from.d_model &&
                    dst.layout().config().d_model == plan.to.d_model,
                "growth: buffers do not match the plan's architectures");
-  std::vector<float> fresh;
   for (const TensorRule& r : plan.tensors) {
     const ParamEntry& de = entry(dst, r.name);
     const ParamEntry& se = entry(src, r.name);
     const int64_t per = de.spec.numel_per_layer(), sper = se.spec.numel_per_layer();
     const int64_t scols = se.spec.shape.size() == 2 ? se.spec.shape[1] : 1;
     const bool need_fresh = !moments && r.new_fill == LayerFill::kInit && has_new(r);
-    for (size_t l = 0; l < r.layers.size(); ++l) {
-      const LayerRule& lr = r.layers[l];
-      float* out = dst.data() + de.offset + static_cast<int64_t>(l) * per;
+    // One target layer; `fresh` is the caller's scratch for init draws of new elements.
+    auto fill_layer = [&](int64_t l, std::vector<float>& fresh) {
+      const LayerRule& lr = r.layers[static_cast<size_t>(l)];
+      float* out = dst.data() + de.offset + l * per;
       if (lr.fill == LayerFill::kZero || (moments && lr.fill == LayerFill::kInit)) {
         std::fill(out, out + per, 0.0f);
-        continue;
+        return;
       }
       if (lr.fill == LayerFill::kInit) {
-        fill_init(de.spec.init, out, per, growth_stream(seed, "init", r.name, static_cast<int64_t>(l)));
-        continue;
+        fill_init(de.spec.init, out, per, growth_stream(seed, "init", r.name, l));
+        return;
       }
       STRATA_CHECK(lr.src >= 0 && lr.src < se.layers, "growth: source layer ", lr.src, " of ", r.name);
       if (need_fresh) {
         fresh.resize(static_cast<size_t>(per));
-        fill_init(de.spec.init, fresh.data(), per,
-                  growth_stream(seed, "new", r.name, static_cast<int64_t>(l)));
+        fill_init(de.spec.init, fresh.data(), per, growth_stream(seed, "new", r.name, l));
       }
       gather(r, src.data() + se.offset + static_cast<int64_t>(lr.src) * sper, scols, out,
              need_fresh ? fresh.data() : nullptr, moments);
+    };
+    const int64_t layers = static_cast<int64_t>(r.layers.size());
+    if (layers == 1) {
+      std::vector<float> fresh;
+      fill_layer(0, fresh);  // gather parallelises over rows
+      continue;
+    }
+    // Layers in parallel (each init draw is one serial stream per layer); gather's own loop runs nested, so
+    // on one thread.
+#pragma omp parallel
+    {
+      std::vector<float> fresh;
+#pragma omp for schedule(dynamic)
+      for (int64_t l = 0; l < layers; ++l) fill_layer(l, fresh);
     }
   }
 }
@@ -98,16 +111,19 @@ void apply_params(const GrowthPlan& plan, const ParamBuffer& src, ParamBuffer& d
   run_plan(plan, src, dst, seed, false);
   const double a = plan.stage.noise;
   if (a <= 0) return;
-  std::vector<float> e;
   for (const ParamEntry& de : dst.layout().entries()) {
     if (!de.spec.per_layer) continue;
     const int64_t per = de.spec.numel_per_layer();
-    e.resize(static_cast<size_t>(per));
-    for (int64_t l = 0; l < de.layers; ++l) {
-      fill_init(de.spec.init, e.data(), per, growth_stream(seed, "noise", de.spec.name, l));
-      float* w = dst.data() + de.offset + l * per;
-      for (int64_t i = 0; i < per; ++i)
-        w[i] = static_cast<float>((1.0 - a) * w[i] + a * e[static_cast<size_t>(i)]);
+#pragma omp parallel
+    {
+      std::vector<float> e(static_cast<size_t>(per));
+#pragma omp for schedule(dynamic)
+      for (int64_t l = 0; l < de.layers; ++l) {
+        fill_init(de.spec.init, e.data(), per, growth_stream(seed, "noise", de.spec.name, l));
+        float* w = dst.data() + de.offset + l * per;
+        for (int64_t i = 0; i < per; ++i)
+          w[i] = static_cast<float>((1.0 - a) * w[i] + a * e[static_cast<size_t>(i)]);
+      }
     }
   }
 }
