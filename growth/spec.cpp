@@ -3,6 +3,7 @@
 #include <cerrno>
 #include <charconv>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <set>
@@ -39,10 +40,12 @@ double parse_number(const std::string& ctx, const std::string& key, const std::s
   return x;
 }
 
-long parse_int(const std::string& ctx, const std::string& key, const std::string& v, long min) {
+long parse_int(const std::string& ctx, const std::string& key, const std::string& v, long min,
+               long max = 1L << 50) {
   const double x = parse_number(ctx, key, v);
   STRATA_REQUIRE(x == std::floor(x) && std::fabs(x) < 9e15, ctx, key, "=", v, " must be an integer");
-  STRATA_REQUIRE(x >= static_cast<double>(min), ctx, key, "=", v, " must be at least ", min);
+  STRATA_REQUIRE(x >= static_cast<double>(min) && x <= static_cast<double>(max), ctx, key, "=", v,
+                 " must be in [", min, ", ", max, "]");
   return static_cast<long>(x);
 }
 
@@ -118,19 +121,22 @@ std::vector<int> parse_layer_list(const std::string& text, int L) {
       STRATA_REQUIRE(!r.empty() && end == r.c_str() + r.size() && errno == 0 && repeat >= 1 && repeat <= 4096,
                      "layer list '", text, "': repeat count in '", item, "' must be an integer in [1, 4096]");
     }
+    constexpr long kMaxLayers = 65536;
     std::vector<int> run;
     if (const size_t dash = body.find('-'); dash != std::string::npos) {
       const int a = parse_layer(text, item, trim(body.substr(0, dash)), L);
       const int b = parse_layer(text, item, trim(body.substr(dash + 1)), L);
       STRATA_REQUIRE(a <= b, "layer list '", text, "': range '", body, "' runs backwards");
+      STRATA_REQUIRE(static_cast<long>(b) - a < kMaxLayers, "layer list '", text, "': range '", body,
+                     "' is longer than ", kMaxLayers, " layers");
       for (int l = a; l <= b; ++l) run.push_back(l);
     } else {
       run.push_back(parse_layer(text, item, body, L));
     }
+    STRATA_REQUIRE(static_cast<long>(out.size()) + static_cast<long>(run.size()) * repeat <= kMaxLayers,
+                   "layer list '", text, "' expands to more than ", kMaxLayers, " layers");
     for (long k = 0; k < repeat; ++k) out.insert(out.end(), run.begin(), run.end());
   }
-  STRATA_REQUIRE(out.size() <= 65536, "layer list '", text, "' expands to ", out.size(),
-                 " layers (max 65536)");
   return out;
 }
 
@@ -148,6 +154,19 @@ std::vector<int> target_layers(const Stage& s, int L) {
 }
 
 Stage parse_stage(const std::string& text) {
+  // Every message quotes the text, so it must not contain line breaks or other control characters.
+  for (size_t i = 0; i < text.size(); ++i) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c < 0x20 || c == 0x7f) {
+      std::string shown;
+      for (unsigned char ch : text) {
+        char buf[8];
+        std::snprintf(buf, sizeof buf, "\\x%02x", ch);
+        shown += (ch < 0x20 || ch == 0x7f) ? std::string(buf) : std::string(1, static_cast<char>(ch));
+      }
+      STRATA_FAIL("growth stage '", shown, "': control character at byte ", i);
+    }
+  }
   Stage s;
   s.text = text;
   const std::string ctx = "growth stage '" + text + "': ";
@@ -213,13 +232,13 @@ Stage parse_stage(const std::string& text) {
     } else if (key == "layers") {
       s.layers = value;
     } else if (key == "d_model") {
-      s.d_model = static_cast<int>(parse_int(ctx, key, value, 1));
+      s.d_model = static_cast<int>(parse_int(ctx, key, value, 1, 1 << 24));
     } else if (key == "d_ff") {
-      s.d_ff = static_cast<int>(parse_int(ctx, key, value, 1));
+      s.d_ff = static_cast<int>(parse_int(ctx, key, value, 1, 1 << 24));
     } else if (key == "n_head") {
-      s.n_head = static_cast<int>(parse_int(ctx, key, value, 1));
+      s.n_head = static_cast<int>(parse_int(ctx, key, value, 1, 1 << 24));
     } else if (key == "n_kv_head") {
-      s.n_kv_head = static_cast<int>(parse_int(ctx, key, value, 1));
+      s.n_kv_head = static_cast<int>(parse_int(ctx, key, value, 1, 1 << 24));
     } else if (key == "noise") {
       s.noise = parse_number(ctx, key, value);
       STRATA_REQUIRE(s.noise >= 0 && s.noise < 1, ctx, "noise=", value, " must be in [0, 1)");

@@ -26,7 +26,7 @@ if [[ "${STRATA_SKIP_FUZZ:-0}" != 1 ]]; then
   echo "== libFuzzer targets, ${STRATA_FUZZ_SECONDS:-60} s each"
   cmake --preset fuzz >/dev/null
   cmake --build --preset fuzz -j "$jobs"
-  for f in fuzz_tokenizer fuzz_shard fuzz_safetensors; do
+  for f in fuzz_tokenizer fuzz_shard fuzz_safetensors fuzz_growth_spec; do
     corpus="build/fuzz/corpus/$f"
     mkdir -p "$corpus"
     cp tests/fuzz/seeds/"$f"/* "$corpus"/ 2>/dev/null || true

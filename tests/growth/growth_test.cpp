@@ -619,6 +619,18 @@ TEST(Spec, BadStagesAreOneLineErrorsNamingTheProblem) {
                           {"growth stage '" + text + "'", problem});
 }
 
+// Messages quote the stage, so a line break inside it is refused (shown escaped) rather than echoed.
+TEST(Spec, ControlCharactersAreRefusedOnOneLine) {
+  try {
+    growth::parse_stage("at=3 steps,op=stack,\ng=2");
+    FAIL() << "accepted a newline";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_EQ(m.find('\n'), std::string::npos) << m;
+    EXPECT_NE(m.find("\\x0a"), std::string::npos) << m;
+  }
+}
+
 // Checkpoints and config.json store stages as to_string(), and a resumed run compares them: the text must
 // parse back to the same stage, whatever the numbers.
 TEST(Spec, CanonicalTextRoundTrips) {
