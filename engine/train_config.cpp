@@ -36,8 +36,6 @@ void TrainConfig::finalize() {
   for (size_t k = 0; k < grow.size(); ++k) {
     GrowthPoint& p = growth_points[k];
     const growth::Stage& st = grow[k];
-    STRATA_REQUIRE(p.step < steps, "--grow '", st.text, "': its point (after step ", p.step,
-                   ") is not before the end of the run (", steps, " steps)");
     STRATA_REQUIRE(p.phase_end < steps, "--grow '", st.text, "': its learn phase ends at step ", p.phase_end,
                    ", not before the end of the run (", steps, " steps)");
     p.schedule = schedule;
@@ -83,13 +81,19 @@ void TrainConfig::resolve_growth() {
     const double per_step = models::train_flops_per_token(arch, seq_len) * G;
     long at = 0;  // the step after which the stage is due
     switch (st.unit) {
-      case growth::Unit::kSteps: at = static_cast<long>(st.at); break;
-      case growth::Unit::kTokens: at = static_cast<long>(std::ceil(st.at / G)); break;
-      case growth::Unit::kFlops: at = s + steps_to(st.at, per_step); break;
+      case growth::Unit::kSteps:
+        at = static_cast<long>(st.at);
+        break;
+      case growth::Unit::kTokens:
+        at = static_cast<long>(std::ceil(st.at / G));
+        break;
+      case growth::Unit::kFlops:
+        at = s + steps_to(st.at, per_step);
+        break;
     }
     at = std::max(at, s);
     STRATA_REQUIRE(at > 0, "--grow '", st.text, "': the point is before the first step");
-    STRATA_REQUIRE(steps == 0 || at <= steps, "--grow '", st.text, "': its point (after step ", at,
+    STRATA_REQUIRE(steps == 0 || at < steps, "--grow '", st.text, "': its point (after step ", at,
                    ") is not before the end of the run (", steps, " steps)");
     if (steps == 0 && flops > 0) {
       const long end = s + steps_to(flops, per_step);

@@ -253,9 +253,7 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
   size_t next_stage = 0;
   nlohmann::json growth_history = nlohmann::json::array();
   growth::GrowthMask mask;
-  std::unique_ptr<growth::LearnedDepth> learned;
-  long learn_end = 0;
-  double learn_lr = 0.0;
+  std::unique_ptr<growth::LearnedDepth> learned;  // set during a G_learn phase (of stage next_stage - 1)
   if (resume_info) {
     const CheckpointInfo& info = *resume_info;
     STRATA_REQUIRE(info.has_optimizer(), "checkpoint ", resume_ckpt,
@@ -309,8 +307,6 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
                                                          cfg.adamw.beta1, cfg.adamw.beta2, cfg.adamw.eps);
         learned->load(open_checkpoint_file(resume_ckpt, "growth.safetensors"),
                       info.trainer.at("growth").at("learn_t").get<long>());
-        learn_end = gp.phase_end;
-        learn_lr = cfg.grow[k].learn_lr;
       }
     }
   } else {
@@ -421,11 +417,7 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
       learned = std::make_unique<growth::LearnedDepth>(plan, model.params(), cfg.adamw.beta1, cfg.adamw.beta2,
                                                        cfg.adamw.eps);
     growth::grow_in_place(plan, model, opt, cfg.seed ^ (0x9E3779B97F4A7C15ull * (k + 1)));
-    if (learned) {
-      learned->materialise(model.params());
-      learn_end = cfg.growth_points[k].phase_end;
-      learn_lr = st.learn_lr;
-    }
+    if (learned) learned->materialise(model.params());
     if (st.op == growth::Op::kRandom) mask = growth::GrowthMask(plan.masks, step, st.mask_steps);
     rec.wall_s = seconds_since(g0);
     flops_per_token = models::train_flops_per_token(model.config(), cfg.seq_len);
@@ -458,10 +450,11 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
     double lr = 0.0;
     if (learned) {
       // G_learn phase: only the mixing matrices train; the grown layers are re-materialised from them.
-      lr = learn_lr;
+      const size_t k = next_stage - 1;
+      lr = cfg.grow[k].learn_lr;
       learned->step(model.grads(), lr);
       learned->materialise(model.params());
-      if (step + 1 >= learn_end) learned.reset();
+      if (step + 1 >= cfg.growth_points[k].phase_end) learned.reset();
     } else {
       lr = cfg.lr_at(step);
       opt.step(model.params(), model.grads(), lr, clip_scale(norm, cfg.grad_clip));

@@ -127,13 +127,6 @@ GrowthPlan make_plan(const ModelConfig& from, const Stage& stage) {
   const ModelConfig& a = p.from;
   const ModelConfig& b = p.to;
   const std::vector<models::TensorSpec> table = models::tensor_table(b);
-  const std::vector<models::TensorSpec> src_table = models::tensor_table(a);
-  auto src_spec = [&](const std::string& name) -> const models::TensorSpec& {
-    for (const auto& s : src_table)
-      if (s.name == name) return s;
-    STRATA_CHECK(false, "tensor ", name, " missing from the source table");
-    return src_table.front();
-  };
 
   if (stage.direction() == Direction::kDepth) {
     p.layer_map = target_layers(stage, a.n_layer);
@@ -257,7 +250,6 @@ GrowthPlan make_plan(const ModelConfig& from, const Stage& stage) {
     }
     STRATA_CHECK(r.rows.size() == t.shape[0] && (t.shape.size() == 1 || r.cols.size() == t.shape[1]),
                  "width rule for ", n, " does not match its shape");
-    (void)src_spec(n);
     if (r.new_fill != LayerFill::kInit)
       r.new_fill = (fan_out && !random) ? LayerFill::kZero : LayerFill::kInit;
     for (int l = 0; l < (t.per_layer ? b.n_layer : 1); ++l)

@@ -133,6 +133,17 @@ def sp(f_ref, f_arm):
     return None if f_arm is None or f_ref is None or f_arm <= 0 else f_ref / f_arm - 1.0
 
 
+def seed_matched(runs, ref_runs, crossing, flops_key, loss_key):
+    """Per seed s: the speedup of run s at the final loss of reference run s (both seeds present), with
+    `crossing` (first or settled) on the run's (flops_key, loss_key) curve."""
+    out = {}
+    for s, r in runs.items():
+        if s in ref_runs:
+            sr = ref_runs[s]
+            out[s] = sp(sr["final_flops"], crossing(r[flops_key], r[loss_key], float(sr[loss_key][-1])))
+    return out
+
+
 def fmt_sp(x):
     return "not reached" if x is None else f"{100 * x:+.1f}%"
 
@@ -218,12 +229,7 @@ def main():
         if ref:
             rr = summary["reference"]
             f_cross = first_crossing(g, m, rr["L_star_val"])
-            per_seed = {}
-            for s, r in rs.items():
-                if s in arms[ref]:
-                    sr = arms[ref][s]
-                    per_seed[s] = sp(sr["final_flops"], first_crossing(r["eval_flops"], r["val_loss"],
-                                                                        float(sr["val_loss"][-1])))
+            per_seed = seed_matched(rs, arms[ref], first_crossing, "eval_flops", "val_loss")
             ps = stats(list(per_seed.values()))
             f_settled = settled_crossing(g, m, rr["L_star_val"])
             a["speedup_val"] = {
@@ -252,12 +258,7 @@ def main():
                                          "note": None if fs_final is not None else "below every scratch value"}
             tgs, tms = curves[ref]["train"][0], curves[ref]["train"][1]
             ft = settled_crossing(tg, tm, rr["L_star_train_smoothed"])
-            per_seed_t = {}
-            for s, r in rs.items():
-                if s in arms[ref]:
-                    sr = arms[ref][s]
-                    per_seed_t[s] = sp(sr["final_flops"], settled_crossing(r["step_flops"], r["train_smooth"],
-                                                                            float(sr["train_smooth"][-1])))
+            per_seed_t = seed_matched(rs, arms[ref], settled_crossing, "step_flops", "train_smooth")
             a["speedup_train"] = {"sp": sp(rr["flops_final"], ft), "flops_to_L_star": ft,
                                   "per_seed": per_seed_t, "per_seed_stats": stats(list(per_seed_t.values())),
                                   "per_seed_not_reached": sum(v is None for v in per_seed_t.values())}
