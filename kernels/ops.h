@@ -16,15 +16,31 @@
 //   - Preconditions (positive sizes, non-null required pointers) are checked with STRATA_CHECK in release.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 namespace strata::ops {
 
 // Backend tags. The CPU ops are OpenMP-parallel over rows and use OpenBLAS for matrix products.
 struct Cpu {};
+// The CUDA ops (kernels/cuda/) store tensors in bf16 (F = __nv_bfloat16) and accumulate in fp32.
 struct Cuda {
   void* stream = nullptr;  // cudaStream_t
+  // Device scratch for the ops that need it (embedding_backward's sort, the grad norm's partial sums); each
+  // such op states its size below and checks it.
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  // Bitwise-reproducible results from run to run (no floating-point atomics). Every CUDA op here is
+  // deterministic whatever this says, except flash_attention_backward, which may then accumulate dQ with
+  // atomics.
+  bool deterministic = true;
 };
+
+// The type of saved statistics (norm mean/rstd, attention log-sum-exp, per-row losses): fp32 for float and bf16
+// storage, double for the double-precision CPU build used by the finite-difference tests.
+template <class F>
+using Stat = std::conditional_t<std::is_same_v<F, double>, double, float>;
 
 // ---- embedding -------------------------------------------------------------------------------------------
 // out[b,t,:] = wte[tokens[b,t], :] + (wpe ? wpe[t, :] : 0)
@@ -41,21 +57,32 @@ void embedding_backward(const Dev&, F* dwte, F* dwpe, const F* dout, const int32
 // rstd[n] = 1 / sqrt(mean_c(inp[n,c]^2) + eps);  out[n,c] = inp[n,c] * rstd[n] * weight[c]
 // out, inp (N,C); rstd (N) saved for the backward; weight (C).
 template <class Dev, class F>
-void rmsnorm_forward(const Dev&, F* out, F* rstd, const F* inp, const F* weight, int N, int C, float eps);
+void rmsnorm_forward(const Dev&, F* out, Stat<F>* rstd, const F* inp, const F* weight, int N, int C, float eps);
 // dinp (N,C) `+=` (it is the residual stream's gradient); dweight (C) `+=`.
 template <class Dev, class F>
 void rmsnorm_backward(const Dev&, F* dinp, F* dweight, const F* dout, const F* inp, const F* weight,
-                      const F* rstd, int N, int C);
+                      const Stat<F>* rstd, int N, int C);
+
+// ---- residual add fused with the next norm -------------------------------------------------------------------
+// resid_out = resid_in + branch; out = rmsnorm(resid_out) (as rmsnorm_forward, rstd saved). resid_out may alias
+// resid_in. The backward is rmsnorm_backward on resid_out: its `+=` into dinp is the residual's gradient.
+template <class Dev, class F>
+void residual_rmsnorm_forward(const Dev&, F* resid_out, F* out, Stat<F>* rstd, const F* resid_in, const F* branch,
+                              const F* weight, int N, int C, float eps);
+// resid_out = resid_in + branch; out = layernorm(resid_out) (mean, rstd saved). resid_out may alias resid_in.
+template <class Dev, class F>
+void residual_layernorm_forward(const Dev&, F* resid_out, F* out, Stat<F>* mean, Stat<F>* rstd, const F* resid_in,
+                                const F* branch, const F* weight, const F* bias, int N, int C, float eps);
 
 // ---- LayerNorm -------------------------------------------------------------------------------------------
 // mean[n], rstd[n] = 1/sqrt(var[n] + eps) (biased variance); out = (inp - mean) * rstd * weight + bias.
 template <class Dev, class F>
-void layernorm_forward(const Dev&, F* out, F* mean, F* rstd, const F* inp, const F* weight, const F* bias, int N,
+void layernorm_forward(const Dev&, F* out, Stat<F>* mean, Stat<F>* rstd, const F* inp, const F* weight, const F* bias, int N,
                        int C, float eps);
 // dinp (N,C) `+=`; dweight, dbias (C) `+=`.
 template <class Dev, class F>
 void layernorm_backward(const Dev&, F* dinp, F* dweight, F* dbias, const F* dout, const F* inp, const F* weight,
-                        const F* mean, const F* rstd, int N, int C);
+                        const Stat<F>* mean, const Stat<F>* rstd, int N, int C);
 
 // ---- linear map ------------------------------------------------------------------------------------------
 // out (N,OC) = inp (N,IC) @ weight (OC,IC)^T + bias (OC, or null).
@@ -87,6 +114,15 @@ void attention_forward(const Dev&, F* out, F* att, const F* qkv, int B, int T, i
 template <class Dev, class F>
 void attention_backward(const Dev&, F* dqkv, F* datt, const F* dout, const F* qkv, const F* att, int B, int T,
                         int NH, int KVH, int HS);
+// Flash attention: the same function without the (T,T) matrix. lse (B,NH,T) = log sum_s<=t exp(q.k * scale)
+// (natural log, fp32) is saved for the backward instead; memory O(T).
+template <class Dev, class F>
+void flash_attention_forward(const Dev&, F* out, Stat<F>* lse, const F* qkv, int B, int T, int NH, int KVH, int HS);
+// dqkv (B,T,(NH+2*KVH)*HS) `=` (query, key and value parts; K/V gradients summed over the query heads of their
+// group); delta (B,NH,T) is scratch (rowsum(dout * out)). Recomputes the scores from qkv and lse.
+template <class Dev, class F>
+void flash_attention_backward(const Dev&, F* dqkv, Stat<F>* delta, const F* dout, const F* out, const F* qkv,
+                              const Stat<F>* lse, int B, int T, int NH, int KVH, int HS);
 // Inference with a KV cache, one sequence: the Tn new tokens at positions [Tp, Tp+Tn) attend to the cache
 // rows [0, Tp+t]. q (Tn, NH*HS) after RoPE; kcache, vcache (>= Tp+Tn, KVH*HS) already hold the new rows;
 // out (Tn, NH*HS); scratch (NH, Tp+Tn).
@@ -108,6 +144,12 @@ void gelu_forward(const Dev&, F* out, const F* inp, int64_t n);
 template <class Dev, class F>
 void gelu_backward(const Dev&, F* dinp, const F* dout, const F* inp, int64_t n);
 
+// out (N,OC) = gelu(pre), pre (N,OC) = inp @ weight^T + bias (saved for gelu_backward): the matmul with the
+// activation fused (cuBLASLt's GELU_AUX_BIAS epilogue on CUDA).
+template <class Dev, class F>
+void matmul_gelu_forward(const Dev&, F* out, F* pre, const F* inp, const F* weight, const F* bias, int N, int IC,
+                         int OC);
+
 // ---- residual --------------------------------------------------------------------------------------------
 // out = a + b (n). out may alias a (the runner adds a branch into the residual stream in place).
 template <class Dev, class F>
@@ -123,7 +165,48 @@ void residual_backward(const Dev&, F* da, F* db, const F* dout, int64_t n);
 // passes dloss = 1/(number of non-ignored targets) for a mean loss. A target outside [0,V) other than
 // ignore_index is a checked error. Returns nothing; the caller averages `losses`.
 template <class Dev, class F>
-void softmax_cross_entropy(const Dev&, F* logits, F* losses, const int32_t* targets, int N, int V,
+void softmax_cross_entropy(const Dev&, F* logits, Stat<F>* losses, const int32_t* targets, int N, int V,
                            int32_t ignore_index, float dloss);
+
+// ---- optimizer ---------------------------------------------------------------------------------------------
+// One tensor of an AdamW update. The update is computed in fp32 on `master` (fp32 master weights) when it is
+// non-null, and param (bf16) is then written from it with stochastic rounding; with master null (F = float or
+// double) param itself is updated.
+template <class F>
+struct AdamWTensor {
+  F* param = nullptr;
+  float* master = nullptr;
+  const F* grad = nullptr;
+  float* m = nullptr;  // first moment, fp32
+  float* v = nullptr;  // second moment, fp32
+  int64_t n = 0;
+  float weight_decay = 0.0f;  // 0 for tensors that are not decayed (norm gains, biases)
+};
+// The scalars of one step (engine/optim.h has the formula): g = grad_scale * grad;
+// p <- p (1 - lr wd); m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g^2;
+// p <- p - lr (m / bias_correction1) / (sqrt(v / bias_correction2) + eps), bias_correction_i = 1 - b_i^t.
+// seed selects the stochastic-rounding stream (a function of the step, so a resumed run replays it).
+struct AdamWStep {
+  float lr = 0, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f;
+  float bias_correction1 = 1, bias_correction2 = 1;
+  float grad_scale = 1;
+  uint32_t seed = 0;
+};
+// Updates every tensor of the host array `tensors` (count entries) in one launch on CUDA.
+template <class Dev, class F>
+void adamw_update(const Dev&, const AdamWTensor<F>* tensors, int count, const AdamWStep& step);
+
+// A read-only tensor: pointer and element count.
+template <class F>
+struct ConstSpan {
+  const F* ptr = nullptr;
+  int64_t n = 0;
+};
+// *out = sum of squares of every element of the count tensors (fp32 accumulation on CUDA: per-block partial
+// sums in a fixed order, then one block sums the partials in order, so the result is bitwise reproducible).
+// out points to one Stat<F> in the backend's memory (device memory on CUDA). The CUDA op needs
+// grad_norm_workspace_bytes() of workspace.
+template <class Dev, class F>
+void grad_norm_squared(const Dev&, Stat<F>* out, const ConstSpan<F>* tensors, int count);
 
 }  // namespace strata::ops

@@ -84,4 +84,29 @@ constexpr double kGrowthFdTol = 2e-3;
 // the fp32 gradients: D is fp32 near 1 (ulp 1.2e-7), and the step rounds m, v to fp32.
 constexpr double kGrowthLearnGradTol = 1e-5;
 
+// ---- CUDA kernels vs their CPU twins (tests/kernels/cuda/*_test.cpp), relative to the largest |reference|
+// entry. Inputs are bf16-representable, so the twin (fp32) sees exactly the kernel's inputs; what differs is the
+// bf16 rounding of the kernel's outputs (and of any intermediate it stores in bf16) and fp32 summation order.
+// bf16 keeps 8 significant bits: epsilon (the spacing just above 1) is 2^-7, a correctly rounded value is within
+// 2^-8 of the exact one relative to itself.
+constexpr double kBf16Eps = 1.0 / 128.0;
+// One fp32 computation rounded once to bf16 (embedding, RoPE, activations, residual + norm outputs): half an ulp
+// of the element, at most 2^-8 of max |ref|; fp32 order differences are ~1e-6. One eps leaves 2x headroom and
+// still fails any wrong term (those are O(max |ref|)).
+constexpr double kTolBf16Elementwise = kBf16Eps;
+// A bf16 output that is a reduction of bf16 products (norm backward's dinp, dweight accumulated in bf16 twice):
+// two roundings plus the reduction's fp32 rounding.
+constexpr double kTolBf16Reduction = 2 * kBf16Eps;
+// fp32 statistics (norm rstd/mean, log-sum-exp, per-row losses, grad norm) from bf16 inputs: only the fp32
+// summation order differs from the twin (~C * 6e-8 for C up to a few thousand).
+constexpr double kTolFp32Stat = 1e-5;
+// Flash attention (FlashAttention's rule): error(kernel vs fp32 reference) <= kAttnErrFactor x error(naive bf16
+// attention vs the same reference) + kAttnErrFloor, for out, dQ, dK, dV. The naive bf16 version rounds the
+// scores, probabilities and outputs to bf16 as a straightforward bf16 implementation would.
+constexpr double kAttnErrFactor = 2.0;
+constexpr double kAttnErrFloor = 1e-3;
+// AdamW's fp32 master weights vs the fp32 twin: the same formula in fp32; only the fused multiply-adds and
+// rsqrt differ (a few ulp of the update).
+constexpr double kTolAdamMaster = 1e-6;
+
 }  // namespace strata::test

@@ -85,7 +85,7 @@ STRATA_SIMD_CLONES void layernorm_dparam_block(F* dweight, F* dbias, const F* do
 }  // namespace
 
 template <class Dev, class F>
-void layernorm_forward(const Dev&, F* out, F* mean, F* rstd, const F* inp, const F* weight, const F* bias,
+void layernorm_forward(const Dev&, F* out, Stat<F>* mean, Stat<F>* rstd, const F* inp, const F* weight, const F* bias,
                        int N, int C, float eps) {
   STRATA_CHECK(out && mean && rstd && inp && weight && bias, "layernorm_forward: null pointer");
   STRATA_CHECK(N > 0 && C > 0 && eps >= 0.0f, "layernorm_forward: N=", N, " C=", C, " eps=", eps);
@@ -97,7 +97,7 @@ void layernorm_forward(const Dev&, F* out, F* mean, F* rstd, const F* inp, const
 
 template <class Dev, class F>
 void layernorm_backward(const Dev&, F* dinp, F* dweight, F* dbias, const F* dout, const F* inp,
-                        const F* weight, const F* mean, const F* rstd, int N, int C) {
+                        const F* weight, const Stat<F>* mean, const Stat<F>* rstd, int N, int C) {
   STRATA_CHECK(dinp && dweight && dbias && dout && inp && weight && mean && rstd,
                "layernorm_backward: null pointer");
   STRATA_CHECK(N > 0 && C > 0, "layernorm_backward: N=", N, " C=", C);

@@ -63,7 +63,7 @@ STRATA_SIMD_CLONES void rmsnorm_dweight_block(F* dweight, const F* dout, const F
 }  // namespace
 
 template <class Dev, class F>
-void rmsnorm_forward(const Dev&, F* out, F* rstd, const F* inp, const F* weight, int N, int C, float eps) {
+void rmsnorm_forward(const Dev&, F* out, Stat<F>* rstd, const F* inp, const F* weight, int N, int C, float eps) {
   STRATA_CHECK(out && rstd && inp && weight, "rmsnorm_forward: null pointer");
   STRATA_CHECK(N > 0 && C > 0 && eps >= 0.0f, "rmsnorm_forward: N=", N, " C=", C, " eps=", eps);
 #pragma omp parallel for schedule(static) if (int64_t{N} * C >= kMinParallelWork)
@@ -73,7 +73,7 @@ void rmsnorm_forward(const Dev&, F* out, F* rstd, const F* inp, const F* weight,
 
 template <class Dev, class F>
 void rmsnorm_backward(const Dev&, F* dinp, F* dweight, const F* dout, const F* inp, const F* weight,
-                      const F* rstd, int N, int C) {
+                      const Stat<F>* rstd, int N, int C) {
   STRATA_CHECK(dinp && dweight && dout && inp && weight && rstd, "rmsnorm_backward: null pointer");
   STRATA_CHECK(N > 0 && C > 0, "rmsnorm_backward: N=", N, " C=", C);
   const int nblocks = (C + kColBlock - 1) / kColBlock;

@@ -52,7 +52,7 @@ STRATA_SIMD_CLONES F cross_entropy_row(F* x, int V, int32_t y, bool grad, float 
 }  // namespace
 
 template <class Dev, class F>
-void softmax_cross_entropy(const Dev&, F* logits, F* losses, const int32_t* targets, int N, int V,
+void softmax_cross_entropy(const Dev&, F* logits, Stat<F>* losses, const int32_t* targets, int N, int V,
                            int32_t ignore_index, float dloss) {
   STRATA_CHECK(logits && losses && targets, "softmax_cross_entropy: null pointer");
   STRATA_CHECK(N > 0 && V > 0, "softmax_cross_entropy: N=", N, " V=", V);

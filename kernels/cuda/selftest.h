@@ -1,0 +1,16 @@
+// kernels/cuda/selftest.h: launchers for the self-checks of the primitives in common.cuh (see selftest.cu).
+// All pointers are device pointers.
+#pragma once
+
+#include <cuda_runtime.h>
+
+namespace strata::cuda {
+
+// d_out (16,8) = a (16,16) @ b (16,8) + c (16,8), a and b rounded to bf16 when loaded into MMA fragments.
+void mma_layout_selftest(float* d_out, const float* a, const float* b, const float* c, cudaStream_t stream);
+// x (blocks*threads): block_sums (blocks) = sum of each block's x; warp_maxes (blocks*threads/32) = each warp's
+// max; survivors (blocks) = 1 + 2 + ... + live, summed after a barrier that only the first `live` threads reach.
+void reductions_selftest(float* block_sums, float* warp_maxes, int* survivors, const float* x, int blocks,
+                         int threads, int live, cudaStream_t stream);
+
+}  // namespace strata::cuda
