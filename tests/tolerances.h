@@ -108,5 +108,10 @@ constexpr double kAttnErrFloor = 1e-3;
 // AdamW's fp32 master weights vs the fp32 twin: the same formula in fp32; only the fused multiply-adds and
 // rsqrt differ (a few ulp of the update).
 constexpr double kTolAdamMaster = 1e-6;
+// Statistical checks of stochastic rounding (tests/kernels/cuda/adamw_test.cpp): a mean of n independent
+// roundings must lie within this many binomial standard deviations of its expectation. A correct rounding misses
+// by chance with probability ~6e-7 (the two-sided normal tail at 5 sigma); the seeds are fixed, so a run's
+// outcome is deterministic. A biased rounding (to nearest, or truncation) misses by 10x to 100x the bound.
+constexpr double kStochasticRoundingSigmas = 5.0;
 
 }  // namespace strata::test

@@ -12,6 +12,7 @@
 #endif
 
 #include <cstdint>
+#include <cstring>
 
 #include "engine/check.h"
 
@@ -84,10 +85,20 @@ struct alignas(16) Vec16 {
   T v[N];
   __device__ __forceinline__ static Vec16 load(const T* p) {
     Vec16 out;
-    *reinterpret_cast<int4*>(&out) = *reinterpret_cast<const int4*>(p);
+#if defined(STRATA_CUDA_EMU)
+    std::memcpy(static_cast<void*>(&out), p, 16);  // the host compiler's aliasing rules
+#else
+    *reinterpret_cast<int4*>(&out) = *reinterpret_cast<const int4*>(p);  // one 16-byte load
+#endif
     return out;
   }
-  __device__ __forceinline__ void store(T* p) const { *reinterpret_cast<int4*>(p) = *reinterpret_cast<const int4*>(this); }
+  __device__ __forceinline__ void store(T* p) const {
+#if defined(STRATA_CUDA_EMU)
+    std::memcpy(static_cast<void*>(p), this, 16);
+#else
+    *reinterpret_cast<int4*>(p) = *reinterpret_cast<const int4*>(this);
+#endif
+  }
 };
 
 // ---- reductions ------------------------------------------------------------------------------------------------
@@ -151,6 +162,63 @@ __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint32_t (&a
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 #else
   (void)d, (void)a, (void)b;  // host pass of nvcc, or an architecture below sm_80 (not built)
+#endif
+}
+
+// ---- shared-memory fragment loads and asynchronous copies (sm_80+) ------------------------------------------
+// ldmatrix.x4: four 8x8 matrices of 16-bit elements from shared memory. Lane l passes the address of one 16-byte
+// row: lanes 8i..8i+7 give rows 0..7 of matrix i. Afterwards r[i] of lane l holds matrix i's elements
+// [l/4][2(l%4)] (low half) and [l/4][2(l%4)+1] (high half): the A/B fragment layout of mma_bf16_16816.
+// ldmatrix_x4_trans gives each matrix transposed: r[i] holds [2(l%4)][l/4] (low) and [2(l%4)+1][l/4] (high).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row_addr, bool trans = false) {
+#if defined(STRATA_CUDA_EMU)
+  uint64_t mine = reinterpret_cast<uintptr_t>(row_addr);
+  uint32_t words[2] = {static_cast<uint32_t>(mine), static_cast<uint32_t>(mine >> 32)};
+  uint32_t all[32][8];
+  emu::warp_gather(words, 2, all);
+  const int l = emu::lane_id(), g = l / 4, t = l % 4;
+  auto elem = [&](int mat, int row, int col) {
+    const int src = 8 * mat + row;
+    const auto* p = reinterpret_cast<const uint16_t*>((static_cast<uint64_t>(all[src][1]) << 32) | all[src][0]);
+    return static_cast<uint32_t>(p[col]);
+  };
+  for (int i = 0; i < 4; ++i)
+    r[i] = trans ? (elem(i, 2 * t, g) | (elem(i, 2 * t + 1, g) << 16)) : (elem(i, g, 2 * t) | (elem(i, g, 2 * t + 1) << 16));
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(row_addr));
+  if (trans)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+  else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+#else
+  (void)r, (void)row_addr, (void)trans;
+#endif
+}
+
+// cp.async: a 16-byte copy global -> shared that completes asynchronously (sm_80+); cp_async_commit closes a group
+// of copies, cp_async_wait<N>() waits until at most N groups are still in flight (then __syncthreads before other
+// threads read the data). The emulation copies at once, so waits are no-ops there.
+__device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src) {
+#if defined(STRATA_CUDA_EMU)
+  std::memcpy(smem_dst, gmem_src, 16);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(gmem_src));
+#else
+  (void)smem_dst, (void)gmem_src;
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if !defined(STRATA_CUDA_EMU) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if !defined(STRATA_CUDA_EMU) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 #endif
 }
 

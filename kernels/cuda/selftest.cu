@@ -48,7 +48,28 @@ __global__ void reductions_kernel(float* block_sums, float* warp_maxes, int* sur
   }
 }
 
+// One warp: copies a 16x16 bf16 matrix (row-major, 16 elements per row) into shared memory with cp.async, then
+// loads it with ldmatrix_x4 (plain or transposed) as four 8x8 matrices (top-left, bottom-left, top-right,
+// bottom-right: the A fragment order of mma_bf16_16816) and writes each lane's four registers to out (32 x 4).
+__global__ void ldmatrix_kernel(uint32_t* out, const bf16* m, int trans) {
+  alignas(16) __shared__ bf16 tile[16 * 16];
+  const int lane = threadIdx.x;
+  cp_async_16(tile + lane * 8, m + lane * 8);  // 32 lanes x 8 elements = the whole tile
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncwarp();
+  const int mat = lane / 8, row = lane % 8;
+  const int r0 = row + (mat % 2) * 8, c0 = (mat / 2) * 8;
+  uint32_t r[4];
+  ldmatrix_x4(r, tile + r0 * 16 + c0, trans != 0);
+  for (int i = 0; i < 4; ++i) out[lane * 4 + i] = r[i];
+}
+
 }  // namespace
+
+void ldmatrix_selftest(uint32_t* out, const bf16* m, bool trans, cudaStream_t stream) {
+  launch(&ldmatrix_kernel, dim3(1), dim3(kWarpSize), 0, stream, out, m, trans ? 1 : 0);
+}
 
 void mma_layout_selftest(float* d_out, const float* a, const float* b, const float* c, cudaStream_t stream) {
   launch(&mma_layout_kernel, dim3(1), dim3(kWarpSize), 0, stream, d_out, a, b, c);

@@ -1,12 +1,14 @@
 // kernels/cuda/emu/emu.cpp: the CPU emulation of CUDA launches and runtime calls (see emu.h).
 #include "kernels/cuda/emu/emu.h"
 
-#include <barrier>
-#include <condition_variable>
+#include <sys/mman.h>
+#include <ucontext.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdio>
 #include <cstdlib>
-#include <memory>
 #include <mutex>
-#include <thread>
 #include <vector>
 
 namespace strata::emu {
@@ -15,82 +17,141 @@ thread_local ThreadState tls;
 
 namespace {
 
-// A barrier over the threads of a group that have not returned from the kernel: a thread that returns leaves,
-// and if everyone still running already waits, they are released (CUDA's rule for exited threads).
-class GroupBarrier {
- public:
-  void reset(int n) {
-    std::lock_guard lock(mu_);
-    expected_ = n;
-    arrived_ = 0;
-  }
-  void arrive_and_wait() {
-    std::unique_lock lock(mu_);
-    const uint64_t gen = gen_;
-    if (++arrived_ == expected_) {
-      release();
-      return;
-    }
-    cv_.wait(lock, [&] { return gen_ != gen; });
-  }
-  void leave() {
-    std::lock_guard lock(mu_);
-    --expected_;
-    if (arrived_ > 0 && arrived_ == expected_) release();
-  }
+// The threads of a block are fibers (ucontext) run by one OS thread, round-robin: a fiber runs until it reaches
+// a barrier (or returns), then the next runnable one runs. A barrier releases its waiters when every thread of
+// its group that has not returned has arrived (CUDA's rule for exited threads). When no fiber can run and some
+// have not returned, the block deadlocked (a barrier not reached by every thread): reported, then abort.
+// One OS thread makes a launch deterministic and each barrier cheap (a context switch, no kernel wake-ups).
+enum class State { kReady, kWaitBlock, kWaitWarp, kDone };
 
- private:
-  void release() {
-    arrived_ = 0;
-    ++gen_;
-    cv_.notify_all();
-  }
-  std::mutex mu_;
-  std::condition_variable cv_;
-  int expected_ = 0, arrived_ = 0;
-  uint64_t gen_ = 0;
-};
-
-struct Warp {
-  GroupBarrier barrier;
-  uint64_t slots[32] = {};
-  uint32_t bulk[32][8] = {};
-  bool live[32] = {};
-};
+constexpr size_t kStackBytes = 256 * 1024;  // per CUDA thread: kernels keep small arrays, ASan adds redzones
 
 struct Launch {
-  GroupBarrier block;
-  std::vector<std::unique_ptr<Warp>> warps;
+  dim3 grid, block;
+  int nthreads = 0, nwarps = 0;
   std::vector<unsigned char> smem;
+  const std::function<void()>* body = nullptr;
+  ucontext_t scheduler;
+  std::vector<ucontext_t> ctx;
+  std::vector<State> state;
+  std::vector<ThreadState> ts;
+  unsigned char* stacks = nullptr;
+  int current = 0;
+  int block_live = 0, block_arrived = 0;
+  std::vector<int> warp_live, warp_arrived;
+  std::vector<std::array<uint64_t, 32>> slots;
+  std::vector<std::array<std::array<uint32_t, 8>, 32>> bulk;
+  std::vector<std::array<bool, 32>> live;
 };
 
 Launch* g_launch = nullptr;  // the launch in flight (launches are serialised by g_launch_mu)
 std::mutex g_launch_mu;
-thread_local int t_warp = 0, t_lane = 0;
+
+int warp_of(int t) { return t / 32; }
+
+void yield_to_scheduler() {
+  Launch& L = *g_launch;
+  swapcontext(&L.ctx[L.current], &L.scheduler);
+}
+
+void release_block(Launch& L) {
+  for (int t = 0; t < L.nthreads; ++t)
+    if (L.state[t] == State::kWaitBlock) L.state[t] = State::kReady;
+  L.block_arrived = 0;
+}
+void release_warp(Launch& L, int w) {
+  for (int t = 32 * w; t < std::min(L.nthreads, 32 * (w + 1)); ++t)
+    if (L.state[t] == State::kWaitWarp) L.state[t] = State::kReady;
+  L.warp_arrived[w] = 0;
+}
+
+void fiber_entry() {
+  Launch& L = *g_launch;
+  (*L.body)();
+  const int t = L.current, w = warp_of(t);
+  L.state[t] = State::kDone;
+  L.live[w][t % 32] = false;
+  --L.block_live;
+  if (L.block_arrived > 0 && L.block_arrived == L.block_live) release_block(L);
+  --L.warp_live[w];
+  if (L.warp_arrived[w] > 0 && L.warp_arrived[w] == L.warp_live[w]) release_warp(L, w);
+  // returning resumes uc_link: the scheduler
+}
+
+void run_block(Launch& L, uint3 block_idx) {
+  L.block_live = L.nthreads;
+  L.block_arrived = 0;
+  for (int w = 0; w < L.nwarps; ++w) {
+    L.warp_live[w] = std::min(32, L.nthreads - 32 * w);
+    L.warp_arrived[w] = 0;
+    for (int l = 0; l < 32; ++l) L.live[w][l] = l < L.warp_live[w];
+  }
+  for (int t = 0; t < L.nthreads; ++t) {
+    L.ts[t].block_idx = block_idx;
+    L.state[t] = State::kReady;
+    getcontext(&L.ctx[t]);
+    L.ctx[t].uc_stack.ss_sp = L.stacks + static_cast<size_t>(t) * kStackBytes;
+    L.ctx[t].uc_stack.ss_size = kStackBytes;
+    L.ctx[t].uc_link = &L.scheduler;
+    makecontext(&L.ctx[t], fiber_entry, 0);
+  }
+  int done = 0;
+  while (done < L.nthreads) {
+    bool ran = false;
+    for (int t = 0; t < L.nthreads; ++t) {
+      if (L.state[t] != State::kReady) continue;
+      L.current = t;
+      tls = L.ts[t];
+      swapcontext(&L.scheduler, &L.ctx[t]);
+      ran = true;
+      if (L.state[t] == State::kDone) ++done;
+    }
+    if (!ran) {
+      std::fprintf(stderr, "CUDA emulation: block (%u,%u,%u) deadlocked: %d of %d threads wait at a barrier that "
+                   "the others never reach\n", block_idx.x, block_idx.y, block_idx.z, L.nthreads - done, L.nthreads);
+      std::abort();
+    }
+  }
+}
 
 }  // namespace
 
 void* dynamic_smem() { return g_launch->smem.empty() ? nullptr : g_launch->smem.data(); }
-void syncthreads() { g_launch->block.arrive_and_wait(); }
-void syncwarp() { g_launch->warps[t_warp]->barrier.arrive_and_wait(); }
-int lane_id() { return t_lane; }
+int lane_id() { return g_launch->current % 32; }
+
+void syncthreads() {
+  Launch& L = *g_launch;
+  L.state[L.current] = State::kWaitBlock;
+  if (++L.block_arrived == L.block_live) release_block(L);
+  yield_to_scheduler();
+}
+
+void syncwarp() {
+  Launch& L = *g_launch;
+  const int w = warp_of(L.current);
+  L.state[L.current] = State::kWaitWarp;
+  if (++L.warp_arrived[w] == L.warp_live[w]) release_warp(L, w);
+  yield_to_scheduler();
+}
 
 uint64_t warp_exchange(uint64_t v, int src) {
-  Warp& w = *g_launch->warps[t_warp];
-  w.slots[t_lane] = v;
-  w.barrier.arrive_and_wait();
-  const uint64_t out = (src >= 0 && src < 32 && w.live[src]) ? w.slots[src] : v;
-  w.barrier.arrive_and_wait();  // nobody overwrites a slot before every lane has read
+  Launch& L = *g_launch;
+  const int w = warp_of(L.current), lane = L.current % 32;
+  L.slots[w][lane] = v;
+  syncwarp();
+  const uint64_t out = (src >= 0 && src < 32 && L.live[w][src]) ? L.slots[w][src] : v;
+  syncwarp();  // nobody overwrites a slot before every lane has read
   return out;
 }
 
 void warp_gather(const uint32_t* mine, int n, uint32_t (*all)[8]) {
-  Warp& w = *g_launch->warps[t_warp];
-  for (int i = 0; i < n; ++i) w.bulk[t_lane][i] = mine[i];
-  w.barrier.arrive_and_wait();
+  Launch& L = *g_launch;
+  const int w = warp_of(L.current), lane = L.current % 32;
+  for (int i = 0; i < n; ++i) L.bulk[w][lane][i] = mine[i];
+  syncwarp();
   for (int l = 0; l < 32; ++l)
-    for (int i = 0; i < n; ++i) all[l][i] = w.bulk[l][i];
-  w.barrier.arrive_and_wait();
+    for (int i = 0; i < n; ++i) all[l][i] = L.bulk[w][l][i];
+  syncwarp();
 }
 
 void launch(dim3 grid, dim3 block, size_t dynamic_smem_bytes, const std::function<void()>& body) {
@@ -99,47 +160,36 @@ void launch(dim3 grid, dim3 block, size_t dynamic_smem_bytes, const std::functio
   const long nblocks = static_cast<long>(grid.x) * grid.y * grid.z;
   if (nthreads <= 0 || nthreads > 1024 || nblocks <= 0) return;  // cudaErrorInvalidConfiguration on a GPU
   Launch L;
+  L.grid = grid, L.block = block, L.nthreads = nthreads, L.nwarps = (nthreads + 31) / 32;
   L.smem.assign(dynamic_smem_bytes, 0xFF);
-  const int nwarps = (nthreads + 31) / 32;
-  for (int w = 0; w < nwarps; ++w) L.warps.push_back(std::make_unique<Warp>());
-  auto reset_block = [&]() noexcept {
-    L.block.reset(nthreads);
-    for (int w = 0; w < nwarps; ++w) {
-      const int lanes = std::min(32, nthreads - 32 * w);
-      L.warps[w]->barrier.reset(lanes);
-      for (int l = 0; l < 32; ++l) L.warps[w]->live[l] = l < lanes;
-    }
-  };
-  reset_block();
-  std::barrier between_blocks(nthreads, reset_block);
+  L.body = &body;
+  L.ctx.resize(nthreads);
+  L.state.resize(nthreads);
+  L.ts.resize(nthreads);
+  L.warp_live.resize(L.nwarps), L.warp_arrived.resize(L.nwarps);
+  L.slots.resize(L.nwarps), L.bulk.resize(L.nwarps), L.live.resize(L.nwarps);
+  const size_t stack_total = static_cast<size_t>(nthreads) * kStackBytes;
+  void* stacks = mmap(nullptr, stack_total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (stacks == MAP_FAILED) {
+    std::perror("CUDA emulation: mmap of the fiber stacks");
+    std::abort();
+  }
+  L.stacks = static_cast<unsigned char*>(stacks);
+  for (int t = 0; t < nthreads; ++t) {
+    L.ts[t].block_dim = block;
+    L.ts[t].grid_dim = grid;
+    L.ts[t].linear = t;
+    L.ts[t].thread_idx = {static_cast<unsigned>(t % block.x), static_cast<unsigned>((t / block.x) % block.y),
+                          static_cast<unsigned>(t / (block.x * block.y))};
+  }
+  const ThreadState saved = tls;
   g_launch = &L;
-  auto worker = [&](int linear) {
-    tls.block_dim = block;
-    tls.grid_dim = grid;
-    tls.linear = linear;
-    tls.thread_idx = {static_cast<unsigned>(linear % block.x), static_cast<unsigned>((linear / block.x) % block.y),
-                      static_cast<unsigned>(linear / (block.x * block.y))};
-    t_warp = linear / 32;
-    t_lane = linear % 32;
-    for (long b = 0; b < nblocks; ++b) {
-      tls.block_idx = {static_cast<unsigned>(b % grid.x), static_cast<unsigned>((b / grid.x) % grid.y),
-                       static_cast<unsigned>(b / (static_cast<long>(grid.x) * grid.y))};
-      body();
-      Warp& w = *L.warps[t_warp];
-      {
-        // Mark this lane dead before leaving, so a shuffle still in flight in its warp reads the caller's value.
-        w.live[t_lane] = false;
-      }
-      w.barrier.leave();
-      L.block.leave();
-      between_blocks.arrive_and_wait();
-    }
-  };
-  std::vector<std::thread> pool;
-  pool.reserve(nthreads);
-  for (int i = 0; i < nthreads; ++i) pool.emplace_back(worker, i);
-  for (auto& t : pool) t.join();
+  for (long b = 0; b < nblocks; ++b)
+    run_block(L, {static_cast<unsigned>(b % grid.x), static_cast<unsigned>((b / grid.x) % grid.y),
+                  static_cast<unsigned>(b / (static_cast<long>(grid.x) * grid.y))});
   g_launch = nullptr;
+  tls = saved;
+  munmap(stacks, stack_total);
 }
 
 }  // namespace strata::emu
@@ -147,9 +197,14 @@ void launch(dim3 grid, dim3 block, size_t dynamic_smem_bytes, const std::functio
 // ---- the CUDA runtime calls used by the kernels and their tests, on host memory --------------------------------
 extern "C" {
 
+// Exactly `bytes` (256-byte aligned like cudaMalloc), so AddressSanitizer reports a kernel that reads or writes
+// one element past a buffer.
 cudaError_t cudaMalloc(void** ptr, size_t bytes) {
-  *ptr = std::aligned_alloc(256, (bytes + 255) / 256 * 256 + 256);
-  return *ptr ? cudaSuccess : cudaErrorMemoryAllocation;
+  if (posix_memalign(ptr, 256, bytes ? bytes : 1) != 0) {
+    *ptr = nullptr;
+    return cudaErrorMemoryAllocation;
+  }
+  return cudaSuccess;
 }
 cudaError_t cudaFree(void* ptr) {
   std::free(ptr);

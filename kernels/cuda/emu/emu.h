@@ -3,14 +3,17 @@
 // The kernel sources (kernels/cuda/*.cu) are compiled a second time by the host C++ compiler with
 // STRATA_CUDA_EMU defined (CMake target strata_cuda_emu). The real CUDA headers still provide the types (dim3,
 // float4, __nv_bfloat16 and its host arithmetic); this header provides what only nvcc has:
-//   - one OS thread per CUDA thread of a block; the blocks of a grid run one after another, so a kernel's
-//     `__shared__` arrays become function statics that every thread of the running block sees;
-//   - __syncthreads (a barrier over the block's threads that have not returned), warp shuffles and
-//     __syncwarp (a barrier per warp), atomics (std::atomic_ref), the float intrinsics;
+//   - one fiber (ucontext) per CUDA thread of a block, all run by the calling OS thread, round-robin between
+//     barriers; the blocks of a grid run one after another, so a kernel's `__shared__` arrays become function
+//     statics that every thread of the running block sees; a launch is deterministic;
+//   - __syncthreads (a barrier over the block's threads that have not returned; a block whose threads wait at
+//     a barrier the others never reach is reported as deadlocked and aborts), warp shuffles and __syncwarp (a
+//     barrier per warp), atomics, the float intrinsics;
 //   - the runtime calls the kernels and tests use (cudaMalloc, cudaMemcpyAsync, ...) on host memory: each call
 //     completes before it returns, as if every stream were synchronised after every call.
-// What it does not model: timing, the memory model of a real GPU (a kernel that races can pass here), warp
-// divergence rules beyond "a shuffle waits for every live lane of its warp", and library calls (cuBLASLt).
+// What it does not model: timing, the memory model of a real GPU (threads interleave only at barriers, so a kernel
+// that races between barriers passes here: compute-sanitizer racecheck on the GPU is the check for that), warp
+// divergence rules beyond "a shuffle waits for every live lane of its warp", and library calls (cuBLASLt, CUB).
 // A kernel that passes its emulated test still needs its `gpu` test on a device.
 #pragma once
 

@@ -32,6 +32,34 @@ TEST(CudaSelftest, MmaFragmentLayoutMatchesTheDocumentedOne) {
   for (int i = 0; i < 16 * 8; ++i) EXPECT_EQ(got[i], ref[i]) << "D[" << i / 8 << "][" << i % 8 << "]";
 }
 
+TEST(CudaSelftest, LdmatrixAndCpAsyncGiveTheDocumentedFragments) {
+  STRATA_SKIP_WITHOUT_GPU();
+  // Element (r, c) holds the integer 16 r + c (exact in bf16 up to 256): each register says where it came from.
+  std::vector<bf16> m(256);
+  for (int i = 0; i < 256; ++i) m[i] = float_to_bf16(static_cast<float>(i));
+  DeviceBuffer<bf16> dm(m);
+  for (const bool trans : {false, true}) {
+    DeviceBuffer<uint32_t> out(32 * 4);
+    cuda::ldmatrix_selftest(out.get(), dm.get(), trans, nullptr);
+    const auto got = out.download();
+    for (int lane = 0; lane < 32; ++lane) {
+      const int g = lane / 4, t = lane % 4;
+      for (int i = 0; i < 4; ++i) {
+        const int r0 = (i % 2) * 8, c0 = (i / 2) * 8;  // block i: top-left, bottom-left, top-right, bottom-right
+        const int lo_r = trans ? 2 * t : g, lo_c = trans ? g : 2 * t;
+        const int hi_r = trans ? 2 * t + 1 : g, hi_c = trans ? g : 2 * t + 1;
+        const uint32_t word = got[lane * 4 + i];
+        const uint32_t lo_bits = word << 16, hi_bits = word & 0xffff0000u;
+        float lo, hi;
+        std::memcpy(&lo, &lo_bits, 4);
+        std::memcpy(&hi, &hi_bits, 4);
+        EXPECT_EQ(lo, static_cast<float>(16 * (r0 + lo_r) + c0 + lo_c)) << "lane " << lane << " reg " << i << " trans " << trans;
+        EXPECT_EQ(hi, static_cast<float>(16 * (r0 + hi_r) + c0 + hi_c)) << "lane " << lane << " reg " << i << " trans " << trans;
+      }
+    }
+  }
+}
+
 TEST(CudaSelftest, ReductionsAndBarriersWithReturnedThreads) {
   STRATA_SKIP_WITHOUT_GPU();
   for (const auto& [blocks, threads, live] : {std::tuple{3, 64, 64}, {2, 128, 37}, {2, 256, 1}, {1, 1024, 1000}}) {

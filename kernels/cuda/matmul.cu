@@ -1,0 +1,367 @@
+// kernels/cuda/matmul.cu: the linear map through cuBLASLt, bf16 in and out, fp32 accumulation
+// (CUBLAS_COMPUTE_32F, fp32 alpha/beta). GPU only: library calls cannot run in the CPU emulation. CPU twins:
+// kernels/cpu/matmul.cpp, kernels/cpu/matmul_gelu.cpp.
+//
+// forward:      out (N,OC) = inp (N,IC) @ weight (OC,IC)^T + bias (OC, or null)                 out `=`
+// gelu forward: pre (N,OC) = inp @ weight^T + bias (or null);  out (N,OC) = gelu(pre)          out, pre `=`
+// backward:     dinp (N,IC) = dout (N,OC) @ weight (OC,IC)          (skipped when dinp is null)  dinp `=`
+//               dweight (OC,IC) += dout^T @ inp                                                  dweight `+=`
+//               dbias (OC) += sum_n dout[n,:]                         (when dbias is non-null)   dbias `+=`
+//
+// Row-major onto column-major: cuBLASLt is column-major, and a row-major (R,C) matrix with row stride C is
+// the column-major (C,R) matrix with leading dimension C, its transpose. Each product is therefore computed
+// transposed, D (m,n) = op(A) op(B) + beta D, with every matrix passed as stored ("W stored (IC,OC)" is the
+// row-major (OC,IC) weight seen column-major):
+//   forward  out^T (OC,N)      = W stored (IC,OC) op T  x  inp^T (IC,N) op N    m=OC n=N  k=IC  (TN)
+//   dinp     dinp^T (IC,N)     = W stored (IC,OC) op N  x  dout^T (OC,N) op N   m=IC n=N  k=OC  (NN)
+//   dweight  dweight^T (IC,OC) = inp^T (IC,N) op N      x  dout^T (OC,N) op T   m=IC n=OC k=N   (NT, beta 1)
+//   dbias    dbias (OC,1)      = dout^T (OC,N) op N     x  ones (N,1) op N      m=OC n=1  k=N   (beta 1)
+// The bias broadcast over D's columns (BIAS epilogue: a vector of D's m = OC rows) is exactly a
+// per-output-feature bias. GELU_AUX_BIAS writes gelu(acc + bias) to D and acc + bias to the aux matrix (pre),
+// whose leading dimension (OC) cuBLASLt requires to be a multiple of 8.
+//
+// Epilogues: BIAS (forward with bias), GELU_AUX_BIAS / GELU_AUX (matmul_gelu_forward), DEFAULT otherwise. The
+// bias gradient does not use BGRADB: that epilogue writes (`=`) the column sums in D's type, so `+=` would
+// need a bf16 scratch and a second rounding. Instead dbias += dout^T @ ones is one more GEMM (a GEMV, reading
+// dout once: N*OC*2 bytes, ~17 us for N = 8192, OC = 3072 at 3 TB/s) with beta = 1: fp32 sums over N, rounded
+// to bf16 once, with the previous dbias added in fp32.
+//
+// Accuracy and determinism: the heuristic may only pick split-K schemes that reduce in fp32 in the workspace
+// (NONE or COMPUTE_TYPE), never INPLACE or OUTPUT_TYPE, which would round partial sums to bf16. The algorithm
+// is chosen once per GEMM shape and cached, and cuBLASLt's kernels do not use floating-point atomics for
+// these schemes, so results are bitwise reproducible on a given GPU model and library version.
+//
+// Cache: one cuBLASLt handle per device, a 32 MB workspace per (device, stream) (GEMMs on different streams
+// may run concurrently and must not share one), a bf16 vector of ones grown to the largest N, and the plans:
+// per (m, n, k, leading dimensions, transposes, beta, epilogue, pointer alignments) the matmul descriptor,
+// the three matrix layouts and the heuristic's algorithm. Pointer alignments are part of the key because the
+// heuristic chooses kernels by them (the preferences state each operand's alignment, so a misaligned operand,
+// e.g. a row stride that is not a multiple of 8 elements, gets a kernel that handles it rather than a fault).
+// All of it is behind one mutex, held until the GEMM is enqueued (plans' bias/aux pointers are set per call),
+// and lives for the process: destroying CUDA objects from static destructors races the runtime's own
+// teardown. The first call with a new shape or N allocates (cudaMalloc): warm the shapes up before a CUDA
+// graph capture.
+#include <cublasLt.h>  // before engine/check.h (via common.cuh), which then defines CUBLAS_CHECK
+
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/nvtx.h"
+#include "kernels/ops.h"
+
+namespace strata::cuda {
+
+namespace {
+
+constexpr size_t kWorkspaceBytes = size_t{32} << 20;
+constexpr int64_t kMinOnes = 4096;
+
+enum class Epilogue : int32_t { kDefault, kBias, kGeluAux, kGeluAuxBias };
+
+cublasLtEpilogue_t lt_epilogue(Epilogue e) {
+  switch (e) {
+    case Epilogue::kBias:
+      return CUBLASLT_EPILOGUE_BIAS;
+    case Epilogue::kGeluAux:
+      return CUBLASLT_EPILOGUE_GELU_AUX;
+    case Epilogue::kGeluAuxBias:
+      return CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+    case Epilogue::kDefault:
+      break;
+  }
+  return CUBLASLT_EPILOGUE_DEFAULT;
+}
+bool has_bias(Epilogue e) {
+  return e == Epilogue::kBias || e == Epilogue::kGeluAuxBias;
+}
+bool has_aux(Epilogue e) {
+  return e == Epilogue::kGeluAux || e == Epilogue::kGeluAuxBias;
+}
+
+// One GEMM, column-major: D (m,n) = op(A) op(B) [+ D when accumulate], then the epilogue.
+struct Gemm {
+  bool trans_a = false, trans_b = false;
+  int m = 0, n = 0, k = 0;
+  const bf16* a = nullptr;
+  int lda = 0;
+  const bf16* b = nullptr;
+  int ldb = 0;
+  bf16* d = nullptr;
+  int ldd = 0;
+  bool accumulate = false;
+  Epilogue epilogue = Epilogue::kDefault;
+  const bf16* bias = nullptr;  // (m) for the bias epilogues
+  bf16* aux = nullptr;         // (m,n), leading dimension ldd, for the GELU_AUX epilogues
+};
+
+// The alignment (bytes, a power of two up to 16) of every column start of a bf16 matrix at p with leading
+// dimension ld: of the pointer and of the row stride both.
+int32_t alignment(const void* p, int64_t ld) {
+  const uint64_t bits =
+      reinterpret_cast<uintptr_t>(p) | static_cast<uint64_t>(ld * int64_t{sizeof(bf16)}) | 16u;
+  return static_cast<int32_t>(bits & (~bits + 1));  // lowest set bit
+}
+
+// Everything the heuristic's choice depends on. All int32, no padding, so it hashes as bytes.
+struct GemmKey {
+  int32_t m, n, k, lda, ldb, ldd;
+  int32_t trans_a, trans_b, accumulate, epilogue;
+  int32_t align_a, align_b, align_d, align_bias, align_aux;
+  bool operator==(const GemmKey& o) const { return std::memcmp(this, &o, sizeof(GemmKey)) == 0; }
+};
+static_assert(sizeof(GemmKey) == 15 * sizeof(int32_t), "GemmKey must have no padding: it hashes as bytes");
+struct GemmKeyHash {
+  size_t operator()(const GemmKey& key) const {
+    unsigned char bytes[sizeof(GemmKey)];
+    std::memcpy(bytes, &key, sizeof(GemmKey));
+    uint64_t h = 1469598103934665603ull;  // FNV-1a
+    for (unsigned char c : bytes) h = (h ^ c) * 1099511628211ull;
+    return static_cast<size_t>(h);
+  }
+};
+
+GemmKey key_of(const Gemm& g) {
+  GemmKey key;
+  std::memset(&key, 0, sizeof(key));
+  key.m = g.m, key.n = g.n, key.k = g.k, key.lda = g.lda, key.ldb = g.ldb, key.ldd = g.ldd;
+  key.trans_a = g.trans_a, key.trans_b = g.trans_b, key.accumulate = g.accumulate;
+  key.epilogue = static_cast<int32_t>(g.epilogue);
+  key.align_a = alignment(g.a, g.lda);
+  key.align_b = alignment(g.b, g.ldb);
+  key.align_d = alignment(g.d, g.ldd);
+  key.align_bias = g.bias ? alignment(g.bias, 0) : 0;
+  key.align_aux = g.aux ? alignment(g.aux, g.ldd) : 0;
+  return key;
+}
+
+// A cached GEMM: descriptors and the chosen algorithm. C and D share a layout (C is D when accumulating).
+struct Plan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+};
+
+struct DeviceContext {
+  cublasLtHandle_t handle = nullptr;
+  std::map<cudaStream_t, void*> workspaces;
+  bf16* ones = nullptr;
+  int64_t ones_n = 0;
+  std::unordered_map<GemmKey, Plan, GemmKeyHash> plans;
+};
+
+std::mutex g_mutex;
+std::map<int, DeviceContext*>& contexts() {
+  static auto* all = new std::map<int, DeviceContext*>();  // never destroyed (see the header)
+  return *all;
+}
+
+// The calling thread's current device's context, created on first use. Caller holds g_mutex.
+DeviceContext& context() {
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  DeviceContext*& ctx = contexts()[device];
+  if (!ctx) {
+    ctx = new DeviceContext();
+    CUBLAS_CHECK(cublasLtCreate(&ctx->handle));
+  }
+  return *ctx;
+}
+
+void* workspace(DeviceContext& ctx, cudaStream_t stream) {
+  void*& ws = ctx.workspaces[stream];
+  if (!ws) CUDA_CHECK(cudaMalloc(&ws, kWorkspaceBytes));
+  return ws;
+}
+
+// A bf16 vector of at least n ones (for the bias-gradient GEMV).
+const bf16* ones(DeviceContext& ctx, int64_t n) {
+  if (ctx.ones_n < n) {
+    int64_t cap = kMinOnes;
+    while (cap < n) cap *= 2;
+    if (ctx.ones) CUDA_CHECK(cudaFree(ctx.ones));  // synchronises the device: no GEMM still reads it
+    CUDA_CHECK(cudaMalloc(&ctx.ones, static_cast<size_t>(cap) * sizeof(bf16)));
+    const std::vector<bf16> host(static_cast<size_t>(cap), __float2bfloat16_rn(1.0f));
+    CUDA_CHECK(cudaMemcpy(ctx.ones, host.data(), host.size() * sizeof(bf16), cudaMemcpyHostToDevice));
+    ctx.ones_n = cap;
+  }
+  return ctx.ones;
+}
+
+template <class T>
+void set_desc(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attr, const T& value) {
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, attr, &value, sizeof(T)));
+}
+template <class T>
+void set_pref(cublasLtMatmulPreference_t pref, cublasLtMatmulPreferenceAttributes_t attr, const T& value) {
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &value, sizeof(T)));
+}
+
+// Per-call pointers of the epilogue (the heuristic also reads them, for their alignment).
+void set_epilogue_pointers(const Plan& plan, const Gemm& g) {
+  if (has_bias(g.epilogue))
+    set_desc(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, static_cast<const void*>(g.bias));
+  if (has_aux(g.epilogue))
+    set_desc(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, static_cast<void*>(g.aux));
+}
+
+Plan make_plan(cublasLtHandle_t handle, const Gemm& g, const GemmKey& key) {
+  Plan plan;
+  CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  set_desc(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA,
+           static_cast<int32_t>(g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N));
+  set_desc(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB,
+           static_cast<int32_t>(g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N));
+  set_desc(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, static_cast<uint32_t>(lt_epilogue(g.epilogue)));
+  if (has_aux(g.epilogue))
+    set_desc(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, static_cast<int64_t>(g.ldd));
+  set_epilogue_pointers(plan, g);
+  // Layouts of the matrices as stored (before op): A is (k,m) when transposed, B is (n,k).
+  CUBLAS_CHECK(
+      cublasLtMatrixLayoutCreate(&plan.a, CUDA_R_16BF, g.trans_a ? g.k : g.m, g.trans_a ? g.m : g.k, g.lda));
+  CUBLAS_CHECK(
+      cublasLtMatrixLayoutCreate(&plan.b, CUDA_R_16BF, g.trans_b ? g.n : g.k, g.trans_b ? g.k : g.n, g.ldb));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.d, CUDA_R_16BF, g.m, g.n, g.ldd));
+
+  cublasLtMatmulPreference_t pref = nullptr;
+  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  set_pref(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, static_cast<uint64_t>(kWorkspaceBytes));
+  // Split-K partial sums stay fp32: no reduction in the bf16 output (INPLACE) or in bf16 scratch
+  // (OUTPUT_TYPE).
+  set_pref(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+           static_cast<uint32_t>(CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE));
+  set_pref(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, static_cast<uint32_t>(key.align_a));
+  set_pref(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, static_cast<uint32_t>(key.align_b));
+  set_pref(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, static_cast<uint32_t>(key.align_d));
+  set_pref(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, static_cast<uint32_t>(key.align_d));
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle, plan.desc, plan.a, plan.b, plan.d, plan.d, pref, 1,
+                                              &result, &found));
+  CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
+  STRATA_CHECK(found > 0 && result.state == CUBLAS_STATUS_SUCCESS,
+               "cuBLASLt has no algorithm for the GEMM m=", g.m, " n=", g.n, " k=", g.k,
+               " op(A)=", g.trans_a ? "T" : "N", " op(B)=", g.trans_b ? "T" : "N", " lda=", g.lda,
+               " ldb=", g.ldb, " ldd=", g.ldd, " epilogue=", static_cast<int>(g.epilogue),
+               " alignments A/B/D=", key.align_a, "/", key.align_b, "/", key.align_d);
+  STRATA_CHECK(result.workspaceSize <= kWorkspaceBytes, "cuBLASLt algorithm wants ", result.workspaceSize,
+               " bytes of workspace");
+  plan.algo = result.algo;
+  return plan;
+}
+
+// Enqueues g on stream. dbias_gemv: B is the ones vector, supplied here (g.b is ignored).
+void run(const Gemm& gemm, cudaStream_t stream, bool dbias_gemv = false) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  DeviceContext& ctx = context();
+  Gemm g = gemm;
+  if (dbias_gemv) g.b = ones(ctx, g.k), g.ldb = g.k;
+  const GemmKey key = key_of(g);
+  auto it = ctx.plans.find(key);
+  if (it == ctx.plans.end()) {
+    it = ctx.plans.emplace(key, make_plan(ctx.handle, g, key)).first;
+  } else {
+    set_epilogue_pointers(it->second, g);
+  }
+  const Plan& plan = it->second;
+  const float alpha = 1.0f, beta = g.accumulate ? 1.0f : 0.0f;
+  CUBLAS_CHECK(cublasLtMatmul(ctx.handle, plan.desc, &alpha, g.a, plan.a, g.b, plan.b, &beta, g.d, plan.d,
+                              g.d, plan.d, &plan.algo, workspace(ctx, stream), kWorkspaceBytes, stream));
+}
+
+void check_sizes(const char* op, int N, int IC, int OC) {
+  STRATA_CHECK(N > 0 && IC > 0 && OC > 0, op, ": N=", N, " IC=", IC, " OC=", OC);
+}
+
+// The forward product with the given epilogue: out^T (OC,N) = W (stored (IC,OC)), op T, x inp^T (IC,N).
+Gemm forward_gemm(bf16* out, const bf16* inp, const bf16* weight, int N, int IC, int OC) {
+  Gemm g;
+  g.trans_a = true, g.trans_b = false;
+  g.m = OC, g.n = N, g.k = IC;
+  g.a = weight, g.lda = IC;
+  g.b = inp, g.ldb = IC;
+  g.d = out, g.ldd = OC;
+  return g;
+}
+
+}  // namespace
+
+}  // namespace strata::cuda
+
+namespace strata::ops {
+
+using cuda::bf16;
+
+template <>
+void matmul_forward<Cuda, bf16>(const Cuda& dev, bf16* out, const bf16* inp, const bf16* weight,
+                                const bf16* bias, int N, int IC, int OC) {
+  using namespace cuda;
+  STRATA_CHECK(out && inp && weight, "matmul_forward: null pointer");
+  check_sizes("matmul_forward", N, IC, OC);
+  NvtxRange range("matmul fwd");
+  Gemm g = forward_gemm(out, inp, weight, N, IC, OC);
+  if (bias) g.epilogue = Epilogue::kBias, g.bias = bias;
+  run(g, static_cast<cudaStream_t>(dev.stream));
+}
+
+template <>
+void matmul_gelu_forward<Cuda, bf16>(const Cuda& dev, bf16* out, bf16* pre, const bf16* inp,
+                                     const bf16* weight, const bf16* bias, int N, int IC, int OC) {
+  using namespace cuda;
+  STRATA_CHECK(out && pre && inp && weight, "matmul_gelu_forward: null pointer");
+  check_sizes("matmul_gelu_forward", N, IC, OC);
+  STRATA_CHECK(OC % 8 == 0, "matmul_gelu_forward: OC=", OC,
+               " is not a multiple of 8 (cuBLASLt's GELU aux output needs such a leading dimension)");
+  NvtxRange range("matmul gelu fwd");
+  Gemm g = forward_gemm(out, inp, weight, N, IC, OC);
+  g.epilogue = bias ? Epilogue::kGeluAuxBias : Epilogue::kGeluAux;
+  g.bias = bias;
+  g.aux = pre;
+  run(g, static_cast<cudaStream_t>(dev.stream));
+}
+
+template <>
+void matmul_backward<Cuda, bf16>(const Cuda& dev, bf16* dinp, bf16* dweight, bf16* dbias, const bf16* dout,
+                                 const bf16* inp, const bf16* weight, int N, int IC, int OC) {
+  using namespace cuda;
+  STRATA_CHECK(dweight && dout && inp && weight, "matmul_backward: null pointer");
+  check_sizes("matmul_backward", N, IC, OC);
+  NvtxRange range("matmul bwd");
+  const cudaStream_t stream = static_cast<cudaStream_t>(dev.stream);
+  if (dinp) {
+    // dinp^T (IC,N) = W (stored (IC,OC)), op N, x dout^T (OC,N), op N.
+    Gemm g;
+    g.m = IC, g.n = N, g.k = OC;
+    g.a = weight, g.lda = IC;
+    g.b = dout, g.ldb = OC;
+    g.d = dinp, g.ldd = IC;
+    run(g, stream);
+  }
+  {
+    // dweight^T (IC,OC) += inp^T (IC,N), op N, x dout^T (stored (OC,N)), op T.
+    Gemm g;
+    g.trans_b = true;
+    g.m = IC, g.n = OC, g.k = N;
+    g.a = inp, g.lda = IC;
+    g.b = dout, g.ldb = OC;
+    g.d = dweight, g.ldd = IC;
+    g.accumulate = true;
+    run(g, stream);
+  }
+  if (dbias) {
+    // dbias (OC,1) += dout^T (OC,N), op N, x ones (N,1).
+    Gemm g;
+    g.m = OC, g.n = 1, g.k = N;
+    g.a = dout, g.lda = OC;
+    g.d = dbias, g.ldd = OC;
+    g.accumulate = true;
+    run(g, stream, /*dbias_gemv=*/true);
+  }
+}
+
+}  // namespace strata::ops
