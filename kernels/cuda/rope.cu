@@ -18,6 +18,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/nvtx.h"
 #include "kernels/ops.h"
 
 namespace strata::cuda {
@@ -105,11 +106,13 @@ using cuda::bf16;
 
 template <class Dev, class F>
 void rope_forward(const Dev& dev, F* qkv, int B, int T, int NH, int KVH, int HS, float base, int pos0) {
+  cuda::NvtxRange range("rope fwd");
   cuda::rope(dev, qkv, B, T, NH, KVH, HS, base, pos0, 1.0);
 }
 
 template <class Dev, class F>
 void rope_backward(const Dev& dev, F* dqkv, int B, int T, int NH, int KVH, int HS, float base, int pos0) {
+  cuda::NvtxRange range("rope bwd");
   cuda::rope(dev, dqkv, B, T, NH, KVH, HS, base, pos0, -1.0);
 }
 
