@@ -219,7 +219,8 @@ void bench_adamw(ops::Cuda dev, void* workspace, size_t workspace_bytes) {
   }
   ops::AdamWStep step;
   step.lr = 6e-4f, step.bias_correction1 = 0.1f, step.bias_correction2 = 0.05f, step.seed = 42;
-  memory_row("adamw (fp32 master, bf16 SR)", dims({{"params", total}, {"tensors", 4}}), 30.0 * total,
+  // 28 bytes per parameter: read grad (2), m, v, master (12); write m, v, master (12), param (2).
+  memory_row("adamw (fp32 master, bf16 SR)", dims({{"params", total}, {"tensors", 4}}), 28.0 * total,
              time_ms([&] { ops::adamw_update(dev, ts.data(), 4, step); }));
   dev.workspace = workspace, dev.workspace_bytes = workspace_bytes;
   float* norm = dalloc<float>(1);
