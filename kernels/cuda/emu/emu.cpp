@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
+#include <string>
 #include <vector>
 
 namespace strata::emu {
@@ -78,14 +79,47 @@ void fiber_entry() {
   // returning resumes uc_link: the scheduler
 }
 
-void run_block(Launch& L, uint3 block_idx) {
-  L.block_live = L.nthreads;
-  L.block_arrived = 0;
-  for (int w = 0; w < L.nwarps; ++w) {
-    L.warp_live[w] = std::min(32, L.nthreads - 32 * w);
-    L.warp_arrived[w] = 0;
-    for (int l = 0; l < 32; ++l) L.live[w][l] = l < L.warp_live[w];
+// The order in which the fibers of a block run between two barriers. Threads interleave only at barriers here, so
+// a missing barrier between a shared-memory write and another thread's read shows only when the reader happens to
+// run before the writer. Running the tests under more than one order exposes such races from either side: STRATA_EMU_SCHEDULE = forward | reverse | shuffle:<seed> (default shuffle:1, a fresh
+// seeded permutation for every sweep, so a launch stays deterministic).
+struct Schedule {
+  enum Kind { kForward, kReverse, kShuffle } kind = kShuffle;
+  uint64_t seed = 1;
+};
+
+Schedule schedule_from_env() {
+  Schedule s;
+  const char* env = std::getenv("STRATA_EMU_SCHEDULE");
+  if (!env || !*env) return s;
+  const std::string v = env;
+  if (v == "forward") {
+    s.kind = Schedule::kForward;
+  } else if (v == "reverse") {
+    s.kind = Schedule::kReverse;
+  } else if (v.rfind("shuffle:", 0) == 0 && v.size() > 8 &&
+             v.find_first_not_of("0123456789", 8) == std::string::npos && v.size() <= 8 + 19) {
+    s.seed = std::stoull(v.substr(8));
+  } else {
+    std::fprintf(stderr, "CUDA emulation: STRATA_EMU_SCHEDULE='%s' is not forward, reverse or shuffle:<seed>\n", env);
+    std::exit(2);
   }
+  return s;
+}
+
+// The order of the next sweep over the block's fibers.
+void sweep_order(const Schedule& sched, uint64_t& rng, std::vector<int>& order) {
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(i);
+  if (sched.kind == Schedule::kReverse) std::reverse(order.begin(), order.end());
+  if (sched.kind != Schedule::kShuffle) return;
+  for (size_t i = order.size(); i > 1; --i) {  // Fisher-Yates with xorshift64
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    std::swap(order[i - 1], order[rng % i]);
+  }
+}
+
+// Separate and never inlined: getcontext returns twice, which must not happen in a frame holding live locals.
+[[gnu::noinline]] void init_fibers(Launch& L, uint3 block_idx) {
   for (int t = 0; t < L.nthreads; ++t) {
     L.ts[t].block_idx = block_idx;
     L.state[t] = State::kReady;
@@ -95,10 +129,26 @@ void run_block(Launch& L, uint3 block_idx) {
     L.ctx[t].uc_link = &L.scheduler;
     makecontext(&L.ctx[t], fiber_entry, 0);
   }
+}
+
+void run_block(Launch& L, uint3 block_idx, long block_linear) {
+  static const Schedule sched = schedule_from_env();
+  uint64_t rng = (sched.seed + 1) * 0x9E3779B97F4A7C15ull ^ (static_cast<uint64_t>(block_linear) + 1) * 0xBF58476D1CE4E5B9ull;
+  if (rng == 0) rng = 1;
+  std::vector<int> order(L.nthreads);
+  L.block_live = L.nthreads;
+  L.block_arrived = 0;
+  for (int w = 0; w < L.nwarps; ++w) {
+    L.warp_live[w] = std::min(32, L.nthreads - 32 * w);
+    L.warp_arrived[w] = 0;
+    for (int l = 0; l < 32; ++l) L.live[w][l] = l < L.warp_live[w];
+  }
+  init_fibers(L, block_idx);
   int done = 0;
   while (done < L.nthreads) {
     bool ran = false;
-    for (int t = 0; t < L.nthreads; ++t) {
+    sweep_order(sched, rng, order);
+    for (const int t : order) {
       if (L.state[t] != State::kReady) continue;
       L.current = t;
       tls = L.ts[t];
@@ -185,8 +235,10 @@ void launch(dim3 grid, dim3 block, size_t dynamic_smem_bytes, const std::functio
   const ThreadState saved = tls;
   g_launch = &L;
   for (long b = 0; b < nblocks; ++b)
-    run_block(L, {static_cast<unsigned>(b % grid.x), static_cast<unsigned>((b / grid.x) % grid.y),
-                  static_cast<unsigned>(b / (static_cast<long>(grid.x) * grid.y))});
+    run_block(L,
+              {static_cast<unsigned>(b % grid.x), static_cast<unsigned>((b / grid.x) % grid.y),
+               static_cast<unsigned>(b / (static_cast<long>(grid.x) * grid.y))},
+              b);
   g_launch = nullptr;
   tls = saved;
   munmap(stacks, stack_total);

@@ -11,6 +11,8 @@
 //     barrier per warp), atomics, the float intrinsics;
 //   - the runtime calls the kernels and tests use (cudaMalloc, cudaMemcpyAsync, ...) on host memory: each call
 //     completes before it returns, as if every stream were synchronised after every call.
+// The order of the fibers between barriers is STRATA_EMU_SCHEDULE (emu.cpp); ctest runs every emulated test
+// under two orders, so a missing barrier is caught whichever of the two threads it involves comes first.
 // What it does not model: timing, the memory model of a real GPU (threads interleave only at barriers, so a kernel
 // that races between barriers passes here: compute-sanitizer racecheck on the GPU is the check for that), warp
 // divergence rules beyond "a shuffle waits for every live lane of its warp", and library calls (cuBLASLt, CUB).
