@@ -14,7 +14,7 @@
 
 namespace strata::emu {
 
-thread_local ThreadState tls;
+ThreadState tls;
 
 namespace {
 

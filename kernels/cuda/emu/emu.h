@@ -43,7 +43,10 @@ struct ThreadState {
   dim3 grid_dim{1, 1, 1};
   int linear = 0;  // thread index within the block
 };
-extern thread_local ThreadState tls;
+// The running CUDA thread's indices: one global, set by the scheduler before it switches to a fiber (launches are
+// serialised and all fibers run on the launching OS thread; thread_local would add nothing and, under
+// AddressSanitizer, its lookup from a fiber stack came back null).
+extern ThreadState tls;
 
 // Runs body once per (block, thread) of the launch, blocks in order, threads of a block concurrently.
 // dynamic_smem bytes are visible through dynamic_smem() (poisoned with 0xFF at the start of each launch).
