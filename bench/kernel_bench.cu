@@ -263,6 +263,15 @@ void bench_attention(const ops::Cuda& dev, int B, int T, int NH, int KVH, int HS
   });
   compute_row("flash attention bwd", s, 2.5 * fwd, b_ms);
   compute_row("flash attention fwd+bwd", s, 3.5 * fwd, f_ms + b_ms);
+  // The non-deterministic backward (FlashAttention-2's: dQ by fp32 atomics into dev.workspace), same work count.
+  ops::Cuda atomic = dev;
+  atomic.deterministic = false;
+  const double a_ms = time_ms([&] {
+    ops::flash_attention_backward(atomic, dqkv, delta, dout, out, qkv, static_cast<const float*>(lse), B, T, NH, KVH,
+                                  HS);
+  });
+  compute_row("flash attention bwd, atomic dQ", s, 2.5 * fwd, a_ms);
+  compute_row("flash attention fwd+bwd, atomic dQ", s, 3.5 * fwd, f_ms + a_ms);
   for (void* p : {(void*)qkv, (void*)out, (void*)dout, (void*)dqkv, (void*)lse, (void*)delta}) cudaFree(p);
 }
 

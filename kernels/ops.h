@@ -119,7 +119,9 @@ void attention_backward(const Dev&, F* dqkv, F* datt, const F* dout, const F* qk
 template <class Dev, class F>
 void flash_attention_forward(const Dev&, F* out, Stat<F>* lse, const F* qkv, int B, int T, int NH, int KVH, int HS);
 // dqkv (B,T,(NH+2*KVH)*HS) `=` (query, key and value parts; K/V gradients summed over the query heads of their
-// group); delta (B,NH,T) is scratch (rowsum(dout * out)). Recomputes the scores from qkv and lse.
+// group); delta (B,NH,T) is scratch (rowsum(dout * out)). Recomputes the scores from qkv and lse. On CUDA with
+// Cuda::deterministic false, dQ is accumulated with fp32 atomics in the workspace
+// (cuda::flash_attention_backward_workspace_bytes) and may differ in the last bits from run to run.
 template <class Dev, class F>
 void flash_attention_backward(const Dev&, F* dqkv, Stat<F>* delta, const F* dout, const F* out, const F* qkv,
                               const Stat<F>* lse, int B, int T, int NH, int KVH, int HS);

@@ -11,52 +11,74 @@
 //                                                                                              dqkv `=`
 // Shapes: out, dout (B,T,NH*HS); lse, delta (B,NH,T); dqkv like qkv. HS is 64 or 128 (a template parameter,
 // so every fragment array has a compile-time size and lives in registers); T is any positive length.
+// With ops::Cuda::deterministic == false the backward also needs flash_attention_backward_workspace_bytes()
+// (kernels/cuda/workspace.h) of workspace: an fp32 dQ accumulator (B,T,NH,HS).
 //
 // The products run on the matrix unit (mma_bf16_16816: D 16x8 fp32 += A 16x16 bf16 * B 16x8 bf16), one warp per
-// 16 rows. Operand tiles are staged in shared memory with rows padded by 8 bf16 (16 bytes): a fragment register
-// is 2 consecutive bf16 at row g, column 2t (g = lane/4, t = lane%4), and with a row stride of HS/2 + 4 words the
-// 32 lanes of a fragment load hit 32 different banks. The B operand of the second product of each pass reads
-// along the other axis (P V needs V[key][dim] with two consecutive keys per register), so those tiles are also
-// stored transposed (Vt, Qt, dOt, Kt); the transposed copies are written with consecutive rows on consecutive
-// lanes, which keeps their 2-byte stores conflict-free. The accumulator of one product is the A operand of the
-// next with no shared-memory trip: the D fragments of n-tiles 2k and 2k+1 are exactly the A fragment of
-// k-step k (the FlashAttention-2 register layout), rounded to bf16.
+// 16 rows. Operand tiles are staged row-major in shared memory by cp.async, rows padded by 8 bf16 (16 bytes).
+// Fragments come from ldmatrix: an A fragment is one ldmatrix.x4, a B fragment one ldmatrix.x2 (see "fragments"
+// below for why not x4), and a B operand that reads a tile along its other axis (V in P V: two consecutive keys
+// per register) uses the .trans form, so no tile is stored transposed. With the padded stride the 8 rows of each
+// 8x8 matrix fall in distinct bank groups (conflict-free). The accumulator of one product is the A operand of the
+// next with no shared-memory trip: the D fragments of n-tiles 2k and 2k+1 are exactly the A fragment of k-step k
+// (the FlashAttention-2 register layout), rounded to bf16.
 //
-// Kernels, 128 threads (4 warps) each. Without cp.async/TMA (not in the portable subset) a block cannot overlap
-// its own global loads with its math; 2-3 resident blocks per SM do that instead, which is what the register
-// budgets below (__launch_bounds__ min-blocks 3, or 2 for dK/dV at HS 128) and shared-memory sizes allow.
+// Kernels, 128 threads (4 warps) each; every block overlaps its global loads with its math by cp.async (one tile
+// in flight, every wait is cp_async_wait<0> followed by __syncthreads: the comments at each loop say which buffer
+// the barrier frees), and 2-4 blocks run per SM (__launch_bounds__ min-blocks: see min_blocks below).
 //   forward: block = (64-query tile, head, batch), the tiles with the most keys launched first. Loop over 64-key
 //     tiles up to the diagonal: S = Q K^T, online softmax in the log2 domain (running max m and sum l per row;
-//     exp2f), O = diag(alpha) O + P V; only the diagonal tile (and the one holding T) is masked. Q fragments
-//     are re-read from smem per tile (registers for 3 blocks/SM). Smem Q, K (64 x HS+8), Vt (HS x 72).
-//   backward, deterministic (no atomics): (1) delta = rowsum(dout * out), HS/8 lanes per row; (2) block =
-//     (64-key tile, KV head, batch), 16 keys per warp: dK, dV in registers while looping over the query heads of
-//     the group and the query tiles at or after the diagonal: S^T = K Q^T, P^T = exp2(S^T - lse),
-//     dP^T = V dO^T, dS^T = P^T (dP^T - delta), dV += P^T dO, dK += dS^T Q; each element is written once, so
-//     the group's sum has a fixed order; (3) block = (64-query tile, head, batch): dQ in registers over the key
-//     tiles, recomputing S and dP. At HS 128 the inner tiles are 32 wide: the fp32 dK+dV accumulators alone
-//     take 128 registers. 7 products per (query, key) pair instead of FlashAttention-2's 5 (dQ by atomics):
-//     the price of bitwise-reproducible gradients. ops::Cuda::deterministic = false takes the same path (an
-//     atomic-dQ variant is not written).
-//   Resources (ptxas, sm_90 / sm_80; no spills), smem per block:
-//     HS 64:  forward 127/119 regs, 27.0 KB; dK/dV 168/168, 54.5 KB; dQ 158/150, 45.0 KB; delta 26.
-//     HS 128: forward 168/162 regs, 52.0 KB; dK/dV 239/232, 71.3 KB; dQ 166/158, 61.0 KB (> 48 KB: opted in).
+//     exp2f), O = diag(alpha) O + P V; only the diagonal tile (and the one holding T) is masked. FlashAttention-2's
+//     pipeline with one K and one V buffer: V(j) is copied under S = Q K(j)^T and the softmax, K(j+1) under P V(j).
+//     Q fragments are re-read from smem per tile (registers for 4 blocks/SM at HS 64, 3 at HS 128).
+//   backward, deterministic (the default; no atomics): (1) delta = rowsum(dout * out), HS/8 lanes per row;
+//     (2) block = (64-key tile, KV head, batch), 16 keys per warp: dK, dV in registers while looping over the
+//     query heads of the group and the query tiles at or after the diagonal (Q, dO double-buffered): S^T = K Q^T,
+//     P^T = exp2(S^T - lse), dP^T = V dO^T, dS^T = P^T (dP^T - delta), dV += P^T dO, dK += dS^T Q; each element is
+//     written once, so the group's sum has a fixed order; (3) block = (64-query tile, head, batch): dQ in
+//     registers over the key tiles (K, V double-buffered), recomputing S and dP. At HS 128 the inner tiles are 32
+//     wide: the fp32 dK+dV accumulators alone take 128 registers. 7 products per (query, key) pair: the price of
+//     bitwise-reproducible gradients.
+//   backward, atomic (deterministic == false; FlashAttention-2's scheme, 5 products per pair): (1) delta, and the
+//     same threads zero the fp32 dQ accumulator; (2) kernel (2) above, which also writes each item's dS^T (bf16,
+//     the value the dK product uses) to smem and, after a barrier, computes dQ = dS K for the item's query tile
+//     (each warp 16 queries x 64 dims) and adds it with fp32 atomics (8-byte red.global.add.v2.f32 on sm_90);
+//     (3) a pass converts the accumulator to bf16 dQ (scaled). The dK, dV code is shared with the deterministic
+//     path. Run to run, dQ may differ in the last bits (the atomics' order).
+//   Resources (ptxas -v, sm_90 / sm_80 registers; no spills), smem per block, min blocks per SM (sm_90 / sm_80):
+//     HS 64:  forward 126/127 regs, 27.0 KB, 4/4; dK/dV 168/198, 55.0 KB, 3/2 (atomic: 168/210, 64.0 KB, 3/2);
+//             dQ 156/152, 54.0 KB, 3/2; delta 26; dQ conversion 24.
+//     HS 128: forward 168/167, 51.0 KB, 3/3; dK/dV 245/238, 68.5 KB, 2/2 (atomic: 245/240, 73.5 KB, 2/2);
+//             dQ 166/164, 68.0 KB, 3/2. (> 48 KB: opted in.)
 //
-// Work (causal half counted): forward 2 products = 2 HS T^2 flops per (b, h); backward 7 products = 3.5 HS T^2
-// (FlashAttention's convention counts 2.5x the forward). B=8, T=2048, NH=16, HS=128: forward 137 GFLOP, backward
-// 241 GFLOP executed. Napkin bound on an H100 SXM: every mma (2048 FMA) reads its B fragment from smem, 2
-// conflict-free 128-byte wavefronts, and an SM reads 128 B/clk, so smem caps the products at ~1 mma per 2 clk per
-// SM (~480 TFLOP/s at 1.83 GHz, ~50% of the 989 TFLOP/s dense bf16 peak, which needs wgmma; mma.sync itself tops
-// out near ~65% of it). The exp2f per score (MUFU), barriers and unhidden global-load latency come on top:
-// expected ~200-300 TFLOP/s forward (20-30% of peak) and ~150-250 TFLOP/s of executed backward work. An estimate
-// from the instruction mix, not a measurement: the `gpu` test checks correctness only; the benchmark should
-// confirm it. The next steps would be cp.async double buffering (sm_80+) and a wgmma/TMA path for sm_90.
+// Work (causal half counted): a product is HS T^2 flops per (b, h); forward 2 products, backward 7 (deterministic)
+// or 5 (atomic; FlashAttention's convention counts 5, 2.5x the forward, whichever runs). B=8, T=2048, NH=16,
+// HS=128: forward 137 GFLOP, backward 481 (deterministic) or 344 (atomic) GFLOP executed.
+// Napkin model for an H100 SXM (132 SMs, 1.83 GHz, 128 B/clk of smem per SM): every mma (2048 FMA) reads its B
+// fragment from smem, 256 bytes = 2 clk, while mma.sync issues one per ~1.5 clk per SM (~2/3 of the dense peak):
+// in this model smem bandwidth, not the tensor cores, binds these kernels. Counting
+// the staging stores too, shared-memory clocks per mma are forward 2.75 (3.0 with the transposed V copy this
+// replaced), dK/dV 2.5 (3.0), dQ 2.67 (3.0), atomic dK/dV/dQ 2.6: a forward ceiling of ~360 TFLOP/s (~36% of the
+// 989 dense peak, which needs wgmma). ldmatrix moves the same bytes as 32-bit loads in about half the
+// instructions (forward, per warp and 64-key tile at HS 128: 136 shared loads instead of 288 beside 128 mma; per
+// thread, 16 cp.async instead of 16 global loads + 72 shared stores to stage K and V), so issue slots stop
+// competing with the mma stream, and no register holds staged data.
+// Predictions (not measured; bench/kernel_bench.cu's attention rows check them): forward +10-20% (the smem saving
+// plus the latency hidden inside each block), deterministic backward +10-20% (smem clocks per mma 3.0 -> 2.57),
+// atomic backward 1.2-1.4x faster than the deterministic one (1.4-1.6x than the kernels before cp.async/ldmatrix):
+// at HS 64, 416 smem clocks per warp and (key tile, query tile) instead of 576, less the accumulator's zeroing and
+// conversion (8 more bytes of traffic per dQ element: ~0.1 ms, ~6% at B=8, T=2048, NH=16, shrinking as 1/T).
+// Its risk is the atomic traffic: 16 KB of fp32 reductions per block and query tile, ~2 TB/s into L2 at the
+// smem-bound rate; should L2 cap it, 128-key blocks (8 warps) halve it. Next steps: 32 query rows per warp (each
+// B fragment used twice: half the smem traffic per mma), and a wgmma/TMA path for sm_90.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/nvtx.h"
+#include "kernels/cuda/workspace.h"
 #include "kernels/ops.h"
 
 // Full unrolling of the fragment loops (their arrays then live in registers); the host compiler of the CPU
@@ -66,6 +88,17 @@
 #else
 #define STRATA_UNROLL _Pragma("unroll")
 #endif
+
+namespace strata::cuda {
+
+size_t flash_attention_backward_workspace_bytes(int B, int T, int NH, int HS) {
+  STRATA_CHECK(B > 0 && T > 0 && NH > 0 && HS > 0, "flash_attention_backward_workspace_bytes: B=", B, " T=", T,
+               " NH=", NH, " HS=", HS);
+  return static_cast<size_t>(B) * static_cast<size_t>(T) * static_cast<size_t>(NH) * static_cast<size_t>(HS) *
+         sizeof(float);
+}
+
+}  // namespace strata::cuda
 
 namespace strata::ops {
 
@@ -81,31 +114,49 @@ constexpr int kThreads = 128;  // 4 warps of 16 rows: a 64-row tile per block
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
-// Tile sizes. kLd: row stride of a row-major smem tile (HS + 8); kLdT: row stride of a transposed one.
+// Tile sizes. kLd: row stride of every row-major smem tile (HS + 8: see the header on bank conflicts).
 template <int HS>
-struct ForwardTiles {
+struct ForwardTiles {  // Q, one K tile, one V tile
   static constexpr int kBlockQ = 64, kBlockK = 64;
-  static constexpr int kLd = HS + 8, kLdT = kBlockK + 8;
-  static constexpr size_t kSmemBytes = size_t(kBlockQ * kLd + kBlockK * kLd + HS * kLdT) * sizeof(bf16);
+  static constexpr int kLd = HS + 8;
+  static constexpr size_t kSmemBytes = size_t(kBlockQ + 2 * kBlockK) * kLd * sizeof(bf16);
 };
-template <int HS>
-struct KvTiles {  // backward dK/dV: 16 keys per warp, query tiles of kBlockQ
+template <int HS, bool kAtomicDq>
+struct KvTiles {  // backward dK/dV (and dQ by atomics): 16 keys per warp; K, V, two stages of (Q, dO, lse, delta)
   static constexpr int kBlockK = 64, kBlockQ = HS == 128 ? 32 : 64;
-  static constexpr int kLd = HS + 8, kLdT = kBlockQ + 8;
-  static constexpr size_t kSmemBytes =
-      size_t(2 * kBlockK * kLd + 2 * kBlockQ * kLd + 2 * HS * kLdT) * sizeof(bf16) + 2 * kBlockQ * sizeof(float);
+  static constexpr int kLd = HS + 8;
+  static constexpr int kLdS = kBlockQ + 8;  // dS^T (kBlockK, kLdS), atomic variant only
+  static constexpr size_t kSmemBytes = size_t(2 * kBlockK + 4 * kBlockQ) * kLd * sizeof(bf16) +
+                                       (kAtomicDq ? size_t(kBlockK) * kLdS * sizeof(bf16) : 0) +
+                                       4 * kBlockQ * sizeof(float);
 };
 template <int HS>
-struct QTiles {  // backward dQ: 16 queries per warp, key tiles of kBlockK
+struct QTiles {  // backward dQ: 16 queries per warp; Q, dO, two stages of (K, V)
   static constexpr int kBlockQ = 64, kBlockK = HS == 128 ? 32 : 64;
-  static constexpr int kLd = HS + 8, kLdT = kBlockK + 8;
-  static constexpr size_t kSmemBytes = size_t(2 * kBlockQ * kLd + 2 * kBlockK * kLd + HS * kLdT) * sizeof(bf16);
+  static constexpr int kLd = HS + 8;
+  static constexpr size_t kSmemBytes = size_t(2 * kBlockQ + 4 * kBlockK) * kLd * sizeof(bf16);
 };
-static_assert(ForwardTiles<64>::kBlockQ == 4 * 16 && QTiles<128>::kBlockQ == 4 * 16 && KvTiles<64>::kBlockK == 4 * 16,
+static_assert(ForwardTiles<64>::kBlockQ == 4 * 16 && QTiles<128>::kBlockQ == 4 * 16 &&
+                  KvTiles<64, false>::kBlockK == 4 * 16,
               "a warp owns 16 rows of the block's tile");
-static_assert(ForwardTiles<128>::kSmemBytes <= 100 * 1024 && KvTiles<128>::kSmemBytes <= 100 * 1024 &&
-                  QTiles<128>::kSmemBytes <= 100 * 1024,
-              "at least two blocks per SM on sm_80 (164 KB) and sm_90 (227 KB)");
+static_assert(ForwardTiles<128>::kSmemBytes <= 80 * 1024 && KvTiles<128, true>::kSmemBytes <= 80 * 1024 &&
+                  QTiles<128>::kSmemBytes <= 80 * 1024,
+              "at least two blocks per SM on sm_80 (164 KB) and sm_90 (228 KB)");
+
+// The min-blocks of __launch_bounds__: `want` (3; 4 for the HS 64 forward, which fits in 128 registers) where the
+// SM's shared memory holds that many blocks (plus the 1 KB each reserves), else as many as it holds, at least 2.
+// sm_90 holds three of every kernel here, sm_80 only of the forward; asking sm_80 for three of the others would cap
+// them at 168 registers (and spill) for an occupancy its shared memory never allows. (dK/dV at HS 128 asks for 2
+// everywhere: its fp32 dK, dV accumulators alone take 128 registers.)
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+constexpr size_t kSmemPerSm = 164 * 1024;
+#else
+constexpr size_t kSmemPerSm = 228 * 1024;
+#endif
+constexpr int min_blocks(size_t smem_bytes, int want = 3) {
+  const int fit = static_cast<int>(kSmemPerSm / (smem_bytes + 1024));
+  return fit >= want ? want : fit >= 2 ? fit : 2;
+}
 
 // ---- raw loads and stores ----------------------------------------------------------------------------------------
 // 4- and 16-byte accesses to bf16 arrays (fragment registers, vectorised copies). On the device each is one
@@ -131,58 +182,88 @@ __device__ __forceinline__ void store_bits(bf16* p, const W& w) {
 __device__ __forceinline__ float lo_float(uint32_t w) { return __uint_as_float(w << 16); }
 __device__ __forceinline__ float hi_float(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
 
+// p[0..1] += (x, y) in global memory, no value returned: one 8-byte reduction on sm_90 (red.global.add.v2.f32),
+// two 4-byte ones on sm_80. Written as PTX `red` so no return traffic is requested.
+__device__ __forceinline__ void atomic_add_f32x2(float* p, float x, float y) {
+#if defined(STRATA_CUDA_EMU)
+  atomicAdd(p, x);
+  atomicAdd(p + 1, y);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(p), "f"(x), "f"(y) : "memory");
+#elif defined(__CUDA_ARCH__)
+  asm volatile("red.global.add.f32 [%0], %1;\n" ::"l"(p), "f"(x) : "memory");
+  asm volatile("red.global.add.f32 [%0], %1;\n" ::"l"(p + 1), "f"(y) : "memory");
+#else
+  (void)p, (void)x, (void)y;
+#endif
+}
+
 // ---- shared-memory staging ------------------------------------------------------------------------------------
 
-// Rows [0, rows) x [0, HS) of a bf16 matrix with row stride src_ld into smem (row stride ld); rows at and past
-// `valid` are zeros. Consecutive threads copy consecutive 16-byte pieces of a row (coalesced).
+// Rows [0, rows) x [0, HS) of a bf16 matrix with row stride src_ld into smem (row stride ld) by cp.async; rows at
+// and past `valid` are zero-filled with ordinary stores. Consecutive threads copy consecutive 16-byte pieces of a
+// row (coalesced). The caller commits the group; before any thread reads the tile, every thread must
+// cp_async_wait for the group and then pass a __syncthreads (which also publishes the zero rows).
 template <int HS>
-__device__ __forceinline__ void load_rows(bf16* dst, int ld, const bf16* src, int64_t src_ld, int rows, int valid) {
+__device__ __forceinline__ void copy_rows_async(bf16* dst, int ld, const bf16* src, int64_t src_ld, int rows,
+                                                int valid) {
   constexpr int kPieces = HS / 8;
   for (int c = static_cast<int>(threadIdx.x); c < rows * kPieces; c += kThreads) {
     const int r = c / kPieces, col = (c % kPieces) * 8;
-    store_bits(dst + r * ld + col, r < valid ? load_bits<int4>(src + r * src_ld + col) : make_int4(0, 0, 0, 0));
+    if (r < valid)
+      cuda::cp_async_16(dst + r * ld + col, src + r * src_ld + col);
+    else
+      store_bits(dst + r * ld + col, make_int4(0, 0, 0, 0));
   }
 }
 
-// The same copy stored transposed, dst_t[d * ldt + r] = src[r][d], and also row-major into dst (when non-null).
-// Consecutive threads take consecutive rows, so the 2-byte transposed stores of a warp fall in distinct banks.
-template <int HS>
-__device__ __forceinline__ void load_rows_transposed(bf16* dst_t, int ldt, bf16* dst, int ld, const bf16* src,
-                                                     int64_t src_ld, int rows, int valid) {
-  constexpr int kPieces = HS / 8;
-  for (int c = static_cast<int>(threadIdx.x); c < rows * kPieces; c += kThreads) {
-    const int r = c % rows, col = (c / rows) * 8;
-    const int4 v = r < valid ? load_bits<int4>(src + r * src_ld + col) : make_int4(0, 0, 0, 0);
-    if (dst) store_bits(dst + r * ld + col, v);
-    const uint32_t w[4] = {static_cast<uint32_t>(v.x), static_cast<uint32_t>(v.y), static_cast<uint32_t>(v.z),
-                           static_cast<uint32_t>(v.w)};
-STRATA_UNROLL
-    for (int i = 0; i < 4; ++i) {
-      dst_t[(col + 2 * i) * ldt + r] = __ushort_as_bfloat16(static_cast<unsigned short>(w[i] & 0xffffu));
-      dst_t[(col + 2 * i + 1) * ldt + r] = __ushort_as_bfloat16(static_cast<unsigned short>(w[i] >> 16));
-    }
-  }
+// ---- fragments (layouts: kernels/cuda/common.cuh, mma_bf16_16816 and ldmatrix_x4) -----------------------------
+// A fragments (16x16, 4 registers) come from one ldmatrix.x4, B fragments (16x8, 2 registers) from one
+// ldmatrix.x2: its two 8x8 matrices are addressed by lanes 0-7 and 8-15 (lanes 16-31 are ignored, so they repeat
+// 0-15). An x4 would fetch the B fragments of two n-tiles at once, but ptxas then wants 20-60 more registers per
+// thread (-Xptxas -v without the min-blocks bound; with it, spills at 3 blocks per SM); with x2 the register counts
+// stay near those of the 32-bit loads this replaced. With the padded row stride (HS + 8 or kBlockQ + 8
+// bf16: 36, 68 or 20 words) the 8 rows of a matrix start in 8 distinct 4-bank groups, so every phase of an
+// ldmatrix is conflict-free.
+
+// ldmatrix.x2 (.trans): r[0], r[1] are matrices 0 and 1 of ldmatrix_x4's layout (kernels/cuda/common.cuh). The
+// emulation runs the x4 (tested by the self-test) with lanes 16-31 repeating 0-15.
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const bf16* row_addr, bool trans) {
+#if defined(STRATA_CUDA_EMU)
+  uint32_t r4[4];
+  cuda::ldmatrix_x4(r4, row_addr, trans);
+  r[0] = r4[0], r[1] = r4[1];
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(row_addr));
+  if (trans)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+  else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+#else
+  (void)r, (void)row_addr, (void)trans;
+#endif
 }
 
-// ---- fragments (layouts: kernels/cuda/common.cuh, mma_bf16_16816) ---------------------------------------------
-
-__device__ __forceinline__ uint32_t ld32(const bf16* p) { return load_bits<uint32_t>(p); }
-
-// A (16x16): rows [0,16) and columns [k0, k0+16) of a row-major smem tile m (row stride ld).
-__device__ __forceinline__ void load_a(uint32_t (&a)[4], const bf16* m, int ld, int k0, int gr, int tq) {
-  const bf16* p = m + gr * ld + k0 + 2 * tq;
-  a[0] = ld32(p);
-  a[1] = ld32(p + 8 * ld);
-  a[2] = ld32(p + 8);
-  a[3] = ld32(p + 8 * ld + 8);
+// A (16x16): rows [0,16), columns [k0, k0+16) of a row-major smem tile m (row stride ld). Matrices: rows 0-7 |
+// rows 8-15 at columns k0, then the same at k0 + 8 (a[0..3] of mma_bf16_16816).
+__device__ __forceinline__ void load_a(uint32_t (&a)[4], const bf16* m, int ld, int k0, int lane) {
+  cuda::ldmatrix_x4(a, m + ((lane & 7) + (lane & 8)) * ld + k0 + ((lane & 16) >> 1));
 }
 
-// B (16x8) with B[k][n] = m[n0 + n][k0 + k]: the rows of the smem tile m are B's columns, so each register is
-// two consecutive elements of one row.
-__device__ __forceinline__ void load_b(uint32_t (&b)[2], const bf16* m, int ld, int n0, int k0, int gr, int tq) {
-  const bf16* p = m + (n0 + gr) * ld + k0 + 2 * tq;
-  b[0] = ld32(p);
-  b[1] = ld32(p + 8);
+// A (16x16) with A[i][k] = m[k0 + k][i0 + i]: a tile stored transposed (rows of m are A's columns), by .trans.
+// Matrices: (k 0-7, i 0-7), (k 0-7, i 8-15), (k 8-15, i 0-7), (k 8-15, i 8-15).
+__device__ __forceinline__ void load_a_trans(uint32_t (&a)[4], const bf16* m, int ld, int k0, int i0, int lane) {
+  cuda::ldmatrix_x4(a, m + (k0 + (lane & 7) + ((lane & 16) >> 1)) * ld + i0 + (lane & 8), true);
+}
+
+// B (16x8) with B[k][n] = m[n0 + n][k0 + k]: the rows of the smem tile m are B's columns (K in Q K^T).
+__device__ __forceinline__ void load_b(uint32_t (&b)[2], const bf16* m, int ld, int n0, int k0, int lane) {
+  ldmatrix_x2(b, m + (n0 + (lane & 7)) * ld + k0 + (lane & 8), false);
+}
+
+// B (16x8) with B[k][n] = m[k0 + k][n0 + n]: the rows of m are B's rows (V in P V), by .trans: no transposed copy.
+__device__ __forceinline__ void load_b_trans(uint32_t (&b)[2], const bf16* m, int ld, int n0, int k0, int lane) {
+  ldmatrix_x2(b, m + (k0 + (lane & 15)) * ld + n0, true);
 }
 
 // The D fragments of n-tiles 2k, 2k+1 (16 columns) as the A fragment of k-step k of the next product.
@@ -192,40 +273,43 @@ __device__ __forceinline__ void accum_as_a(uint32_t (&a)[4], const float (&d0)[4
   a[2] = pack_bf16x2(d1[0], d1[1]);
   a[3] = pack_bf16x2(d1[2], d1[3]);
 }
+// P (16 x K, fp32 accumulators of a product) rounded to bf16: the A fragments of the next product, one per k-step
+// (half the registers of P, so P is packed as soon as it is final).
+template <int K>
+__device__ __forceinline__ void pack_a(uint32_t (&pa)[K / 16][4], const float (&p)[K / 8][4]) {
+STRATA_UNROLL
+  for (int kk = 0; kk < K / 16; ++kk) accum_as_a(pa[kk], p[2 * kk], p[2 * kk + 1]);
+}
 
 // D (16 x N) += A (16 x K, row-major smem rows of this warp) * M^T, M an (N, K) row-major smem tile.
 template <int N, int K>
 __device__ __forceinline__ void mma_a_smem(float (&d)[N / 8][4], const bf16* a_rows, int lda, const bf16* m, int ldm,
-                                           int gr, int tq) {
+                                           int lane) {
 STRATA_UNROLL
   for (int kk = 0; kk < K / 16; ++kk) {
     uint32_t a[4];
-    load_a(a, a_rows, lda, 16 * kk, gr, tq);
+    load_a(a, a_rows, lda, 16 * kk, lane);
 STRATA_UNROLL
     for (int j = 0; j < N / 8; ++j) {
       uint32_t b[2];
-      load_b(b, m, ldm, 8 * j, 16 * kk, gr, tq);
+      load_b(b, m, ldm, 8 * j, 16 * kk, lane);
       mma_bf16_16816(d[j], a, b);
     }
   }
 }
 
-// D (16 x N) += P (16 x K, fp32 accumulators of a previous product, rounded to bf16) * M^T, M an (N, K)
-// row-major smem tile (a transposed copy).
+// D (16 x N) += P (16 x K, packed by pack_a) * M, M a (K, N) row-major smem tile.
 template <int N, int K>
-__device__ __forceinline__ void mma_a_regs(float (&d)[N / 8][4], const float (&p)[K / 8][4], const bf16* m, int ldm,
-                                           int gr, int tq) {
+__device__ __forceinline__ void mma_a_regs(float (&d)[N / 8][4], const uint32_t (&pa)[K / 16][4], const bf16* m,
+                                           int ldm, int lane) {
 STRATA_UNROLL
-  for (int kk = 0; kk < K / 16; ++kk) {
-    uint32_t a[4];
-    accum_as_a(a, p[2 * kk], p[2 * kk + 1]);
+  for (int kk = 0; kk < K / 16; ++kk)
 STRATA_UNROLL
     for (int n = 0; n < N / 8; ++n) {
       uint32_t b[2];
-      load_b(b, m, ldm, 8 * n, 16 * kk, gr, tq);
-      mma_bf16_16816(d[n], a, b);
+      load_b_trans(b, m, ldm, 8 * n, 16 * kk, lane);
+      mma_bf16_16816(d[n], pa[kk], b);
     }
-  }
 }
 
 // Writes a warp's 16 x HS accumulator (rows g and g+8 times mul) as bf16 into its 16 smem rows, then copies
@@ -262,16 +346,16 @@ __device__ __forceinline__ float quad_sum(float v) {
 
 // grid (ceil(T/64), NH, B), block 128. scale_log2 = scale * log2(e).
 template <int HS>
-__global__ void __launch_bounds__(kThreads, 3)
+__global__ void __launch_bounds__(kThreads, min_blocks(ForwardTiles<HS>::kSmemBytes, HS == 64 ? 4 : 3))
     flash_forward_kernel(bf16* out, float* lse, const bf16* qkv, int T, int NH, int KVH, float scale_log2) {
   using Tiles = ForwardTiles<HS>;
-  constexpr int BQ = Tiles::kBlockQ, BK = Tiles::kBlockK, kLd = Tiles::kLd, kLdT = Tiles::kLdT;
+  constexpr int BQ = Tiles::kBlockQ, BK = Tiles::kBlockK, kLd = Tiles::kLd;
   STRATA_DYNAMIC_SMEM(bf16, smem);
   bf16* q_s = smem;              // (BQ, kLd)
   bf16* k_s = q_s + BQ * kLd;    // (BK, kLd)
-  bf16* vt_s = k_s + BK * kLd;   // (HS, kLdT): V transposed
+  bf16* v_s = k_s + BK * kLd;    // (BK, kLd)
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
-  const int gr = lane / 4, tq = lane % 4;
+  const int tq = lane % 4;
   const int q0 = static_cast<int>(gridDim.x - 1 - blockIdx.x) * BQ;  // the longest rows start first
   const int h = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z), g = h / (NH / KVH);
   const int R = (NH + 2 * KVH) * HS;
@@ -279,26 +363,33 @@ __global__ void __launch_bounds__(kThreads, 3)
   const bf16* k = base + (NH + g) * HS;
   const bf16* v = base + (NH + KVH + g) * HS;
 
-  load_rows<HS>(q_s, kLd, base + int64_t{q0} * R + h * HS, R, BQ, T - q0);
-  __syncthreads();
-  bf16* q_w = q_s + warp * 16 * kLd;  // this warp's 16 query rows
+  // Pipeline (FlashAttention-2's, one buffer each for K and V): the copy of V(kt) runs under S = Q K(kt)^T and
+  // the softmax, the copy of K(kt+1) under O += P V(kt). Each cp_async_wait<0> below has exactly one group in
+  // flight (this thread's copies of the tile about to be read); the __syncthreads after it makes every thread's
+  // copies visible and also proves that every warp is done with the buffer the next copy overwrites.
+  copy_rows_async<HS>(q_s, kLd, base + int64_t{q0} * R + h * HS, R, BQ, T - q0);
+  copy_rows_async<HS>(k_s, kLd, k, R, BK, T);
+  cuda::cp_async_commit();
+  bf16* q_w = q_s + warp * 16 * kLd;  // this warp's 16 query rows (read by this warp only)
 
   const int row_w = q0 + warp * 16;
-  const int rows[2] = {row_w + gr, row_w + gr + 8};  // the rows of accumulator entries [0,1] and [2,3]
+  const int rows[2] = {row_w + lane / 4, row_w + lane / 4 + 8};  // the rows of accumulator entries [0,1] and [2,3]
+  // The last key each row attends to (a row past T: T - 1, any value works).
+  const int last[2] = {rows[0] < T ? rows[0] : T - 1, rows[1] < T ? rows[1] : T - 1};
   float o[HS / 8][4] = {};
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // l: this thread's partial sums (quad-reduced at the end)
   const int n_tiles = cuda::ceil_div(q0 + BQ < T ? q0 + BQ : T, BK);
   for (int kt = 0; kt < n_tiles; ++kt) {
     const int k0 = kt * BK;
-    __syncthreads();  // every warp is done with the previous K, V tile
-    load_rows<HS>(k_s, kLd, k + int64_t{k0} * R, R, BK, T - k0);
-    load_rows_transposed<HS>(vt_s, kLdT, nullptr, 0, v + int64_t{k0} * R, R, BK, T - k0);
-    __syncthreads();
+    cuda::cp_async_wait<0>();  // this thread's copies of K(kt) (and, at kt = 0, of Q)
+    __syncthreads();           // everyone's copies have landed; every warp is done with V(kt-1) (its P V is above)
+    copy_rows_async<HS>(v_s, kLd, v + int64_t{k0} * R, R, BK, T - k0);
+    cuda::cp_async_commit();
 
-    // S = Q K^T. The Q fragments are re-read from smem per tile rather than held in registers (32 more at
-    // HS 128): that keeps the kernel near 128 registers, 3 blocks per SM.
+    // S = Q K^T. The Q fragments are re-read from smem per tile rather than held in registers (16 more at HS 64,
+    // 32 at HS 128): that keeps 4 blocks per SM at HS 64 (128 registers) and 3 at HS 128 (168).
     float s[BK / 8][4] = {};
-    mma_a_smem<BK, HS>(s, q_w, kLd, k_s, kLd, gr, tq);
+    mma_a_smem<BK, HS>(s, q_w, kLd, k_s, kLd, lane);
     // Only the diagonal tile and the tile holding T need the mask (keys after the row, keys past T).
     const bool masked = k0 + BK - 1 > row_w || k0 + BK > T;
     float mx[2] = {-INFINITY, -INFINITY};
@@ -308,7 +399,7 @@ STRATA_UNROLL
       for (int i = 0; i < 4; ++i) {
         const int key = k0 + 8 * j + 2 * tq + (i & 1);
         float x = s[j][i] * scale_log2;
-        if (masked && (key > rows[i / 2] || key >= T)) x = -INFINITY;
+        if (masked && key > last[i / 2]) x = -INFINITY;
         s[j][i] = x;
         mx[i / 2] = fmaxf(mx[i / 2], x);
       }
@@ -335,8 +426,19 @@ STRATA_UNROLL
       o[n][0] *= alpha[0], o[n][1] *= alpha[0];
       o[n][2] *= alpha[1], o[n][3] *= alpha[1];
     }
-    mma_a_regs<HS, BK>(o, s, vt_s, kLdT, gr, tq);
+
+    uint32_t pa[BK / 16][4];  // P as bf16 A fragments
+    pack_a<BK>(pa, s);
+
+    cuda::cp_async_wait<0>();  // this thread's copies of V(kt)
+    __syncthreads();           // everyone's copies have landed; every warp is done reading K(kt)
+    if (kt + 1 < n_tiles) {
+      copy_rows_async<HS>(k_s, kLd, k + int64_t{k0 + BK} * R, R, BK, T - k0 - BK);
+      cuda::cp_async_commit();
+    }
+    mma_a_regs<HS, BK>(o, pa, v_s, kLd, lane);
   }
+  // No copy is in flight here: the last iteration issued none after its final wait.
 
   float inv[2];
 STRATA_UNROLL
@@ -357,11 +459,12 @@ STRATA_UNROLL
 
 // ---- backward -------------------------------------------------------------------------------------------------------
 
-// delta[b,h,t] = dout[b,t,h,:] . out[b,t,h,:]: HS/8 lanes per (b,t,h) row, one 16-byte piece each.
+// delta[b,h,t] = dout[b,t,h,:] . out[b,t,h,:]: HS/8 lanes per (b,t,h) row, one 16-byte piece each. When dq_accum
+// (B,T,NH,HS fp32, the atomic path's scratch) is non-null, the same thread also zeroes its 8 elements of it.
 // grid ceil(B*T*NH*HS/8 / 256), block 256.
 template <int HS>
 __global__ void __launch_bounds__(256)
-    flash_delta_kernel(float* delta, const bf16* dout, const bf16* out, int64_t rows, int T, int NH) {
+    flash_delta_kernel(float* delta, float* dq_accum, const bf16* dout, const bf16* out, int64_t rows, int T, int NH) {
   constexpr int kLanes = HS / 8;
   static_assert(kWarpSize % kLanes == 0, "a row's lanes stay in one warp");
   const int64_t tid = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
@@ -377,6 +480,11 @@ STRATA_UNROLL
       const uint32_t x = static_cast<uint32_t>(aw[i]), y = static_cast<uint32_t>(cw[i]);
       acc += lo_float(x) * lo_float(y) + hi_float(x) * hi_float(y);
     }
+    if (dq_accum) {
+      const cuda::Vec16<float> zero{};
+      zero.store(dq_accum + row * HS + piece * 8);
+      zero.store(dq_accum + row * HS + piece * 8 + 4);
+    }
   }
 STRATA_UNROLL
   for (int off = kLanes / 2; off > 0; off >>= 1) acc += __shfl_xor_sync(cuda::kFullMask, acc, off);
@@ -387,22 +495,24 @@ STRATA_UNROLL
   }
 }
 
-// dK, dV of one 64-key tile of KV head g: grid (ceil(T/64), KVH, B), block 128 (16 keys per warp).
-template <int HS>
-__global__ void __launch_bounds__(kThreads, HS == 128 ? 2 : 3)
-    flash_backward_dkdv_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* delta,
-                               int T, int NH, int KVH, float scale, float scale_log2) {
-  using Tiles = KvTiles<HS>;
-  constexpr int BK = Tiles::kBlockK, BQ = Tiles::kBlockQ, kLd = Tiles::kLd, kLdT = Tiles::kLdT;
+// dK, dV of one 64-key tile of KV head g: grid (ceil(T/64), KVH, B), block 128 (16 keys per warp). With kAtomicDq
+// (FlashAttention-2's backward) the block also computes dQ = dS K for every query tile it visits and adds it
+// (unscaled) into dq_accum (B,T,NH,HS fp32) with atomics; otherwise dq_accum is unused and dQ is left to
+// flash_backward_dq_kernel.
+template <int HS, bool kAtomicDq>
+__global__ void __launch_bounds__(kThreads, HS == 128 ? 2 : min_blocks(KvTiles<HS, kAtomicDq>::kSmemBytes))
+    flash_backward_dkdv_kernel(bf16* dqkv, float* dq_accum, const bf16* dout, const bf16* qkv, const float* lse,
+                               const float* delta, int T, int NH, int KVH, float scale, float scale_log2) {
+  using Tiles = KvTiles<HS, kAtomicDq>;
+  constexpr int BK = Tiles::kBlockK, BQ = Tiles::kBlockQ, kLd = Tiles::kLd, kLdS = Tiles::kLdS;
   STRATA_DYNAMIC_SMEM(bf16, smem);
-  bf16* k_s = smem;               // (BK, kLd)
-  bf16* v_s = k_s + BK * kLd;     // (BK, kLd)
-  bf16* q_s = v_s + BK * kLd;     // (BQ, kLd)
-  bf16* do_s = q_s + BQ * kLd;    // (BQ, kLd)
-  bf16* qt_s = do_s + BQ * kLd;   // (HS, kLdT): Q transposed
-  bf16* dot_s = qt_s + HS * kLdT; // (HS, kLdT): dO transposed
-  float* lse_s = reinterpret_cast<float*>(dot_s + HS * kLdT);  // (BQ) lse * log2(e)
-  float* delta_s = lse_s + BQ;                                 // (BQ)
+  bf16* k_s = smem;                    // (BK, kLd)
+  bf16* v_s = k_s + BK * kLd;          // (BK, kLd)
+  bf16* q_s = v_s + BK * kLd;          // 2 stages of (BQ, kLd)
+  bf16* do_s = q_s + 2 * BQ * kLd;     // 2 stages of (BQ, kLd)
+  bf16* ds_s = do_s + 2 * BQ * kLd;    // (BK, kLdS): dS^T, atomic variant only
+  float* lse_s = reinterpret_cast<float*>(ds_s + (kAtomicDq ? BK * kLdS : 0));  // 2 stages of (BQ): lse * log2(e)
+  float* delta_s = lse_s + 2 * BQ;                                               // 2 stages of (BQ)
   const int tid = static_cast<int>(threadIdx.x);
   const int warp = tid / kWarpSize, lane = tid % kWarpSize, gr = lane / 4, tq = lane % 4;
   const int k0 = static_cast<int>(blockIdx.x) * BK;
@@ -410,68 +520,178 @@ __global__ void __launch_bounds__(kThreads, HS == 128 ? 2 : 3)
   const int R = (NH + 2 * KVH) * HS, OC = NH * HS;
   const bf16* base = qkv + int64_t{b} * T * R;
 
-  load_rows<HS>(k_s, kLd, base + int64_t{k0} * R + (NH + g) * HS, R, BK, T - k0);
-  load_rows<HS>(v_s, kLd, base + int64_t{k0} * R + (NH + KVH + g) * HS, R, BK, T - k0);
+  // The work is a flat list of (query head of the group, query tile at or after the diagonal); item `it` has
+  // head h and first query qs.
+  const int q_first = k0 / BQ * BQ, n_q = cuda::ceil_div(T - q_first, BQ), n_items = group * n_q;
+  auto item = [&](int it, int& h, int& qs) {
+    h = g * group + it / n_q;
+    qs = q_first + (it % n_q) * BQ;
+  };
+  // lse (log2 domain) and delta of the item's queries go through registers one item ahead of their smem stage:
+  // thread tid < BQ loads query tid's pair for item it+2 before computing item it, and stores it at item it+1.
+  float lse_next = 0.0f, delta_next = 0.0f;
+  auto fetch_stats = [&](int it) {
+    if (tid < BQ) {
+      int h, qs;
+      item(it, h, qs);
+      const int t = qs + tid;
+      const int64_t at = (int64_t{b} * NH + h) * T + t;
+      lse_next = t < T ? lse[at] * kLog2e : 0.0f;
+      delta_next = t < T ? delta[at] : 0.0f;
+    }
+  };
+  // Stage it & 1 receives item it: Q and dO rows by cp.async (one committed group), lse and delta from registers.
+  auto stage_item = [&](int it) {
+    int h, qs;
+    item(it, h, qs);
+    const int st = it & 1;
+    copy_rows_async<HS>(q_s + st * BQ * kLd, kLd, base + int64_t{qs} * R + h * HS, R, BQ, T - qs);
+    copy_rows_async<HS>(do_s + st * BQ * kLd, kLd, dout + (int64_t{b} * T + qs) * OC + h * HS, OC, BQ, T - qs);
+    cuda::cp_async_commit();
+    if (tid < BQ) lse_s[st * BQ + tid] = lse_next, delta_s[st * BQ + tid] = delta_next;
+  };
+
+  copy_rows_async<HS>(k_s, kLd, base + int64_t{k0} * R + (NH + g) * HS, R, BK, T - k0);
+  copy_rows_async<HS>(v_s, kLd, base + int64_t{k0} * R + (NH + KVH + g) * HS, R, BK, T - k0);
+  fetch_stats(0);
+  stage_item(0);  // K, V and item 0 in one group
+  if (n_items > 1) fetch_stats(1);
+
   const int key_w = k0 + warp * 16;  // this warp's first key
   const int keys[2] = {key_w + gr, key_w + gr + 8};
-  bf16* k_w = k_s + warp * 16 * kLd;
-  bf16* v_w = v_s + warp * 16 * kLd;
+  const bf16* k_w = k_s + warp * 16 * kLd;
+  const bf16* v_w = v_s + warp * 16 * kLd;
   float dk[HS / 8][4] = {}, dv[HS / 8][4] = {};
-  for (int hi = 0; hi < group; ++hi) {
-    const int h = g * group + hi;
-    const bf16* q = base + h * HS;
-    const bf16* dy = dout + int64_t{b} * T * OC + h * HS;
-    const float* lse_h = lse + (int64_t{b} * NH + h) * T;
-    const float* delta_h = delta + (int64_t{b} * NH + h) * T;
-    for (int qs = k0 / BQ * BQ; qs < T; qs += BQ) {  // query tiles holding a query t >= k0
-      __syncthreads();  // every warp is done with the previous query tile (and K, V are loaded)
-      load_rows_transposed<HS>(qt_s, kLdT, q_s, kLd, q + int64_t{qs} * R, R, BQ, T - qs);
-      load_rows_transposed<HS>(dot_s, kLdT, do_s, kLd, dy + int64_t{qs} * OC, OC, BQ, T - qs);
-      if (tid < BQ) {
-        const int t = qs + tid;
-        lse_s[tid] = t < T ? lse_h[t] * kLog2e : 0.0f;
-        delta_s[tid] = t < T ? delta_h[t] : 0.0f;
-      }
-      __syncthreads();
-      if (qs + BQ - 1 < key_w) continue;  // every query of the tile precedes every key of this warp: P = 0
+  for (int it = 0; it < n_items; ++it) {
+    // Double buffering: exactly one group is in flight here (item it's copies, issued one iteration ago), so
+    // wait<0> completes this thread's share and the barrier everyone's. The barrier also proves that every warp
+    // has finished item it-1, so stage (it+1) & 1 = (it-1) & 1 is free for item it+1, whose copies then run
+    // under this item's products.
+    cuda::cp_async_wait<0>();
+    __syncthreads();
+    if (it + 1 < n_items) {
+      stage_item(it + 1);
+      if (it + 2 < n_items) fetch_stats(it + 2);
+    }
+    int h, qs;
+    item(it, h, qs);
+    const int st = it & 1;
+    const bf16* q_t = q_s + st * BQ * kLd;
+    const bf16* do_t = do_s + st * BQ * kLd;
+    const float* lse_t = lse_s + st * BQ;
+    const float* delta_t = delta_s + st * BQ;
 
-      float st[BQ / 8][4] = {}, dpt[BQ / 8][4] = {};  // S^T, dP^T: this warp's 16 keys x BQ queries
-      mma_a_smem<BQ, HS>(st, k_w, kLd, q_s, kLd, gr, tq);
-      mma_a_smem<BQ, HS>(dpt, v_w, kLd, do_s, kLd, gr, tq);
+    if (qs + BQ - 1 >= key_w) {  // else every query of the tile precedes every key of this warp: P = 0
+      float pt[BQ / 8][4] = {}, dst[BQ / 8][4] = {};  // S^T then P^T, dP^T then dS^T: 16 keys x BQ queries
+      mma_a_smem<BQ, HS>(pt, k_w, kLd, q_t, kLd, lane);
+      mma_a_smem<BQ, HS>(dst, v_w, kLd, do_t, kLd, lane);
       const bool masked = qs < key_w + 15 || qs + BQ > T;
+      const int first[2] = {keys[0] - qs, keys[1] - qs}, end = T - qs;  // tile queries [first, end) see the key
 STRATA_UNROLL
       for (int j = 0; j < BQ / 8; ++j)
 STRATA_UNROLL
         for (int i = 0; i < 4; ++i) {
           const int ql = 8 * j + 2 * tq + (i & 1);
-          float p = exp2f(st[j][i] * scale_log2 - lse_s[ql]);
-          if (masked && (qs + ql < keys[i / 2] || qs + ql >= T)) p = 0.0f;
-          st[j][i] = p;
-          dpt[j][i] = p * (dpt[j][i] - delta_s[ql]);  // dS^T without the scale (applied once at the end)
+          float p = exp2f(pt[j][i] * scale_log2 - lse_t[ql]);
+          if (masked && (ql < first[i / 2] || ql >= end)) p = 0.0f;
+          pt[j][i] = p;
+          dst[j][i] = p * (dst[j][i] - delta_t[ql]);  // dS^T without the scale (applied once at the end)
         }
-      mma_a_regs<HS, BQ>(dv, st, dot_s, kLdT, gr, tq);
-      mma_a_regs<HS, BQ>(dk, dpt, qt_s, kLdT, gr, tq);
+      uint32_t pa[BQ / 16][4];  // P^T, then dS^T, as bf16 A fragments
+      pack_a<BQ>(pa, pt);
+      mma_a_regs<HS, BQ>(dv, pa, do_t, kLd, lane);  // dV += P^T dO
+      pack_a<BQ>(pa, dst);
+      if constexpr (kAtomicDq) {  // this warp's 16 rows of dS^T for the dQ product: the bf16 values dK uses
+        bf16* ds_w = ds_s + warp * 16 * kLdS;
+STRATA_UNROLL
+        for (int kk = 0; kk < BQ / 16; ++kk) {
+          store_bits(ds_w + gr * kLdS + 16 * kk + 2 * tq, pa[kk][0]);
+          store_bits(ds_w + (gr + 8) * kLdS + 16 * kk + 2 * tq, pa[kk][1]);
+          store_bits(ds_w + gr * kLdS + 16 * kk + 8 + 2 * tq, pa[kk][2]);
+          store_bits(ds_w + (gr + 8) * kLdS + 16 * kk + 8 + 2 * tq, pa[kk][3]);
+        }
+      }
+      mma_a_regs<HS, BQ>(dk, pa, q_t, kLd, lane);  // dK += dS^T Q
+    }
+
+    if constexpr (kAtomicDq) {
+      // dQ (BQ x HS) += dS (BQ x BK) K (BK x HS): warp w takes 16 query rows (w % kRowGroups) and kDqDims head
+      // dims (w / kRowGroups), reading dS^T transposed (ldmatrix.trans) and K through .trans. Key chunk c (the
+      // rows of warp c) is read only when warp c was active for this item, i.e. for c < n_chunks (skipped warps
+      // leave stale rows); later chunks hold no key <= the tile's last query anyway.
+      constexpr int kRowGroups = BQ / 16, kDqDims = HS / (4 / kRowGroups);
+      static_assert(kRowGroups * (HS / kDqDims) == 4, "the 4 warps tile dQ");
+      __syncthreads();  // every warp's dS^T rows are in ds_s (the next write is after the next item's barrier)
+      const int rg = warp % kRowGroups, d0 = (warp / kRowGroups) * kDqDims;
+      const int n_chunks = cuda::ceil_div(qs + BQ - k0, 16);  // >= 1 since qs + BQ > k0
+      float dq[kDqDims / 8][4] = {};
+STRATA_UNROLL
+      for (int kk = 0; kk < BK / 16; ++kk) {
+        if (kk < n_chunks) {
+          uint32_t a[4];
+          load_a_trans(a, ds_s, kLdS, 16 * kk, 16 * rg, lane);
+STRATA_UNROLL
+          for (int n = 0; n < kDqDims / 8; ++n) {
+            uint32_t bb[2];
+            load_b_trans(bb, k_s, kLd, d0 + 8 * n, 16 * kk, lane);
+            mma_bf16_16816(dq[n], a, bb);
+          }
+        }
+      }
+STRATA_UNROLL
+      for (int r = 0; r < 2; ++r) {
+        const int t = qs + 16 * rg + gr + 8 * r;
+        if (t < T) {
+          float* dst_row = dq_accum + ((int64_t{b} * T + t) * NH + h) * HS + d0 + 2 * tq;
+STRATA_UNROLL
+          for (int n = 0; n < kDqDims / 8; ++n) atomic_add_f32x2(dst_row + 8 * n, dq[n][2 * r], dq[n][2 * r + 1]);
+        }
+      }
     }
   }
-  // The smem K, V rows of a warp are read by that warp only: stage the results there.
-  store_warp_rows<HS>(dqkv + (int64_t{b} * T + key_w) * R + (NH + g) * HS, R, k_w, kLd, dk, scale, T - key_w, lane);
-  store_warp_rows<HS>(dqkv + (int64_t{b} * T + key_w) * R + (NH + KVH + g) * HS, R, v_w, kLd, dv, 1.0f, T - key_w,
+  // No copy is in flight (the last item issued none). Every warp must be done reading K (the dQ product reads all
+  // of k_s) before a warp overwrites its rows with dK: stage the results there.
+  __syncthreads();
+  bf16* k_ws = k_s + warp * 16 * kLd;
+  bf16* v_ws = v_s + warp * 16 * kLd;
+  store_warp_rows<HS>(dqkv + (int64_t{b} * T + key_w) * R + (NH + g) * HS, R, k_ws, kLd, dk, scale, T - key_w,
                       lane);
+  store_warp_rows<HS>(dqkv + (int64_t{b} * T + key_w) * R + (NH + KVH + g) * HS, R, v_ws, kLd, dv, 1.0f, T - key_w,
+                      lane);
+}
+
+// dqkv[b,t,h*HS + d] = scale * dq_accum[b,t,h,d] (the atomic path's fp32 dQ to bf16): 8 elements per thread.
+// grid ceil(B*T*NH*HS/8 / 256), block 256.
+template <int HS>
+__global__ void __launch_bounds__(256)
+    flash_dq_convert_kernel(bf16* dqkv, const float* dq_accum, int64_t rows, int NH, int R, float scale) {
+  constexpr int kPieces = HS / 8;
+  const int64_t tid = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  const int64_t row = tid / kPieces;  // (b*T + t)*NH + h
+  if (row >= rows) return;
+  const int col = static_cast<int>(tid % kPieces) * 8;
+  const auto lo = cuda::Vec16<float>::load(dq_accum + row * HS + col);
+  const auto hi = cuda::Vec16<float>::load(dq_accum + row * HS + col + 4);
+  cuda::Vec16<bf16> o;
+STRATA_UNROLL
+  for (int i = 0; i < 4; ++i) {
+    o.v[i] = __float2bfloat16_rn(lo.v[i] * scale);
+    o.v[i + 4] = __float2bfloat16_rn(hi.v[i] * scale);
+  }
+  o.store(dqkv + (row / NH) * R + (row % NH) * HS + col);
 }
 
 // dQ of one 64-query tile of head h: grid (ceil(T/64), NH, B), block 128 (16 queries per warp).
 template <int HS>
-__global__ void __launch_bounds__(kThreads, 3)
+__global__ void __launch_bounds__(kThreads, min_blocks(QTiles<HS>::kSmemBytes))
     flash_backward_dq_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* delta,
                              int T, int NH, int KVH, float scale, float scale_log2) {
   using Tiles = QTiles<HS>;
-  constexpr int BQ = Tiles::kBlockQ, BK = Tiles::kBlockK, kLd = Tiles::kLd, kLdT = Tiles::kLdT;
+  constexpr int BQ = Tiles::kBlockQ, BK = Tiles::kBlockK, kLd = Tiles::kLd;
   STRATA_DYNAMIC_SMEM(bf16, smem);
-  bf16* q_s = smem;             // (BQ, kLd)
-  bf16* do_s = q_s + BQ * kLd;  // (BQ, kLd)
-  bf16* k_s = do_s + BQ * kLd;  // (BK, kLd)
-  bf16* v_s = k_s + BK * kLd;   // (BK, kLd)
-  bf16* kt_s = v_s + BK * kLd;  // (HS, kLdT): K transposed
+  bf16* q_s = smem;              // (BQ, kLd)
+  bf16* do_s = q_s + BQ * kLd;   // (BQ, kLd)
+  bf16* kv_s = do_s + BQ * kLd;  // 2 stages of K (BK, kLd) then V (BK, kLd)
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int gr = lane / 4, tq = lane % 4;
   const int q0 = static_cast<int>(gridDim.x - 1 - blockIdx.x) * BQ;  // the longest rows start first
@@ -480,11 +700,20 @@ __global__ void __launch_bounds__(kThreads, 3)
   const bf16* base = qkv + int64_t{b} * T * R;
   const bf16* k = base + (NH + g) * HS;
   const bf16* v = base + (NH + KVH + g) * HS;
+  auto stage_tile = [&](int kt) {  // K, V tile kt into stage kt & 1 by cp.async (the caller commits)
+    bf16* k_dst = kv_s + (kt & 1) * 2 * BK * kLd;
+    copy_rows_async<HS>(k_dst, kLd, k + int64_t{kt * BK} * R, R, BK, T - kt * BK);
+    copy_rows_async<HS>(k_dst + BK * kLd, kLd, v + int64_t{kt * BK} * R, R, BK, T - kt * BK);
+  };
 
-  load_rows<HS>(q_s, kLd, base + int64_t{q0} * R + h * HS, R, BQ, T - q0);
-  load_rows<HS>(do_s, kLd, dout + (int64_t{b} * T + q0) * OC + h * HS, OC, BQ, T - q0);
+  copy_rows_async<HS>(q_s, kLd, base + int64_t{q0} * R + h * HS, R, BQ, T - q0);
+  copy_rows_async<HS>(do_s, kLd, dout + (int64_t{b} * T + q0) * OC + h * HS, OC, BQ, T - q0);
+  stage_tile(0);
+  cuda::cp_async_commit();  // Q, dO and K, V tile 0 in one group
   const int row_w = q0 + warp * 16;
   const int rows[2] = {row_w + gr, row_w + gr + 8};
+  // The last key each row attends to (a row past T: T - 1, any value works).
+  const int last[2] = {rows[0] < T ? rows[0] : T - 1, rows[1] < T ? rows[1] : T - 1};
   float lse2[2], dlt[2];
 STRATA_UNROLL
   for (int r = 0; r < 2; ++r) {
@@ -498,15 +727,22 @@ STRATA_UNROLL
   const int n_tiles = cuda::ceil_div(q0 + BQ < T ? q0 + BQ : T, BK);
   for (int kt = 0; kt < n_tiles; ++kt) {
     const int k0 = kt * BK;
-    __syncthreads();  // every warp is done with the previous K, V tile (and Q, dO are loaded)
-    load_rows_transposed<HS>(kt_s, kLdT, k_s, kLd, k + int64_t{k0} * R, R, BK, T - k0);
-    load_rows<HS>(v_s, kLd, v + int64_t{k0} * R, R, BK, T - k0);
+    // Double buffering: one group in flight here (tile kt, issued one iteration ago); wait<0> + the barrier
+    // make it visible to all, and the barrier proves every warp is done with tile kt-1, whose stage tile kt+1
+    // now overwrites while this tile's products run.
+    cuda::cp_async_wait<0>();
     __syncthreads();
+    if (kt + 1 < n_tiles) {
+      stage_tile(kt + 1);
+      cuda::cp_async_commit();
+    }
     if (k0 > row_w + 15) continue;  // every key of the tile follows every row of this warp: P = 0
+    const bf16* k_s = kv_s + (kt & 1) * 2 * BK * kLd;
+    const bf16* v_s = k_s + BK * kLd;
 
     float s[BK / 8][4] = {}, dp[BK / 8][4] = {};  // S, dP: this warp's 16 queries x BK keys
-    mma_a_smem<BK, HS>(s, q_w, kLd, k_s, kLd, gr, tq);
-    mma_a_smem<BK, HS>(dp, do_w, kLd, v_s, kLd, gr, tq);
+    mma_a_smem<BK, HS>(s, q_w, kLd, k_s, kLd, lane);
+    mma_a_smem<BK, HS>(dp, do_w, kLd, v_s, kLd, lane);
     const bool masked = k0 + BK - 1 > row_w || k0 + BK > T;
 STRATA_UNROLL
     for (int j = 0; j < BK / 8; ++j)
@@ -514,11 +750,14 @@ STRATA_UNROLL
       for (int i = 0; i < 4; ++i) {
         const int key = k0 + 8 * j + 2 * tq + (i & 1);
         float p = exp2f(s[j][i] * scale_log2 - lse2[i / 2]);
-        if (masked && (key > rows[i / 2] || key >= T)) p = 0.0f;
+        if (masked && key > last[i / 2]) p = 0.0f;
         s[j][i] = p * (dp[j][i] - dlt[i / 2]);  // dS without the scale
       }
-    mma_a_regs<HS, BK>(dq, s, kt_s, kLdT, gr, tq);
+    uint32_t pa[BK / 16][4];
+    pack_a<BK>(pa, s);
+    mma_a_regs<HS, BK>(dq, pa, k_s, kLd, lane);  // dQ += dS K
   }
+  // No copy in flight; q_w is this warp's own (no other warp reads it).
   store_warp_rows<HS>(dqkv + (int64_t{b} * T + row_w) * R + h * HS, R, q_w, kLd, dq, scale, T - row_w, lane);
 }
 
@@ -552,22 +791,32 @@ void launch_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int NH
                KVH, scale_log2);
 }
 
+// dq_accum null: the deterministic path (dK/dV kernel, then the dQ kernel); else the atomic path (delta zeroes
+// dq_accum, the dK/dV kernel adds dQ into it, a last pass converts it into dqkv).
 template <int HS>
-void launch_backward(bf16* dqkv, float* delta, const bf16* dout, const bf16* out, const bf16* qkv, const float* lse,
-                     int B, int T, int NH, int KVH, cudaStream_t stream) {
+void launch_backward(bf16* dqkv, float* delta, float* dq_accum, const bf16* dout, const bf16* out, const bf16* qkv,
+                     const float* lse, int B, int T, int NH, int KVH, cudaStream_t stream) {
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(HS)));
   const float scale_log2 = static_cast<float>(kLog2e / std::sqrt(static_cast<double>(HS)));
   const int64_t rows = int64_t{B} * T * NH;
-  const int64_t delta_threads = rows * (HS / 8);
-  cuda::launch(flash_delta_kernel<HS>, dim3(static_cast<unsigned>(cuda::ceil_div(delta_threads, int64_t{256}))),
-               dim3(256), 0, stream, delta, dout, out, rows, T, NH);
+  const dim3 rows_grid(static_cast<unsigned>(cuda::ceil_div(rows * (HS / 8), int64_t{256})));
+  cuda::launch(flash_delta_kernel<HS>, rows_grid, dim3(256), 0, stream, delta, dq_accum, dout, out, rows, T, NH);
 
-  using Kv = KvTiles<HS>;
-  allow_smem(flash_backward_dkdv_kernel<HS>, Kv::kSmemBytes);
-  const dim3 kv_grid(static_cast<unsigned>(cuda::ceil_div(T, Kv::kBlockK)), static_cast<unsigned>(KVH),
-                     static_cast<unsigned>(B));
-  cuda::launch(flash_backward_dkdv_kernel<HS>, kv_grid, dim3(kThreads), Kv::kSmemBytes, stream, dqkv, dout, qkv, lse,
-               delta, T, NH, KVH, scale, scale_log2);
+  const dim3 kv_grid(static_cast<unsigned>(cuda::ceil_div(T, KvTiles<HS, false>::kBlockK)),
+                     static_cast<unsigned>(KVH), static_cast<unsigned>(B));
+  if (dq_accum) {
+    using Kv = KvTiles<HS, true>;
+    allow_smem(flash_backward_dkdv_kernel<HS, true>, Kv::kSmemBytes);
+    cuda::launch(flash_backward_dkdv_kernel<HS, true>, kv_grid, dim3(kThreads), Kv::kSmemBytes, stream, dqkv,
+                 dq_accum, dout, qkv, lse, delta, T, NH, KVH, scale, scale_log2);
+    cuda::launch(flash_dq_convert_kernel<HS>, rows_grid, dim3(256), 0, stream, dqkv, dq_accum, rows, NH,
+                 (NH + 2 * KVH) * HS, scale);
+    return;
+  }
+  using Kv = KvTiles<HS, false>;
+  allow_smem(flash_backward_dkdv_kernel<HS, false>, Kv::kSmemBytes);
+  cuda::launch(flash_backward_dkdv_kernel<HS, false>, kv_grid, dim3(kThreads), Kv::kSmemBytes, stream, dqkv,
+               static_cast<float*>(nullptr), dout, qkv, lse, delta, T, NH, KVH, scale, scale_log2);
 
   using Q = QTiles<HS>;
   allow_smem(flash_backward_dq_kernel<HS>, Q::kSmemBytes);
@@ -583,6 +832,7 @@ template <class Dev, class F>
 void flash_attention_forward(const Dev& dev, F* out, Stat<F>* lse, const F* qkv, int B, int T, int NH, int KVH,
                              int HS) {
   static_assert(std::is_same_v<Dev, Cuda> && std::is_same_v<F, bf16>, "the CUDA flash attention is bf16");
+  cuda::NvtxRange range("flash attention fwd");
   STRATA_CHECK(out && lse && qkv, "flash_attention_forward: null pointer");
   check_args("flash_attention_forward", B, T, NH, KVH, HS);
   STRATA_CHECK(aligned16(out) && aligned16(qkv), "flash_attention_forward: out/qkv not 16-byte aligned");
@@ -597,15 +847,24 @@ template <class Dev, class F>
 void flash_attention_backward(const Dev& dev, F* dqkv, Stat<F>* delta, const F* dout, const F* out, const F* qkv,
                               const Stat<F>* lse, int B, int T, int NH, int KVH, int HS) {
   static_assert(std::is_same_v<Dev, Cuda> && std::is_same_v<F, bf16>, "the CUDA flash attention is bf16");
+  cuda::NvtxRange range("flash attention bwd");
   STRATA_CHECK(dqkv && delta && dout && out && qkv && lse, "flash_attention_backward: null pointer");
   check_args("flash_attention_backward", B, T, NH, KVH, HS);
   STRATA_CHECK(aligned16(dqkv) && aligned16(dout) && aligned16(out) && aligned16(qkv),
                "flash_attention_backward: dqkv/dout/out/qkv not 16-byte aligned");
+  float* dq_accum = nullptr;  // deterministic: no scratch
+  if (!dev.deterministic) {
+    const size_t need = cuda::flash_attention_backward_workspace_bytes(B, T, NH, HS);
+    STRATA_CHECK(dev.workspace && dev.workspace_bytes >= need, "flash_attention_backward: workspace of ",
+                 dev.workspace_bytes, " bytes, needs ", need, " (flash_attention_backward_workspace_bytes)");
+    STRATA_CHECK(aligned16(dev.workspace), "flash_attention_backward: workspace not 16-byte aligned");
+    dq_accum = static_cast<float*>(dev.workspace);
+  }
   const auto stream = static_cast<cudaStream_t>(dev.stream);
   if (HS == 64)
-    launch_backward<64>(dqkv, delta, dout, out, qkv, lse, B, T, NH, KVH, stream);
+    launch_backward<64>(dqkv, delta, dq_accum, dout, out, qkv, lse, B, T, NH, KVH, stream);
   else
-    launch_backward<128>(dqkv, delta, dout, out, qkv, lse, B, T, NH, KVH, stream);
+    launch_backward<128>(dqkv, delta, dq_accum, dout, out, qkv, lse, B, T, NH, KVH, stream);
 }
 
 template void flash_attention_forward<Cuda, bf16>(const Cuda&, bf16*, float*, const bf16*, int, int, int, int, int);

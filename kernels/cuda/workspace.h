@@ -16,4 +16,8 @@ size_t norm_backward_workspace_bytes(int N, int C);
 // grad_norm_squared: one fp32 partial sum per block of its fixed grid (independent of the tensors).
 size_t grad_norm_workspace_bytes();
 
+// flash_attention_backward with ops::Cuda::deterministic == false: an fp32 dQ accumulator (B,T,NH,HS) that the
+// atomic path adds into (none is needed when deterministic).
+size_t flash_attention_backward_workspace_bytes(int B, int T, int NH, int HS);
+
 }  // namespace strata::cuda

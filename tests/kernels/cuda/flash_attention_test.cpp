@@ -5,12 +5,15 @@
 // reference (max |x - ref| over max |ref|) is at most kAttnErrFactor times the error of a naive bf16 attention
 // (written below: scores, probabilities, outputs and gradients rounded to bf16 where a straightforward bf16
 // implementation stores them) plus kAttnErrFloor. lse is fp32 and compared directly (kTolFp32Stat).
+// Both backward paths are checked on every shape: the deterministic one (ops::Cuda::deterministic, the default:
+// dK/dV kernel + dQ kernel) and the atomic one (deterministic = false: dQ accumulated with fp32 atomics in the
+// workspace, which starts poisoned, so the kernels must zero it themselves).
 // Shapes: HS 64 and 128 (both template instantiations), GQA (NH=4, KVH=2), MHA (NH=KVH), MQA (KVH=1), T in
-// {1, 17, 64, 100, 130} (one key, inside one 64-row tile, exactly one, tails of 36 and 2 rows), B=2; the GPU build
-// runs the full cross product plus two long sequences, the emulated build (one OS thread per CUDA thread) a
+// {1, 17, 64, 100, 130} (one key, inside one 64-row tile, exactly one, tails of 36 and 2 rows); the GPU build
+// runs the full cross product with B=2 plus two long sequences, the emulated build (one fiber per CUDA thread) a
 // subset that still reaches every tiling case (see shapes()). Outputs and scratch are poisoned (DeviceBuffer), so
-// an element left unwritten fails; delta (scratch with specified contents) is checked too. The backward is
-// checked to be bitwise reproducible.
+// an element left unwritten fails; delta (scratch with specified contents) is checked too. The deterministic
+// backward is checked to be bitwise reproducible.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -18,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda/workspace.h"
 #include "kernels/ops.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
 #include "tests/tolerances.h"
@@ -145,20 +149,35 @@ Result naive_bf16(const Shape& s, const std::vector<float>& qkv, const std::vect
 
 // ---- the kernel -----------------------------------------------------------------------------------------------
 
+// The outputs of the forward and of the backward in each mode: [0] deterministic, [1] atomic dQ.
 struct Kernel {
-  std::vector<bf16> out, dqkv;
-  std::vector<float> lse, delta;
+  std::vector<bf16> out;
+  std::vector<float> lse;
+  std::vector<bf16> dqkv[2];
+  std::vector<float> delta[2];
 };
 
-Kernel run_kernel(const Shape& s, const std::vector<float>& qkv_f, const std::vector<float>& dout_f) {
-  DeviceBuffer<bf16> qkv(to_bf16(qkv_f)), dout(to_bf16(dout_f));
-  DeviceBuffer<bf16> out(s.out_size()), dqkv(s.qkv_size());
-  DeviceBuffer<float> lse(s.lse_size()), delta(s.lse_size());
+// The forward, then the deterministic backward and (when with_atomic) the atomic one on the same forward outputs.
+Kernel run_kernel(const Shape& s, const std::vector<float>& qkv_f, const std::vector<float>& dout_f,
+                  bool with_atomic) {
+  DeviceBuffer<bf16> qkv(to_bf16(qkv_f)), dout(to_bf16(dout_f)), out(s.out_size());
+  DeviceBuffer<float> lse(s.lse_size());
   const Cuda dev;
   ops::flash_attention_forward(dev, out.get(), lse.get(), qkv.get(), s.B, s.T, s.NH, s.KVH, s.HS);
-  ops::flash_attention_backward(dev, dqkv.get(), delta.get(), dout.get(), out.get(), qkv.get(), lse.get(), s.B, s.T,
-                                s.NH, s.KVH, s.HS);
-  return {out.download(), dqkv.download(), lse.download(), delta.download()};
+  Kernel k{out.download(), lse.download(), {}, {}};
+  for (int mode = 0; mode < (with_atomic ? 2 : 1); ++mode) {
+    DeviceBuffer<bf16> dqkv(s.qkv_size());
+    DeviceBuffer<float> delta(s.lse_size());
+    DeviceBuffer<unsigned char> ws(mode == 1 ? cuda::flash_attention_backward_workspace_bytes(s.B, s.T, s.NH, s.HS)
+                                             : 0);
+    Cuda bwd;
+    if (mode == 1) bwd.deterministic = false, bwd.workspace = ws.get(), bwd.workspace_bytes = ws.size();
+    ops::flash_attention_backward(bwd, dqkv.get(), delta.get(), dout.get(), out.get(), qkv.get(), lse.get(), s.B,
+                                  s.T, s.NH, s.KVH, s.HS);
+    k.dqkv[mode] = dqkv.download();
+    k.delta[mode] = delta.download();
+  }
+  return k;
 }
 
 // Columns [col0, col0 + cols) of every row of a (rows, row_len) tensor.
@@ -192,23 +211,10 @@ TEST_P(FlashAttentionTest, MatchesDoubleReferenceWithinBf16Rule) {
   const std::vector<float> dout = random_bf16_values(s.out_size(), 2000 + s.T);
   const Result ref = reference(s, qkv, dout);
   const Result naive = naive_bf16(s, qkv, dout);
-  const Kernel got = run_kernel(s, qkv, dout);
+  const Kernel got = run_kernel(s, qkv, dout, /*with_atomic=*/true);
 
   expect_within_rule("out", widen(got.out), naive.out, ref.out);
   STRATA_EXPECT_CLOSE(got.lse, ref.lse, kTolFp32Stat, "lse");
-  const int R = s.row(), Q = s.NH * s.HS, K = s.KVH * s.HS;
-  const auto dq = columns(got.dqkv, R, 0, Q), dk = columns(got.dqkv, R, Q, K), dv = columns(got.dqkv, R, Q + K, K);
-  expect_within_rule("dV", dv, columns(naive.dqkv, R, Q + K, K), columns(ref.dqkv, R, Q + K, K));
-  if (s.T > 1) {
-    expect_within_rule("dQ", dq, columns(naive.dqkv, R, 0, Q), columns(ref.dqkv, R, 0, Q));
-    expect_within_rule("dK", dk, columns(naive.dqkv, R, Q, K), columns(ref.dqkv, R, Q, K));
-  } else {
-    // One key: p = 1 and dS = dP - delta = 0 up to fp32 rounding, so dQ = dK = 0 (a relative error against a
-    // zero reference would be vacuous): they must be negligible next to dV.
-    const double dv_scale = compare(dv, columns(ref.dqkv, R, Q + K, K)).max_abs_ref;
-    for (const auto* part : {&dq, &dk})
-      for (double x : *part) ASSERT_LE(std::abs(x), kAttnErrFloor * dv_scale) << "dQ/dK for T=1";
-  }
   // delta is scratch, but its contents are specified: rowsum(dout * out) of the bf16 tensors, in fp32.
   std::vector<double> delta(s.lse_size());
   for (int b = 0; b < s.B; ++b)
@@ -221,21 +227,40 @@ TEST_P(FlashAttentionTest, MatchesDoubleReferenceWithinBf16Rule) {
         }
         delta[(size_t(b) * s.NH + h) * s.T + t] = d;
       }
-  STRATA_EXPECT_CLOSE(got.delta, delta, kTolFp32Stat, "delta");
+  const int R = s.row(), Q = s.NH * s.HS, K = s.KVH * s.HS;
+  for (int mode = 0; mode < 2; ++mode) {
+    SCOPED_TRACE(mode == 0 ? "deterministic backward" : "atomic-dQ backward (deterministic = false)");
+    const std::vector<bf16>& dqkv = got.dqkv[mode];
+    const auto dq = columns(dqkv, R, 0, Q), dk = columns(dqkv, R, Q, K), dv = columns(dqkv, R, Q + K, K);
+    expect_within_rule("dV", dv, columns(naive.dqkv, R, Q + K, K), columns(ref.dqkv, R, Q + K, K));
+    if (s.T > 1) {
+      expect_within_rule("dQ", dq, columns(naive.dqkv, R, 0, Q), columns(ref.dqkv, R, 0, Q));
+      expect_within_rule("dK", dk, columns(naive.dqkv, R, Q, K), columns(ref.dqkv, R, Q, K));
+    } else {
+      // One key: p = 1 and dS = dP - delta = 0 up to fp32 rounding, so dQ = dK = 0 (a relative error against a
+      // zero reference would be vacuous): they must be negligible next to dV.
+      const double dv_scale = compare(dv, columns(ref.dqkv, R, Q + K, K)).max_abs_ref;
+      for (const auto* part : {&dq, &dk})
+        for (double x : *part) ASSERT_LE(std::abs(x), kAttnErrFloor * dv_scale) << "dQ/dK for T=1";
+    }
+    STRATA_EXPECT_CLOSE(got.delta[mode], delta, kTolFp32Stat, "delta");
+  }
 }
 
 // T = 1 (one key), 17 (inside one tile), 64 (exactly one 64-row tile, two 32-row ones), 100 and 130 (tails of 36
-// and 2 rows); GQA with groups of 2, MHA, MQA (a group of 4); both HS instantiations (HS 128 uses 32-row tiles in
-// the backward).
+// and 2 rows); GQA with groups of 2, MHA, MQA (a group of 4); both HS instantiations (HS 128 uses 32-row query
+// tiles in the backward).
 std::vector<Shape> shapes() {
   std::vector<Shape> v;
 #if defined(STRATA_CUDA_EMU)
-  // The emulation runs one OS thread per CUDA thread and costs ~B*NH*T^2*HS (the full cross product below takes
-  // ~35 s on an idle 2-core machine): the full T sweep for GQA, MHA and MQA at a short and a long T (~22 s).
+  // The emulation costs ~B*NH*T^2*HS fiber switches (each fragment load and mma is a warp-wide exchange); the
+  // full cross product below with both backward paths would take minutes. Every T of the sweep for GQA (B=1, and
+  // B=2 at one T for the batch offsets), MHA at a short T, MQA at two tiles (~30 s on an idle 2-core machine).
   for (int HS : {64, 128}) {
-    for (int T : {1, 17, 64, 100, 130}) v.push_back({2, T, 4, 2, HS});  // GQA, groups of 2
-    for (int T : {17, 130}) v.push_back({2, T, 2, 2, HS});             // MHA
-    for (int T : {17, 100}) v.push_back({2, T, 4, 1, HS});             // MQA, a group of 4
+    for (int T : {1, 17, 64, 130}) v.push_back({1, T, 4, 2, HS});  // GQA, groups of 2
+    v.push_back({2, 100, 4, 2, HS});                                 // GQA, two sequences
+    v.push_back({1, 17, 2, 2, HS});                                  // MHA
+    v.push_back({1, 70, 4, 1, HS});                                  // MQA, a group of 4
   }
 #else
   for (int HS : {64, 128})
@@ -254,8 +279,8 @@ std::vector<Shape> shapes() {
 INSTANTIATE_TEST_SUITE_P(Shapes, FlashAttentionTest, ::testing::ValuesIn(shapes()),
                          [](const ::testing::TestParamInfo<Shape>& p) { return shape_name(p.param); });
 
-// The backward has no atomics: two runs give the same bits (and so does the forward). Several tiles of keys and
-// queries, and a group of 2 summed into dK, dV.
+// The deterministic backward has no atomics: two runs give the same bits (and so does the forward). Several tiles
+// of keys and queries, and a group of 2 summed into dK, dV.
 TEST(FlashAttention, BackwardIsBitwiseReproducible) {
   STRATA_SKIP_WITHOUT_GPU();
 #if defined(STRATA_CUDA_EMU)
@@ -267,10 +292,10 @@ TEST(FlashAttention, BackwardIsBitwiseReproducible) {
     SCOPED_TRACE(shape_name(s));
     const std::vector<float> qkv = random_bf16_values(s.qkv_size(), 31, -2.0f, 2.0f);
     const std::vector<float> dout = random_bf16_values(s.out_size(), 32);
-    const Kernel a = run_kernel(s, qkv, dout), b = run_kernel(s, qkv, dout);
+    const Kernel a = run_kernel(s, qkv, dout, false), b = run_kernel(s, qkv, dout, false);
     EXPECT_EQ(0, std::memcmp(a.out.data(), b.out.data(), a.out.size() * sizeof(bf16))) << "out";
     EXPECT_EQ(0, std::memcmp(a.lse.data(), b.lse.data(), a.lse.size() * sizeof(float))) << "lse";
-    EXPECT_EQ(0, std::memcmp(a.dqkv.data(), b.dqkv.data(), a.dqkv.size() * sizeof(bf16))) << "dqkv";
+    EXPECT_EQ(0, std::memcmp(a.dqkv[0].data(), b.dqkv[0].data(), a.dqkv[0].size() * sizeof(bf16))) << "dqkv";
   }
 }
 
@@ -285,6 +310,25 @@ TEST(FlashAttentionDeathTest, RejectsUnsupportedShapes) {
   EXPECT_DEATH(ops::flash_attention_backward(dev, x.data(), f.data(), x.data(), x.data(), x.data(), f.data(), 1, 8,
                                              2, 2, 96),
                "64 or 128");
+}
+
+// The atomic path checks its workspace (one byte short, and none) before anything is launched.
+TEST(FlashAttentionDeathTest, AtomicBackwardChecksItsWorkspace) {
+  STRATA_SKIP_WITHOUT_GPU();
+  const Shape s{1, 8, 2, 2, 64};
+  std::vector<bf16> x(s.qkv_size());  // host memory: never touched, the check comes first
+  std::vector<float> f(s.lse_size());
+  std::vector<unsigned char> ws(cuda::flash_attention_backward_workspace_bytes(s.B, s.T, s.NH, s.HS) - 1);
+  Cuda dev;
+  dev.deterministic = false;
+  dev.workspace = ws.data(), dev.workspace_bytes = ws.size();
+  auto run = [&] {
+    ops::flash_attention_backward(dev, x.data(), f.data(), x.data(), x.data(), x.data(), f.data(), s.B, s.T, s.NH,
+                                  s.KVH, s.HS);
+  };
+  EXPECT_DEATH(run(), "flash_attention_backward_workspace_bytes");
+  dev.workspace = nullptr, dev.workspace_bytes = 0;
+  EXPECT_DEATH(run(), "flash_attention_backward_workspace_bytes");
 }
 
 }  // namespace
