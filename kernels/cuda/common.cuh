@@ -197,6 +197,24 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row_ad
 #endif
 }
 
+// ldmatrix.x2 (.trans): two 8x8 matrices, rows given by lanes 0-7 and 8-15 (the other lanes' addresses are not
+// read on the GPU; give them valid ones, the emulation runs the x4 form); r[0], r[1] as r[0], r[1] of ldmatrix_x4.
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const void* row_addr, bool trans = false) {
+#if defined(STRATA_CUDA_EMU)
+  uint32_t r4[4];
+  ldmatrix_x4(r4, row_addr, trans);
+  r[0] = r4[0], r[1] = r4[1];
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(row_addr));
+  if (trans)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+  else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+#else
+  (void)r, (void)row_addr, (void)trans;
+#endif
+}
+
 // cp.async: a 16-byte copy global -> shared that completes asynchronously (sm_80+); cp_async_commit closes a group
 // of copies, cp_async_wait<N>() waits until at most N groups are still in flight (then __syncthreads before other
 // threads read the data). The emulation copies at once, so waits are no-ops there.

@@ -226,23 +226,7 @@ __device__ __forceinline__ void copy_rows_async(bf16* dst, int ld, const bf16* s
 // bf16: 36, 68 or 20 words) the 8 rows of a matrix start in 8 distinct 4-bank groups, so every phase of an
 // ldmatrix is conflict-free.
 
-// ldmatrix.x2 (.trans): r[0], r[1] are matrices 0 and 1 of ldmatrix_x4's layout (kernels/cuda/common.cuh). The
-// emulation runs the x4 (tested by the self-test) with lanes 16-31 repeating 0-15.
-__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const bf16* row_addr, bool trans) {
-#if defined(STRATA_CUDA_EMU)
-  uint32_t r4[4];
-  cuda::ldmatrix_x4(r4, row_addr, trans);
-  r[0] = r4[0], r[1] = r4[1];
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(row_addr));
-  if (trans)
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
-  else
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
-#else
-  (void)r, (void)row_addr, (void)trans;
-#endif
-}
+using cuda::ldmatrix_x2;
 
 // A (16x16): rows [0,16), columns [k0, k0+16) of a row-major smem tile m (row stride ld). Matrices: rows 0-7 |
 // rows 8-15 at columns k0, then the same at k0 + 8 (a[0..3] of mma_bf16_16816).

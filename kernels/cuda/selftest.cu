@@ -50,7 +50,8 @@ __global__ void reductions_kernel(float* block_sums, float* warp_maxes, int* sur
 
 // One warp: copies a 16x16 bf16 matrix (row-major, 16 elements per row) into shared memory with cp.async, then
 // loads it with ldmatrix_x4 (plain or transposed) as four 8x8 matrices (top-left, bottom-left, top-right,
-// bottom-right: the A fragment order of mma_bf16_16816) and writes each lane's four registers to out (32 x 4).
+// bottom-right: the A fragment order of mma_bf16_16816) and writes each lane's four registers to out (32 x 4), then
+// the two registers of ldmatrix_x2 from the same addresses (out[128 + 2 lane + i]).
 __global__ void ldmatrix_kernel(uint32_t* out, const bf16* m, int trans) {
   alignas(16) __shared__ bf16 tile[16 * 16];
   const int lane = threadIdx.x;
@@ -63,6 +64,11 @@ __global__ void ldmatrix_kernel(uint32_t* out, const bf16* m, int trans) {
   uint32_t r[4];
   ldmatrix_x4(r, tile + r0 * 16 + c0, trans != 0);
   for (int i = 0; i < 4; ++i) out[lane * 4 + i] = r[i];
+  // The x2 form from the same row addresses must give the first two of them.
+  uint32_t r2[2];
+  ldmatrix_x2(r2, tile + r0 * 16 + c0, trans != 0);
+  out[128 + lane * 2] = r2[0];
+  out[128 + lane * 2 + 1] = r2[1];
 }
 
 }  // namespace

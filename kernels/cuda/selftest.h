@@ -18,7 +18,8 @@ void reductions_selftest(float* block_sums, float* warp_maxes, int* survivors, c
 
 // m (16,16) bf16 row-major: out (32 lanes x 4 registers) = what ldmatrix_x4 (trans or not) returns when lanes
 // 8i..8i+7 point at the rows of 8x8 block i in the order top-left, bottom-left, top-right, bottom-right; the data
-// reach shared memory by cp_async_16.
+// reach shared memory by cp_async_16. out[128 + 2 lane + i] (32 x 2) = what ldmatrix_x2 returns from the same
+// addresses.
 void ldmatrix_selftest(uint32_t* out, const __nv_bfloat16* m, bool trans, cudaStream_t stream);
 
 }  // namespace strata::cuda

@@ -39,7 +39,7 @@ TEST(CudaSelftest, LdmatrixAndCpAsyncGiveTheDocumentedFragments) {
   for (int i = 0; i < 256; ++i) m[i] = float_to_bf16(static_cast<float>(i));
   DeviceBuffer<bf16> dm(m);
   for (const bool trans : {false, true}) {
-    DeviceBuffer<uint32_t> out(32 * 4);
+    DeviceBuffer<uint32_t> out(32 * 4 + 32 * 2);
     cuda::ldmatrix_selftest(out.get(), dm.get(), trans, nullptr);
     const auto got = out.download();
     for (int lane = 0; lane < 32; ++lane) {
@@ -55,6 +55,9 @@ TEST(CudaSelftest, LdmatrixAndCpAsyncGiveTheDocumentedFragments) {
         std::memcpy(&hi, &hi_bits, 4);
         EXPECT_EQ(lo, static_cast<float>(16 * (r0 + lo_r) + c0 + lo_c)) << "lane " << lane << " reg " << i << " trans " << trans;
         EXPECT_EQ(hi, static_cast<float>(16 * (r0 + hi_r) + c0 + hi_c)) << "lane " << lane << " reg " << i << " trans " << trans;
+        if (i < 2) {
+          EXPECT_EQ(got[128 + lane * 2 + i], word) << "ldmatrix_x2, lane " << lane << " reg " << i;
+        }
       }
     }
   }
