@@ -101,6 +101,27 @@ struct alignas(16) Vec16 {
   }
 };
 
+// W consecutive bf16 as floats and back: one 16-byte access for W = 8 (p 16-byte aligned), W scalar ones otherwise.
+template <int W>
+__device__ __forceinline__ void load_floats(const bf16* p, float (&f)[W]) {
+  if constexpr (W == 8) {
+    const Vec16<bf16> v = Vec16<bf16>::load(p);
+    for (int k = 0; k < W; ++k) f[k] = to_float(v.v[k]);
+  } else {
+    for (int k = 0; k < W; ++k) f[k] = to_float(p[k]);
+  }
+}
+template <int W>
+__device__ __forceinline__ void store_floats(bf16* p, const float (&f)[W]) {
+  if constexpr (W == 8) {
+    Vec16<bf16> v;
+    for (int k = 0; k < W; ++k) v.v[k] = from_float<bf16>(f[k]);
+    v.store(p);
+  } else {
+    for (int k = 0; k < W; ++k) p[k] = from_float<bf16>(f[k]);
+  }
+}
+
 // ---- reductions ------------------------------------------------------------------------------------------------
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);

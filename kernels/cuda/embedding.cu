@@ -46,27 +46,6 @@ constexpr int kThreads = 256;     // elementwise kernels: 8 warps, a common swee
 constexpr int kRowThreads = 256;  // wte-sum blocks: up to 2048 columns per block, more blocks above
 constexpr size_t kAlign = 256;    // each workspace array starts on a 256-byte boundary
 
-// ---- W consecutive bf16 as floats: one 16-byte access for W = 8, a scalar one for W = 1
-// -------------------------
-template <int W>
-__device__ __forceinline__ void load_f(const bf16* p, float (&f)[W]) {
-  if constexpr (W == 8) {
-    const Vec16<bf16> v = Vec16<bf16>::load(p);
-    for (int k = 0; k < W; ++k) f[k] = to_float(v.v[k]);
-  } else {
-    for (int k = 0; k < W; ++k) f[k] = to_float(p[k]);
-  }
-}
-template <int W>
-__device__ __forceinline__ void store_f(bf16* p, const float (&f)[W]) {
-  if constexpr (W == 8) {
-    Vec16<bf16> v;
-    for (int k = 0; k < W; ++k) v.v[k] = from_float<bf16>(f[k]);
-    v.store(p);
-  } else {
-    for (int k = 0; k < W; ++k) p[k] = from_float<bf16>(f[k]);
-  }
-}
 
 bool aligned16(const void* p) {
   return reinterpret_cast<uintptr_t>(p) % 16 == 0;
@@ -84,13 +63,13 @@ __global__ void __launch_bounds__(kThreads)
   if (i >= int64_t{N} * CV) return;
   const int n = static_cast<int>(i / CV), v = static_cast<int>(i % CV);
   float e[W];
-  load_f<W>(wte + int64_t{tokens[n]} * C + v * W, e);
+  load_floats<W>(wte + int64_t{tokens[n]} * C + v * W, e);
   if (wpe) {
     float p[W];
-    load_f<W>(wpe + int64_t{n % T} * C + v * W, p);
+    load_floats<W>(wpe + int64_t{n % T} * C + v * W, p);
     for (int k = 0; k < W; ++k) e[k] += p[k];
   }
-  store_f<W>(out + int64_t{n} * C + v * W, e);
+  store_floats<W>(out + int64_t{n} * C + v * W, e);
 }
 
 #if !defined(STRATA_CUDA_EMU)
@@ -113,14 +92,14 @@ __global__ void __launch_bounds__(kRowThreads)
   float acc[W] = {};
   for (int j = i; j < N && keys[j] == tok; ++j) {
     float g[W];
-    load_f<W>(dout + int64_t{pos[j]} * C + v * W, g);
+    load_floats<W>(dout + int64_t{pos[j]} * C + v * W, g);
     for (int k = 0; k < W; ++k) acc[k] += g[k];
   }
   bf16* d = dwte + int64_t{tok} * C + v * W;
   float cur[W];
-  load_f<W>(d, cur);
+  load_floats<W>(d, cur);
   for (int k = 0; k < W; ++k) cur[k] += acc[k];
-  store_f<W>(d, cur);
+  store_floats<W>(d, cur);
 }
 
 template <int W>
@@ -133,14 +112,14 @@ __global__ void __launch_bounds__(kThreads)
   float acc[W] = {};
   for (int b = 0; b < B; ++b) {
     float g[W];
-    load_f<W>(dout + (int64_t{b} * T + t) * C + v * W, g);
+    load_floats<W>(dout + (int64_t{b} * T + t) * C + v * W, g);
     for (int k = 0; k < W; ++k) acc[k] += g[k];
   }
   bf16* d = dwpe + int64_t{t} * C + v * W;
   float cur[W];
-  load_f<W>(d, cur);
+  load_floats<W>(d, cur);
   for (int k = 0; k < W; ++k) cur[k] += acc[k];
-  store_f<W>(d, cur);
+  store_floats<W>(d, cur);
 }
 
 size_t sort_scratch_bytes(int N) {

@@ -54,27 +54,6 @@ constexpr int kReduceLanes = 8;             // 8 partial-row lanes
 constexpr size_t kDefaultSmem = 48 * 1024;  // dynamic shared memory without the opt-in attribute
 constexpr size_t kRowsStaticSmem = 2 * kWarpSize * sizeof(float);  // the row kernel's reduction scratch
 
-// ---- W consecutive bf16 as floats: one 16-byte access for W = 8, a scalar one for W = 1
-// -------------------------
-template <int W>
-__device__ __forceinline__ void load_f(const bf16* p, float (&f)[W]) {
-  if constexpr (W == 8) {
-    const Vec16<bf16> v = Vec16<bf16>::load(p);
-    for (int k = 0; k < W; ++k) f[k] = to_float(v.v[k]);
-  } else {
-    for (int k = 0; k < W; ++k) f[k] = to_float(p[k]);
-  }
-}
-template <int W>
-__device__ __forceinline__ void store_f(bf16* p, const float (&f)[W]) {
-  if constexpr (W == 8) {
-    Vec16<bf16> v;
-    for (int k = 0; k < W; ++k) v.v[k] = from_float<bf16>(f[k]);
-    v.store(p);
-  } else {
-    for (int k = 0; k < W; ++k) p[k] = from_float<bf16>(f[k]);
-  }
-}
 __device__ __forceinline__ float round_bf16(float x) {
   return to_float(from_float<bf16>(x));
 }
@@ -119,12 +98,12 @@ __global__ void __launch_bounds__(kFwdWarps* kWarpSize)
     float f[W];
     if constexpr (kResidual) {
       float b[W];
-      load_f<W>(inp + base + v * W, f);
-      load_f<W>(branch + base + v * W, b);
+      load_floats<W>(inp + base + v * W, f);
+      load_floats<W>(branch + base + v * W, b);
       for (int k = 0; k < W; ++k) f[k] = round_bf16(f[k] + b[k]);  // the stream as stored
-      store_f<W>(resid_out + base + v * W, f);
+      store_floats<W>(resid_out + base + v * W, f);
     } else {
-      load_f<W>(x + v * W, f);
+      load_floats<W>(x + v * W, f);
     }
     for (int k = 0; k < W; ++k) s += kLayer ? f[k] : f[k] * f[k];
   }
@@ -135,7 +114,7 @@ __global__ void __launch_bounds__(kFwdWarps* kWarpSize)
     float ss = 0.0f;  // pass 2 (L1): centred sum of squares
     for (int v = lane; v < CV; v += kWarpSize) {
       float f[W];
-      load_f<W>(x + v * W, f);
+      load_floats<W>(x + v * W, f);
       for (int k = 0; k < W; ++k) ss += (f[k] - m) * (f[k] - m);
     }
     s = warp_sum(ss);
@@ -145,15 +124,15 @@ __global__ void __launch_bounds__(kFwdWarps* kWarpSize)
   // Last pass (L1): normalise, scale, shift, write.
   for (int v = lane; v < CV; v += kWarpSize) {
     float f[W], w[W], o[W];
-    load_f<W>(x + v * W, f);
-    load_f<W>(weight + v * W, w);
+    load_floats<W>(x + v * W, f);
+    load_floats<W>(weight + v * W, w);
     for (int k = 0; k < W; ++k) o[k] = (f[k] - m) * r * w[k];
     if constexpr (kLayer) {
       float b[W];
-      load_f<W>(bias + v * W, b);
+      load_floats<W>(bias + v * W, b);
       for (int k = 0; k < W; ++k) o[k] += b[k];
     }
-    store_f<W>(out + base + v * W, o);
+    store_floats<W>(out + base + v * W, o);
   }
   if (lane == 0) {
     rstd[row] = r;
@@ -209,9 +188,9 @@ __global__ void norm_backward_rows_kernel(bf16* dinp, float* partial, const bf16
     float sg = 0.0f, sgx = 0.0f;
     for (int v = threadIdx.x; v < CV; v += blockDim.x) {
       float dy[W], xv[W], w[W];
-      load_f<W>(dout + base + v * W, dy);
-      load_f<W>(x + base + v * W, xv);
-      load_f<W>(weight + v * W, w);
+      load_floats<W>(dout + base + v * W, dy);
+      load_floats<W>(x + base + v * W, xv);
+      load_floats<W>(weight + v * W, w);
       for (int k = 0; k < W; ++k) {
         const float xhat = (xv[k] - m) * r, g = dy[k] * w[k];
         sg += g;
@@ -231,15 +210,15 @@ __global__ void norm_backward_rows_kernel(bf16* dinp, float* partial, const bf16
     }
     for (int v = threadIdx.x; v < CV; v += blockDim.x) {
       float dy[W], xv[W], w[W], dx[W];
-      load_f<W>(dout + base + v * W, dy);
-      load_f<W>(x + base + v * W, xv);
-      load_f<W>(weight + v * W, w);
-      load_f<W>(dinp + base + v * W, dx);
+      load_floats<W>(dout + base + v * W, dy);
+      load_floats<W>(x + base + v * W, xv);
+      load_floats<W>(weight + v * W, w);
+      load_floats<W>(dinp + base + v * W, dx);
       for (int k = 0; k < W; ++k) {
         const float xhat = (xv[k] - m) * r, g = dy[k] * w[k];
         dx[k] += r * (g - (kLayer ? sg : 0.0f) - xhat * sgx);
       }
-      store_f<W>(dinp + base + v * W, dx);
+      store_floats<W>(dinp + base + v * W, dx);
     }
   }
   float* pw = partial + int64_t{blockIdx.x} * C;

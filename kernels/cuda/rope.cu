@@ -26,25 +26,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-template <int W>
-__device__ __forceinline__ void load_f(const bf16* p, float (&f)[W]) {
-  if constexpr (W == 8) {
-    const Vec16<bf16> v = Vec16<bf16>::load(p);
-    for (int k = 0; k < W; ++k) f[k] = to_float(v.v[k]);
-  } else {
-    for (int k = 0; k < W; ++k) f[k] = to_float(p[k]);
-  }
-}
-template <int W>
-__device__ __forceinline__ void store_f(bf16* p, const float (&f)[W]) {
-  if constexpr (W == 8) {
-    Vec16<bf16> v;
-    for (int k = 0; k < W; ++k) v.v[k] = from_float<bf16>(f[k]);
-    v.store(p);
-  } else {
-    for (int k = 0; k < W; ++k) p[k] = from_float<bf16>(f[k]);
-  }
-}
 
 // sign = +1: the forward rotation; -1: its transpose.
 template <int W>
@@ -68,14 +49,14 @@ __global__ void __launch_bounds__(kThreads)
     bf16* x0 = row + int64_t{h} * HS;
     bf16* x1 = x0 + half;
     float a[W], c[W], o0[W], o1[W];
-    load_f<W>(x0, a);
-    load_f<W>(x1, c);
+    load_floats<W>(x0, a);
+    load_floats<W>(x1, c);
     for (int k = 0; k < W; ++k) {
       o0[k] = a[k] * cs[k] - c[k] * sn[k];
       o1[k] = c[k] * cs[k] + a[k] * sn[k];
     }
-    store_f<W>(x0, o0);
-    store_f<W>(x1, o1);
+    store_floats<W>(x0, o0);
+    store_floats<W>(x1, o1);
   }
 }
 

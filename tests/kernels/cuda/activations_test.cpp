@@ -17,28 +17,6 @@ namespace {
 
 const ops::Cpu kCpu{};
 
-// A device array, optionally starting one element past a 16-byte boundary (to force the scalar path).
-template <class T>
-class Arr {
- public:
-  Arr(size_t n, bool misalign) : off_(misalign ? 1 : 0), buf_(n + off_) {}
-  Arr(const std::vector<T>& host, bool misalign) : Arr(host.size(), misalign) { upload(host); }
-  T* get() const { return buf_.get() + off_; }
-  void upload(const std::vector<T>& host) {
-    std::vector<T> full = buf_.download();
-    std::copy(host.begin(), host.end(), full.begin() + static_cast<std::ptrdiff_t>(off_));
-    buf_.upload(full);
-  }
-  std::vector<T> download() const {
-    const std::vector<T> full = buf_.download();
-    return std::vector<T>(full.begin() + static_cast<std::ptrdiff_t>(off_), full.end());
-  }
-
- private:
-  size_t off_;
-  DeviceBuffer<T> buf_;
-};
-
 struct RowCase {
   int N, F;
   bool misalign;
@@ -69,8 +47,8 @@ TEST(CudaActivations, SwigluMatchesCpu) {
     ops::swiglu_forward(kCpu, ref.data(), inp.data(), k.N, k.F);
     ops::swiglu_backward(kCpu, ref_dinp.data(), dy.data(), inp.data(), k.N, k.F);
 
-    Arr<bf16> dinp_in(to_bf16(inp), k.misalign), ddy(to_bf16(dy), k.misalign);
-    Arr<bf16> dout(nf, k.misalign), ddinp(2 * nf, k.misalign);
+    OffsetBuffer<bf16> dinp_in(to_bf16(inp), k.misalign), ddy(to_bf16(dy), k.misalign);
+    OffsetBuffer<bf16> dout(nf, k.misalign), ddinp(2 * nf, k.misalign);
     ops::swiglu_forward(ops::Cuda{}, dout.get(), dinp_in.get(), k.N, k.F);
     ops::swiglu_backward(ops::Cuda{}, ddinp.get(), ddy.get(), dinp_in.get(), k.N, k.F);
     STRATA_EXPECT_CLOSE(to_float(dout.download()), ref, kTolBf16Elementwise, "swiglu out");
@@ -88,7 +66,7 @@ TEST(CudaActivations, GeluMatchesCpu) {
     ops::gelu_forward(kCpu, ref.data(), x.data(), k.n);
     ops::gelu_backward(kCpu, ref_dinp.data(), dy.data(), x.data(), k.n);
 
-    Arr<bf16> dx(to_bf16(x), k.misalign), ddy(to_bf16(dy), k.misalign), dout(n, k.misalign),
+    OffsetBuffer<bf16> dx(to_bf16(x), k.misalign), ddy(to_bf16(dy), k.misalign), dout(n, k.misalign),
         ddinp(n, k.misalign);
     ops::gelu_forward(ops::Cuda{}, dout.get(), dx.get(), k.n);
     ops::gelu_backward(ops::Cuda{}, ddinp.get(), ddy.get(), dx.get(), k.n);
@@ -106,7 +84,7 @@ TEST(CudaActivations, ResidualForwardMatchesCpuAlsoInPlace) {
     std::vector<float> ref(n);
     ops::residual_forward(kCpu, ref.data(), a.data(), b.data(), k.n);
 
-    Arr<bf16> da(to_bf16(a), k.misalign), db(to_bf16(b), k.misalign), dout(n, k.misalign);
+    OffsetBuffer<bf16> da(to_bf16(a), k.misalign), db(to_bf16(b), k.misalign), dout(n, k.misalign);
     ops::residual_forward(ops::Cuda{}, dout.get(), da.get(), db.get(), k.n);
     STRATA_EXPECT_CLOSE(to_float(dout.download()), ref, kTolBf16Elementwise, "residual out");
     ops::residual_forward(ops::Cuda{}, da.get(), da.get(), db.get(), k.n);  // out aliases a
@@ -124,7 +102,7 @@ TEST(CudaActivations, ResidualBackwardAccumulatesTwiceAndSkipsNull) {
     ops::residual_backward(kCpu, ref_da.data(), ref_db.data(), dy.data(), k.n);
     ops::residual_backward(kCpu, ref_da.data(), static_cast<float*>(nullptr), dy.data(), k.n);
 
-    Arr<bf16> ddy(to_bf16(dy), k.misalign), gda(to_bf16(da0), k.misalign), gdb(to_bf16(db0), k.misalign);
+    OffsetBuffer<bf16> ddy(to_bf16(dy), k.misalign), gda(to_bf16(da0), k.misalign), gdb(to_bf16(db0), k.misalign);
     ops::residual_backward(ops::Cuda{}, gda.get(), gdb.get(), ddy.get(), k.n);
     ops::residual_backward(ops::Cuda{}, gda.get(), static_cast<bf16*>(nullptr), ddy.get(), k.n);
     STRATA_EXPECT_CLOSE(to_float(gda.download()), ref_da, kTolBf16Reduction, "da (two calls)");

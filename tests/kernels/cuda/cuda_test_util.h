@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 #endif
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -86,6 +87,29 @@ class DeviceBuffer {
  private:
   T* ptr_ = nullptr;
   size_t n_ = 0;
+};
+
+// A device array that starts one element past a 16-byte boundary when `misalign` is set, so a kernel's scalar
+// (unaligned) path is exercised; get() is the array's first element either way.
+template <class T>
+class OffsetBuffer {
+ public:
+  OffsetBuffer(size_t n, bool misalign) : off_(misalign ? 1 : 0), buf_(n + off_) {}
+  OffsetBuffer(const std::vector<T>& host, bool misalign) : OffsetBuffer(host.size(), misalign) { upload(host); }
+  T* get() const { return buf_.get() + off_; }
+  void upload(const std::vector<T>& host) {
+    std::vector<T> full = buf_.download();
+    std::copy(host.begin(), host.end(), full.begin() + static_cast<std::ptrdiff_t>(off_));
+    buf_.upload(full);
+  }
+  std::vector<T> download() const {
+    const std::vector<T> full = buf_.download();
+    return std::vector<T>(full.begin() + static_cast<std::ptrdiff_t>(off_), full.end());
+  }
+
+ private:
+  size_t off_;
+  DeviceBuffer<T> buf_;
 };
 
 inline float bf16_to_float(bf16 x) { return __bfloat162float(x); }

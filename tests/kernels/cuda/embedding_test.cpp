@@ -21,28 +21,6 @@ namespace {
 
 const ops::Cpu kCpu{};
 
-// A device array, optionally starting one element past a 16-byte boundary (to force the scalar path).
-template <class T>
-class Arr {
- public:
-  Arr(size_t n, bool misalign) : off_(misalign ? 1 : 0), buf_(n + off_) {}
-  Arr(const std::vector<T>& host, bool misalign) : Arr(host.size(), misalign) { upload(host); }
-  T* get() const { return buf_.get() + off_; }
-  void upload(const std::vector<T>& host) {
-    std::vector<T> full = buf_.download();
-    std::copy(host.begin(), host.end(), full.begin() + static_cast<std::ptrdiff_t>(off_));
-    buf_.upload(full);
-  }
-  std::vector<T> download() const {
-    const std::vector<T> full = buf_.download();
-    return std::vector<T>(full.begin() + static_cast<std::ptrdiff_t>(off_), full.end());
-  }
-
- private:
-  size_t off_;
-  DeviceBuffer<T> buf_;
-};
-
 bool bitwise_equal(const std::vector<bf16>& a, const std::vector<bf16>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(bf16)) == 0;
 }
@@ -82,7 +60,7 @@ TEST(CudaEmbedding, ForwardMatchesCpu) {
                            k.T, k.C);
 
     DeviceBuffer<int32_t> dtok(tokens);
-    Arr<bf16> dwte(to_bf16(wte), k.misalign), dwpe(to_bf16(wpe), k.misalign), dout(n, k.misalign);
+    OffsetBuffer<bf16> dwte(to_bf16(wte), k.misalign), dwpe(to_bf16(wpe), k.misalign), dout(n, k.misalign);
     ops::embedding_forward(ops::Cuda{}, dout.get(), dtok.get(), dwte.get(), k.wpe ? dwpe.get() : nullptr, k.B,
                            k.T, k.C);
     STRATA_EXPECT_CLOSE(to_float(dout.download()), ref, kTolBf16Elementwise, "embedding out");
@@ -105,12 +83,12 @@ TEST(CudaEmbedding, BackwardMatchesCpuAccumulatesAndIsDeterministic) {
                               tokens.data(), k.B, k.T, k.C);
 
     DeviceBuffer<int32_t> dtok(tokens);
-    Arr<bf16> ddy(to_bf16(dy), k.misalign);
+    OffsetBuffer<bf16> ddy(to_bf16(dy), k.misalign);
     DeviceBuffer<unsigned char> ws(cuda::embedding_backward_workspace_bytes(k.B, k.T));
     ops::Cuda dev;
     dev.workspace = ws.get(), dev.workspace_bytes = ws.size();
     auto run = [&](std::vector<bf16>* dwte, std::vector<bf16>* dwpe) {
-      Arr<bf16> gwte(to_bf16(dwte0), k.misalign), gwpe(to_bf16(dwpe0), k.misalign);
+      OffsetBuffer<bf16> gwte(to_bf16(dwte0), k.misalign), gwpe(to_bf16(dwpe0), k.misalign);
       for (int call = 0; call < 2; ++call) {
         ws.poison();
         ops::embedding_backward(dev, gwte.get(), k.wpe ? gwpe.get() : nullptr, ddy.get(), dtok.get(), k.B,

@@ -21,28 +21,6 @@ namespace {
 const ops::Cpu kCpu{};
 constexpr float kEps = 1e-5f;
 
-// A device array, optionally starting one element past a 16-byte boundary (to force the scalar path).
-template <class T>
-class Arr {
- public:
-  Arr(size_t n, bool misalign) : off_(misalign ? 1 : 0), buf_(n + off_) {}
-  Arr(const std::vector<T>& host, bool misalign) : Arr(host.size(), misalign) { upload(host); }
-  T* get() const { return buf_.get() + off_; }
-  void upload(const std::vector<T>& host) {
-    std::vector<T> full = buf_.download();
-    std::copy(host.begin(), host.end(), full.begin() + static_cast<std::ptrdiff_t>(off_));
-    buf_.upload(full);
-  }
-  std::vector<T> download() const {
-    const std::vector<T> full = buf_.download();
-    return std::vector<T>(full.begin() + static_cast<std::ptrdiff_t>(off_), full.end());
-  }
-
- private:
-  size_t off_;
-  DeviceBuffer<T> buf_;
-};
-
 bool bitwise_equal(const std::vector<bf16>& a, const std::vector<bf16>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(bf16)) == 0;
 }
@@ -79,7 +57,7 @@ TEST(CudaNorms, RmsnormForwardMatchesCpu) {
     std::vector<float> ref(n), ref_rstd(size_t(k.N));
     ops::rmsnorm_forward(kCpu, ref.data(), ref_rstd.data(), x.data(), w.data(), k.N, k.C, kEps);
 
-    Arr<bf16> dx(to_bf16(x), k.misalign), dw(to_bf16(w), k.misalign), dout(n, k.misalign);
+    OffsetBuffer<bf16> dx(to_bf16(x), k.misalign), dw(to_bf16(w), k.misalign), dout(n, k.misalign);
     DeviceBuffer<float> drstd(size_t(k.N));
     ops::rmsnorm_forward(cuda_dev(), dout.get(), drstd.get(), dx.get(), dw.get(), k.N, k.C, kEps);
     STRATA_EXPECT_CLOSE(to_float(dout.download()), ref, kTolBf16Elementwise, "rmsnorm out");
@@ -99,8 +77,8 @@ TEST(CudaNorms, LayernormForwardMatchesCpu) {
     ops::layernorm_forward(kCpu, ref.data(), ref_mean.data(), ref_rstd.data(), x.data(), w.data(), b.data(),
                            k.N, k.C, kEps);
 
-    Arr<bf16> dx(to_bf16(x), k.misalign), dw(to_bf16(w), k.misalign), db(to_bf16(b), k.misalign);
-    Arr<bf16> dout(n, k.misalign);
+    OffsetBuffer<bf16> dx(to_bf16(x), k.misalign), dw(to_bf16(w), k.misalign), db(to_bf16(b), k.misalign);
+    OffsetBuffer<bf16> dout(n, k.misalign);
     DeviceBuffer<float> dmean(size_t(k.N)), drstd(size_t(k.N));
     ops::layernorm_forward(cuda_dev(), dout.get(), dmean.get(), drstd.get(), dx.get(), dw.get(), db.get(),
                            k.N, k.C, kEps);
@@ -125,8 +103,8 @@ TEST(CudaNorms, ResidualRmsnormForwardMatchesCpu) {
       resid = round_bf16(resid);
       ops::rmsnorm_forward(kCpu, ref.data(), ref_rstd.data(), resid.data(), w.data(), k.N, k.C, kEps);
 
-      Arr<bf16> da(to_bf16(a), k.misalign), dbr(to_bf16(br), k.misalign), dw(to_bf16(w), k.misalign);
-      Arr<bf16> dres(n, k.misalign), dout(n, k.misalign);
+      OffsetBuffer<bf16> da(to_bf16(a), k.misalign), dbr(to_bf16(br), k.misalign), dw(to_bf16(w), k.misalign);
+      OffsetBuffer<bf16> dres(n, k.misalign), dout(n, k.misalign);
       DeviceBuffer<float> drstd(size_t(k.N));
       bf16* res_out = in_place ? da.get() : dres.get();
       ops::residual_rmsnorm_forward(cuda_dev(), res_out, dout.get(), drstd.get(), da.get(), dbr.get(),
@@ -152,8 +130,8 @@ TEST(CudaNorms, ResidualLayernormForwardMatchesCpu) {
       ops::layernorm_forward(kCpu, ref.data(), ref_mean.data(), ref_rstd.data(), resid.data(), w.data(),
                              b.data(), k.N, k.C, kEps);
 
-      Arr<bf16> da(to_bf16(a), k.misalign), dbr(to_bf16(br), k.misalign), dw(to_bf16(w), k.misalign);
-      Arr<bf16> dbias(to_bf16(b), k.misalign), dres(n, k.misalign), dout(n, k.misalign);
+      OffsetBuffer<bf16> da(to_bf16(a), k.misalign), dbr(to_bf16(br), k.misalign), dw(to_bf16(w), k.misalign);
+      OffsetBuffer<bf16> dbias(to_bf16(b), k.misalign), dres(n, k.misalign), dout(n, k.misalign);
       DeviceBuffer<float> dmean(size_t(k.N)), drstd(size_t(k.N));
       bf16* res_out = in_place ? da.get() : dres.get();
       ops::residual_layernorm_forward(cuda_dev(), res_out, dout.get(), dmean.get(), drstd.get(), da.get(),
@@ -191,7 +169,7 @@ void check_backward(const Case& k, bool layer) {
                             k.N, k.C);
   }
 
-  Arr<bf16> dx(to_bf16(x), k.misalign), ddy(to_bf16(dy), k.misalign), dw(to_bf16(w), k.misalign);
+  OffsetBuffer<bf16> dx(to_bf16(x), k.misalign), ddy(to_bf16(dy), k.misalign), dw(to_bf16(w), k.misalign);
   DeviceBuffer<float> dmean(mean), drstd(rstd);
   DeviceBuffer<unsigned char> ws(cuda::norm_backward_workspace_bytes(k.N, k.C));
   ops::Cuda dev;
@@ -201,7 +179,7 @@ void check_backward(const Case& k, bool layer) {
   };
   // `calls` calls from the start; the state after the first call goes to *first, after the last to *last.
   auto run = [&](int calls, State* first, State* last) {
-    Arr<bf16> ddinp(to_bf16(dinp0), k.misalign), ddw(to_bf16(dw0), k.misalign), ddb(to_bf16(db0), k.misalign);
+    OffsetBuffer<bf16> ddinp(to_bf16(dinp0), k.misalign), ddw(to_bf16(dw0), k.misalign), ddb(to_bf16(db0), k.misalign);
     for (int call = 0; call < calls; ++call) {
       ws.poison();  // the partials must be written before they are read, on every call
       if (layer)
