@@ -24,6 +24,8 @@
 
 namespace strata::ops {
 
+using cpu_detail::attention_work;
+using cpu_detail::check_attention_shapes;
 using cpu_detail::gemm;
 using cpu_detail::softmax_exp;
 
@@ -31,17 +33,6 @@ namespace {
 
 // Rows per causal block: big enough for BLAS efficiency, small enough to skip the masked work.
 constexpr int kRowBlock = 64;
-
-// Multiply-adds of the causal products of B*NH heads (a bound; the causal blocks skip up to half).
-int64_t attention_work(int B, int T, int NH, int HS) {
-  return int64_t{B} * NH * T * T * HS * 2;
-}
-
-void check_shapes(const char* op, int B, int T, int NH, int KVH, int HS) {
-  STRATA_CHECK(B > 0 && T > 0 && NH > 0 && KVH > 0 && HS > 0, op, ": B=", B, " T=", T, " NH=", NH,
-               " KVH=", KVH, " HS=", HS);
-  STRATA_CHECK(NH % KVH == 0, op, ": NH=", NH, " is not a multiple of KVH=", KVH);
-}
 
 // In place on row t of scaled scores p[0, n), n > t: p[s] = softmax over s <= t, 0 for s in (t, len).
 // The exp loop runs to m = t+1 rounded up to 16 (whole vectors, no scalar exp remainder; the extra entries
@@ -102,7 +93,7 @@ STRATA_SIMD_CLONES void decode_row(F* o, F* p, const F* q, const F* k, const F* 
 template <class Dev, class F>
 void attention_forward(const Dev&, F* out, F* att, const F* qkv, int B, int T, int NH, int KVH, int HS) {
   STRATA_CHECK(out && att && qkv, "attention_forward: null pointer");
-  check_shapes("attention_forward", B, T, NH, KVH, HS);
+  check_attention_shapes("attention_forward", B, T, NH, KVH, HS);
   const int R = (NH + 2 * KVH) * HS;  // qkv row length
   const int OC = NH * HS;             // out row length
   const int group = NH / KVH;
@@ -130,7 +121,7 @@ template <class Dev, class F>
 void attention_backward(const Dev&, F* dqkv, F* datt, const F* dout, const F* qkv, const F* att, int B, int T,
                         int NH, int KVH, int HS) {
   STRATA_CHECK(dqkv && datt && dout && qkv && att, "attention_backward: null pointer");
-  check_shapes("attention_backward", B, T, NH, KVH, HS);
+  check_attention_shapes("attention_backward", B, T, NH, KVH, HS);
   const int R = (NH + 2 * KVH) * HS;
   const int OC = NH * HS;
   const int group = NH / KVH;
@@ -178,7 +169,7 @@ void attention_decode(const Dev&, F* out, F* scratch, const F* q, const F* kcach
                       int Tn, int NH, int KVH, int HS) {
   STRATA_CHECK(out && scratch && q && kcache && vcache, "attention_decode: null pointer");
   STRATA_CHECK(Tp >= 0 && Tn > 0, "attention_decode: Tp=", Tp, " Tn=", Tn);
-  check_shapes("attention_decode", 1, Tn, NH, KVH, HS);
+  check_attention_shapes("attention_decode", 1, Tn, NH, KVH, HS);
   const int L = Tp + Tn;
   const int OC = NH * HS;
   const int KC = KVH * HS;  // cache row length

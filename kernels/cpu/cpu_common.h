@@ -25,6 +25,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "engine/check.h"
+
 #if defined(STRATA_CPU_CLONES)
 #define STRATA_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
@@ -36,6 +38,16 @@ namespace strata::ops::cpu_detail {
 inline constexpr int64_t kMinParallelWork = int64_t{1} << 15;   // elements; ~10 us of streaming work
 inline constexpr int64_t kMinParallelFlops = int64_t{1} << 20;  // multiply-adds; ~50 us in small GEMMs
 inline constexpr int kColBlock = 64;                            // 64 doubles of accumulator on the stack
+
+// Multiply-adds of the causal attention products of B*NH heads (a bound; causal blocks skip up to half): the
+// attention ops' parallel threshold.
+inline int64_t attention_work(int B, int T, int NH, int HS) { return int64_t{B} * NH * T * T * HS * 2; }
+// The shape preconditions every attention op checks.
+inline void check_attention_shapes(const char* op, int B, int T, int NH, int KVH, int HS) {
+  STRATA_CHECK(B > 0 && T > 0 && NH > 0 && KVH > 0 && HS > 0, op, ": B=", B, " T=", T, " NH=", NH,
+               " KVH=", KVH, " HS=", HS);
+  STRATA_CHECK(NH % KVH == 0, op, ": NH=", NH, " is not a multiple of KVH=", KVH);
+}
 
 // C (M,N) = alpha * op(A) @ op(B) + beta * C, all row-major.
 template <class F>

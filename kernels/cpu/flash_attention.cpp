@@ -27,20 +27,14 @@
 namespace strata::ops {
 
 using cpu_detail::gemm;
+using cpu_detail::attention_work;
+using cpu_detail::check_attention_shapes;
 using cpu_detail::softmax_exp;
 
 namespace {
 
 // Queries and keys per tile: big enough for BLAS efficiency, small enough for the stack (32 KB in double).
 constexpr int kTile = 64;
-
-int64_t attention_work(int B, int T, int NH, int HS) { return int64_t{B} * NH * T * T * HS * 2; }
-
-void check_shapes(const char* op, int B, int T, int NH, int KVH, int HS) {
-  STRATA_CHECK(B > 0 && T > 0 && NH > 0 && KVH > 0 && HS > 0, op, ": B=", B, " T=", T, " NH=", NH,
-               " KVH=", KVH, " HS=", HS);
-  STRATA_CHECK(NH % KVH == 0, op, ": NH=", NH, " is not a multiple of KVH=", KVH);
-}
 
 // Online-softmax step of one row of scores p[0, nc) (keys c0.., valid up to n <= nc): updates the running max
 // m and sum l, leaves p[s] = exp(p[s] - m_new) (0 past n) and returns the factor exp(m_old - m_new) by which
@@ -83,7 +77,7 @@ template <class Dev, class F>
 void flash_attention_forward(const Dev&, F* out, Stat<F>* lse, const F* qkv, int B, int T, int NH, int KVH,
                              int HS) {
   STRATA_CHECK(out && lse && qkv, "flash_attention_forward: null pointer");
-  check_shapes("flash_attention_forward", B, T, NH, KVH, HS);
+  check_attention_shapes("flash_attention_forward", B, T, NH, KVH, HS);
   const int R = (NH + 2 * KVH) * HS;  // qkv row length
   const int OC = NH * HS;             // out row length
   const int group = NH / KVH;
@@ -133,7 +127,7 @@ template <class Dev, class F>
 void flash_attention_backward(const Dev&, F* dqkv, Stat<F>* delta, const F* dout, const F* out, const F* qkv,
                               const Stat<F>* lse, int B, int T, int NH, int KVH, int HS) {
   STRATA_CHECK(dqkv && delta && dout && out && qkv && lse, "flash_attention_backward: null pointer");
-  check_shapes("flash_attention_backward", B, T, NH, KVH, HS);
+  check_attention_shapes("flash_attention_backward", B, T, NH, KVH, HS);
   const int R = (NH + 2 * KVH) * HS;
   const int OC = NH * HS;
   const int group = NH / KVH;
