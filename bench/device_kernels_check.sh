@@ -11,54 +11,58 @@ cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/strata_device}
 mkdir -p "$out"
 w=$(mktemp -d)
+logs=$w/logs
+mkdir -p "$logs"
+# The device tool returns at most 8 files from $OUT: the logs travel as one archive, written also when cut off.
+trap 'tar -C "$w" -czf "$out/device_logs.tar.gz" logs 2>/dev/null' EXIT
 tar -C "$w" -xJf .devcarry/kernels.tar.xz || { echo "device_kernels_check: .devcarry/kernels.tar.xz missing"; exit 1; }
-cublas=$(dirname "$(find / -name 'libcublasLt.so.13' -not -path '/proc/*' 2>/dev/null | head -1)")
+cublas=$(dirname "$(timeout 60 find /usr /opt -name 'libcublasLt.so.13' 2>/dev/null | head -1)")
 # The carried libraries serve the carried executables only (PyTorch keeps the image's own).
 run() { LD_LIBRARY_PATH="$w/lib:$cublas:${LD_LIBRARY_PATH:-}" "$@"; }
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv,noheader 2>&1 | head -1
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader 2>&1 | head -1
 rows=()
 
-# 1. the gpu tests
+# 1+2. The gpu tests and compute-sanitizer (memcheck, racecheck) on them, all at once: 16 cores, one GPU, and the
+#    sanitizers slow each kernel 10-100x, so in series they would not fit the call. Tests are capped at 120 s and
+#    sanitizer runs at 170 s (rc 124 = cut off, reported as such). Under the sanitizers the flash-attention test
+#    leaves out its two long sequences and the bitwise-repeat case (every code path is in the short shapes). The
+#    matmul test calls cuBLASLt and the device test no kernel of ours: memcheck only.
+have_sanitizer=$(command -v compute-sanitizer)
+jobs_run=()
 for t in "$w"/tests/kernels_cuda_*_test; do
-  name=$(basename "$t")
-  run timeout 120 "$t" --gtest_brief=1 >"$out/$name.log" 2>&1
-  rc=$?
-  summary=$(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/$name.log" | tr '\n' ' ')
-  [[ $rc -eq 0 ]] || tail -n 30 "$out/$name.log"
-  rows+=("test $name|rc=$rc $summary")
+  name=$(basename "$t" _test)
+  ( run timeout 120 "$t" --gtest_brief=1 >"$logs/$name.test.log" 2>&1; echo $? >"$logs/$name.test.rc" ) &
+  jobs_run+=("$name.test")
+  [[ -n $have_sanitizer ]] || continue
+  tools="memcheck racecheck"
+  [[ $name == kernels_cuda_matmul || $name == kernels_cuda_device ]] && tools=memcheck
+  filter=
+  [[ $name == kernels_cuda_flash_attention ]] && filter='--gtest_filter=-*T1029*:*T777*:*BitwiseReproducible*'
+  for tool in $tools; do
+    ( run timeout 170 compute-sanitizer --tool "$tool" --error-exitcode 9 "$t" --gtest_brief=1 $filter \
+        >"$logs/$name.$tool.log" 2>&1; echo $? >"$logs/$name.$tool.rc" ) &
+    jobs_run+=("$name.$tool")
+  done
+done
+wait
+[[ -n $have_sanitizer ]] || rows+=("compute-sanitizer|not on the PATH")
+for j in "${jobs_run[@]}"; do
+  rc=$(cat "$logs/$j.rc")
+  if [[ ${j##*.} == test ]]; then
+    verdict=$(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$logs/$j.log" | tr '\n' ' ')
+  else
+    verdict=$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$logs/$j.log" | tail -1)
+  fi
+  [[ $rc -eq 0 ]] || { echo "== $j (rc=$rc)"; grep -E 'FAILED|Failure|Expected|Which is|error|Error|ERROR|Invalid|hazard' "$logs/$j.log" | head -n 25; }
+  rows+=("${j##*.} ${j%.*}|rc=$rc ${verdict:-no summary}")
 done
 
-# 2. compute-sanitizer on the kernel tests, all runs at once (16 cores, one GPU; the sanitizers slow each test
-#    10-100x, so in series they would not fit the call), each capped at 150 s (rc 124 = cut off, reported as such).
-#    The matmul test calls cuBLASLt: memcheck only.
-if command -v compute-sanitizer >/dev/null; then
-  jobs_run=()
-  for t in "$w"/tests/kernels_cuda_*_test; do
-    name=$(basename "$t" _test)
-    tools="memcheck racecheck"
-    [[ $name == kernels_cuda_matmul || $name == kernels_cuda_device ]] && tools=memcheck
-    for tool in $tools; do
-      ( run timeout 150 compute-sanitizer --tool "$tool" --error-exitcode 9 "$t" --gtest_brief=1 \
-          >"$out/$name.$tool.log" 2>&1; echo $? >"$out/$name.$tool.rc" ) &
-      jobs_run+=("$name.$tool")
-    done
-  done
-  wait
-  for j in "${jobs_run[@]}"; do
-    rc=$(cat "$out/$j.rc")
-    verdict=$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/$j.log" | tail -1)
-    [[ $rc -eq 0 ]] || tail -n 15 "$out/$j.log"
-    rows+=("${j##*.} ${j%.*}|rc=$rc ${verdict:-no summary}")
-  done
-else
-  rows+=("compute-sanitizer|not on the PATH")
-fi
-
 # 3. benchmarks
-run timeout 240 "$w/kernel_bench" --json "$out/kernel_bench.json" >"$out/kernel_bench.log" 2>&1 || tail -n 20 "$out/kernel_bench.log"
-timeout 180 python3 bench/attention_torch_bench.py >"$out/torch_attention.json" 2>"$out/torch_attention.err" ||
-  tail -n 20 "$out/torch_attention.err"
-sed -n '/^| op /,$p' "$out/kernel_bench.log"
+run timeout 150 "$w/kernel_bench" --json "$out/kernel_bench.json" 2>&1 | tee "$logs/kernel_bench.log" >/dev/null ||
+  tail -n 20 "$logs/kernel_bench.log"
+timeout 120 python3 bench/attention_torch_bench.py >"$out/torch_attention.json" 2>"$logs/torch_attention.err" ||
+  tail -n 20 "$logs/torch_attention.err"
+sed -n '/^| op /,$p' "$logs/kernel_bench.log"
 python3 - "$out/kernel_bench.json" "$out/torch_attention.json" <<'PY'
 import json, sys
 try:
