@@ -79,6 +79,7 @@ const std::vector<OptionRule>& option_rules() {
       STRATA_FIELD("--keep-last", false, keep_last),
       STRATA_FIELD("--threads", false, threads),
       STRATA_FIELD("--stop-at", false, stop_at),
+      STRATA_FIELD("--peak-tflops", false, peak_tflops),
   };
   return rules;
 }
@@ -201,6 +202,8 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--keep-last", c.keep_last, "Checkpoints to keep (0 = all)");
   cmd->add_option("--threads", c.threads, "CPU threads (0 = all cores)");
   cmd->add_option("--stop-at", c.stop_at, "Stop after this step as if interrupted (a checkpoint is written)");
+  cmd->add_option("--peak-tflops", c.peak_tflops,
+                  "Peak TFLOP/s per device for MFU (default: the GPU's datasheet bf16 peak; none on the CPU)");
   cmd->add_option("--resume", o->resume,
                   "Continue from a checkpoint folder, or a run folder's newest checkpoint");
   cmd->add_flag("--overwrite", o->overwrite, "Start over in an --out folder that already holds checkpoints");

@@ -55,6 +55,8 @@ void TrainConfig::finalize() {
   STRATA_REQUIRE(top_k >= 0, "--top-k must be >= 0 (got ", top_k, ")");
   STRATA_REQUIRE(keep_last >= 0, "--keep-last must be >= 0 (got ", keep_last, ")");
   STRATA_REQUIRE(stop_at >= 0, "--stop-at must be >= 0 (got ", stop_at, ")");
+  STRATA_REQUIRE(peak_tflops >= 0 && std::isfinite(peak_tflops),
+                 "--peak-tflops must be a positive number of TFLOP/s (got ", peak_tflops, ")");
   STRATA_REQUIRE(!out_dir.empty(), "--out must not be empty");
 }
 

@@ -21,6 +21,7 @@
 #include "engine/fileio.h"
 #include "engine/optim.h"
 #include "engine/parallel.h"
+#include "engine/peak_flops.h"
 #include "engine/sampler.h"
 #include "growth/apply.h"
 #include "growth/plan.h"
@@ -325,6 +326,11 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
   std::optional<data::DataLoader> val_loader;  // opened (and its tokens checked) once for every evaluation
   if (!val_shards.empty()) val_loader.emplace(eval_loader(model, val_shards));
   print_config(cfg, train_shards.size(), loader.total_tokens(), val_shards.size(), threads);
+  // The CPU backend has no datasheet peak: MFU is reported only against a given --peak-tflops.
+  const std::optional<PeakFlops> peak = resolve_peak(cfg.peak_tflops, "");
+  std::printf("  %-22s %s\n", "MFU peak",
+              peak ? cat(peak->tflops, " TFLOP/s per device, ", peak->label).c_str()
+                   : "none on the CPU backend (give --peak-tflops to report MFU)");
   if (val_shards.empty()) std::printf("  (no val_*.bin shards: validation is skipped)\n");
   if (step > 0) std::printf("resumed from %s at step %ld\n", resume_ckpt.c_str(), step);
 
@@ -466,21 +472,21 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
     STRATA_REQUIRE(std::isfinite(loss), "training diverged: loss is ", loss, " at step ", step);
     const double dt = seconds_since(t0);
     const double tps = static_cast<double>(cfg.global_batch_tokens) / dt;
-    metrics.write({{"type", "step"},
-                   {"step", step},
-                   {"tokens", tokens_seen},
-                   {"flops", flops},
-                   {"loss", loss},
-                   {"lr", lr},
-                   {"grad_norm", norm},
-                   {"tokens_per_s", tps}});
+    nlohmann::json row = {{"type", "step"},   {"step", step},     {"tokens", tokens_seen},
+                          {"flops", flops},   {"loss", loss},     {"lr", lr},
+                          {"grad_norm", norm}, {"tokens_per_s", tps}};
+    if (peak) row["mfu"] = mfu(flops_per_token, tps, *peak);
+    metrics.write(row);
     const double run_s = seconds_since(t_start);
     const double avg_tps = static_cast<double>((step - first_step) * cfg.global_batch_tokens) / run_s;
     const double eta = static_cast<double>((last - step) * cfg.global_batch_tokens) / avg_tps;
     if (tty || step % cfg.log_every == 0 || step == last) {
-      std::printf("%sstep %ld/%ld | tokens %s | loss %.4f | lr %.3e | grad norm %.3f | %s tok/s | ETA %s%s",
+      char mfu_text[32] = "";
+      if (peak) std::snprintf(mfu_text, sizeof mfu_text, " | MFU %.1f%%", 100.0 * mfu(flops_per_token, avg_tps, *peak));
+      std::printf("%sstep %ld/%ld | tokens %s | loss %.4f | lr %.3e | grad norm %.3f | %s tok/s%s | ETA %s%s",
                   tty ? "\r\033[K" : "", step, cfg.steps, human(static_cast<double>(tokens_seen)).c_str(),
-                  loss, lr, norm, human(avg_tps).c_str(), duration(eta).c_str(), tty ? "" : "\n");
+                  loss, lr, norm, human(avg_tps).c_str(), mfu_text, duration(eta).c_str(),
+                  tty ? "" : "\n");
       std::fflush(stdout);
     }
     const bool end = step == last;

@@ -199,6 +199,33 @@ TEST_F(TrainCli, InterruptWritesACheckpointThatResumes) {
       << resumed;
 }
 
+// MFU is reported against --peak-tflops (the CPU backend has no datasheet peak): each metrics row's mfu is its
+// model FLOPs per token (the flops counter's step) times its tokens/s over the peak, and the progress line shows it.
+TEST_F(TrainCli, ReportsMfuAgainstTheGivenPeak) {
+  std::string out;
+  ASSERT_EQ(run_strata(base_args("mfu") + " --steps 3 --eval-every 0 --sample-tokens 0 --log-every 1"
+                                          " --peak-tflops 0.5", &out), 0) << out;
+  EXPECT_NE(out.find("0.5 TFLOP/s per device, --peak-tflops"), std::string::npos) << out;
+  EXPECT_NE(out.find("% | ETA"), std::string::npos) << out;
+  std::istringstream in(strata::read_file((root_ / "mfu" / "metrics.jsonl").string()));
+  double prev_flops = 0;
+  int rows = 0;
+  for (std::string line; std::getline(in, line);) {
+    const auto r = nlohmann::json::parse(line);
+    if (r["type"] != "step") continue;
+    const double per_token = (r["flops"].get<double>() - prev_flops) / 128.0;
+    prev_flops = r["flops"].get<double>();
+    ASSERT_TRUE(r.contains("mfu")) << line;
+    EXPECT_NEAR(r["mfu"].get<double>(), per_token * r["tokens_per_s"].get<double>() / 0.5e12,
+                1e-12 + 1e-9 * r["mfu"].get<double>()) << line;
+    ++rows;
+  }
+  EXPECT_EQ(rows, 3);
+  ASSERT_EQ(run_strata(base_args("no_mfu") + " --steps 2 --eval-every 0 --sample-tokens 0", &out), 0) << out;
+  EXPECT_NE(out.find("none on the CPU backend (give --peak-tflops"), std::string::npos) << out;
+  EXPECT_EQ(strata::read_file((root_ / "no_mfu" / "metrics.jsonl").string()).find("mfu"), std::string::npos);
+}
+
 TEST_F(TrainCli, BadInputIsOneLineAndOverwritesNothing) {
   std::string out;
   ASSERT_EQ(run_strata(base_args("keep") + " --steps 2 --eval-every 0 --sample-tokens 0", &out), 0) << out;
@@ -211,6 +238,7 @@ TEST_F(TrainCli, BadInputIsOneLineAndOverwritesNothing) {
   expect_error(base_args("x") + " --d-model 30", {"n_head 4 does not divide d_model 30"});
   expect_error(base_args("x") + " --seq-len 100", {"--seq-len 100", "max_seq_len 64"});
   expect_error(base_args("x") + " --global-batch-tokens 100", {"--global-batch-tokens 100"});
+  expect_error(base_args("x") + " --peak-tflops -3", {"--peak-tflops", "-3"});
   const std::string bad_cfg = (root_ / "bad.toml").string();
   strata::write_file_atomic(bad_cfg, "[train]\nweight-decay = \"lots\"\n");
   expect_error("--config " + bad_cfg + " " + base_args("x"), {"weight-decay"});
