@@ -31,7 +31,8 @@ std::optional<PeakFlops> datasheet_peak(std::string_view device_name) {
   auto entry = [](double t, const char* what) { return PeakFlops{t, std::string(what) + " (datasheet)"}; };
   // NVL variants are not in the table: their per-device figures differ from SXM's and PCIe's.
   if (has_word(n, "nvl")) return std::nullopt;
-  if (has_word(n, "h200") || has_word(n, "gh200")) return entry(989.4, has_word(n, "gh200") ? "GH200" : "H200");
+  if (has_word(n, "h200") || has_word(n, "gh200"))
+    return entry(989.4, has_word(n, "gh200") ? "GH200" : "H200");
   if (has_word(n, "h100")) {
     if (has_word(n, "pcie")) return entry(756.5, "H100 PCIe");
     return entry(989.4, "H100 SXM");  // "NVIDIA H100 80GB HBM3", "NVIDIA H100 SXM5 ..."

@@ -1,6 +1,6 @@
-// engine/peak_flops.h: the dense bf16 tensor-core peak of the accelerators Strata reports MFU against, and the
-// MFU arithmetic. MFU = (training FLOPs per token x tokens per second) / (peak x devices), with the model FLOPs
-// of models::train_flops_per_token (6N plus attention), never the FLOPs a kernel happens to execute.
+// engine/peak_flops.h: the dense bf16 tensor-core peak of the accelerators Strata reports MFU against, and
+// the MFU arithmetic. MFU = (training FLOPs per token x tokens per second) / (peak x devices), with the model
+// FLOPs of models::train_flops_per_token (6N plus attention), never the FLOPs a kernel happens to execute.
 #pragma once
 
 #include <optional>

@@ -472,9 +472,8 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
     STRATA_REQUIRE(std::isfinite(loss), "training diverged: loss is ", loss, " at step ", step);
     const double dt = seconds_since(t0);
     const double tps = static_cast<double>(cfg.global_batch_tokens) / dt;
-    nlohmann::json row = {{"type", "step"},   {"step", step},     {"tokens", tokens_seen},
-                          {"flops", flops},   {"loss", loss},     {"lr", lr},
-                          {"grad_norm", norm}, {"tokens_per_s", tps}};
+    nlohmann::json row = {{"type", "step"}, {"step", step}, {"tokens", tokens_seen}, {"flops", flops},
+                          {"loss", loss},   {"lr", lr},     {"grad_norm", norm},     {"tokens_per_s", tps}};
     if (peak) row["mfu"] = mfu(flops_per_token, tps, *peak);
     metrics.write(row);
     const double run_s = seconds_since(t_start);
@@ -482,11 +481,12 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
     const double eta = static_cast<double>((last - step) * cfg.global_batch_tokens) / avg_tps;
     if (tty || step % cfg.log_every == 0 || step == last) {
       char mfu_text[32] = "";
-      if (peak) std::snprintf(mfu_text, sizeof mfu_text, " | MFU %.1f%%", 100.0 * mfu(flops_per_token, avg_tps, *peak));
+      if (peak)
+        std::snprintf(mfu_text, sizeof mfu_text, " | MFU %.1f%%",
+                      100.0 * mfu(flops_per_token, avg_tps, *peak));
       std::printf("%sstep %ld/%ld | tokens %s | loss %.4f | lr %.3e | grad norm %.3f | %s tok/s%s | ETA %s%s",
                   tty ? "\r\033[K" : "", step, cfg.steps, human(static_cast<double>(tokens_seen)).c_str(),
-                  loss, lr, norm, human(avg_tps).c_str(), mfu_text, duration(eta).c_str(),
-                  tty ? "" : "\n");
+                  loss, lr, norm, human(avg_tps).c_str(), mfu_text, duration(eta).c_str(), tty ? "" : "\n");
       std::fflush(stdout);
     }
     const bool end = step == last;

@@ -1,6 +1,6 @@
 // The MFU peak table: the names cudaGetDeviceProperties reports for each card map to that card's datasheet
-// dense bf16 figure, look-alike names (A10 / A100, L4 / L40S, NVL parts) do not borrow another card's peak, and
-// the MFU arithmetic matches a hand computation.
+// dense bf16 figure, look-alike names (A10 / A100, L4 / L40S, NVL parts) do not borrow another card's peak,
+// and the MFU arithmetic matches a hand computation.
 #include <gtest/gtest.h>
 
 #include "engine/peak_flops.h"
@@ -28,8 +28,8 @@ TEST(PeakFlops, DeviceNamesMapToTheirDatasheetPeak) {
 }
 
 TEST(PeakFlops, LookAlikeAndUnknownNamesAreNotGuessed) {
-  EXPECT_EQ(peak_of("NVIDIA L40"), -1.0);      // not L4, not L40S
-  EXPECT_EQ(peak_of("NVIDIA A10G"), -1.0);     // not A10's figure
+  EXPECT_EQ(peak_of("NVIDIA L40"), -1.0);       // not L4, not L40S
+  EXPECT_EQ(peak_of("NVIDIA A10G"), -1.0);      // not A10's figure
   EXPECT_EQ(peak_of("NVIDIA H100 NVL"), -1.0);  // NVL parts differ from SXM and PCIe
   EXPECT_EQ(peak_of("NVIDIA GeForce RTX 4090"), -1.0);
   EXPECT_EQ(peak_of(""), -1.0);
