@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "engine/check.h"
+#include "engine/model_tensors.h"
 #include "kernels/ops.h"
 
 namespace strata {
@@ -19,64 +20,16 @@ const ops::Cpu kDev{};
 const float* const kNoBias = nullptr;  // typed nulls: the op templates deduce F from them
 float* const kNoGrad = nullptr;
 
-// Pointers to one set of tensors (parameters or their gradients) in a ParamBuffer. Absent tensors are null
-// (no biases or position embedding in LLaMA; GPT-2's LM head is the token embedding).
-struct Tensors {
-  float *tok_embedding = nullptr, *pos_embedding = nullptr, *lm_head = nullptr;
-  float *attn_norm = nullptr, *attn_norm_bias = nullptr, *attn_qkv = nullptr, *attn_qkv_bias = nullptr;
-  float *attn_out = nullptr, *attn_out_bias = nullptr, *mlp_norm = nullptr, *mlp_norm_bias = nullptr;
-  float *mlp_in = nullptr, *mlp_in_bias = nullptr, *mlp_down = nullptr, *mlp_down_bias = nullptr;
-  float *final_norm = nullptr, *final_norm_bias = nullptr;
-};
+using Tensors = ModelTensors<float>;
+using Dims = ModelDims;
 
 Tensors bind(ParamBuffer& b) {
-  Tensors t;
-  t.tok_embedding = b.tensor("tok_embedding");
-  t.pos_embedding = b.tensor("pos_embedding");
-  t.lm_head = b.tensor("lm_head");
-  if (t.lm_head == nullptr) t.lm_head = t.tok_embedding;  // tied
-  t.attn_norm = b.tensor("attn_norm");
-  t.attn_norm_bias = b.tensor("attn_norm_bias");
-  t.attn_qkv = b.tensor("attn_qkv");
-  t.attn_qkv_bias = b.tensor("attn_qkv_bias");
-  t.attn_out = b.tensor("attn_out");
-  t.attn_out_bias = b.tensor("attn_out_bias");
-  t.mlp_norm = b.tensor("mlp_norm");
-  t.mlp_norm_bias = b.tensor("mlp_norm_bias");
-  t.mlp_in = b.tensor("mlp_gate_up");
-  if (t.mlp_in == nullptr) t.mlp_in = b.tensor("mlp_up");
-  t.mlp_in_bias = b.tensor("mlp_up_bias");
-  t.mlp_down = b.tensor("mlp_down");
-  t.mlp_down_bias = b.tensor("mlp_down_bias");
-  t.final_norm = b.tensor("final_norm");
-  t.final_norm_bias = b.tensor("final_norm_bias");
-  STRATA_CHECK(t.tok_embedding && t.attn_norm && t.attn_qkv && t.attn_out && t.mlp_norm && t.mlp_in &&
-                   t.mlp_down && t.final_norm,
-               "parameter layout lacks a tensor the runner needs");
-  return t;
+  return bind_tensors(b.layout(), b.data());
 }
 
-// Layer l's slice of a per-layer tensor of `per_layer` elements (null stays null).
 inline float* at(float* base, int l, int64_t per_layer) {
-  return base ? base + l * per_layer : nullptr;
+  return layer_at(base, l, per_layer);
 }
-
-// Sizes derived from the config, shared by the training runner and the generator.
-struct Dims {
-  int C, NH, KVH, HS, QKV, Fd, H1, V, L;  // H1: width of the MLP's first product (2F SwiGLU, F GELU)
-  bool llama;
-  explicit Dims(const ModelConfig& c)
-      : C(c.d_model),
-        NH(c.n_head),
-        KVH(c.n_kv_head),
-        HS(c.head_dim()),
-        QKV((c.n_head + 2 * c.n_kv_head) * HS),
-        Fd(c.d_ff),
-        H1(c.family == Family::kLlama ? 2 * c.d_ff : c.d_ff),
-        V(c.vocab_size),
-        L(c.n_layer),
-        llama(c.family == Family::kLlama) {}
-};
 
 // The family's norm: RMSNorm (mean unused) or LayerNorm with bias.
 void norm_forward(const Dims& d, float* out, float* mean, float* rstd, const float* inp, const float* w,

@@ -1,0 +1,464 @@
+// engine/cuda_model.cpp: the CUDA model runner (see cuda_model.h). Host code only: it allocates, copies and
+// calls the ops of kernels/ops.h for ops::Cuda, bf16; it launches no kernel itself, so the same source builds
+// against the CUDA runtime and against the CPU emulation.
+#include "engine/cuda_model.h"
+
+#if defined(STRATA_CUDA_EMU)
+#include "kernels/cuda/emu/emu.h"
+#else
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "engine/check.h"
+#include "engine/model.h"  // kIgnoreIndex
+#include "engine/model_tensors.h"
+#include "kernels/cuda/workspace.h"
+#include "kernels/ops.h"
+
+namespace strata {
+namespace {
+
+using bf16 = __nv_bfloat16;
+using Stat = float;
+
+// One device allocation; a failure names what it was for and how much, and clears the runtime's error.
+void* device_alloc(size_t bytes, const char* what) {
+  void* p = nullptr;
+  const cudaError_t err = cudaMalloc(&p, std::max<size_t>(bytes, 1));
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    STRATA_REQUIRE(false, "GPU memory: cannot allocate ", static_cast<double>(bytes) / (1 << 20), " MiB for ",
+                   what, " (", cudaGetErrorString(err), ")");
+  }
+  return p;
+}
+
+struct DeviceBuffer {
+  void* ptr = nullptr;
+  size_t bytes = 0;
+  DeviceBuffer() = default;
+  DeviceBuffer(size_t n, const char* what) : ptr(device_alloc(n, what)), bytes(n) {}
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr(o.ptr), bytes(o.bytes) { o.ptr = nullptr, o.bytes = 0; }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    std::swap(ptr, o.ptr);
+    std::swap(bytes, o.bytes);
+    return *this;
+  }
+  ~DeviceBuffer() {
+    if (ptr) cudaFree(ptr);
+  }
+  template <class T>
+  T* as() const {
+    return static_cast<T*>(ptr);
+  }
+};
+
+void upload(void* dst, const void* src, size_t bytes) {
+  CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+}
+void download(void* dst, const void* src, size_t bytes) {
+  CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+}
+
+// Carves typed arrays out of one allocation, each 256-byte aligned (what cuBLASLt and the 16-byte vector
+// loads want). Run once with base null to measure, then with the allocation to assign.
+class Carver {
+ public:
+  explicit Carver(char* base) : base_(base) {}
+  template <class T>
+  T* take(size_t n) {
+    off_ = (off_ + 255) / 256 * 256;
+    T* p = base_ ? reinterpret_cast<T*>(base_ + off_) : nullptr;
+    off_ += n * sizeof(T);
+    return p;
+  }
+  size_t bytes() const { return (off_ + 255) / 256 * 256; }
+
+ private:
+  char* base_;
+  size_t off_ = 0;
+};
+
+void check_tokens(const int32_t* ids, int64_t n, int V, const char* what) {
+  for (int64_t i = 0; i < n; ++i)
+    STRATA_REQUIRE(ids[i] >= 0 && ids[i] < V, what, " token ", ids[i], " at position ", i,
+                   " is outside the vocabulary [0, ", V, ")");
+}
+
+}  // namespace
+
+struct CudaModel::Impl {
+  ops::Cuda dev;
+  DeviceBuffer weights, grads, master, m, v;  // the layout's numel each: bf16, bf16, fp32, fp32, fp32
+  DeviceBuffer arena;                         // activations, scratch and the op workspace
+  // Activations (pointers into the arena); per-layer arrays hold L slices.
+  int32_t *inputs = nullptr, *targets = nullptr;
+  bf16* resid = nullptr;                // (L+1, N, C): the stream entering each layer, and the final one
+  bf16* resid_mid = nullptr;            // (L, N, C): after the attention branch
+  bf16 *ln1 = nullptr, *ln2 = nullptr;  // (L, N, C)
+  Stat *ln1_mean = nullptr, *ln1_rstd = nullptr, *ln2_mean = nullptr, *ln2_rstd = nullptr;  // (L, N)
+  bf16* qkv = nullptr;      // (L, N, QKV) after RoPE
+  bf16* atty = nullptr;     // (L, N, NH*HS)
+  Stat* lse = nullptr;      // (L, B, NH, T)
+  bf16* mlp_h = nullptr;    // (L, N, H1): SwiGLU's [gate | up], or GELU's pre-activation
+  bf16* mlp_act = nullptr;  // (L, N, F)
+  bf16* lnf = nullptr;      // (N, C)
+  Stat *lnf_mean = nullptr, *lnf_rstd = nullptr;  // (N)
+  bf16* logits = nullptr;                         // (N, V); dlogits in place after a forward with targets
+  Stat* losses = nullptr;                         // (N)
+  // Scratch.
+  bf16 *branch = nullptr, *dx = nullptr, *dln = nullptr, *datty = nullptr;  // (N, C)
+  bf16 *dqkv = nullptr, *dmlp_h = nullptr, *dmlp_act = nullptr;
+  Stat* delta = nullptr;      // (B, NH, T)
+  float* norm_out = nullptr;  // grad_norm_squared's result
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+
+  void carve(Carver& c, const ModelDims& d, int B, int T, bool deterministic) {
+    const size_t N = size_t(B) * T, L = d.L, C = d.C;
+    inputs = c.take<int32_t>(N);
+    targets = c.take<int32_t>(N);
+    resid = c.take<bf16>((L + 1) * N * C);
+    resid_mid = c.take<bf16>(L * N * C);
+    ln1 = c.take<bf16>(L * N * C);
+    ln2 = c.take<bf16>(L * N * C);
+    ln1_mean = d.llama ? nullptr : c.take<Stat>(L * N);
+    ln2_mean = d.llama ? nullptr : c.take<Stat>(L * N);
+    ln1_rstd = c.take<Stat>(L * N);
+    ln2_rstd = c.take<Stat>(L * N);
+    qkv = c.take<bf16>(L * N * d.QKV);
+    atty = c.take<bf16>(L * N * size_t(d.NH) * d.HS);
+    lse = c.take<Stat>(L * N * d.NH);
+    mlp_h = c.take<bf16>(L * N * d.H1);
+    mlp_act = c.take<bf16>(L * N * d.Fd);
+    lnf = c.take<bf16>(N * C);
+    lnf_mean = d.llama ? nullptr : c.take<Stat>(N);
+    lnf_rstd = c.take<Stat>(N);
+    logits = c.take<bf16>(N * d.V);
+    losses = c.take<Stat>(N);
+    branch = c.take<bf16>(N * C);
+    dx = c.take<bf16>(N * C);
+    dln = c.take<bf16>(N * C);
+    datty = c.take<bf16>(N * size_t(d.NH) * d.HS);
+    dqkv = c.take<bf16>(N * d.QKV);
+    dmlp_h = c.take<bf16>(N * d.H1);
+    dmlp_act = c.take<bf16>(N * d.Fd);
+    delta = c.take<Stat>(N * d.NH);
+    norm_out = c.take<float>(1);
+    workspace_bytes = std::max(
+        {cuda::embedding_backward_workspace_bytes(B, T),
+         cuda::norm_backward_workspace_bytes(static_cast<int>(N), d.C), cuda::grad_norm_workspace_bytes(),
+         deterministic ? size_t{0} : cuda::flash_attention_backward_workspace_bytes(B, T, d.NH, d.HS)});
+    workspace = c.take<char>(workspace_bytes);
+  }
+};
+
+CudaModel::CudaModel(const models::ModelConfig& cfg, int B, int T, const CudaModelOptions& opt)
+    : cfg_(cfg), B_(B), T_(T), opt_(opt), impl_(std::make_unique<Impl>()) {
+  cfg_.validate();
+  STRATA_REQUIRE(B >= 1, "batch size must be at least 1 (got ", B, ")");
+  STRATA_REQUIRE(T >= 1 && T <= cfg.max_seq_len, "sequence length ", T, " must be in [1, max_seq_len ",
+                 cfg.max_seq_len, "]");
+  STRATA_REQUIRE(cfg_.head_dim() == 64 || cfg_.head_dim() == 128,
+                 "the CUDA backend's flash attention takes head ", "dims 64 and 128; ", cfg_.name,
+                 " has d_model / n_head = ", cfg_.head_dim());
+  layout_ = ParamLayout(cfg_);
+  const ModelDims d(cfg_);
+  const size_t P = static_cast<size_t>(layout_.numel());
+  Impl& s = *impl_;
+  s.weights = DeviceBuffer(P * sizeof(bf16), "the bf16 weights");
+  s.grads = DeviceBuffer(P * sizeof(bf16), "the bf16 gradients");
+  s.master = DeviceBuffer(P * sizeof(float), "the fp32 master weights");
+  Carver measure(nullptr);
+  s.carve(measure, d, B, T, opt_.deterministic);
+  s.arena = DeviceBuffer(measure.bytes(), "the activations");
+  Carver assign(s.arena.as<char>());
+  s.carve(assign, d, B, T, opt_.deterministic);
+  s.dev.deterministic = opt_.deterministic;
+  s.dev.workspace = s.workspace;
+  s.dev.workspace_bytes = s.workspace_bytes;
+  // Activations start poisoned (all bits set: NaN in bf16 and fp32), so reading one before it is written
+  // shows as a NaN loss or gradient instead of a plausible number.
+  CUDA_CHECK(cudaMemset(s.arena.ptr, 0xFF, s.arena.bytes));
+  CUDA_CHECK(cudaMemset(s.weights.ptr, 0, s.weights.bytes));
+  CUDA_CHECK(cudaMemset(s.master.ptr, 0, s.master.bytes));
+  zero_grad();
+}
+
+CudaModel::~CudaModel() = default;
+
+size_t CudaModel::state_bytes() const {
+  const Impl& s = *impl_;
+  return s.weights.bytes + s.grads.bytes + s.master.bytes + s.m.bytes + s.v.bytes;
+}
+size_t CudaModel::activation_bytes() const {
+  return impl_->arena.bytes;
+}
+
+void CudaModel::set_params(const ParamBuffer& params) {
+  STRATA_CHECK(params.numel() == layout_.numel(), "CudaModel::set_params: layout differs");
+  const size_t P = static_cast<size_t>(layout_.numel());
+  std::vector<bf16> w(P);
+  for (size_t i = 0; i < P; ++i) w[i] = __float2bfloat16_rn(params.data()[i]);
+  upload(impl_->master.ptr, params.data(), P * sizeof(float));
+  upload(impl_->weights.ptr, w.data(), P * sizeof(bf16));
+}
+
+void CudaModel::get_params(ParamBuffer& params) const {
+  STRATA_CHECK(params.numel() == layout_.numel(), "CudaModel::get_params: layout differs");
+  download(params.data(), impl_->master.ptr, static_cast<size_t>(layout_.numel()) * sizeof(float));
+}
+
+void CudaModel::get_grads(ParamBuffer& grads) const {
+  STRATA_CHECK(grads.numel() == layout_.numel(), "CudaModel::get_grads: layout differs");
+  const size_t P = static_cast<size_t>(layout_.numel());
+  std::vector<bf16> g(P);
+  download(g.data(), impl_->grads.ptr, P * sizeof(bf16));
+  for (size_t i = 0; i < P; ++i) grads.data()[i] = __bfloat162float(g[i]);
+}
+
+void CudaModel::set_moments(const ParamBuffer& m, const ParamBuffer& v) {
+  STRATA_CHECK(m.numel() == layout_.numel() && v.numel() == layout_.numel(),
+               "CudaModel::set_moments: layout");
+  Impl& s = *impl_;
+  const size_t bytes = static_cast<size_t>(layout_.numel()) * sizeof(float);
+  if (!s.m.ptr) s.m = DeviceBuffer(bytes, "the AdamW first moments");
+  if (!s.v.ptr) s.v = DeviceBuffer(bytes, "the AdamW second moments");
+  upload(s.m.ptr, m.data(), bytes);
+  upload(s.v.ptr, v.data(), bytes);
+}
+
+void CudaModel::get_moments(ParamBuffer& m, ParamBuffer& v) const {
+  STRATA_CHECK(m.numel() == layout_.numel() && v.numel() == layout_.numel(),
+               "CudaModel::get_moments: layout");
+  const Impl& s = *impl_;
+  STRATA_CHECK(s.m.ptr && s.v.ptr, "CudaModel::get_moments: no optimizer step or set_moments yet");
+  const size_t bytes = static_cast<size_t>(layout_.numel()) * sizeof(float);
+  download(m.data(), s.m.ptr, bytes);
+  download(v.data(), s.v.ptr, bytes);
+}
+
+void CudaModel::zero_grad() {
+  CUDA_CHECK(cudaMemset(impl_->grads.ptr, 0, impl_->grads.bytes));
+}
+
+float CudaModel::forward(const int32_t* inputs, const int32_t* targets, float grad_scale) {
+  STRATA_CHECK(targets != nullptr, "CudaModel::forward needs targets");
+  return run_forward(inputs, targets, grad_scale, true);
+}
+
+float CudaModel::evaluate(const int32_t* inputs, const int32_t* targets) {
+  STRATA_CHECK(targets != nullptr, "CudaModel::evaluate needs targets");
+  return run_forward(inputs, targets, 0.0f, false);
+}
+
+float CudaModel::run_forward(const int32_t* inputs, const int32_t* targets, float dloss_scale,
+                             bool need_grad) {
+  const ModelDims d(cfg_);
+  const int B = B_, T = T_, N = B * T, C = d.C;
+  const size_t NC = size_t(N) * C;
+  const float eps = cfg_.norm_eps;
+  Impl& s = *impl_;
+  const ops::Cuda& dev = s.dev;
+  const auto w = bind_tensors(layout_, s.weights.as<bf16>());
+  check_tokens(inputs, N, d.V, "input");
+  for (int i = 0; i < N; ++i)
+    STRATA_REQUIRE(targets[i] == kIgnoreIndex || (targets[i] >= 0 && targets[i] < d.V), "target token ",
+                   targets[i], " at position ", i, " is outside the vocabulary [0, ", d.V, ")");
+  upload(s.inputs, inputs, size_t(N) * sizeof(int32_t));
+  upload(s.targets, targets, size_t(N) * sizeof(int32_t));
+  have_grad_ = false;
+
+  // The norm entering a branch: layer 0's attention norm stands alone; every later norm is fused with the
+  // residual add before it.
+  auto norm = [&](bf16* out, Stat* mean, Stat* rstd, const bf16* inp, const bf16* wt, const bf16* bias) {
+    if (d.llama)
+      ops::rmsnorm_forward(dev, out, rstd, inp, wt, N, C, eps);
+    else
+      ops::layernorm_forward(dev, out, mean, rstd, inp, wt, bias, N, C, eps);
+  };
+  auto residual_norm = [&](bf16* resid_out, bf16* out, Stat* mean, Stat* rstd, const bf16* resid_in,
+                           const bf16* wt, const bf16* bias) {
+    if (d.llama)
+      ops::residual_rmsnorm_forward(dev, resid_out, out, rstd, resid_in, s.branch, wt, N, C, eps);
+    else
+      ops::residual_layernorm_forward(dev, resid_out, out, mean, rstd, resid_in, s.branch, wt, bias, N, C,
+                                      eps);
+  };
+  auto lmean = [&](Stat* base, int l) { return base ? base + size_t(l) * N : nullptr; };
+
+  ops::embedding_forward(dev, s.resid, s.inputs, w.tok_embedding, w.pos_embedding, B, T, C);
+  norm(s.ln1, lmean(s.ln1_mean, 0), s.ln1_rstd, s.resid, w.attn_norm, w.attn_norm_bias);
+  for (int l = 0; l < d.L; ++l) {
+    bf16* x = s.resid + l * NC;
+    bf16* xm = s.resid_mid + l * NC;
+    bf16* ln1 = s.ln1 + l * NC;
+    bf16* ln2 = s.ln2 + l * NC;
+    bf16* qkv = s.qkv + size_t(l) * N * d.QKV;
+    bf16* atty = s.atty + l * NC;
+    Stat* lse = s.lse + size_t(l) * N * d.NH;
+    bf16* h = s.mlp_h + size_t(l) * N * d.H1;
+    bf16* act = s.mlp_act + size_t(l) * N * d.Fd;
+    // Attention branch (ln1 of this layer is already written).
+    ops::matmul_forward(dev, qkv, ln1, layer_at(w.attn_qkv, l, int64_t{d.QKV} * C),
+                        layer_at(w.attn_qkv_bias, l, d.QKV), N, C, d.QKV);
+    if (d.llama) ops::rope_forward(dev, qkv, B, T, d.NH, d.KVH, d.HS, cfg_.rope_base, 0);
+    ops::flash_attention_forward(dev, atty, lse, qkv, B, T, d.NH, d.KVH, d.HS);
+    ops::matmul_forward(dev, s.branch, atty, layer_at(w.attn_out, l, int64_t{C} * C),
+                        layer_at(w.attn_out_bias, l, C), N, C, C);
+    residual_norm(xm, ln2, lmean(s.ln2_mean, l), s.ln2_rstd + size_t(l) * N, x, layer_at(w.mlp_norm, l, C),
+                  layer_at(w.mlp_norm_bias, l, C));
+    // MLP branch.
+    if (d.llama) {
+      ops::matmul_forward(dev, h, ln2, layer_at(w.mlp_in, l, int64_t{d.H1} * C),
+                          layer_at(w.mlp_in_bias, l, d.H1), N, C, d.H1);
+      ops::swiglu_forward(dev, act, h, N, d.Fd);
+    } else {
+      ops::matmul_gelu_forward(dev, act, h, ln2, layer_at(w.mlp_in, l, int64_t{d.H1} * C),
+                               layer_at(w.mlp_in_bias, l, d.H1), N, C, d.H1);
+    }
+    ops::matmul_forward(dev, s.branch, act, layer_at(w.mlp_down, l, int64_t{C} * d.Fd),
+                        layer_at(w.mlp_down_bias, l, C), N, d.Fd, C);
+    if (l + 1 < d.L)
+      residual_norm(x + NC, s.ln1 + (l + 1) * NC, lmean(s.ln1_mean, l + 1), s.ln1_rstd + size_t(l + 1) * N,
+                    xm, layer_at(w.attn_norm, l + 1, C), layer_at(w.attn_norm_bias, l + 1, C));
+    else
+      residual_norm(x + NC, s.lnf, s.lnf_mean, s.lnf_rstd, xm, w.final_norm, w.final_norm_bias);
+  }
+  const bf16* no_bias = nullptr;
+  ops::matmul_forward(dev, s.logits, s.lnf, w.lm_head, no_bias, N, C, d.V);
+
+  n_valid_ = 0;
+  for (int i = 0; i < N; ++i) n_valid_ += targets[i] != kIgnoreIndex;
+  const float dloss = (need_grad && n_valid_ > 0) ? dloss_scale / static_cast<float>(n_valid_) : 0.0f;
+  ops::softmax_cross_entropy(dev, s.logits, s.losses, s.targets, N, d.V, kIgnoreIndex, dloss);
+  have_grad_ = need_grad;
+  const std::vector<float> l = losses();
+  double sum = 0.0;
+  for (float x : l) sum += x;
+  return n_valid_ > 0 ? static_cast<float>(sum / static_cast<double>(n_valid_)) : 0.0f;
+}
+
+std::vector<float> CudaModel::losses() const {
+  std::vector<float> out(size_t(B_) * T_);
+  download(out.data(), impl_->losses, out.size() * sizeof(float));
+  return out;
+}
+
+void CudaModel::backward() {
+  STRATA_CHECK(have_grad_, "backward() needs a preceding forward() with targets");
+  have_grad_ = false;
+  if (n_valid_ == 0) return;  // the loss is the constant 0
+  const ModelDims d(cfg_);
+  const int B = B_, T = T_, N = B * T, C = d.C;
+  const size_t NC = size_t(N) * C;
+  Impl& s = *impl_;
+  const ops::Cuda& dev = s.dev;
+  const auto w = bind_tensors(layout_, s.weights.as<bf16>());
+  const auto g = bind_tensors(layout_, s.grads.as<bf16>());
+  auto norm_backward = [&](bf16* dw, bf16* db, const bf16* inp, const bf16* wt, const Stat* mean,
+                           const Stat* rstd) {
+    if (d.llama)
+      ops::rmsnorm_backward(dev, s.dx, dw, s.dln, inp, wt, rstd, N, C);
+    else
+      ops::layernorm_backward(dev, s.dx, dw, db, s.dln, inp, wt, mean, rstd, N, C);
+  };
+  auto lmean = [&](Stat* base, int l) { return base ? base + size_t(l) * N : nullptr; };
+
+  // Head: logits = lnf @ lm_head^T (dlogits were written by the classifier), lnf = norm(resid[L]).
+  bf16* no_grad = nullptr;
+  ops::matmul_backward(dev, s.dln, g.lm_head, no_grad, s.logits, s.lnf, w.lm_head, N, C, d.V);
+  CUDA_CHECK(cudaMemsetAsync(s.dx, 0, NC * sizeof(bf16), static_cast<cudaStream_t>(dev.stream)));
+  norm_backward(g.final_norm, g.final_norm_bias, s.resid + d.L * NC, w.final_norm, s.lnf_mean, s.lnf_rstd);
+
+  for (int l = d.L - 1; l >= 0; --l) {
+    const bf16* x = s.resid + l * NC;
+    const bf16* xm = s.resid_mid + l * NC;
+    const bf16* ln1 = s.ln1 + l * NC;
+    const bf16* ln2 = s.ln2 + l * NC;
+    const bf16* qkv = s.qkv + size_t(l) * N * d.QKV;
+    const bf16* atty = s.atty + l * NC;
+    const Stat* lse = s.lse + size_t(l) * N * d.NH;
+    const bf16* h = s.mlp_h + size_t(l) * N * d.H1;
+    const bf16* act = s.mlp_act + size_t(l) * N * d.Fd;
+    // dx holds d(resid[l+1]); the residual passes it unchanged to resid_mid, and each branch adds its part.
+    ops::matmul_backward(dev, s.dmlp_act, layer_at(g.mlp_down, l, int64_t{C} * d.Fd),
+                         layer_at(g.mlp_down_bias, l, C), s.dx, act,
+                         layer_at(w.mlp_down, l, int64_t{C} * d.Fd), N, d.Fd, C);
+    if (d.llama)
+      ops::swiglu_backward(dev, s.dmlp_h, s.dmlp_act, h, N, d.Fd);
+    else
+      ops::gelu_backward(dev, s.dmlp_h, s.dmlp_act, h, int64_t{N} * d.Fd);
+    ops::matmul_backward(dev, s.dln, layer_at(g.mlp_in, l, int64_t{d.H1} * C),
+                         layer_at(g.mlp_in_bias, l, d.H1), s.dmlp_h, ln2,
+                         layer_at(w.mlp_in, l, int64_t{d.H1} * C), N, C, d.H1);
+    norm_backward(layer_at(g.mlp_norm, l, C), layer_at(g.mlp_norm_bias, l, C), xm, layer_at(w.mlp_norm, l, C),
+                  lmean(s.ln2_mean, l), s.ln2_rstd + size_t(l) * N);
+    // dx now holds d(resid_mid[l]).
+    ops::matmul_backward(dev, s.datty, layer_at(g.attn_out, l, int64_t{C} * C),
+                         layer_at(g.attn_out_bias, l, C), s.dx, atty, layer_at(w.attn_out, l, int64_t{C} * C),
+                         N, C, C);
+    ops::flash_attention_backward(dev, s.dqkv, s.delta, s.datty, atty, qkv, lse, B, T, d.NH, d.KVH, d.HS);
+    if (d.llama) ops::rope_backward(dev, s.dqkv, B, T, d.NH, d.KVH, d.HS, cfg_.rope_base, 0);
+    ops::matmul_backward(dev, s.dln, layer_at(g.attn_qkv, l, int64_t{d.QKV} * C),
+                         layer_at(g.attn_qkv_bias, l, d.QKV), s.dqkv, ln1,
+                         layer_at(w.attn_qkv, l, int64_t{d.QKV} * C), N, C, d.QKV);
+    norm_backward(layer_at(g.attn_norm, l, C), layer_at(g.attn_norm_bias, l, C), x,
+                  layer_at(w.attn_norm, l, C), lmean(s.ln1_mean, l), s.ln1_rstd + size_t(l) * N);
+  }
+  ops::embedding_backward(dev, g.tok_embedding, g.pos_embedding, s.dx, s.inputs, B, T, C);
+}
+
+double CudaModel::grad_norm() {
+  Impl& s = *impl_;
+  const ops::ConstSpan<bf16> all{s.grads.as<bf16>(), layout_.numel()};
+  ops::grad_norm_squared(s.dev, s.norm_out, &all, 1);
+  float sq = 0.0f;
+  download(&sq, s.norm_out, sizeof sq);
+  return std::sqrt(static_cast<double>(sq));
+}
+
+void CudaModel::adamw_step(const AdamWConfig& cfg, long t, double lr, float grad_scale, uint64_t seed) {
+  STRATA_CHECK(t >= 1, "CudaModel::adamw_step: step t starts at 1 (got ", t, ")");
+  Impl& s = *impl_;
+  const size_t bytes = static_cast<size_t>(layout_.numel()) * sizeof(float);
+  if (!s.m.ptr) {
+    s.m = DeviceBuffer(bytes, "the AdamW first moments");
+    s.v = DeviceBuffer(bytes, "the AdamW second moments");
+    CUDA_CHECK(cudaMemset(s.m.ptr, 0, bytes));
+    CUDA_CHECK(cudaMemset(s.v.ptr, 0, bytes));
+  }
+  std::vector<ops::AdamWTensor<bf16>> tensors;
+  for (const ParamEntry& e : layout_.entries()) {
+    ops::AdamWTensor<bf16> a;
+    a.param = s.weights.as<bf16>() + e.offset;
+    a.master = s.master.as<float>() + e.offset;
+    a.grad = s.grads.as<bf16>() + e.offset;
+    a.m = s.m.as<float>() + e.offset;
+    a.v = s.v.as<float>() + e.offset;
+    a.n = e.numel();
+    a.weight_decay = e.spec.weight_decay ? static_cast<float>(cfg.weight_decay) : 0.0f;
+    tensors.push_back(a);
+  }
+  ops::AdamWStep st;
+  st.lr = static_cast<float>(lr);
+  st.beta1 = static_cast<float>(cfg.beta1);
+  st.beta2 = static_cast<float>(cfg.beta2);
+  st.eps = static_cast<float>(cfg.eps);
+  st.bias_correction1 = static_cast<float>(1.0 - std::pow(cfg.beta1, static_cast<double>(t)));
+  st.bias_correction2 = static_cast<float>(1.0 - std::pow(cfg.beta2, static_cast<double>(t)));
+  st.grad_scale = grad_scale;
+  // The rounding stream of step t: a function of (seed, t) only, so a resumed run replays it.
+  st.seed = static_cast<uint32_t>((seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(t)) >> 16);
+  ops::adamw_update(s.dev, tensors.data(), static_cast<int>(tensors.size()), st);
+}
+
+}  // namespace strata

@@ -1,0 +1,97 @@
+// engine/cuda_model.h: the model runner on the CUDA backend: the block of engine/model.h (same layer list,
+// same parameter layout, same math) in bf16 with fp32 accumulation, on the kernels of kernels/cuda/.
+//
+// Storage on the device, all in the ParamLayout of the model (engine/params.h), so offsets are the CPU's:
+//   weights bf16 (what the kernels read), gradients bf16 (`+=` over micro-batches), fp32 master weights, and
+//   the fp32 AdamW moments m, v (allocated at the first optimizer step or moment upload).
+// Activations: one arena, planned once for (B, T) from the config and re-planned only when the architecture
+// changes; no allocation during a step. Per layer it keeps what the backward reads: the residual stream
+// before and after attention, both norm outputs and statistics, qkv after RoPE, the attention output and its
+// log-sum-exp (flash attention: O(T) memory), the MLP's first product and activation.
+//
+// The ops differ from the CPU runner's only where the CUDA backend fuses: a residual add and the next norm
+// are one op (residual_rmsnorm_forward / residual_layernorm_forward), GPT-2's first MLP product carries its
+// GELU (cuBLASLt's GELU_AUX_BIAS epilogue), attention is flash attention, and the classifier writes dlogits
+// during the forward pass, so the gradient scale of the micro-batch is given to forward(), not backward().
+//
+// Built twice: against the CUDA runtime (strata_cuda_model) and against the CPU emulation
+// (strata_cuda_model_emu, kernels/cuda/emu/), where the same code runs on host memory; that build is how the
+// runner is tested against the CPU runner on a machine without a GPU.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "engine/optim.h"
+#include "engine/params.h"
+#include "models/model_config.h"
+
+namespace strata {
+
+struct CudaModelOptions {
+  // Bitwise-reproducible steps (ops::Cuda::deterministic): flash attention's backward without atomics.
+  bool deterministic = true;
+};
+
+class CudaModel {
+ public:
+  // Allocates weights, gradients and master weights on the current device and plans the activations for B
+  // sequences of T tokens. Out-of-memory is a strata::Error naming the buffer and the bytes asked for.
+  CudaModel(const models::ModelConfig& cfg, int B, int T, const CudaModelOptions& opt = {});
+  ~CudaModel();
+  CudaModel(const CudaModel&) = delete;
+  CudaModel& operator=(const CudaModel&) = delete;
+
+  const models::ModelConfig& config() const { return cfg_; }
+  const ParamLayout& layout() const { return layout_; }
+  int batch() const { return B_; }
+  int seq_len() const { return T_; }
+
+  // Host <-> device. set_params writes the fp32 master weights and the bf16 weights rounded to nearest from
+  // them; get_params reads the master weights (so a checkpoint keeps fp32 precision); get_grads widens the
+  // bf16 gradients. The buffers must have this model's layout.
+  void set_params(const ParamBuffer& params);
+  void get_params(ParamBuffer& params) const;
+  void get_grads(ParamBuffer& grads) const;
+  // AdamW moments (fp32, the layout's). set_moments allocates them if the optimizer has not yet.
+  void set_moments(const ParamBuffer& m, const ParamBuffer& v);
+  void get_moments(ParamBuffer& m, ParamBuffer& v) const;
+
+  // Forward over host arrays inputs (B,T) and targets (B,T) (kIgnoreIndex entries skipped; ids out of range
+  // are a strata::Error). Returns the mean loss over non-ignored targets and leaves the gradient of
+  // grad_scale * (mean loss) w.r.t. the logits for backward(). Pass 1/k for each of k accumulated
+  // micro-batches.
+  float forward(const int32_t* inputs, const int32_t* targets, float grad_scale = 1.0f);
+  // The mean loss only (no gradient kept; backward() may not follow).
+  float evaluate(const int32_t* inputs, const int32_t* targets);
+  // Backward of the last forward: accumulates (`+=`) into the gradients.
+  void backward();
+  void zero_grad();
+  // Global L2 norm of the gradients (fp32 partial sums in a fixed order: bitwise reproducible).
+  double grad_norm();
+  // One AdamW step t (1-based) on the master weights, moments and bf16 weights (stochastic rounding, its
+  // stream chosen by seed and t), with the gradients times grad_scale (clipping), as AdamW::step does on the
+  // CPU: weight decay only on the tensors whose spec says so.
+  void adamw_step(const AdamWConfig& cfg, long t, double lr, float grad_scale, uint64_t seed);
+
+  // The per-position losses (B,T) of the last forward with targets, on the host.
+  std::vector<float> losses() const;
+  int64_t num_valid_targets() const { return n_valid_; }
+  // Device bytes held: parameters and optimizer state, activations (the arena and the op workspace).
+  size_t state_bytes() const;
+  size_t activation_bytes() const;
+
+ private:
+  struct Impl;
+  models::ModelConfig cfg_;
+  ParamLayout layout_;
+  int B_ = 0, T_ = 0;
+  CudaModelOptions opt_;
+  std::unique_ptr<Impl> impl_;
+  int64_t n_valid_ = 0;
+  bool have_grad_ = false;
+  float run_forward(const int32_t* inputs, const int32_t* targets, float dloss_scale, bool need_grad);
+};
+
+}  // namespace strata
