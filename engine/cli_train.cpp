@@ -80,6 +80,7 @@ const std::vector<OptionRule>& option_rules() {
       STRATA_FIELD("--threads", false, threads),
       STRATA_FIELD("--stop-at", false, stop_at),
       STRATA_FIELD("--peak-tflops", false, peak_tflops),
+      STRATA_FIELD("--device", false, device),
   };
   return rules;
 }
@@ -202,6 +203,10 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--keep-last", c.keep_last, "Checkpoints to keep (0 = all)");
   cmd->add_option("--threads", c.threads, "CPU threads (0 = all cores)");
   cmd->add_option("--stop-at", c.stop_at, "Stop after this step as if interrupted (a checkpoint is written)");
+  cmd->add_option("--device", c.device,
+                  "Training backend: cpu (fp32), or cuda (bf16 with fp32 master weights; a GPU build); a run "
+                  "resumes on either")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--peak-tflops", c.peak_tflops,
                   "Peak TFLOP/s per device for MFU (default: the GPU's datasheet bf16 peak; none on the CPU)");
   cmd->add_option("--resume", o->resume,

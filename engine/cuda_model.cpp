@@ -246,6 +246,21 @@ void CudaModel::get_moments(ParamBuffer& m, ParamBuffer& v) const {
   download(v.data(), s.v.ptr, bytes);
 }
 
+bool CudaModel::has_moments() const {
+  return impl_->m.ptr != nullptr;
+}
+
+std::vector<uint16_t> CudaModel::get_weights_bf16() const {
+  static_assert(sizeof(bf16) == sizeof(uint16_t));
+  std::vector<uint16_t> out(static_cast<size_t>(layout_.numel()));
+  download(out.data(), impl_->weights.ptr, out.size() * sizeof(uint16_t));
+  return out;
+}
+
+void CudaModel::set_weights_bf16(const uint16_t* bits) {
+  upload(impl_->weights.ptr, bits, static_cast<size_t>(layout_.numel()) * sizeof(uint16_t));
+}
+
 void CudaModel::zero_grad() {
   CUDA_CHECK(cudaMemset(impl_->grads.ptr, 0, impl_->grads.bytes));
 }

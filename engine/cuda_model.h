@@ -57,6 +57,11 @@ class CudaModel {
   // AdamW moments (fp32, the layout's). set_moments allocates them if the optimizer has not yet.
   void set_moments(const ParamBuffer& m, const ParamBuffer& v);
   void get_moments(ParamBuffer& m, ParamBuffer& v) const;
+  bool has_moments() const;
+  // The bf16 weights as the kernels read them (raw bf16 bits, the layout's numel): the optimizer writes them by
+  // stochastic rounding of the master weights, so a bit-identical resume restores them rather than re-rounding.
+  std::vector<uint16_t> get_weights_bf16() const;
+  void set_weights_bf16(const uint16_t* bits);
 
   // Forward over host arrays inputs (B,T) and targets (B,T) (kIgnoreIndex entries skipped; ids out of range
   // are a strata::Error). Returns the mean loss over non-ignored targets and leaves the gradient of

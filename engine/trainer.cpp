@@ -23,6 +23,7 @@
 #include "engine/parallel.h"
 #include "engine/peak_flops.h"
 #include "engine/sampler.h"
+#include "engine/train_backend.h"
 #include "growth/apply.h"
 #include "growth/plan.h"
 #include "models/model_config_json.h"
@@ -43,27 +44,25 @@ std::vector<std::string> split_shards(const std::string& data_dir, const std::st
   return out;
 }
 
-data::DataLoader eval_loader(const Model& model, const std::vector<std::string>& shards) {
-  data::LoaderOptions lo;
-  lo.batch_size = model.batch();
-  lo.seq_len = model.seq_len();
-  lo.shuffle = false;
-  lo.vocab_size = static_cast<uint32_t>(model.config().vocab_size);
-  return data::DataLoader(shards, lo);
-}
+namespace {
 
-EvalResult evaluate(Model& model, data::DataLoader& loader, int batches, const data::Tokenizer& tok) {
+// Mean loss and bits per byte over `batches` batches of `loader` (from its start; 0 = one epoch); eval_batch
+// returns one batch's mean loss and sets its count of non-ignored targets.
+template <class EvalBatch>
+EvalResult evaluate_batches(int B, int T, data::DataLoader& loader, int batches, const data::Tokenizer& tok,
+                            EvalBatch&& eval_batch) {
   loader.reset();
   const int n = batches > 0 ? static_cast<int>(std::min<uint64_t>(batches, loader.batches_per_epoch()))
                             : static_cast<int>(loader.batches_per_epoch());
-  std::vector<int32_t> in(static_cast<size_t>(model.batch()) * model.seq_len()), tg(in.size());
+  std::vector<int32_t> in(static_cast<size_t>(B) * T), tg(in.size());
   EvalResult r;
   double nats = 0.0;
   for (int b = 0; b < n; ++b) {
     loader.next(in.data(), tg.data());
-    const float loss = model.evaluate(in.data(), tg.data());
-    nats += static_cast<double>(loss) * static_cast<double>(model.num_valid_targets());
-    r.tokens += model.num_valid_targets();
+    int64_t valid = 0;
+    const float loss = eval_batch(in.data(), tg.data(), &valid);
+    nats += static_cast<double>(loss) * static_cast<double>(valid);
+    r.tokens += valid;
     for (int32_t t : tg)
       if (t != kIgnoreIndex && static_cast<uint32_t>(t) < tok.vocab_size())
         r.bytes += static_cast<int64_t>(tok.token_bytes(static_cast<data::TokenId>(t)).size());
@@ -72,6 +71,30 @@ EvalResult evaluate(Model& model, data::DataLoader& loader, int batches, const d
   r.loss = r.tokens ? nats / static_cast<double>(r.tokens) : 0.0;
   r.bits_per_byte = r.bytes ? nats / std::log(2.0) / static_cast<double>(r.bytes) : 0.0;
   return r;
+}
+
+data::DataLoader eval_loader(int B, int T, int V, const std::vector<std::string>& shards) {
+  data::LoaderOptions lo;
+  lo.batch_size = B;
+  lo.seq_len = T;
+  lo.shuffle = false;
+  lo.vocab_size = static_cast<uint32_t>(V);
+  return data::DataLoader(shards, lo);
+}
+
+}  // namespace
+
+data::DataLoader eval_loader(const Model& model, const std::vector<std::string>& shards) {
+  return eval_loader(model.batch(), model.seq_len(), model.config().vocab_size, shards);
+}
+
+EvalResult evaluate(Model& model, data::DataLoader& loader, int batches, const data::Tokenizer& tok) {
+  return evaluate_batches(model.batch(), model.seq_len(), loader, batches, tok,
+                          [&](const int32_t* in, const int32_t* tg, int64_t* valid) {
+                            const float loss = model.evaluate(in, tg);
+                            *valid = model.num_valid_targets();
+                            return loss;
+                          });
 }
 
 nlohmann::json data_manifest(const std::string& data_dir) {
@@ -245,8 +268,14 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
   std::optional<CheckpointInfo> resume_info;
   if (!resume_ckpt.empty()) resume_info = read_checkpoint_info(resume_ckpt);
   const models::ModelConfig& start_arch = resume_info ? resume_info->model : cfg.model;
-  Model model(start_arch, cfg.batch_size, cfg.seq_len);
-  AdamW opt(ParamLayout(start_arch), cfg.adamw);
+  std::unique_ptr<TrainBackend> backend =
+      make_backend(cfg.device, start_arch, cfg.batch_size, cfg.seq_len, cfg.adamw, cfg.seed);
+  TrainBackend& be = *backend;
+  if (be.host_grads() == nullptr)
+    for (const growth::Stage& st : cfg.grow)
+      STRATA_REQUIRE(st.op != growth::Op::kLearn && !(st.op == growth::Op::kRandom && st.mask_steps > 0), "--grow '",
+                     st.text, "': the ", be.name(), " backend does not run G_learn or G_random's masked phase yet; ",
+                     "use --device cpu, or op=random with mask_steps=0");
   long step = 0;
   double flops = 0.0, elapsed_before = 0.0;
   uint64_t tokens_seen = 0;
@@ -259,11 +288,11 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
     const CheckpointInfo& info = *resume_info;
     STRATA_REQUIRE(info.has_optimizer(), "checkpoint ", resume_ckpt,
                    " has no optimizer state (optimizer.safetensors) and cannot be resumed");
-    load_checkpoint_params(resume_ckpt, model.params());
-    load_checkpoint_optimizer(resume_ckpt, opt);
+    load_checkpoint_params(resume_ckpt, be.host_params());
+    load_checkpoint_optimizer(resume_ckpt, be.host_optimizer());
     const nlohmann::json& t = info.trainer;
     try {
-      opt.set_t(t.at("optimizer_t").get<long>());
+      be.host_optimizer().set_t(t.at("optimizer_t").get<long>());
       step = t.at("step").get<long>();
       tokens_seen = t.at("tokens").get<uint64_t>();
       flops = t.at("flops").get<double>();
@@ -314,8 +343,10 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
     STRATA_REQUIRE(overwrite || list_checkpoints(cfg.out_dir).empty(), "--out ", cfg.out_dir,
                    " already holds checkpoints; continue it with --resume ", cfg.out_dir,
                    ", or pass --overwrite to start over");
-    init_params(model.params(), cfg.seed);
+    init_params(be.host_params(), cfg.seed);
   }
+  be.upload_from_host();
+  if (resume_info) be.load_checkpoint_extras(resume_ckpt, *resume_info);
   if (resume_ckpt.empty() && overwrite) {
     // Starting over: the old run's checkpoints would otherwise outrank the new ones on --resume.
     for (const auto& [old_step, dir] : list_checkpoints(cfg.out_dir)) fs::remove_all(dir);
@@ -324,17 +355,21 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
   write_file_atomic((fs::path(cfg.out_dir) / "config.json").string(), cfg.to_json().dump(2) + "\n");
   MetricsLog metrics((fs::path(cfg.out_dir) / "metrics.jsonl").string(), resume_ckpt.empty() ? -1 : step);
   std::optional<data::DataLoader> val_loader;  // opened (and its tokens checked) once for every evaluation
-  if (!val_shards.empty()) val_loader.emplace(eval_loader(model, val_shards));
+  if (!val_shards.empty())
+    val_loader.emplace(eval_loader(be.batch(), be.seq_len(), be.config().vocab_size, val_shards));
   print_config(cfg, train_shards.size(), loader.total_tokens(), val_shards.size(), threads);
-  // The CPU backend has no datasheet peak: MFU is reported only against a given --peak-tflops.
-  const std::optional<PeakFlops> peak = resolve_peak(cfg.peak_tflops, "");
+  const std::string device_name = be.device_name();
+  std::printf("  %-22s %s\n", "device", device_name.empty() ? be.name() : cat(be.name(), ": ", device_name).c_str());
+  // The CPU has no datasheet peak: MFU is reported there only against a given --peak-tflops.
+  const std::optional<PeakFlops> peak = resolve_peak(cfg.peak_tflops, device_name);
   std::printf("  %-22s %s\n", "MFU peak",
               peak ? cat(peak->tflops, " TFLOP/s per device, ", peak->label).c_str()
-                   : "none on the CPU backend (give --peak-tflops to report MFU)");
+                   : (device_name.empty() ? "none on the CPU backend (give --peak-tflops to report MFU)"
+                                          : "unknown for this device (give --peak-tflops to report MFU)"));
   if (val_shards.empty()) std::printf("  (no val_*.bin shards: validation is skipped)\n");
   if (step > 0) std::printf("resumed from %s at step %ld\n", resume_ckpt.c_str(), step);
 
-  double flops_per_token = models::train_flops_per_token(model.config(), cfg.seq_len);
+  double flops_per_token = models::train_flops_per_token(be.config(), cfg.seq_len);
   const int accum = cfg.accumulation();
   const bool tty = isatty(fileno(stdout)) != 0;
   std::vector<int32_t> in(static_cast<size_t>(cfg.batch_size) * cfg.seq_len), tg(in.size());
@@ -350,7 +385,7 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
         {"step", step},
         {"tokens", tokens_seen},
         {"flops", flops},
-        {"optimizer_t", opt.t()},
+        {"optimizer_t", be.optimizer_t()},
         {"growth",
          {{"done", next_stage}, {"history", growth_history}, {"learn_t", learned ? learned->t() : 0}}},
         {"loader", loader.state().to_json()},
@@ -359,10 +394,13 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
   };
   auto do_eval = [&] {
     if (!val_loader) return;
-    const bool masked = mask.active(step);  // evaluate the function the next step trains
-    if (masked) mask.begin(model.params(), step);
-    last_eval = evaluate(model, *val_loader, cfg.eval_batches, tok);
-    if (masked) mask.end(model.params(), nullptr);
+    const bool masked = mask.active(step);  // evaluate the function the next step trains (CPU only)
+    if (masked) mask.begin(be.host_params(), step);
+    last_eval = evaluate_batches(be.batch(), be.seq_len(), *val_loader, cfg.eval_batches, tok,
+                                 [&](const int32_t* inputs, const int32_t* targets, int64_t* valid) {
+                                   return be.evaluate(inputs, targets, valid);
+                                 });
+    if (masked) mask.end(be.host_params(), nullptr);
     have_eval = true;
     metrics.write({{"type", "eval"},
                    {"step", step},
@@ -380,21 +418,23 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
     const std::vector<int32_t> prompt = prompt_tokens(tok, cfg.sample_prompt);
     if (static_cast<int>(prompt.size()) >= cfg.model.max_seq_len) return;
     const bool masked = mask.active(step);
-    if (masked) mask.begin(model.params(), step);
-    Generator gen(model.params());
+    be.download_to_host();
+    if (masked) mask.begin(be.host_params(), step);
+    Generator gen(be.host_params());
     std::mt19937_64 rng(cfg.seed ^ static_cast<uint64_t>(step));
     const std::string text =
         sample_text(gen, tok, prompt, cfg.sample_tokens, {cfg.temperature, cfg.top_k}, rng);
-    if (masked) mask.end(model.params(), nullptr);
+    if (masked) mask.end(be.host_params(), nullptr);
     std::printf("%ssample step %ld: %s\n", tty ? "\r\033[K" : "", step, text.c_str());
     std::fflush(stdout);
   };
   auto do_checkpoint = [&] {
-    std::vector<CheckpointExtra> extra;
+    be.download_to_host();
+    std::vector<CheckpointExtra> extra = be.checkpoint_extras();
     if (learned)
       extra.push_back({"growth.safetensors", learned->tensors(), {{"content", "G_learn mixing state"}}});
     const std::string dir =
-        save_checkpoint(cfg.out_dir, step, model.params(), &opt,
+        save_checkpoint(cfg.out_dir, step, be.host_params(), &be.host_optimizer(),
                         trainer_state(elapsed_before + seconds_since(t_start)), cfg.keep_last, extra);
     std::printf("%scheckpoint %s\n", tty ? "\r\033[K" : "", dir.c_str());
     std::fflush(stdout);
@@ -408,7 +448,7 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
     const size_t k = next_stage;
     const growth::Stage& st = cfg.grow[k];
     const auto g0 = Clock::now();
-    const growth::GrowthPlan plan = growth::make_plan(model.config(), st);
+    const growth::GrowthPlan plan = growth::make_plan(be.config(), st);
     growth::GrowthRecord rec;
     rec.stage = static_cast<int>(k) + 1;
     rec.spec = st.to_string();
@@ -420,13 +460,13 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
     rec.params_before = models::count_parameters(plan.from).total();
     rec.params_after = models::count_parameters(plan.to).total();
     if (st.op == growth::Op::kLearn)
-      learned = std::make_unique<growth::LearnedDepth>(plan, model.params(), cfg.adamw.beta1, cfg.adamw.beta2,
+      learned = std::make_unique<growth::LearnedDepth>(plan, be.host_params(), cfg.adamw.beta1, cfg.adamw.beta2,
                                                        cfg.adamw.eps);
-    growth::grow_in_place(plan, model, opt, cfg.seed ^ (0x9E3779B97F4A7C15ull * (k + 1)));
-    if (learned) learned->materialise(model.params());
+    be.grow(plan, cfg.seed ^ (0x9E3779B97F4A7C15ull * (k + 1)));
+    if (learned) learned->materialise(be.host_params());
     if (st.op == growth::Op::kRandom) mask = growth::GrowthMask(plan.masks, step, st.mask_steps);
     rec.wall_s = seconds_since(g0);
-    flops_per_token = models::train_flops_per_token(model.config(), cfg.seq_len);
+    flops_per_token = models::train_flops_per_token(be.config(), cfg.seq_len);
     ++next_stage;
     growth_history.push_back(rec.to_json());
     nlohmann::json row = rec.to_json();
@@ -441,29 +481,28 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
   while (step < last) {
     while (next_stage < cfg.grow.size() && cfg.growth_points[next_stage].step == step) do_growth();
     const auto t0 = Clock::now();
-    model.zero_grad();
+    be.zero_grad();
     const bool masked = mask.active(step);
-    if (masked) mask.begin(model.params(), step);
+    if (masked) mask.begin(be.host_params(), step);
     double loss = 0.0;
     for (int k = 0; k < accum; ++k) {
       loader.next(in.data(), tg.data());
-      loss += model.forward(in.data(), tg.data());
-      model.backward(1.0f / static_cast<float>(accum));
+      loss += be.train_micro_batch(in.data(), tg.data(), 1.0f / static_cast<float>(accum));
     }
     loss /= accum;
-    if (masked) mask.end(model.params(), &model.grads());
-    const double norm = grad_norm(model.grads());
+    if (masked) mask.end(be.host_params(), be.host_grads());
+    const double norm = be.grad_norm();
     double lr = 0.0;
     if (learned) {
       // G_learn phase: only the mixing matrices train; the grown layers are re-materialised from them.
       const size_t k = next_stage - 1;
       lr = cfg.grow[k].learn_lr;
-      learned->step(model.grads(), lr);
-      learned->materialise(model.params());
+      learned->step(*be.host_grads(), lr);
+      learned->materialise(be.host_params());
       if (step + 1 >= cfg.growth_points[k].phase_end) learned.reset();
     } else {
       lr = cfg.lr_at(step);
-      opt.step(model.params(), model.grads(), lr, clip_scale(norm, cfg.grad_clip));
+      be.adamw_step(lr, clip_scale(norm, cfg.grad_clip));
     }
     ++step;
     tokens_seen += static_cast<uint64_t>(cfg.global_batch_tokens);

@@ -300,11 +300,10 @@ nlohmann::json GrowthRecord::to_json() const {
           {"params_after", params_after}};
 }
 
-void grow_in_place(const GrowthPlan& plan, Model& model, AdamW& opt, uint64_t seed) {
+ParamBuffer grow_state(const GrowthPlan& plan, const ParamBuffer& params, AdamW& opt, uint64_t seed) {
   const ParamLayout layout(plan.to);
-  model.release_gradients();  // old grads + activations go first
   ParamBuffer grown(layout);
-  apply_params(plan, model.params(), grown, seed);
+  apply_params(plan, params, grown, seed);
   if (plan.stage.optimizer == OptimizerPolicy::kMap) {
     ParamBuffer m(layout);
     map_moments(plan, opt.m(), m);
@@ -319,7 +318,12 @@ void grow_in_place(const GrowthPlan& plan, Model& model, AdamW& opt, uint64_t se
     opt.v() = ParamBuffer(layout);
     opt.set_t(0);
   }
-  model.regrow(std::move(grown));
+  return grown;
+}
+
+void grow_in_place(const GrowthPlan& plan, Model& model, AdamW& opt, uint64_t seed) {
+  model.release_gradients();  // old grads + activations go first
+  model.regrow(grow_state(plan, model.params(), opt, seed));
 }
 
 }  // namespace strata::growth

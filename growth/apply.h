@@ -105,5 +105,8 @@ struct GrowthRecord {
 // re-plans its activations for the new architecture. Peak memory stays within the old plus the new model
 // state: the old gradients and activations are released before the new buffers are allocated.
 void grow_in_place(const GrowthPlan& plan, Model& model, AdamW& opt, uint64_t seed);
+// The state half of grow_in_place, for any backend's host copy: returns the grown parameters (plan.to's
+// layout) filled from `params`, and resets or maps opt's moments as grow_in_place does.
+ParamBuffer grow_state(const GrowthPlan& plan, const ParamBuffer& params, AdamW& opt, uint64_t seed);
 
 }  // namespace strata::growth

@@ -11,6 +11,9 @@
 #include "growth/cli.h"
 #include "kernels/cpu/blas_runtime.h"
 #include "models/cli.h"
+#if defined(STRATA_HAVE_CUDA)
+#include "engine/cuda_backend.h"
+#endif
 
 namespace {
 constexpr const char* kVersion = "0.1.0";
@@ -18,6 +21,9 @@ constexpr const char* kVersion = "0.1.0";
 
 int main(int argc, char** argv) {
   strata::ops::cpu_blas_fix_core(argv);  // may re-execute once with OPENBLAS_CORETYPE set (see blas_runtime.h)
+#if defined(STRATA_HAVE_CUDA)
+  strata::register_cuda_backend(&strata::make_cuda_backend);  // `strata train --device cuda`
+#endif
   CLI::App app{"Strata: transformer pre-training with mid-run model growth", "strata"};
   app.set_version_flag("--version", kVersion);
   app.set_config("--config", "", "Read options from a TOML or INI file ([section] per subcommand)");

@@ -1,0 +1,161 @@
+// engine/cuda_backend.cpp: the CUDA TrainBackend (engine/train_backend.h) over engine/cuda_model.h, with host
+// mirrors of its state for checkpoints, samples and growth. Built with the runner, against the CUDA runtime
+// or the CPU emulation.
+#include "engine/cuda_backend.h"
+
+#if defined(STRATA_CUDA_EMU)
+#include "kernels/cuda/emu/emu.h"
+#else
+#include <cuda_runtime.h>
+#endif
+
+#include <cstring>
+#include <optional>
+
+#include "engine/check.h"
+#include "engine/cuda_model.h"
+#include "growth/apply.h"
+
+namespace strata {
+namespace {
+
+constexpr const char* kWeightsFile = "weights_bf16.safetensors";
+
+class CudaBackend final : public TrainBackend {
+ public:
+  CudaBackend(const models::ModelConfig& cfg, int B, int T, const AdamWConfig& adamw, uint64_t seed)
+      : B_(B), T_(T), adamw_(adamw), seed_(seed), gpu_(std::make_unique<CudaModel>(cfg, B, T)) {}
+
+  const char* name() const override { return "cuda"; }
+  std::string device_name() const override {
+#if defined(STRATA_CUDA_EMU)
+    return "CPU emulation of CUDA";
+#else
+    int dev = 0;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    cudaDeviceProp p{};
+    CUDA_CHECK(cudaGetDeviceProperties(&p, dev));
+    return p.name;
+#endif
+  }
+  const models::ModelConfig& config() const override {
+    return gpu_->config();
+  }
+  int batch() const override {
+    return B_;
+  }
+  int seq_len() const override {
+    return T_;
+  }
+  void zero_grad() override {
+    gpu_->zero_grad();
+  }
+  float train_micro_batch(const int32_t* inputs, const int32_t* targets, float grad_scale) override {
+    const float loss = gpu_->forward(inputs, targets, grad_scale);
+    gpu_->backward();
+    return loss;
+  }
+  float evaluate(const int32_t* inputs, const int32_t* targets, int64_t* n_valid) override {
+    const float loss = gpu_->evaluate(inputs, targets);
+    *n_valid = gpu_->num_valid_targets();
+    return loss;
+  }
+  double grad_norm() override {
+    return gpu_->grad_norm();
+  }
+  void adamw_step(double lr, float grad_scale) override {
+    ++t_;
+    gpu_->adamw_step(adamw_, t_, lr, grad_scale, seed_);
+  }
+  long optimizer_t() const override {
+    return t_;
+  }
+
+  void download_to_host() override {
+    ensure_host();
+    gpu_->get_params(*host_params_);
+    if (gpu_->has_moments()) {
+      gpu_->get_moments(host_opt_->m(), host_opt_->v());
+    } else {
+      host_opt_->m().zero();
+      host_opt_->v().zero();
+    }
+    host_opt_->set_t(t_);
+  }
+  void upload_from_host() override {
+    ensure_host();
+    gpu_->set_params(*host_params_);
+    gpu_->set_moments(host_opt_->m(), host_opt_->v());
+    t_ = host_opt_->t();
+  }
+  ParamBuffer& host_params() override {
+    ensure_host();
+    return *host_params_;
+  }
+  AdamW& host_optimizer() override {
+    ensure_host();
+    return *host_opt_;
+  }
+
+  ParamBuffer* host_grads() override {
+    return nullptr;
+  }
+
+  std::vector<CheckpointExtra> checkpoint_extras() override {
+    weights_bits_ = gpu_->get_weights_bf16();
+    CheckpointExtra e;
+    e.file = kWeightsFile;
+    e.tensors.push_back(
+        {"weights", DType::kBF16, {static_cast<int64_t>(weights_bits_.size())}, weights_bits_.data()});
+    e.metadata = {{"content", "the CUDA backend's bf16 weights (the parameter layout, flat)"}};
+    return {e};
+  }
+  void load_checkpoint_extras(const std::string& ckpt_dir, const CheckpointInfo& info) override {
+    if (info.files.count(kWeightsFile) == 0)
+      return;  // another backend's checkpoint: weights rounded to nearest
+    const SafetensorsFile f = open_checkpoint_file(ckpt_dir, kWeightsFile);
+    const SafeTensor* t = f.find("weights");
+    const int64_t n = gpu_->layout().numel();
+    STRATA_REQUIRE(t != nullptr && t->dtype == DType::kBF16 && t->numel() == n, ckpt_dir, "/", kWeightsFile,
+                   ": expected a bf16 tensor 'weights' of ", n, " elements");
+    std::vector<uint16_t> bits(static_cast<size_t>(n));
+    std::memcpy(bits.data(), t->data, bits.size() * sizeof(uint16_t));
+    gpu_->set_weights_bf16(bits.data());
+  }
+
+  void grow(const growth::GrowthPlan& plan, uint64_t seed) override {
+    download_to_host();
+    ParamBuffer grown = growth::grow_state(plan, *host_params_, *host_opt_, seed);
+    gpu_.reset();  // the old device state goes before the new one is allocated
+    host_params_ = std::move(grown);
+    gpu_ = std::make_unique<CudaModel>(plan.to, B_, T_);
+    upload_from_host();
+  }
+
+ private:
+  // Host mirrors in the current layout, allocated at first use (grow() replaces them with the grown ones).
+  void ensure_host() {
+    if (host_params_) return;
+    host_params_.emplace(gpu_->layout());
+    host_opt_.emplace(gpu_->layout(), adamw_);
+    host_opt_->set_t(t_);
+  }
+
+  int B_, T_;
+  AdamWConfig adamw_;
+  uint64_t seed_;
+  long t_ = 0;
+  std::unique_ptr<CudaModel> gpu_;
+  std::optional<ParamBuffer> host_params_;
+  std::optional<AdamW> host_opt_;
+  std::vector<uint16_t> weights_bits_;  // kept alive while a checkpoint writes them
+};
+
+}  // namespace
+
+std::unique_ptr<TrainBackend> make_cuda_backend(const models::ModelConfig& cfg, int B, int T,
+                                                const AdamWConfig& adamw, uint64_t seed) {
+  return std::make_unique<CudaBackend>(cfg, B, T, adamw, seed);
+}
+
+}  // namespace strata

@@ -1,0 +1,14 @@
+// engine/cuda_backend.h: the CUDA training backend's factory (engine/train_backend.h), registered with
+// register_cuda_backend by the strata executable in builds with CUDA and by the tests of the emulated build.
+#pragma once
+
+#include <memory>
+
+#include "engine/train_backend.h"
+
+namespace strata {
+
+std::unique_ptr<TrainBackend> make_cuda_backend(const models::ModelConfig& cfg, int B, int T,
+                                                const AdamWConfig& adamw, uint64_t seed);
+
+}  // namespace strata

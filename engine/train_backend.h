@@ -1,0 +1,80 @@
+// engine/train_backend.h: the training state `strata train` drives (weights, gradients, optimizer,
+// activations) on one backend, behind one interface: the CPU backend (engine/model.h + AdamW, fp32) and the
+// CUDA backend (engine/cuda_model.h, bf16 with fp32 master weights). The trainer never branches on the
+// backend except for the growth phases the CUDA backend does not run yet.
+//
+// Host state: checkpoints, samples and growth work on host ParamBuffers in the layout of engine/params.h. The
+// CPU backend's state is that host state. The CUDA backend keeps its state on the device and copies it to
+// host mirrors on download_to_host() (weights from the fp32 master copy, moments, t) and back on
+// upload_from_host(), so a checkpoint has the same content, format and precision on either backend, and each
+// resumes the other's.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/checkpoint.h"
+#include "engine/optim.h"
+#include "engine/params.h"
+#include "growth/plan.h"
+#include "models/model_config.h"
+
+namespace strata {
+
+class TrainBackend {
+ public:
+  virtual ~TrainBackend() = default;
+  virtual const char* name() const = 0;  // "cpu" or "cuda"
+  // The accelerator's name (cudaGetDeviceProperties), for the MFU peak table; empty on the CPU.
+  virtual std::string device_name() const = 0;
+  virtual const models::ModelConfig& config() const = 0;
+  virtual int batch() const = 0;
+  virtual int seq_len() const = 0;
+
+  virtual void zero_grad() = 0;
+  // Forward and backward of one micro-batch (host arrays (B,T)): accumulates the gradient of grad_scale *
+  // (its mean loss) and returns the mean loss.
+  virtual float train_micro_batch(const int32_t* inputs, const int32_t* targets, float grad_scale) = 0;
+  // The mean loss of one batch without a gradient; *n_valid = its non-ignored targets.
+  virtual float evaluate(const int32_t* inputs, const int32_t* targets, int64_t* n_valid) = 0;
+  virtual double grad_norm() = 0;
+  // One AdamW step (t advances first) at rate lr with the gradients times grad_scale (clipping).
+  virtual void adamw_step(double lr, float grad_scale) = 0;
+  virtual long optimizer_t() const = 0;
+
+  // Host state. host_params() / host_optimizer() are valid after download_to_host() (always, on the CPU);
+  // after changing them (a checkpoint load, initialisation) call upload_from_host().
+  virtual void download_to_host() = 0;
+  virtual void upload_from_host() = 0;
+  virtual ParamBuffer& host_params() = 0;
+  virtual AdamW& host_optimizer() = 0;
+  // The gradients as a host buffer where the backend keeps them there (the CPU), else null. G_random's masked
+  // phase and G_learn work on them, so they run on the CPU backend only so far.
+  virtual ParamBuffer* host_grads() = 0;
+  // Files the backend adds to a checkpoint (the CUDA backend: its bf16 weights, so a resumed run continues
+  // bit-identically), and reading them back after upload_from_host() on resume (absent files are fine: a
+  // checkpoint of the other backend).
+  virtual std::vector<CheckpointExtra> checkpoint_extras() { return {}; }
+  virtual void load_checkpoint_extras(const std::string& /*ckpt_dir*/, const CheckpointInfo& /*info*/) {}
+
+  // Grows the model and optimizer by `plan` (growth/apply.h's semantics, seeded by `seed`) and re-plans the
+  // activations for the new architecture.
+  virtual void grow(const growth::GrowthPlan& plan, uint64_t seed) = 0;
+};
+
+// The CPU backend: engine/model.h's runner and AdamW, for B sequences of T tokens.
+std::unique_ptr<TrainBackend> make_cpu_backend(const models::ModelConfig& cfg, int B, int T,
+                                               const AdamWConfig& adamw);
+
+// The CUDA backend, where this build has one: the strata executable registers it at startup
+// (engine/cli/main.cpp) and tests register the emulated one. `seed` chooses the stochastic-rounding streams
+// of the bf16 weights.
+using CudaBackendFactory = std::unique_ptr<TrainBackend> (*)(const models::ModelConfig& cfg, int B, int T,
+                                                             const AdamWConfig& adamw, uint64_t seed);
+void register_cuda_backend(CudaBackendFactory factory);
+// "cpu" or "cuda"; any other name, or "cuda" in a build without it, is a strata::Error.
+std::unique_ptr<TrainBackend> make_backend(const std::string& device, const models::ModelConfig& cfg, int B,
+                                           int T, const AdamWConfig& adamw, uint64_t seed);
+
+}  // namespace strata

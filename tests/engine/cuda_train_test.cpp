@@ -1,0 +1,237 @@
+// `strata train --device cuda` (engine/trainer.h over engine/train_backend.h's CUDA backend) against the CPU
+// backend, end to end on a small prepared corpus: a small LLaMA (GQA) and a small GPT-2 train 10 steps on
+// both backends from the same seed, without and with a G_stack growth at step 5, and their losses agree
+// within bf16 precision; growth on the CUDA backend produces exactly the CPU's grown state; a CUDA run
+// interrupted and resumed is bit-identical to an uninterrupted one, as are two identical CUDA runs;
+// checkpoints move between the backends. Built twice (tests/CMakeLists.txt): on the GPU (label gpu) and on
+// the CPU emulation (label cpu-emu).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/cuda_backend.h"
+#include "engine/fileio.h"
+#include "engine/train_backend.h"
+#include "engine/trainer.h"
+#include "growth/plan.h"
+#include "growth/spec.h"
+#include "tests/kernels/cuda/cuda_test_util.h"
+#include "tests/test_util.h"
+#include "tests/tolerances.h"
+
+namespace strata {
+namespace {
+namespace fs = std::filesystem;
+using test::kRunnerStepLossTol;  // tolerances: tests/tolerances.h
+
+class CudaTrain : public ::testing::TestWithParam<models::Family> {
+ protected:
+  static void SetUpTestSuite() {
+    register_cuda_backend(&make_cuda_backend);
+    root_ = fs::temp_directory_path() / ("strata_cuda_train_" + std::to_string(::getpid()));
+    fs::remove_all(root_);
+    fs::create_directories(root_);
+    const std::string data = std::string(STRATA_SOURCE_DIR) + "/data/default/";
+    std::string out;
+    ASSERT_EQ(test::run_strata("tokenizer train --no-progress --vocab-size 320 --input " + data +
+                                   "sotu.jsonl.xz --output " + (root_ / "tok.tiktoken").string(),
+                               &out),
+              0)
+        << out;
+    ASSERT_EQ(test::run_strata("prepare --no-progress --tokenizer " + (root_ / "tok.tiktoken").string() +
+                                   " --out " + (root_ / "data").string(),
+                               &out),
+              0)
+        << out;
+  }
+  static void TearDownTestSuite() { fs::remove_all(root_); }
+
+  // A 2-layer model with head dim 64 (the CUDA attention's smallest), 10 steps of 2 micro-batches of 2 x 16.
+  static TrainConfig config(models::Family f, const std::string& run, const std::string& device) {
+    TrainConfig c;
+    c.model = models::preset(f == models::Family::kLlama ? "llama-tiny" : "gpt2-tiny");
+    c.model.n_layer = 2;
+    c.model.d_model = 128;
+    c.model.n_head = 2;
+    c.model.n_kv_head = f == models::Family::kLlama ? 1 : 2;
+    c.model.d_ff = f == models::Family::kLlama ? 176 : 512;
+    c.model.vocab_size = 320;
+    c.model.max_seq_len = 32;
+    c.data_dir = (root_ / "data").string();
+    c.batch_size = 2;
+    c.seq_len = 16;
+    c.global_batch_tokens = 64;
+    c.steps = 10;
+    c.schedule.max_lr = 3e-3;
+    c.schedule.warmup_steps = 2;
+    c.eval_every = 0;
+    c.eval_batches = 1;
+    c.sample_tokens = 0;
+    c.threads = 1;
+    c.keep_last = 0;
+    c.out_dir = (root_ / run).string();
+    c.device = device;
+    return c;
+  }
+  static int train(TrainConfig c, const std::string& resume = "") {
+    c.finalize();
+    return run_training(c, resume, resume.empty());
+  }
+  // A run folder holding only `from`'s checkpoint of `step` and its metrics, to resume elsewhere.
+  static std::string fork_run(const std::string& from, long step, const std::string& to) {
+    char dir[32];
+    std::snprintf(dir, sizeof dir, "ckpt-%08ld", step);
+    fs::create_directories(root_ / to);
+    fs::copy(root_ / from / dir, root_ / to / dir, fs::copy_options::recursive);
+    fs::copy_file(root_ / from / "metrics.jsonl", root_ / to / "metrics.jsonl");
+    return (root_ / to / dir).string();
+  }
+  // The step rows of a run's metrics.jsonl without wall-clock fields.
+  static std::vector<nlohmann::json> steps(const std::string& run) {
+    std::vector<nlohmann::json> rows;
+    std::istringstream in(read_file((root_ / run / "metrics.jsonl").string()));
+    for (std::string line; std::getline(in, line);) {
+      auto j = nlohmann::json::parse(line);
+      if (j["type"] != "step") continue;
+      j.erase("tokens_per_s");
+      j.erase("mfu");
+      rows.push_back(j);
+    }
+    return rows;
+  }
+  static std::string file(const std::string& run, long step, const std::string& name) {
+    char dir[32];
+    std::snprintf(dir, sizeof dir, "ckpt-%08ld", step);
+    return read_file((root_ / run / dir / name).string());
+  }
+  static std::string family(models::Family f) { return models::family_name(f); }
+  static fs::path root_;
+};
+fs::path CudaTrain::root_;
+
+void expect_losses_close(const std::vector<nlohmann::json>& cuda, const std::vector<nlohmann::json>& cpu) {
+  ASSERT_EQ(cuda.size(), cpu.size());
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    const double a = cuda[i]["loss"].get<double>(), b = cpu[i]["loss"].get<double>();
+    std::printf("step %zu loss cpu %.5f cuda %.5f\n", i + 1, b, a);
+    EXPECT_NEAR(a, b, kRunnerStepLossTol * b) << "step " << i + 1;
+  }
+}
+
+TEST_P(CudaTrain, TrainsLikeTheCpuBackendWithAndWithoutGrowth) {
+  STRATA_SKIP_WITHOUT_GPU();
+  const std::string f = family(GetParam());
+  for (const std::string grow : {"", "at=5 steps,op=stack,g=2"}) {
+    SCOPED_TRACE(grow.empty() ? "no growth" : grow);
+    const std::string tag = f + (grow.empty() ? "_plain" : "_grown");
+    TrainConfig cpu = config(GetParam(), tag + "_cpu", "cpu"),
+                cuda = config(GetParam(), tag + "_cuda", "cuda");
+    if (!grow.empty()) {
+      cpu.grow.push_back(growth::parse_stage(grow));
+      cuda.grow.push_back(growth::parse_stage(grow));
+    }
+    ASSERT_EQ(train(cpu), 0);
+    ASSERT_EQ(train(cuda), 0);
+    expect_losses_close(steps(tag + "_cuda"), steps(tag + "_cpu"));
+    const auto last = steps(tag + "_cuda");
+    EXPECT_LT(last.back()["loss"].get<double>(), last.front()["loss"].get<double>() - 0.3)
+        << "loss did not fall";
+  }
+}
+
+// The CUDA backend grows on host copies of its fp32 master weights and moments with growth/apply.h: from the
+// same state, the grown state it holds is the CPU backend's, bit for bit (weights, mapped moments, t).
+TEST_P(CudaTrain, GrowthProducesTheCpuBackendsState) {
+  STRATA_SKIP_WITHOUT_GPU();
+  const TrainConfig c = config(GetParam(), "unused", "cuda");
+  auto cpu = make_cpu_backend(c.model, 2, 16, c.adamw);
+  auto cuda = make_cuda_backend(c.model, 2, 16, c.adamw, 7);
+  const size_t bytes = size_t(cpu->host_params().numel()) * sizeof(float);
+  init_params(cpu->host_params(), 3);
+  init_params(cpu->host_optimizer().m(), 4);  // any non-zero moments (v must be >= 0)
+  init_params(cpu->host_optimizer().v(), 5);
+  for (int64_t i = 0; i < cpu->host_params().numel(); ++i)
+    cpu->host_optimizer().v().data()[i] = std::abs(cpu->host_optimizer().v().data()[i]);
+  cpu->host_optimizer().set_t(3);
+  std::memcpy(cuda->host_params().data(), cpu->host_params().data(), bytes);
+  std::memcpy(cuda->host_optimizer().m().data(), cpu->host_optimizer().m().data(), bytes);
+  std::memcpy(cuda->host_optimizer().v().data(), cpu->host_optimizer().v().data(), bytes);
+  cuda->host_optimizer().set_t(3);
+  cuda->upload_from_host();
+  const growth::GrowthPlan plan =
+      growth::make_plan(c.model, growth::parse_stage("at=1 steps,op=stack,g=2,optimizer=map"));
+  cpu->grow(plan, 99);
+  cuda->grow(plan, 99);
+  cuda->download_to_host();
+  EXPECT_EQ(cuda->config().n_layer, 4);
+  ASSERT_EQ(cuda->host_params().numel(), cpu->host_params().numel());
+  const size_t grown = size_t(cpu->host_params().numel()) * sizeof(float);
+  EXPECT_EQ(0, std::memcmp(cuda->host_params().data(), cpu->host_params().data(), grown));
+  EXPECT_EQ(0, std::memcmp(cuda->host_optimizer().m().data(), cpu->host_optimizer().m().data(), grown));
+  EXPECT_EQ(0, std::memcmp(cuda->host_optimizer().v().data(), cpu->host_optimizer().v().data(), grown));
+  EXPECT_EQ(cuda->optimizer_t(), 3);
+  // And the grown model trains on the device.
+  const auto in = test::random_tokens(32, c.model.vocab_size, 1),
+             tg = test::random_tokens(32, c.model.vocab_size, 2);
+  cuda->zero_grad();
+  EXPECT_TRUE(std::isfinite(cuda->train_micro_batch(in.data(), tg.data(), 1.0f)));
+  cuda->adamw_step(1e-3, 1.0f);
+  EXPECT_EQ(cuda->optimizer_t(), 4);
+}
+
+// Resume and determinism on the CUDA backend: an uninterrupted run, the same run again, and one stopped at
+// step 4 (a checkpoint) and resumed give identical step rows and identical final checkpoints (fp32 master
+// weights, moments and the bf16 weights). Checkpoints cross backends: the CUDA checkpoint of step 4 resumes
+// on the CPU and a CPU checkpoint resumes on CUDA, and both continue within bf16 precision of the runs they
+// left.
+TEST_P(CudaTrain, ResumeIsBitIdenticalAndCheckpointsCrossBackends) {
+  STRATA_SKIP_WITHOUT_GPU();
+  const std::string f = family(GetParam());
+  TrainConfig full = config(GetParam(), f + "_full", "cuda"),
+              again = config(GetParam(), f + "_again", "cuda");
+  full.ckpt_every = 4;
+  again.ckpt_every = 4;
+  ASSERT_EQ(train(full), 0);
+  ASSERT_EQ(train(again), 0);
+  EXPECT_EQ(steps(f + "_full"), steps(f + "_again")) << "two identical CUDA runs differ";
+  TrainConfig cut = config(GetParam(), f + "_cut", "cuda");
+  cut.ckpt_every = 4;
+  cut.stop_at = 4;
+  ASSERT_EQ(train(cut), 0);
+  cut.stop_at = 0;
+  ASSERT_EQ(train(cut, resolve_checkpoint((root_ / (f + "_cut")).string())), 0);
+  EXPECT_EQ(steps(f + "_full"), steps(f + "_cut")) << "resumed CUDA run differs";
+  for (const char* name : {"model.safetensors", "optimizer.safetensors", "weights_bf16.safetensors"})
+    EXPECT_TRUE(file(f + "_full", 10, name) == file(f + "_cut", 10, name)) << name;
+
+  // CUDA -> CPU: resume the CUDA run's step-4 checkpoint on the CPU.
+  const std::string cuda_ckpt = fork_run(f + "_full", 4, f + "_to_cpu");
+  ASSERT_EQ(train(config(GetParam(), f + "_to_cpu", "cpu"), cuda_ckpt), 0);
+  expect_losses_close(steps(f + "_to_cpu"), steps(f + "_full"));
+  // CPU -> CUDA: a CPU run's step-4 checkpoint resumed on CUDA follows the CPU run.
+  TrainConfig cpu = config(GetParam(), f + "_cpu4", "cpu");
+  cpu.ckpt_every = 4;
+  ASSERT_EQ(train(cpu), 0);
+  const std::string cpu_ckpt = fork_run(f + "_cpu4", 4, f + "_to_cuda");
+  ASSERT_EQ(train(config(GetParam(), f + "_to_cuda", "cuda"), cpu_ckpt), 0);
+  expect_losses_close(steps(f + "_to_cuda"), steps(f + "_cpu4"));
+}
+
+TEST_P(CudaTrain, PhasesTheCudaBackendDoesNotRunAreRefused) {
+  STRATA_SKIP_WITHOUT_GPU();
+  TrainConfig c = config(GetParam(), "refused", "cuda");
+  c.grow.push_back(growth::parse_stage("at=5 steps,op=learn,g=2,learn_steps=2"));
+  test::expect_one_line_error([&] { train(c); }, {"--grow", "G_learn", "--device cpu"});
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, CudaTrain,
+                         ::testing::Values(models::Family::kLlama, models::Family::kGpt2),
+                         [](const auto& p) { return std::string(models::family_name(p.param)); });
+
+}  // namespace
+}  // namespace strata
