@@ -14,63 +14,85 @@
 // With ops::Cuda::deterministic == false the backward also needs flash_attention_backward_workspace_bytes()
 // (kernels/cuda/workspace.h) of workspace: an fp32 dQ accumulator (B,T,NH,HS).
 //
-// The products run on the matrix unit (mma_bf16_16816: D 16x8 fp32 += A 16x16 bf16 * B 16x8 bf16), one warp per
-// 16 rows. Operand tiles are staged row-major in shared memory by cp.async, rows padded by 8 bf16 (16 bytes).
-// Fragments come from ldmatrix: an A fragment is one ldmatrix.x4, a B fragment one ldmatrix.x2 (see "fragments"
-// below for why not x4), and a B operand that reads a tile along its other axis (V in P V: two consecutive keys
-// per register) uses the .trans form, so no tile is stored transposed. With the padded stride the 8 rows of each
-// 8x8 matrix fall in distinct bank groups (conflict-free). The accumulator of one product is the A operand of the
-// next with no shared-memory trip: the D fragments of n-tiles 2k and 2k+1 are exactly the A fragment of k-step k
-// (the FlashAttention-2 register layout), rounded to bf16.
+// The products run on the matrix unit (mma_bf16_16816: D 16x8 fp32 += A 16x16 bf16 * B 16x8 bf16). A warp owns
+// 16 or 32 rows of a product (one or two m16 tiles); with two, every B fragment it loads feeds two mma's (the
+// lever of FlashAttention-2's 128-row blocks of 4 warps). Operand tiles are staged row-major in shared memory by
+// cp.async, rows padded by 8 bf16 (16 bytes). Fragments come from ldmatrix: an A fragment is one ldmatrix.x4, a B
+// fragment one ldmatrix.x2 (see "fragments" below for why not x4), and a B operand that reads a tile along its
+// other axis (V in P V: two consecutive keys per register) uses the .trans form, so no tile is stored transposed.
+// With the padded stride the 8 rows of each 8x8 matrix fall in distinct bank groups (conflict-free). The
+// accumulator of one product is the A operand of the next with no shared-memory trip: the D fragments of n-tiles
+// 2k and 2k+1 are exactly the A fragment of k-step k (the FlashAttention-2 register layout), rounded to bf16.
 //
 // Kernels, 128 threads (4 warps) each; every block overlaps its global loads with its math by cp.async (one tile
 // in flight, every wait is cp_async_wait<0> followed by __syncthreads: the comments at each loop say which buffer
-// the barrier frees), and 2-4 blocks run per SM (__launch_bounds__ min-blocks: see min_blocks below).
-//   forward: block = (64-query tile, head, batch), the tiles with the most keys launched first. Loop over 64-key
-//     tiles up to the diagonal: S = Q K^T, online softmax in the log2 domain (running max m and sum l per row;
-//     exp2f), O = diag(alpha) O + P V; only the diagonal tile (and the one holding T) is masked. FlashAttention-2's
-//     pipeline with one K and one V buffer: V(j) is copied under S = Q K(j)^T and the softmax, K(j+1) under P V(j).
-//     Q fragments are re-read from smem per tile (registers for 4 blocks/SM at HS 64, 3 at HS 128).
+// the barrier frees), and 2-3 blocks run per SM (__launch_bounds__ min-blocks: see min_blocks below). Every grid
+// is (heads, B, tiles) with the tile index slowest and the tiles with the most work first, so the whole grid runs
+// longest-first and its last wave holds the shortest tiles (x-fastest tile order only sorted within a head, and a
+// head's longest tile could start in the last wave: up to one such tile of tail).
+//   forward: block = (head, batch, 128-query tile), 32 query rows per warp. Loop over 64-key tiles up to the
+//     diagonal: S = Q K^T, online softmax in the log2 domain (running max m and sum l per row; exp2f),
+//     O = diag(alpha) O + P V; only the diagonal tiles (and the one holding T) are masked, and a warp whose rows
+//     all precede a tile skips its products (warps 0-1 on the last diagonal tile). FlashAttention-2's pipeline with
+//     one K and one V buffer: V(j) is copied under S = Q K(j)^T and the softmax, K(j+1) under P V(j) (a second K/V
+//     buffer would cost 18/34 KB for a wait that each block's other warps and the SM's other block already cover).
+//     Q fragments are re-read from smem per tile (holding them would take 32/64 more registers).
 //   backward, deterministic (the default; no atomics): (1) delta = rowsum(dout * out), HS/8 lanes per row;
-//     (2) block = (64-key tile, KV head, batch), 16 keys per warp: dK, dV in registers while looping over the
-//     query heads of the group and the query tiles at or after the diagonal (Q, dO double-buffered): S^T = K Q^T,
-//     P^T = exp2(S^T - lse), dP^T = V dO^T, dS^T = P^T (dP^T - delta), dV += P^T dO, dK += dS^T Q; each element is
-//     written once, so the group's sum has a fixed order; (3) block = (64-query tile, head, batch): dQ in
-//     registers over the key tiles (K, V double-buffered), recomputing S and dP. At HS 128 the inner tiles are 32
-//     wide: the fp32 dK+dV accumulators alone take 128 registers. 7 products per (query, key) pair: the price of
+//     (2) block = (KV head, batch, key tile: 128 keys, 32 per warp at HS 64; 64 keys, 16 per warp at HS 128):
+//     dK, dV in registers while looping over the query heads of the group and the 32-query tiles at or after the
+//     diagonal (Q, dO double-buffered): S^T = K Q^T, P^T = exp2(S^T - lse), dP^T = V dO^T,
+//     dS^T = P^T (dP^T - delta), dV += P^T dO, dK += dS^T Q; each element is written once, so the group's sum has
+//     a fixed order (32 keys per warp at HS 128 would need 256 registers of fp32 dK, dV alone); (3) block = (head,
+//     batch, query tile: 128 queries, 32 per warp at HS 64; 64, 16 per warp at HS 128): dQ in registers over
+//     32-key tiles (K, V double-buffered), recomputing S and dP. 7 products per (query, key) pair: the price of
 //     bitwise-reproducible gradients.
 //   backward, atomic (deterministic == false; FlashAttention-2's scheme, 5 products per pair): (1) delta, and the
 //     same threads zero the fp32 dQ accumulator; (2) kernel (2) above, which also writes each item's dS^T (bf16,
 //     the value the dK product uses) to smem and, after a barrier, computes dQ = dS K for the item's query tile
-//     (each warp 16 queries x 64 dims) and adds it with fp32 atomics (8-byte red.global.add.v2.f32 on sm_90);
+//     (each warp 16 queries x HS/2 dims) and adds it with fp32 atomics (8-byte red.global.add.v2.f32 on sm_90);
 //     (3) a pass converts the accumulator to bf16 dQ (scaled). The dK, dV code is shared with the deterministic
 //     path. Run to run, dQ may differ in the last bits (the atomics' order).
-//   Resources (ptxas -v, sm_90 / sm_80 registers; no spills), smem per block, min blocks per SM (sm_90 / sm_80):
-//     HS 64:  forward 126/127 regs, 27.0 KB, 4/4; dK/dV 168/198, 55.0 KB, 3/2 (atomic: 168/210, 64.0 KB, 3/2);
-//             dQ 156/152, 54.0 KB, 3/2; delta 26; dQ conversion 24.
-//     HS 128: forward 168/167, 51.0 KB, 3/3; dK/dV 245/238, 68.5 KB, 2/2 (atomic: 245/240, 73.5 KB, 2/2);
+//   Resources (ptxas -v, CUDA 12, sm_90 / sm_80 registers; no spills), smem per block, min blocks per SM
+//   (sm_90 / sm_80):
+//     HS 64:  forward 255/232 regs, 36.0 KB, 2/2; dK/dV 255/255, 54.5 KB, 2/2 (atomic: 254/255, 64.5 KB, 2/2);
+//             dQ 211/216, 54.0 KB, 2/2; delta 26; dQ conversion 24.
+//     HS 128: forward 255/254, 68.0 KB, 2/2; dK/dV 244/244, 68.5 KB, 2/2 (atomic: 250/250, 73.5 KB, 2/2);
 //             dQ 166/164, 68.0 KB, 3/2. (> 48 KB: opted in.)
+//     (With 16 rows per warp the forward was 126/127 and 168/167 registers at 4 and 3 blocks; dK/dV at HS 64
+//     168/198 at 3/2; dQ at HS 64 156/152 at 3/2. 32 rows per warp cannot fit 168 registers: 3 blocks/SM spill.)
 //
 // Work (causal half counted): a product is HS T^2 flops per (b, h); forward 2 products, backward 7 (deterministic)
 // or 5 (atomic; FlashAttention's convention counts 5, 2.5x the forward, whichever runs). B=8, T=2048, NH=16,
 // HS=128: forward 137 GFLOP, backward 481 (deterministic) or 344 (atomic) GFLOP executed.
-// Napkin model for an H100 SXM (132 SMs, 1.83 GHz, 128 B/clk of smem per SM): every mma (2048 FMA) reads its B
-// fragment from smem, 256 bytes = 2 clk, while mma.sync issues one per ~1.5 clk per SM (~2/3 of the dense peak):
-// in this model smem bandwidth, not the tensor cores, binds these kernels. Counting
-// the staging stores too, shared-memory clocks per mma are forward 2.75 (3.0 with the transposed V copy this
-// replaced), dK/dV 2.5 (3.0), dQ 2.67 (3.0), atomic dK/dV/dQ 2.6: a forward ceiling of ~360 TFLOP/s (~36% of the
-// 989 dense peak, which needs wgmma). ldmatrix moves the same bytes as 32-bit loads in about half the
-// instructions (forward, per warp and 64-key tile at HS 128: 136 shared loads instead of 288 beside 128 mma; per
-// thread, 16 cp.async instead of 16 global loads + 72 shared stores to stage K and V), so issue slots stop
-// competing with the mma stream, and no register holds staged data.
-// Predictions (not measured; bench/kernel_bench.cu's attention rows check them): forward +10-20% (the smem saving
-// plus the latency hidden inside each block), deterministic backward +10-20% (smem clocks per mma 3.0 -> 2.57),
-// atomic backward 1.2-1.4x faster than the deterministic one (1.4-1.6x than the kernels before cp.async/ldmatrix):
-// at HS 64, 416 smem clocks per warp and (key tile, query tile) instead of 576, less the accumulator's zeroing and
-// conversion (8 more bytes of traffic per dQ element: ~0.1 ms, ~6% at B=8, T=2048, NH=16, shrinking as 1/T).
-// Its risk is the atomic traffic: 16 KB of fp32 reductions per block and query tile, ~2 TB/s into L2 at the
-// smem-bound rate; should L2 cap it, 128-key blocks (8 warps) halve it. Next steps: 32 query rows per warp (each
-// B fragment used twice: half the smem traffic per mma), and a wgmma/TMA path for sm_90.
+// Napkin model for an H100/H200 SXM (132 SMs, ~1.8-1.98 GHz, 128 B/clk of smem per SM): every mma (2048 FMA)
+// reads its B fragment from smem (256 bytes = 2 clk) unless a second m-tile shares it, while mma.sync issues one
+// per ~1.5 clk per SM (~2/3 of the dense peak). Shared-memory clocks per mma, counting A fragments and the
+// staging stores, were (16 rows per warp) forward 2.75, dK/dV 2.5, dQ 2.67, atomic dK/dV/dQ 2.6: smem bound, a
+// forward ceiling of ~360 TFLOP/s; measured on an H200 148-197 TFLOP/s (fwd, B=8, T=1024-2048), 1.09-1.43x
+// the time of FlashAttention-2. With 32 rows per warp, per warp and tile:
+//   forward, 64 keys x 32 rows: S reads 2 A x4 (1 KB) + 8 B x2 (2 KB) per k-step for 16 mma; P V 256 B per 2
+//     mma: 160 B/mma at HS 64 and 128, + 32 B/mma staging K, V = 1.5 clk/mma (was 2.75): level with the mma issue
+//     rate, so the ceiling moves from ~360 to ~660 TFLOP/s, co-bound by issue. Softmax beside it, per warp-tile:
+//     2048 exp2f = 128 MUFU clk (16/clk/SM) against 384 mma clk at HS 128 but 192 at HS 64, plus ~8 ALU
+//     instructions per score: at HS 64 issue and MUFU nearly bind too, so HS 64 gains less.
+//   dK/dV at HS 64, 32 keys x 32 queries: S^T and dP^T each 4 KB A + 4 KB B for 32 mma, dV and dK 4 KB B for 32:
+//     192 B/mma + 16 staging = 1.63 clk (was 2.5); atomic, with the dQ product (384 B/mma: A re-read per 32 dims)
+//     and the dS^T stores, 2.0 (was 2.6), and half the fp32 atomics per (query, key) (one per 128 keys, not 64).
+//   dQ at HS 64, 32 queries x 32 keys: 213 B/mma + 21 staging = 1.83 clk (was 2.67).
+//   HS 128 backward: unchanged tiles (the registers), only the grid order.
+// Longest-first order: the old x-fastest order could start a head's longest tile (16 of 136 tile-units at T=1024,
+// 64-row tiles) in the last wave, with ~44-66 units per block slot at B=8: up to ~25-35% tail at T=1024, ~12-19%
+// at T=2048; longest-first leaves a tail of the shortest tiles (1-2 units).
+// Predictions (NOT YET MEASURED; bench/kernel_bench.cu's attention rows check them, B=8, H200): forward 1.4-1.8x
+// at HS 128 (T=2048: 0.70 -> 0.39-0.50 ms, FlashAttention-2 0.52; T=1024: 0.21 -> 0.12-0.15), 1.2-1.5x at HS 64
+// (T=2048: 0.79 -> 0.53-0.66; T=1024: 0.23 -> 0.15-0.19); deterministic backward 1.25-1.45x at HS 64 (T=2048:
+// 2.31 -> 1.6-1.85 ms) and 1.0-1.15x at HS 128 (grid order only); atomic backward 1.15-1.35x at HS 64, 1.0-1.15x
+// at HS 128. Risks: 8 warps per SM (2 blocks) hide less latency than 12-16 did (FlashAttention-2 runs the same 8
+// at 255 registers); the forward and dK/dV at HS 64 sit at 254-255 registers, so a compiler change can spill
+// (check ptxas -v); dK/dV at HS 64 keeps its S^T, dP^T k-step loops rolled (else 255 registers spill on sm_90),
+// so a warp cannot prefetch the next step's fragments; and it has half as many blocks (B KVH T/128: 512 at B=8,
+// KVH=8, T=1024), under two waves of 264 slots for small B KVH. Next steps: dK/dV with 32 keys per warp at HS 128
+// (dK, dV split over more warps to fit the registers), and a wgmma/TMA path for sm_90.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -116,14 +138,16 @@ constexpr float kLn2 = 0.6931471805599453f;
 
 // Tile sizes. kLd: row stride of every row-major smem tile (HS + 8: see the header on bank conflicts).
 template <int HS>
-struct ForwardTiles {  // Q, one K tile, one V tile
-  static constexpr int kBlockQ = 64, kBlockK = 64;
+struct ForwardTiles {  // Q, one K tile, one V tile; 32 query rows (two m16 tiles) per warp
+  static constexpr int kMTiles = 2, kBlockQ = 4 * 16 * kMTiles, kBlockK = 64;
+  static constexpr int kMinBlocks = 2;  // registers: see the header's Resources
   static constexpr int kLd = HS + 8;
   static constexpr size_t kSmemBytes = size_t(kBlockQ + 2 * kBlockK) * kLd * sizeof(bf16);
 };
 template <int HS, bool kAtomicDq>
-struct KvTiles {  // backward dK/dV (and dQ by atomics): 16 keys per warp; K, V, two stages of (Q, dO, lse, delta)
-  static constexpr int kBlockK = 64, kBlockQ = HS == 128 ? 32 : 64;
+struct KvTiles {  // backward dK/dV (and dQ by atomics): 16 kMTiles keys per warp; K, V, two stages of (Q, dO, lse,
+                 // delta). HS 128: 16 keys per warp (the fp32 dK, dV accumulators of 32 keys would not fit).
+  static constexpr int kMTiles = HS == 64 ? 2 : 1, kBlockK = 4 * 16 * kMTiles, kBlockQ = 32;
   static constexpr int kLd = HS + 8;
   static constexpr int kLdS = kBlockQ + 8;  // dS^T (kBlockK, kLdS), atomic variant only
   static constexpr size_t kSmemBytes = size_t(2 * kBlockK + 4 * kBlockQ) * kLd * sizeof(bf16) +
@@ -131,22 +155,24 @@ struct KvTiles {  // backward dK/dV (and dQ by atomics): 16 keys per warp; K, V,
                                        4 * kBlockQ * sizeof(float);
 };
 template <int HS>
-struct QTiles {  // backward dQ: 16 queries per warp; Q, dO, two stages of (K, V)
-  static constexpr int kBlockQ = 64, kBlockK = HS == 128 ? 32 : 64;
+struct QTiles {  // backward dQ: 16 kMTiles queries per warp; Q, dO, two stages of (K, V)
+  static constexpr int kMTiles = HS == 64 ? 2 : 1, kBlockQ = 4 * 16 * kMTiles, kBlockK = 32;
+  static constexpr int kMinBlocks = HS == 64 ? 2 : 3;  // registers: see the header's Resources
   static constexpr int kLd = HS + 8;
   static constexpr size_t kSmemBytes = size_t(2 * kBlockQ + 4 * kBlockK) * kLd * sizeof(bf16);
 };
-static_assert(ForwardTiles<64>::kBlockQ == 4 * 16 && QTiles<128>::kBlockQ == 4 * 16 &&
-                  KvTiles<64, false>::kBlockK == 4 * 16,
-              "a warp owns 16 rows of the block's tile");
+static_assert(ForwardTiles<64>::kBlockQ == 4 * 16 * ForwardTiles<64>::kMTiles &&
+                  QTiles<64>::kBlockQ == 4 * 16 * QTiles<64>::kMTiles &&
+                  KvTiles<64, false>::kBlockK == 4 * 16 * KvTiles<64, false>::kMTiles,
+              "a warp owns kMTiles x 16 rows of the block's tile");
 static_assert(ForwardTiles<128>::kSmemBytes <= 80 * 1024 && KvTiles<128, true>::kSmemBytes <= 80 * 1024 &&
                   QTiles<128>::kSmemBytes <= 80 * 1024,
               "at least two blocks per SM on sm_80 (164 KB) and sm_90 (228 KB)");
 
-// The min-blocks of __launch_bounds__: `want` (3; 4 for the HS 64 forward, which fits in 128 registers) where the
-// SM's shared memory holds that many blocks (plus the 1 KB each reserves), else as many as it holds, at least 2.
-// sm_90 holds three of every kernel here, sm_80 only of the forward; asking sm_80 for three of the others would cap
-// them at 168 registers (and spill) for an occupancy its shared memory never allows. (dK/dV at HS 128 asks for 2
+// The min-blocks of __launch_bounds__: `want` (3, or 2 for a kernel whose warps own 32 rows: its accumulators
+// need more than the 168 registers of 3 blocks) where the SM's shared memory holds that many blocks (plus the 1 KB
+// each reserves), else as many as it holds, at least 2. Asking sm_80 for three of the 54-68 KB kernels would cap
+// them at 168 registers (and spill) for an occupancy its shared memory never allows. (dK/dV asks for 2
 // everywhere: its fp32 dK, dV accumulators alone take 128 registers.)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
 constexpr size_t kSmemPerSm = 164 * 1024;
@@ -265,35 +291,57 @@ STRATA_UNROLL
   for (int kk = 0; kk < K / 16; ++kk) accum_as_a(pa[kk], p[2 * kk], p[2 * kk + 1]);
 }
 
-// D (16 x N) += A (16 x K, row-major smem rows of this warp) * M^T, M an (N, K) row-major smem tile.
-template <int N, int K>
-__device__ __forceinline__ void mma_a_smem(float (&d)[N / 8][4], const bf16* a_rows, int lda, const bf16* m, int ldm,
-                                           int lane) {
+// D (16M x N) += A (16M x K, row-major smem rows of this warp, M m16 tiles) * M^T, M an (N, K) row-major smem
+// tile. Each B fragment feeds the M tiles' products: with M = 2 a 16-byte row of B serves 2 mma's. kRolled keeps
+// the k-step loop a loop (its index only moves addresses), so ptxas cannot hoist the next step's fragments: the
+// dK/dV kernel at HS 64 otherwise spills at 255 registers (sm_90).
+template <int M, int N, int K, bool kRolled = false>
+__device__ __forceinline__ void mma_rows_smem(float (&d)[M][N / 8][4], const bf16* a_rows, int lda, const bf16* m,
+                                              int ldm, int lane) {
+  if constexpr (kRolled) {
+#pragma unroll 1
+    for (int kk = 0; kk < K / 16; ++kk) mma_rows_smem<M, N, 16>(d, a_rows + 16 * kk, lda, m + 16 * kk, ldm, lane);
+  } else {
 STRATA_UNROLL
-  for (int kk = 0; kk < K / 16; ++kk) {
-    uint32_t a[4];
-    load_a(a, a_rows, lda, 16 * kk, lane);
+    for (int kk = 0; kk < K / 16; ++kk) {
+      uint32_t a[M][4];
 STRATA_UNROLL
-    for (int j = 0; j < N / 8; ++j) {
-      uint32_t b[2];
-      load_b(b, m, ldm, 8 * j, 16 * kk, lane);
-      mma_bf16_16816(d[j], a, b);
+      for (int mt = 0; mt < M; ++mt) load_a(a[mt], a_rows + 16 * mt * lda, lda, 16 * kk, lane);
+STRATA_UNROLL
+      for (int j = 0; j < N / 8; ++j) {
+        uint32_t b[2];
+        load_b(b, m, ldm, 8 * j, 16 * kk, lane);
+STRATA_UNROLL
+        for (int mt = 0; mt < M; ++mt) mma_bf16_16816(d[mt][j], a[mt], b);
+      }
     }
   }
 }
+template <int N, int K>  // one m16 tile
+__device__ __forceinline__ void mma_a_smem(float (&d)[N / 8][4], const bf16* a_rows, int lda, const bf16* m, int ldm,
+                                           int lane) {
+  mma_rows_smem<1, N, K>(reinterpret_cast<float(&)[1][N / 8][4]>(d), a_rows, lda, m, ldm, lane);
+}
 
-// D (16 x N) += P (16 x K, packed by pack_a) * M, M a (K, N) row-major smem tile.
-template <int N, int K>
-__device__ __forceinline__ void mma_a_regs(float (&d)[N / 8][4], const uint32_t (&pa)[K / 16][4], const bf16* m,
-                                           int ldm, int lane) {
+// D (16M x N) += P (M m16 tiles of 16 x K, packed by pack_a) * M, M a (K, N) row-major smem tile.
+template <int M, int N, int K>
+__device__ __forceinline__ void mma_rows_regs(float (&d)[M][N / 8][4], const uint32_t (&pa)[M][K / 16][4],
+                                              const bf16* m, int ldm, int lane) {
 STRATA_UNROLL
   for (int kk = 0; kk < K / 16; ++kk)
 STRATA_UNROLL
     for (int n = 0; n < N / 8; ++n) {
       uint32_t b[2];
       load_b_trans(b, m, ldm, 8 * n, 16 * kk, lane);
-      mma_bf16_16816(d[n], pa[kk], b);
+STRATA_UNROLL
+      for (int mt = 0; mt < M; ++mt) mma_bf16_16816(d[mt][n], pa[mt][kk], b);
     }
+}
+template <int N, int K>  // one m16 tile
+__device__ __forceinline__ void mma_a_regs(float (&d)[N / 8][4], const uint32_t (&pa)[K / 16][4], const bf16* m,
+                                           int ldm, int lane) {
+  mma_rows_regs<1, N, K>(reinterpret_cast<float(&)[1][N / 8][4]>(d),
+                         reinterpret_cast<const uint32_t(&)[1][K / 16][4]>(pa), m, ldm, lane);
 }
 
 // Writes a warp's 16 x HS accumulator (rows g and g+8 times mul) as bf16 into its 16 smem rows, then copies
@@ -328,20 +376,22 @@ __device__ __forceinline__ float quad_sum(float v) {
 
 // ---- forward ------------------------------------------------------------------------------------------------------
 
-// grid (ceil(T/64), NH, B), block 128. scale_log2 = scale * log2(e).
+// grid (NH, B, ceil(T/128)), block 128 (32 query rows per warp: two m16 tiles). scale_log2 = scale * log2(e).
 template <int HS>
-__global__ void __launch_bounds__(kThreads, min_blocks(ForwardTiles<HS>::kSmemBytes, HS == 64 ? 4 : 3))
+__global__ void __launch_bounds__(kThreads, min_blocks(ForwardTiles<HS>::kSmemBytes, ForwardTiles<HS>::kMinBlocks))
     flash_forward_kernel(bf16* out, float* lse, const bf16* qkv, int T, int NH, int KVH, float scale_log2) {
   using Tiles = ForwardTiles<HS>;
-  constexpr int BQ = Tiles::kBlockQ, BK = Tiles::kBlockK, kLd = Tiles::kLd;
+  constexpr int BQ = Tiles::kBlockQ, BK = Tiles::kBlockK, kLd = Tiles::kLd, MT = Tiles::kMTiles;
   STRATA_DYNAMIC_SMEM(bf16, smem);
   bf16* q_s = smem;              // (BQ, kLd)
   bf16* k_s = q_s + BQ * kLd;    // (BK, kLd)
   bf16* v_s = k_s + BK * kLd;    // (BK, kLd)
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int tq = lane % 4;
-  const int q0 = static_cast<int>(gridDim.x - 1 - blockIdx.x) * BQ;  // the longest rows start first
-  const int h = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z), g = h / (NH / KVH);
+  // The query tile is the slowest grid index, counted down: every (head, batch)'s longest rows start before any
+  // shorter tile (longest-first over the whole grid, so the last wave holds the shortest tiles).
+  const int q0 = static_cast<int>(gridDim.z - 1 - blockIdx.z) * BQ;
+  const int h = static_cast<int>(blockIdx.x), b = static_cast<int>(blockIdx.y), g = h / (NH / KVH);
   const int R = (NH + 2 * KVH) * HS;
   const bf16* base = qkv + int64_t{b} * T * R;
   const bf16* k = base + (NH + g) * HS;
@@ -354,14 +404,21 @@ __global__ void __launch_bounds__(kThreads, min_blocks(ForwardTiles<HS>::kSmemBy
   copy_rows_async<HS>(q_s, kLd, base + int64_t{q0} * R + h * HS, R, BQ, T - q0);
   copy_rows_async<HS>(k_s, kLd, k, R, BK, T);
   cuda::cp_async_commit();
-  bf16* q_w = q_s + warp * 16 * kLd;  // this warp's 16 query rows (read by this warp only)
-
-  const int row_w = q0 + warp * 16;
-  const int rows[2] = {row_w + lane / 4, row_w + lane / 4 + 8};  // the rows of accumulator entries [0,1] and [2,3]
-  // The last key each row attends to (a row past T: T - 1, any value works).
-  const int last[2] = {rows[0] < T ? rows[0] : T - 1, rows[1] < T ? rows[1] : T - 1};
-  float o[HS / 8][4] = {};
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // l: this thread's partial sums (quad-reduced at the end)
+  constexpr int kRowsW = 16 * MT;  // query rows per warp
+  bf16* q_w = q_s + warp * kRowsW * kLd;  // this warp's query rows (read by this warp only)
+  const int row_w = q0 + warp * kRowsW;
+  // The row of accumulator entries [2r, 2r+1] of m-tile mt is row_t + 16 mt + 8 r; last: the last key it attends
+  // to (a row past T: T - 1, any value works).
+  const int row_t = row_w + lane / 4;
+  int last[MT][2];
+STRATA_UNROLL
+  for (int mt = 0; mt < MT; ++mt)
+STRATA_UNROLL
+    for (int r = 0; r < 2; ++r) last[mt][r] = row_t + 16 * mt + 8 * r < T ? row_t + 16 * mt + 8 * r : T - 1;
+  float o[MT][HS / 8][4] = {};
+  float m[MT][2], l[MT][2];  // l: this thread's partial sums (quad-reduced at the end)
+STRATA_UNROLL
+  for (int mt = 0; mt < MT; ++mt) m[mt][0] = m[mt][1] = -INFINITY, l[mt][0] = l[mt][1] = 0.0f;
   const int n_tiles = cuda::ceil_div(q0 + BQ < T ? q0 + BQ : T, BK);
   for (int kt = 0; kt < n_tiles; ++kt) {
     const int k0 = kt * BK;
@@ -370,49 +427,57 @@ __global__ void __launch_bounds__(kThreads, min_blocks(ForwardTiles<HS>::kSmemBy
     copy_rows_async<HS>(v_s, kLd, v + int64_t{k0} * R, R, BK, T - k0);
     cuda::cp_async_commit();
 
-    // S = Q K^T. The Q fragments are re-read from smem per tile rather than held in registers (16 more at HS 64,
-    // 32 at HS 128): that keeps 4 blocks per SM at HS 64 (128 registers) and 3 at HS 128 (168).
-    float s[BK / 8][4] = {};
-    mma_a_smem<BK, HS>(s, q_w, kLd, k_s, kLd, lane);
-    // Only the diagonal tile and the tile holding T need the mask (keys after the row, keys past T).
-    const bool masked = k0 + BK - 1 > row_w || k0 + BK > T;
-    float mx[2] = {-INFINITY, -INFINITY};
+    // A warp whose rows all precede the tile's first key skips it (on the diagonal, warps 0-1 skip the second
+    // 64-key tile); it still stages and passes the barriers. Active, every row of the warp sees key k0 (k0 is a
+    // multiple of 64 <= row_w), so no row's maximum stays -inf past the first tile.
+    const bool active = k0 <= row_w + kRowsW - 1;
+    uint32_t pa[MT][BK / 16][4];  // P as bf16 A fragments
+    if (active) {
+      // S = Q K^T. The Q fragments are re-read from smem per tile rather than held in registers (32 more at HS 64,
+      // 64 at HS 128); each K fragment feeds both m-tiles.
+      float s[MT][BK / 8][4] = {};
+      mma_rows_smem<MT, BK, HS>(s, q_w, kLd, k_s, kLd, lane);
+      // Only the diagonal tiles and the tile holding T need the mask (keys after the row, keys past T).
+      const bool masked = k0 + BK - 1 > row_w || k0 + BK > T;
 STRATA_UNROLL
-    for (int j = 0; j < BK / 8; ++j)
+      for (int mt = 0; mt < MT; ++mt) {
+        float mx[2] = {-INFINITY, -INFINITY};
 STRATA_UNROLL
-      for (int i = 0; i < 4; ++i) {
-        const int key = k0 + 8 * j + 2 * tq + (i & 1);
-        float x = s[j][i] * scale_log2;
-        if (masked && key > last[i / 2]) x = -INFINITY;
-        s[j][i] = x;
-        mx[i / 2] = fmaxf(mx[i / 2], x);
+        for (int j = 0; j < BK / 8; ++j)
+STRATA_UNROLL
+          for (int i = 0; i < 4; ++i) {
+            const int key = k0 + 8 * j + 2 * tq + (i & 1);
+            float x = s[mt][j][i] * scale_log2;
+            if (masked && key > last[mt][i / 2]) x = -INFINITY;
+            s[mt][j][i] = x;
+            mx[i / 2] = fmaxf(mx[i / 2], x);
+          }
+        float m_use[2], alpha[2];
+STRATA_UNROLL
+        for (int r = 0; r < 2; ++r) {
+          const float m_new = fmaxf(m[mt][r], quad_max(mx[r]));
+          m_use[r] = m_new == -INFINITY ? 0.0f : m_new;  // a row with no key yet: keep exp2f(-inf - m) = 0, not NaN
+          alpha[r] = exp2f(m[mt][r] - m_use[r]);
+          m[mt][r] = m_new;
+        }
+        float sum[2] = {0.0f, 0.0f};
+STRATA_UNROLL
+        for (int j = 0; j < BK / 8; ++j)
+STRATA_UNROLL
+          for (int i = 0; i < 4; ++i) {
+            s[mt][j][i] = exp2f(s[mt][j][i] - m_use[i / 2]);
+            sum[i / 2] += s[mt][j][i];
+          }
+STRATA_UNROLL
+        for (int r = 0; r < 2; ++r) l[mt][r] = l[mt][r] * alpha[r] + sum[r];
+STRATA_UNROLL
+        for (int n = 0; n < HS / 8; ++n) {
+          o[mt][n][0] *= alpha[0], o[mt][n][1] *= alpha[0];
+          o[mt][n][2] *= alpha[1], o[mt][n][3] *= alpha[1];
+        }
+        pack_a<BK>(pa[mt], s[mt]);
       }
-    float m_use[2], alpha[2];
-STRATA_UNROLL
-    for (int r = 0; r < 2; ++r) {
-      const float m_new = fmaxf(m[r], quad_max(mx[r]));
-      m_use[r] = m_new == -INFINITY ? 0.0f : m_new;  // a row with no key yet: keep exp2f(-inf - m) = 0, not NaN
-      alpha[r] = exp2f(m[r] - m_use[r]);
-      m[r] = m_new;
     }
-    float sum[2] = {0.0f, 0.0f};
-STRATA_UNROLL
-    for (int j = 0; j < BK / 8; ++j)
-STRATA_UNROLL
-      for (int i = 0; i < 4; ++i) {
-        s[j][i] = exp2f(s[j][i] - m_use[i / 2]);
-        sum[i / 2] += s[j][i];
-      }
-STRATA_UNROLL
-    for (int r = 0; r < 2; ++r) l[r] = l[r] * alpha[r] + sum[r];
-STRATA_UNROLL
-    for (int n = 0; n < HS / 8; ++n) {
-      o[n][0] *= alpha[0], o[n][1] *= alpha[0];
-      o[n][2] *= alpha[1], o[n][3] *= alpha[1];
-    }
-
-    uint32_t pa[BK / 16][4];  // P as bf16 A fragments
-    pack_a<BK>(pa, s);
 
     cuda::cp_async_wait<0>();  // this thread's copies of V(kt)
     __syncthreads();           // everyone's copies have landed; every warp is done reading K(kt)
@@ -420,25 +485,31 @@ STRATA_UNROLL
       copy_rows_async<HS>(k_s, kLd, k + int64_t{k0 + BK} * R, R, BK, T - k0 - BK);
       cuda::cp_async_commit();
     }
-    mma_a_regs<HS, BK>(o, pa, v_s, kLd, lane);
+    if (active) mma_rows_regs<MT, HS, BK>(o, pa, v_s, kLd, lane);
   }
   // No copy is in flight here: the last iteration issued none after its final wait.
 
-  float inv[2];
-STRATA_UNROLL
-  for (int r = 0; r < 2; ++r) {
-    l[r] = quad_sum(l[r]);
-    inv[r] = 1.0f / l[r];
-    if (tq == 0 && rows[r] < T) lse[(int64_t{b} * NH + h) * T + rows[r]] = m[r] * kLn2 + logf(l[r]);
-  }
-  // Normalise per row half: fold 1/l into the accumulator, then stage through this warp's Q rows.
-STRATA_UNROLL
-  for (int n = 0; n < HS / 8; ++n) {
-    o[n][0] *= inv[0], o[n][1] *= inv[0];
-    o[n][2] *= inv[1], o[n][3] *= inv[1];
-  }
   const int64_t OC = int64_t{NH} * HS;
-  store_warp_rows<HS>(out + (int64_t{b} * T + row_w) * OC + h * HS, OC, q_w, kLd, o, 1.0f, T - row_w, lane);
+STRATA_UNROLL
+  for (int mt = 0; mt < MT; ++mt) {
+    float inv[2];
+STRATA_UNROLL
+    for (int r = 0; r < 2; ++r) {
+      l[mt][r] = quad_sum(l[mt][r]);
+      inv[r] = 1.0f / l[mt][r];
+      const int row = row_t + 16 * mt + 8 * r;
+      if (tq == 0 && row < T) lse[(int64_t{b} * NH + h) * T + row] = m[mt][r] * kLn2 + logf(l[mt][r]);
+    }
+    // Normalise per row half: fold 1/l into the accumulator, then stage through this m-tile's Q rows.
+STRATA_UNROLL
+    for (int n = 0; n < HS / 8; ++n) {
+      o[mt][n][0] *= inv[0], o[mt][n][1] *= inv[0];
+      o[mt][n][2] *= inv[1], o[mt][n][3] *= inv[1];
+    }
+    const int row_m = row_w + 16 * mt;
+    store_warp_rows<HS>(out + (int64_t{b} * T + row_m) * OC + h * HS, OC, q_w + 16 * mt * kLd, kLd, o[mt], 1.0f,
+                        T - row_m, lane);
+  }
 }
 
 // ---- backward -------------------------------------------------------------------------------------------------------
@@ -479,16 +550,19 @@ STRATA_UNROLL
   }
 }
 
-// dK, dV of one 64-key tile of KV head g: grid (ceil(T/64), KVH, B), block 128 (16 keys per warp). With kAtomicDq
+// dK, dV of one key tile of KV head g: grid (KVH, B, ceil(T/BK)), block 128, 16 kMTiles keys per warp (BK = 128
+// at HS 64, 64 at HS 128). The key tile is the slowest grid index and tile 0 (the most query tiles) comes first:
+// longest-first over the whole grid. With kAtomicDq
 // (FlashAttention-2's backward) the block also computes dQ = dS K for every query tile it visits and adds it
 // (unscaled) into dq_accum (B,T,NH,HS fp32) with atomics; otherwise dq_accum is unused and dQ is left to
 // flash_backward_dq_kernel.
 template <int HS, bool kAtomicDq>
-__global__ void __launch_bounds__(kThreads, HS == 128 ? 2 : min_blocks(KvTiles<HS, kAtomicDq>::kSmemBytes))
+__global__ void __launch_bounds__(kThreads, 2)
     flash_backward_dkdv_kernel(bf16* dqkv, float* dq_accum, const bf16* dout, const bf16* qkv, const float* lse,
                                const float* delta, int T, int NH, int KVH, float scale, float scale_log2) {
   using Tiles = KvTiles<HS, kAtomicDq>;
   constexpr int BK = Tiles::kBlockK, BQ = Tiles::kBlockQ, kLd = Tiles::kLd, kLdS = Tiles::kLdS;
+  constexpr int MT = Tiles::kMTiles, kRowsW = 16 * MT;  // m16 tiles and keys per warp
   STRATA_DYNAMIC_SMEM(bf16, smem);
   bf16* k_s = smem;                    // (BK, kLd)
   bf16* v_s = k_s + BK * kLd;          // (BK, kLd)
@@ -499,8 +573,8 @@ __global__ void __launch_bounds__(kThreads, HS == 128 ? 2 : min_blocks(KvTiles<H
   float* delta_s = lse_s + 2 * BQ;                                               // 2 stages of (BQ)
   const int tid = static_cast<int>(threadIdx.x);
   const int warp = tid / kWarpSize, lane = tid % kWarpSize, gr = lane / 4, tq = lane % 4;
-  const int k0 = static_cast<int>(blockIdx.x) * BK;
-  const int g = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z), group = NH / KVH;
+  const int k0 = static_cast<int>(blockIdx.z) * BK;
+  const int g = static_cast<int>(blockIdx.x), b = static_cast<int>(blockIdx.y), group = NH / KVH;
   const int R = (NH + 2 * KVH) * HS, OC = NH * HS;
   const bf16* base = qkv + int64_t{b} * T * R;
 
@@ -541,11 +615,10 @@ __global__ void __launch_bounds__(kThreads, HS == 128 ? 2 : min_blocks(KvTiles<H
   stage_item(0);  // K, V and item 0 in one group
   if (n_items > 1) fetch_stats(1);
 
-  const int key_w = k0 + warp * 16;  // this warp's first key
-  const int keys[2] = {key_w + gr, key_w + gr + 8};
-  const bf16* k_w = k_s + warp * 16 * kLd;
-  const bf16* v_w = v_s + warp * 16 * kLd;
-  float dk[HS / 8][4] = {}, dv[HS / 8][4] = {};
+  const int key_w = k0 + warp * kRowsW;  // this warp's first key; m-tile mt, row half r: key key_w + 16 mt + 8 r + gr
+  const bf16* k_w = k_s + warp * kRowsW * kLd;
+  const bf16* v_w = v_s + warp * kRowsW * kLd;
+  float dk[MT][HS / 8][4] = {}, dv[MT][HS / 8][4] = {};
   for (int it = 0; it < n_items; ++it) {
     // Double buffering: exactly one group is in flight here (item it's copies, issued one iteration ago), so
     // wait<0> completes this thread's share and the barrier everyone's. The barrier also proves that every warp
@@ -566,43 +639,51 @@ __global__ void __launch_bounds__(kThreads, HS == 128 ? 2 : min_blocks(KvTiles<H
     const float* delta_t = delta_s + st * BQ;
 
     if (qs + BQ - 1 >= key_w) {  // else every query of the tile precedes every key of this warp: P = 0
-      float pt[BQ / 8][4] = {}, dst[BQ / 8][4] = {};  // S^T then P^T, dP^T then dS^T: 16 keys x BQ queries
-      mma_a_smem<BQ, HS>(pt, k_w, kLd, q_t, kLd, lane);
-      mma_a_smem<BQ, HS>(dst, v_w, kLd, do_t, kLd, lane);
-      const bool masked = qs < key_w + 15 || qs + BQ > T;
-      const int first[2] = {keys[0] - qs, keys[1] - qs}, end = T - qs;  // tile queries [first, end) see the key
+      // S^T then P^T, dP^T then dS^T: kRowsW keys x BQ queries; each Q, dO fragment feeds the MT m-tiles.
+      float pt[MT][BQ / 8][4] = {}, dst[MT][BQ / 8][4] = {};
+      mma_rows_smem<MT, BQ, HS, (MT > 1)>(pt, k_w, kLd, q_t, kLd, lane);
+      mma_rows_smem<MT, BQ, HS, (MT > 1)>(dst, v_w, kLd, do_t, kLd, lane);
+      const bool masked = qs < key_w + kRowsW - 1 || qs + BQ > T;
+      const int end = T - qs;  // tile queries [first, end) see the key
 STRATA_UNROLL
-      for (int j = 0; j < BQ / 8; ++j)
+      for (int mt = 0; mt < MT; ++mt)
 STRATA_UNROLL
-        for (int i = 0; i < 4; ++i) {
-          const int ql = 8 * j + 2 * tq + (i & 1);
-          float p = exp2f(pt[j][i] * scale_log2 - lse_t[ql]);
-          if (masked && (ql < first[i / 2] || ql >= end)) p = 0.0f;
-          pt[j][i] = p;
-          dst[j][i] = p * (dst[j][i] - delta_t[ql]);  // dS^T without the scale (applied once at the end)
-        }
-      uint32_t pa[BQ / 16][4];  // P^T, then dS^T, as bf16 A fragments
-      pack_a<BQ>(pa, pt);
-      mma_a_regs<HS, BQ>(dv, pa, do_t, kLd, lane);  // dV += P^T dO
-      pack_a<BQ>(pa, dst);
-      if constexpr (kAtomicDq) {  // this warp's 16 rows of dS^T for the dQ product: the bf16 values dK uses
-        bf16* ds_w = ds_s + warp * 16 * kLdS;
+        for (int j = 0; j < BQ / 8; ++j)
 STRATA_UNROLL
-        for (int kk = 0; kk < BQ / 16; ++kk) {
-          store_bits(ds_w + gr * kLdS + 16 * kk + 2 * tq, pa[kk][0]);
-          store_bits(ds_w + (gr + 8) * kLdS + 16 * kk + 2 * tq, pa[kk][1]);
-          store_bits(ds_w + gr * kLdS + 16 * kk + 8 + 2 * tq, pa[kk][2]);
-          store_bits(ds_w + (gr + 8) * kLdS + 16 * kk + 8 + 2 * tq, pa[kk][3]);
+          for (int i = 0; i < 4; ++i) {
+            const int ql = 8 * j + 2 * tq + (i & 1), first = key_w + 16 * mt + 8 * (i / 2) + gr - qs;
+            float p = exp2f(pt[mt][j][i] * scale_log2 - lse_t[ql]);
+            if (masked && (ql < first || ql >= end)) p = 0.0f;
+            pt[mt][j][i] = p;
+            dst[mt][j][i] = p * (dst[mt][j][i] - delta_t[ql]);  // dS^T without the scale (applied once at the end)
+          }
+      uint32_t pa[MT][BQ / 16][4];  // P^T, then dS^T, as bf16 A fragments
+STRATA_UNROLL
+      for (int mt = 0; mt < MT; ++mt) pack_a<BQ>(pa[mt], pt[mt]);
+      mma_rows_regs<MT, HS, BQ>(dv, pa, do_t, kLd, lane);  // dV += P^T dO
+STRATA_UNROLL
+      for (int mt = 0; mt < MT; ++mt) pack_a<BQ>(pa[mt], dst[mt]);
+      if constexpr (kAtomicDq) {  // this warp's kRowsW rows of dS^T for the dQ product: the bf16 values dK uses
+STRATA_UNROLL
+        for (int mt = 0; mt < MT; ++mt) {
+          bf16* ds_w = ds_s + (warp * kRowsW + 16 * mt) * kLdS;
+STRATA_UNROLL
+          for (int kk = 0; kk < BQ / 16; ++kk) {
+            store_bits(ds_w + gr * kLdS + 16 * kk + 2 * tq, pa[mt][kk][0]);
+            store_bits(ds_w + (gr + 8) * kLdS + 16 * kk + 2 * tq, pa[mt][kk][1]);
+            store_bits(ds_w + gr * kLdS + 16 * kk + 8 + 2 * tq, pa[mt][kk][2]);
+            store_bits(ds_w + (gr + 8) * kLdS + 16 * kk + 8 + 2 * tq, pa[mt][kk][3]);
+          }
         }
       }
-      mma_a_regs<HS, BQ>(dk, pa, q_t, kLd, lane);  // dK += dS^T Q
+      mma_rows_regs<MT, HS, BQ>(dk, pa, q_t, kLd, lane);  // dK += dS^T Q
     }
 
     if constexpr (kAtomicDq) {
       // dQ (BQ x HS) += dS (BQ x BK) K (BK x HS): warp w takes 16 query rows (w % kRowGroups) and kDqDims head
       // dims (w / kRowGroups), reading dS^T transposed (ldmatrix.trans) and K through .trans. Key chunk c (the
       // rows of warp c) is read only when warp c was active for this item, i.e. for c < n_chunks (skipped warps
-      // leave stale rows); later chunks hold no key <= the tile's last query anyway.
+      // leave stale rows: chunks 2w, 2w+1 at HS 64); later chunks hold no key <= the tile's last query anyway.
       constexpr int kRowGroups = BQ / 16, kDqDims = HS / (4 / kRowGroups);
       static_assert(kRowGroups * (HS / kDqDims) == 4, "the 4 warps tile dQ");
       __syncthreads();  // every warp's dS^T rows are in ds_s (the next write is after the next item's barrier)
@@ -636,12 +717,16 @@ STRATA_UNROLL
   // No copy is in flight (the last item issued none). Every warp must be done reading K (the dQ product reads all
   // of k_s) before a warp overwrites its rows with dK: stage the results there.
   __syncthreads();
-  bf16* k_ws = k_s + warp * 16 * kLd;
-  bf16* v_ws = v_s + warp * 16 * kLd;
-  store_warp_rows<HS>(dqkv + (int64_t{b} * T + key_w) * R + (NH + g) * HS, R, k_ws, kLd, dk, scale, T - key_w,
-                      lane);
-  store_warp_rows<HS>(dqkv + (int64_t{b} * T + key_w) * R + (NH + KVH + g) * HS, R, v_ws, kLd, dv, 1.0f, T - key_w,
-                      lane);
+STRATA_UNROLL
+  for (int mt = 0; mt < MT; ++mt) {
+    const int key_m = key_w + 16 * mt;
+    bf16* k_ws = k_s + (warp * kRowsW + 16 * mt) * kLd;
+    bf16* v_ws = v_s + (warp * kRowsW + 16 * mt) * kLd;
+    store_warp_rows<HS>(dqkv + (int64_t{b} * T + key_m) * R + (NH + g) * HS, R, k_ws, kLd, dk[mt], scale,
+                        T - key_m, lane);
+    store_warp_rows<HS>(dqkv + (int64_t{b} * T + key_m) * R + (NH + KVH + g) * HS, R, v_ws, kLd, dv[mt], 1.0f,
+                        T - key_m, lane);
+  }
 }
 
 // dqkv[b,t,h*HS + d] = scale * dq_accum[b,t,h,d] (the atomic path's fp32 dQ to bf16): 8 elements per thread.
@@ -665,21 +750,22 @@ STRATA_UNROLL
   o.store(dqkv + (row / NH) * R + (row % NH) * HS + col);
 }
 
-// dQ of one 64-query tile of head h: grid (ceil(T/64), NH, B), block 128 (16 queries per warp).
+// dQ of one query tile of head h: grid (NH, B, ceil(T/BQ)), block 128, 16 kMTiles queries per warp (BQ = 128 at
+// HS 64, 64 at HS 128); query tiles slowest and counted down (longest-first, as the forward).
 template <int HS>
-__global__ void __launch_bounds__(kThreads, min_blocks(QTiles<HS>::kSmemBytes))
+__global__ void __launch_bounds__(kThreads, min_blocks(QTiles<HS>::kSmemBytes, QTiles<HS>::kMinBlocks))
     flash_backward_dq_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* delta,
                              int T, int NH, int KVH, float scale, float scale_log2) {
   using Tiles = QTiles<HS>;
-  constexpr int BQ = Tiles::kBlockQ, BK = Tiles::kBlockK, kLd = Tiles::kLd;
+  constexpr int BQ = Tiles::kBlockQ, BK = Tiles::kBlockK, kLd = Tiles::kLd, MT = Tiles::kMTiles;
   STRATA_DYNAMIC_SMEM(bf16, smem);
   bf16* q_s = smem;              // (BQ, kLd)
   bf16* do_s = q_s + BQ * kLd;   // (BQ, kLd)
   bf16* kv_s = do_s + BQ * kLd;  // 2 stages of K (BK, kLd) then V (BK, kLd)
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int gr = lane / 4, tq = lane % 4;
-  const int q0 = static_cast<int>(gridDim.x - 1 - blockIdx.x) * BQ;  // the longest rows start first
-  const int h = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z), g = h / (NH / KVH);
+  const int q0 = static_cast<int>(gridDim.z - 1 - blockIdx.z) * BQ;  // the longest rows start first
+  const int h = static_cast<int>(blockIdx.x), b = static_cast<int>(blockIdx.y), g = h / (NH / KVH);
   const int R = (NH + 2 * KVH) * HS, OC = NH * HS;
   const bf16* base = qkv + int64_t{b} * T * R;
   const bf16* k = base + (NH + g) * HS;
@@ -694,20 +780,25 @@ __global__ void __launch_bounds__(kThreads, min_blocks(QTiles<HS>::kSmemBytes))
   copy_rows_async<HS>(do_s, kLd, dout + (int64_t{b} * T + q0) * OC + h * HS, OC, BQ, T - q0);
   stage_tile(0);
   cuda::cp_async_commit();  // Q, dO and K, V tile 0 in one group
-  const int row_w = q0 + warp * 16;
-  const int rows[2] = {row_w + gr, row_w + gr + 8};
-  // The last key each row attends to (a row past T: T - 1, any value works).
-  const int last[2] = {rows[0] < T ? rows[0] : T - 1, rows[1] < T ? rows[1] : T - 1};
-  float lse2[2], dlt[2];
+  constexpr int kRowsW = 16 * MT;  // query rows per warp
+  const int row_w = q0 + warp * kRowsW;
+  // Per m-tile mt and row half r (row row_w + 16 mt + 8 r + gr): the last key the row attends to (a row past T:
+  // T - 1, any value works), lse (log2 domain) and delta.
+  int last[MT][2];
+  float lse2[MT][2], dlt[MT][2];
 STRATA_UNROLL
-  for (int r = 0; r < 2; ++r) {
-    const int64_t at = (int64_t{b} * NH + h) * T + rows[r];
-    lse2[r] = rows[r] < T ? lse[at] * kLog2e : 0.0f;
-    dlt[r] = rows[r] < T ? delta[at] : 0.0f;
-  }
-  bf16* q_w = q_s + warp * 16 * kLd;
-  const bf16* do_w = do_s + warp * 16 * kLd;
-  float dq[HS / 8][4] = {};
+  for (int mt = 0; mt < MT; ++mt)
+STRATA_UNROLL
+    for (int r = 0; r < 2; ++r) {
+      const int row = row_w + 16 * mt + 8 * r + gr;
+      const int64_t at = (int64_t{b} * NH + h) * T + row;
+      last[mt][r] = row < T ? row : T - 1;
+      lse2[mt][r] = row < T ? lse[at] * kLog2e : 0.0f;
+      dlt[mt][r] = row < T ? delta[at] : 0.0f;
+    }
+  bf16* q_w = q_s + warp * kRowsW * kLd;
+  const bf16* do_w = do_s + warp * kRowsW * kLd;
+  float dq[MT][HS / 8][4] = {};
   const int n_tiles = cuda::ceil_div(q0 + BQ < T ? q0 + BQ : T, BK);
   for (int kt = 0; kt < n_tiles; ++kt) {
     const int k0 = kt * BK;
@@ -720,29 +811,38 @@ STRATA_UNROLL
       stage_tile(kt + 1);
       cuda::cp_async_commit();
     }
-    if (k0 > row_w + 15) continue;  // every key of the tile follows every row of this warp: P = 0
+    if (k0 > row_w + kRowsW - 1) continue;  // every key of the tile follows every row of this warp: P = 0
     const bf16* k_s = kv_s + (kt & 1) * 2 * BK * kLd;
     const bf16* v_s = k_s + BK * kLd;
 
-    float s[BK / 8][4] = {}, dp[BK / 8][4] = {};  // S, dP: this warp's 16 queries x BK keys
-    mma_a_smem<BK, HS>(s, q_w, kLd, k_s, kLd, lane);
-    mma_a_smem<BK, HS>(dp, do_w, kLd, v_s, kLd, lane);
+    // S, dP: this warp's kRowsW queries x BK keys; each K, V fragment feeds the MT m-tiles.
+    float s[MT][BK / 8][4] = {}, dp[MT][BK / 8][4] = {};
+    mma_rows_smem<MT, BK, HS>(s, q_w, kLd, k_s, kLd, lane);
+    mma_rows_smem<MT, BK, HS>(dp, do_w, kLd, v_s, kLd, lane);
     const bool masked = k0 + BK - 1 > row_w || k0 + BK > T;
+    uint32_t pa[MT][BK / 16][4];
 STRATA_UNROLL
-    for (int j = 0; j < BK / 8; ++j)
+    for (int mt = 0; mt < MT; ++mt) {
 STRATA_UNROLL
-      for (int i = 0; i < 4; ++i) {
-        const int key = k0 + 8 * j + 2 * tq + (i & 1);
-        float p = exp2f(s[j][i] * scale_log2 - lse2[i / 2]);
-        if (masked && key > last[i / 2]) p = 0.0f;
-        s[j][i] = p * (dp[j][i] - dlt[i / 2]);  // dS without the scale
-      }
-    uint32_t pa[BK / 16][4];
-    pack_a<BK>(pa, s);
-    mma_a_regs<HS, BK>(dq, pa, k_s, kLd, lane);  // dQ += dS K
+      for (int j = 0; j < BK / 8; ++j)
+STRATA_UNROLL
+        for (int i = 0; i < 4; ++i) {
+          const int key = k0 + 8 * j + 2 * tq + (i & 1);
+          float p = exp2f(s[mt][j][i] * scale_log2 - lse2[mt][i / 2]);
+          if (masked && key > last[mt][i / 2]) p = 0.0f;
+          s[mt][j][i] = p * (dp[mt][j][i] - dlt[mt][i / 2]);  // dS without the scale
+        }
+      pack_a<BK>(pa[mt], s[mt]);
+    }
+    mma_rows_regs<MT, HS, BK>(dq, pa, k_s, kLd, lane);  // dQ += dS K
   }
   // No copy in flight; q_w is this warp's own (no other warp reads it).
-  store_warp_rows<HS>(dqkv + (int64_t{b} * T + row_w) * R + h * HS, R, q_w, kLd, dq, scale, T - row_w, lane);
+STRATA_UNROLL
+  for (int mt = 0; mt < MT; ++mt) {
+    const int row_m = row_w + 16 * mt;
+    store_warp_rows<HS>(dqkv + (int64_t{b} * T + row_m) * R + h * HS, R, q_w + 16 * mt * kLd, kLd, dq[mt], scale,
+                        T - row_m, lane);
+  }
 }
 
 // ---- launchers ----------------------------------------------------------------------------------------------------
@@ -759,7 +859,8 @@ void check_args(const char* op, int B, int T, int NH, int KVH, int HS) {
   STRATA_CHECK(B > 0 && T > 0 && NH > 0 && KVH > 0, op, ": B=", B, " T=", T, " NH=", NH, " KVH=", KVH);
   STRATA_CHECK(NH % KVH == 0, op, ": NH=", NH, " is not a multiple of KVH=", KVH);
   STRATA_CHECK(HS == 64 || HS == 128, op, ": head size HS=", HS, " is not supported (64 or 128)");
-  STRATA_CHECK(B <= 65535 && NH <= 65535, op, ": B=", B, " NH=", NH, " exceed the grid's y/z limit");
+  STRATA_CHECK(B <= 65535 && NH <= 65535 && T <= 65535 * 64, op, ": B=", B, " NH=", NH, " T=", T,
+               " exceed the grid's y/z limit");
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -769,8 +870,9 @@ void launch_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int NH
   using Tiles = ForwardTiles<HS>;
   const float scale_log2 = static_cast<float>(kLog2e / std::sqrt(static_cast<double>(HS)));
   allow_smem(flash_forward_kernel<HS>, Tiles::kSmemBytes);
-  const dim3 grid(static_cast<unsigned>(cuda::ceil_div(T, Tiles::kBlockQ)), static_cast<unsigned>(NH),
-                  static_cast<unsigned>(B));
+  // Query tiles slowest (z), so the longest tiles of every (head, batch) are dispatched first.
+  const dim3 grid(static_cast<unsigned>(NH), static_cast<unsigned>(B),
+                  static_cast<unsigned>(cuda::ceil_div(T, Tiles::kBlockQ)));
   cuda::launch(flash_forward_kernel<HS>, grid, dim3(kThreads), Tiles::kSmemBytes, stream, out, lse, qkv, T, NH,
                KVH, scale_log2);
 }
@@ -786,8 +888,9 @@ void launch_backward(bf16* dqkv, float* delta, float* dq_accum, const bf16* dout
   const dim3 rows_grid(static_cast<unsigned>(cuda::ceil_div(rows * (HS / 8), int64_t{256})));
   cuda::launch(flash_delta_kernel<HS>, rows_grid, dim3(256), 0, stream, delta, dq_accum, dout, out, rows, T, NH);
 
-  const dim3 kv_grid(static_cast<unsigned>(cuda::ceil_div(T, KvTiles<HS, false>::kBlockK)),
-                     static_cast<unsigned>(KVH), static_cast<unsigned>(B));
+  // Tiles slowest (z) in every grid below: the longest tiles of all heads are dispatched first.
+  const dim3 kv_grid(static_cast<unsigned>(KVH), static_cast<unsigned>(B),
+                     static_cast<unsigned>(cuda::ceil_div(T, KvTiles<HS, false>::kBlockK)));
   if (dq_accum) {
     using Kv = KvTiles<HS, true>;
     allow_smem(flash_backward_dkdv_kernel<HS, true>, Kv::kSmemBytes);
@@ -804,8 +907,8 @@ void launch_backward(bf16* dqkv, float* delta, float* dq_accum, const bf16* dout
 
   using Q = QTiles<HS>;
   allow_smem(flash_backward_dq_kernel<HS>, Q::kSmemBytes);
-  const dim3 q_grid(static_cast<unsigned>(cuda::ceil_div(T, Q::kBlockQ)), static_cast<unsigned>(NH),
-                    static_cast<unsigned>(B));
+  const dim3 q_grid(static_cast<unsigned>(NH), static_cast<unsigned>(B),
+                    static_cast<unsigned>(cuda::ceil_div(T, Q::kBlockQ)));
   cuda::launch(flash_backward_dq_kernel<HS>, q_grid, dim3(kThreads), Q::kSmemBytes, stream, dqkv, dout, qkv, lse,
                delta, T, NH, KVH, scale, scale_log2);
 }
