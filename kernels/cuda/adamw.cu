@@ -15,16 +15,25 @@
 //
 // One launch covers all tensors: the host builds a table of up to kMaxTensors descriptors, passed by value as
 // a kernel parameter (about 4.2 KB: kernel parameters may be up to 32 KB since CUDA 12.1 on sm_70+), with the
-// prefix sums of the tensors' chunk counts. A chunk is kVec = 8 consecutive elements of one tensor (16 bytes
-// of bf16, two 16-byte vectors of fp32); each thread walks the concatenated chunk range grid-stride and finds
-// its tensor by binary search over the prefix sums (6 steps over the parameter bank; the lanes of a warp
-// mostly agree, so the reads broadcast). A full chunk of a tensor whose pointers are all 16-byte aligned uses
-// vector loads and stores; the tail chunk and unaligned tensors go element by element.
+// prefix sums of the tensors' chunk counts. A chunk is kVec = 8 consecutive elements of one tensor (the unit
+// of the hash index); a work unit is half a chunk, 4 elements: 8 bytes of bf16 and 16 of each fp32 array, so
+// a warp's 32 consecutive units make every access one contiguous 256 B (bf16) or 512 B (fp32) span (whole
+// chunks per lane made each fp32 access two 16-byte halves 32 bytes apart). Each thread walks the
+// concatenated unit range grid-stride, kUnits = 2 units per step with all their loads issued before any
+// compute; its tensor index only moves forward (a linear step from the previous one, usually none, instead
+// of a 6-step binary search per chunk). A unit of a tensor whose pointers are all 16-byte aligned, lying
+// wholly inside it, uses vector loads and stores; the tail and unaligned tensors go element by element.
 //
 // Napkin math: 28 bytes per element (read grad 2, m 4, v 4, master 4; write m, v, master 12, param 2): a 124M
-// parameter model moves 3.5 GB, ~1.2 ms at H100's ~3 TB/s. Memory-bound; the grid is at most kBlocksPerSm
-// blocks of 256 threads per SM and strides over the rest (ptxas: 59 registers, so 4 blocks are resident per
-// SM, each thread with seven independent 16-byte loads in flight per chunk: ~110 KB in flight per SM).
+// parameter model moves 3.5 GB, ~0.83 ms at the H200's measured 4.2 TB/s copy rate. Memory-bound; the grid is
+// one wave, kBlocksPerSm = 4 blocks of 256 threads per SM (ptxas: 64 registers under __launch_bounds__(256,
+// 4)), striding over the rest; each thread has 2 x (8 + 3 x 16) = 112 B of loads in flight per step, ~115 KB
+// per SM.
+// PREDICTION (not yet measured on a GPU): adamw at 126M parameters from 76% to ~80-85% of copy bandwidth.
+// Less sure than the others: the gain rests on the fp32 accesses becoming contiguous per instruction (the
+// former split 16-byte halves may have doubled the L1/L2 requests of m, v and master) and on the cheaper
+// tensor lookup; the bytes in flight are about as before. If the limit is DRAM with 8 interleaved streams,
+// the gain will be small.
 //
 // grad_norm_squared: *out (device fp32) = sum of g^2 over every element of every tensor. Deterministic: a
 // fixed grid of kNormBlocks blocks (independent of the device and the tensors) walks the chunks grid-stride,
@@ -34,6 +43,7 @@
 // ~0.1 ms for 124M gradients.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/nvtx.h"
@@ -46,8 +56,10 @@ namespace {
 
 constexpr int kMaxTensors = 64;  // per launch; more tensors take more launches
 constexpr int kVec = 8;          // elements per chunk: one 16-byte bf16 vector
-constexpr int kThreads = 256;    // 8 warps: 8 blocks fill an SM's 2048 threads
-constexpr int kBlocksPerSm = 8;
+constexpr int kHalf = kVec / 2;  // elements per AdamW work unit: 8 bytes of bf16, 16 of each fp32 array
+constexpr int kUnits = 2;        // AdamW units per thread and step, all loads in flight together
+constexpr int kThreads = 256;    // 8 warps per block
+constexpr int kBlocksPerSm = 4;  // resident AdamW blocks per SM: at most 64 registers (__launch_bounds__)
 // The grad norm's fixed grid: ~one full wave on 132 SMs (8 blocks of 256 threads each). The CPU emulation
 // runs blocks one after another with an OS thread per CUDA thread (~20 ms per block), so it uses a small
 // grid: the same code, with more grid-stride iterations per thread.
@@ -108,42 +120,86 @@ __device__ __forceinline__ float adamw_element(float grad, float& m, float& v, f
   return master * decay - s.step_size * m / (sqrtf(v) * s.inv_bc2_sqrt + s.eps);
 }
 
-__global__ void __launch_bounds__(kThreads) adamw_kernel(AdamWTable table, AdamWScalars s) {
-  const int64_t total = table.chunk_start[table.count];
+// Four consecutive bf16 in one aligned 8-byte access.
+struct alignas(8) Bf16x4 {
+  bf16 v[4];
+};
+__device__ __forceinline__ Bf16x4 load_bf16x4(const bf16* p) {
+  Bf16x4 out;
+#if defined(STRATA_CUDA_EMU)
+  std::memcpy(static_cast<void*>(&out), p, 8);
+#else
+  *reinterpret_cast<uint2*>(&out) = *reinterpret_cast<const uint2*>(p);
+#endif
+  return out;
+}
+__device__ __forceinline__ void store_bf16x4(bf16* p, const Bf16x4& x) {
+#if defined(STRATA_CUDA_EMU)
+  std::memcpy(static_cast<void*>(p), &x, 8);
+#else
+  *reinterpret_cast<uint2*>(p) = *reinterpret_cast<const uint2*>(&x);
+#endif
+}
+
+// Work unit u = half chunk u / 2 (elements kHalf * (u % 2) .. + kHalf of chunk u / 2): consecutive lanes take
+// consecutive units, so every warp-wide access is contiguous (256 B of bf16, 512 B of fp32). A thread takes
+// kUnits units kThreads * gridDim.x apart per step and issues all their loads before it computes.
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm) adamw_kernel(AdamWTable table, AdamWScalars s) {
+  const int64_t total = 2 * table.chunk_start[table.count];
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < total; c += stride) {
-    const int ti = find_tensor(table.chunk_start, table.count, c);
-    const AdamWDesc& d = table.t[ti];
-    const int64_t i0 = (c - table.chunk_start[ti]) * kVec;  // first element of the chunk in the tensor
-    const uint32_t h0 = table.index_base + static_cast<uint32_t>(c * kVec);
-    if (d.aligned && i0 + kVec <= d.n) {
-      const Vec16<bf16> g = Vec16<bf16>::load(d.grad + i0);
-      Vec16<float> m[2] = {Vec16<float>::load(d.m + i0), Vec16<float>::load(d.m + i0 + 4)};
-      Vec16<float> v[2] = {Vec16<float>::load(d.v + i0), Vec16<float>::load(d.v + i0 + 4)};
-      Vec16<float> w[2] = {Vec16<float>::load(d.master + i0), Vec16<float>::load(d.master + i0 + 4)};
-      Vec16<bf16> p;
-      for (int j = 0; j < kVec; ++j) {
-        float& mj = m[j / 4].v[j % 4];
-        float& vj = v[j / 4].v[j % 4];
-        float& wj = w[j / 4].v[j % 4];
-        wj = adamw_element(to_float(g.v[j]), mj, vj, wj, d.decay, s);
-        p.v[j] = bf16_stochastic(wj, hash_u32(s.seed, h0 + static_cast<uint32_t>(j)));
+  int ti = 0;  // the tensor of the thread's latest unit: units only grow, so the search only moves forward
+  for (int64_t u0 = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; u0 < total;
+       u0 += kUnits * stride) {
+    int tu[kUnits];
+    int64_t i0[kUnits];  // first element of the unit in its tensor
+    bool vec[kUnits];
+    Bf16x4 g[kUnits];
+    Vec16<float> m[kUnits], v[kUnits], w[kUnits];
+#pragma unroll
+    for (int q = 0; q < kUnits; ++q) {
+      const int64_t u = u0 + q * stride;
+      vec[q] = false, tu[q] = ti, i0[q] = 0;
+      if (u >= total) continue;
+      const int64_t c = u / 2;
+      while (table.chunk_start[ti + 1] <= c) ++ti;
+      const AdamWDesc& d = table.t[ti];
+      tu[q] = ti;
+      i0[q] = (c - table.chunk_start[ti]) * kVec + (u % 2) * kHalf;
+      vec[q] = d.aligned && i0[q] + kHalf <= d.n;
+      if (vec[q]) {
+        g[q] = load_bf16x4(d.grad + i0[q]);
+        m[q] = Vec16<float>::load(d.m + i0[q]);
+        v[q] = Vec16<float>::load(d.v + i0[q]);
+        w[q] = Vec16<float>::load(d.master + i0[q]);
       }
-      for (int k = 0; k < 2; ++k) {
-        m[k].store(d.m + i0 + 4 * k);
-        v[k].store(d.v + i0 + 4 * k);
-        w[k].store(d.master + i0 + 4 * k);
-      }
-      p.store(d.param + i0);
-    } else {
-      const int64_t end = i0 + kVec < d.n ? i0 + kVec : d.n;
-      for (int64_t i = i0; i < end; ++i) {
-        float mi = d.m[i], vi = d.v[i];
-        const float w = adamw_element(to_float(d.grad[i]), mi, vi, d.master[i], d.decay, s);
-        d.m[i] = mi;
-        d.v[i] = vi;
-        d.master[i] = w;
-        d.param[i] = bf16_stochastic(w, hash_u32(s.seed, h0 + static_cast<uint32_t>(i - i0)));
+    }
+#pragma unroll
+    for (int q = 0; q < kUnits; ++q) {
+      const int64_t u = u0 + q * stride;
+      if (u >= total) continue;
+      const AdamWDesc& d = table.t[tu[q]];
+      const uint32_t h0 =
+          table.index_base + static_cast<uint32_t>(u * kHalf);  // = chunk * kVec + half offset
+      if (vec[q]) {
+        Bf16x4 p;
+        for (int j = 0; j < kHalf; ++j) {
+          w[q].v[j] = adamw_element(to_float(g[q].v[j]), m[q].v[j], v[q].v[j], w[q].v[j], d.decay, s);
+          p.v[j] = bf16_stochastic(w[q].v[j], hash_u32(s.seed, h0 + static_cast<uint32_t>(j)));
+        }
+        m[q].store(d.m + i0[q]);
+        v[q].store(d.v + i0[q]);
+        w[q].store(d.master + i0[q]);
+        store_bf16x4(d.param + i0[q], p);
+      } else {
+        const int64_t end = i0[q] + kHalf < d.n ? i0[q] + kHalf : d.n;
+        for (int64_t i = i0[q]; i < end; ++i) {
+          float mi = d.m[i], vi = d.v[i];
+          const float wi = adamw_element(to_float(d.grad[i]), mi, vi, d.master[i], d.decay, s);
+          d.m[i] = mi;
+          d.v[i] = vi;
+          d.master[i] = wi;
+          d.param[i] = bf16_stochastic(wi, hash_u32(s.seed, h0 + static_cast<uint32_t>(i - i0[q])));
+        }
       }
     }
   }
@@ -161,7 +217,7 @@ void launch_adamw(const AdamWTable& table, const AdamWScalars& s, cudaStream_t s
   const int64_t chunks = table.chunk_start[table.count];
   if (chunks == 0) return;
   const int64_t wave = int64_t{device_sm_count()} * kBlocksPerSm;
-  const int blocks = static_cast<int>(std::min(wave, ceil_div(chunks, int64_t{kThreads})));
+  const int blocks = static_cast<int>(std::min(wave, ceil_div(2 * chunks, int64_t{kThreads})));
   launch(adamw_kernel, dim3(blocks), dim3(kThreads), 0, stream, table, s);
 }
 

@@ -8,12 +8,21 @@
 //
 // One thread per (token row, 8 consecutive i) when HS/2 % 8 == 0 and qkv is 16-byte aligned (16-byte loads
 // of x[i..i+8) and x[i+HS/2..)), else per (row, one i); the thread loops over the row's NH+KVH rotated
-// heads, so its angles are computed once for all of them. Angles and their cos/sin are computed in double,
-// as in the twin (fp32 p * inv_freq loses ~3 digits by p ~ 4096), then rounded to fp32: ~3 double
-// transcendentals per i, amortised over the heads, a few percent of the memory time on sm_80/sm_90
-// (full-rate FP64). 256 threads per block (streaming, no shared memory).
+// heads, so its angles are computed once for all of them. The vector path streams the heads through a
+// kStages = 5 ring of shared memory filled by cp.async: 4 heads (128 B) per thread in flight without holding
+// registers, the first 4 already in flight while the angles are computed (ptxas: 64 registers under
+// __launch_bounds__(256, 4), 40 KB of ring per block: 4 blocks = 1024 threads per SM, ~128 KB in flight per
+// SM; the former form had one head, 32 B, in flight per thread: ~32 KB per SM). Angles: base^(-2i/HS) is
+// computed on the host with the twin's expression (the twin's exp, so the same bits) and passed as a kernel
+// parameter; theta = p * inv_freq and its cos/sin are computed in double on the device, as in the twin (fp32
+// p * inv_freq loses ~3 digits by p ~ 4096), then rounded to fp32: 2 double transcendentals per i,
+// amortised over the heads. 256 threads per block.
 // Traffic: q and k read and written once, 4 B per rotated element; v untouched. Napkin: B*T = 32768 tokens
-// of 32 + 4 rotated heads of 64 (llama-1.1b): 302 MB, ~90 us at ~3.3 TB/s.
+// of 32 + 4 rotated heads of 64 (llama-1.1b): 302 MB, ~72 us at the H200's measured 4.2 TB/s copy rate.
+// PREDICTION (not yet measured on a GPU): rope fwd/bwd at that shape from 69% to ~80-87% of copy bandwidth
+// (4x the bytes in flight; a third less double-precision work, overlapped with the first loads). Risk: the
+// grid is one wave (512 blocks on 528 slots), so the start (angles) and the end are not hidden by other
+// blocks.
 #include <cmath>
 #include <cstdint>
 
@@ -25,32 +34,63 @@ namespace strata::cuda {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int kBlocksPerSm = 4;  // at most 64 registers: 1024 threads (and 4 x 40 KB of ring) per SM
+constexpr int kMaxHalf = 512;    // head dims up to 1024, as the twin
+constexpr int kStages = 5;       // vector path: heads per thread in the cp.async ring (4 in flight)
 
+// base^(-2i/HS) for i < HS/2, computed on the host by the twin's expression (so with the twin's exp), passed
+// by value as a kernel parameter (4 KB: kernel parameters may be up to 32 KB since CUDA 12.1 on sm_70+).
+struct InvFreq {
+  double f[kMaxHalf];
+};
+static_assert(sizeof(InvFreq) <= 32764 - 64, "kernel parameters are limited to 32764 bytes");
 
 // sign = +1: the forward rotation; -1: its transpose.
 template <int W>
-__global__ void __launch_bounds__(kThreads)
-    rope_kernel(bf16* qkv, int N, int T, int heads, int HS, int64_t row_stride, double log_base, int pos0,
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm)
+    rope_kernel(bf16* qkv, int N, int T, int heads, int HS, int64_t row_stride, InvFreq inv_freq, int pos0,
                 double sign) {
   const int half = HS / 2, HV = half / W;
   const int64_t idx = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   if (idx >= int64_t{N} * HV) return;
   const int n = static_cast<int>(idx / HV), j = static_cast<int>(idx % HV);
-  const double p = static_cast<double>(pos0 + n % T);
+  bf16* row = qkv + n * row_stride + j * W;
+  const int nt = static_cast<int>(blockDim.x), tid = static_cast<int>(threadIdx.x);
+  STRATA_DYNAMIC_SMEM(Vec16<bf16>, ring);  // vector path: [kStages][2 (x[i..), x[i+HS/2..))][blockDim.x]
+  // Vector path: queues head h's two vectors into its stage of the ring, as one cp.async group (an empty one
+  // past the last head keeps the count uniform). Each thread copies and reads back only its own slots.
+  auto fetch = [&](int h) {
+    if constexpr (W == 8) {
+      if (h < heads) {
+        const bf16* x0 = row + int64_t{h} * HS;
+        cp_async_16(ring + (h % kStages) * 2 * nt + tid, x0);
+        cp_async_16(ring + ((h % kStages) * 2 + 1) * nt + tid, x0 + half);
+      }
+      cp_async_commit();
+    }
+  };
+  for (int h = 0; h < kStages - 1; ++h) fetch(h);  // in flight while the angles are computed
+
   float cs[W], sn[W];
+  const double p = static_cast<double>(pos0 + n % T);
   for (int k = 0; k < W; ++k) {
-    const int i = j * W + k;
-    const double theta = p * exp(-2.0 * i / HS * log_base);  // the twin's expression, term for term
+    const double theta = p * inv_freq.f[j * W + k];  // the twin's theta, bit for bit
     cs[k] = static_cast<float>(cos(theta));
     sn[k] = static_cast<float>(sign * sin(theta));
   }
-  bf16* row = qkv + n * row_stride + j * W;
   for (int h = 0; h < heads; ++h) {
     bf16* x0 = row + int64_t{h} * HS;
     bf16* x1 = x0 + half;
     float a[W], c[W], o0[W], o1[W];
-    load_floats<W>(x0, a);
-    load_floats<W>(x1, c);
+    if constexpr (W == 8) {
+      fetch(h + kStages - 1);        // into the stage this thread read last step
+      cp_async_wait<kStages - 1>();  // head h has landed
+      load_floats<W>(ring[(h % kStages) * 2 * nt + tid].v, a);
+      load_floats<W>(ring[((h % kStages) * 2 + 1) * nt + tid].v, c);
+    } else {
+      load_floats<W>(x0, a);
+      load_floats<W>(x1, c);
+    }
     for (int k = 0; k < W; ++k) {
       o0[k] = a[k] * cs[k] - c[k] * sn[k];
       o1[k] = c[k] * cs[k] + a[k] * sn[k];
@@ -58,6 +98,7 @@ __global__ void __launch_bounds__(kThreads)
     store_floats<W>(x0, o0);
     store_floats<W>(x1, o1);
   }
+  if constexpr (W == 8) cp_async_wait<0>();  // no copy outlives the thread
 }
 
 void rope(const ops::Cuda& dev, bf16* qkv, int B, int T, int NH, int KVH, int HS, float base, int pos0,
@@ -65,7 +106,7 @@ void rope(const ops::Cuda& dev, bf16* qkv, int B, int T, int NH, int KVH, int HS
   STRATA_CHECK(qkv, "rope: null pointer");
   STRATA_CHECK(B > 0 && T > 0 && NH > 0 && KVH > 0 && HS > 0, "rope: B=", B, " T=", T, " NH=", NH,
                " KVH=", KVH, " HS=", HS);
-  STRATA_CHECK(HS % 2 == 0, "rope: head size ", HS, " is odd");
+  STRATA_CHECK(HS % 2 == 0 && HS / 2 <= kMaxHalf, "rope: head size ", HS, " is odd or above ", 2 * kMaxHalf);
   STRATA_CHECK(base > 1.0f && pos0 >= 0, "rope: base=", base, " pos0=", pos0);
   const int N = B * T, half = HS / 2;
   const bool vec = half % 8 == 0 && reinterpret_cast<uintptr_t>(qkv) % 16 == 0;
@@ -74,8 +115,11 @@ void rope(const ops::Cuda& dev, bf16* qkv, int B, int T, int NH, int KVH, int HS
   const dim3 grid(static_cast<unsigned>(ceil_div(threads, int64_t{kThreads})));
   const int64_t row_stride = int64_t{NH + 2 * KVH} * HS;
   const double log_base = std::log(static_cast<double>(base));
-  launch(vec ? rope_kernel<8> : rope_kernel<1>, grid, dim3(kThreads), 0,
-         static_cast<cudaStream_t>(dev.stream), qkv, N, T, NH + KVH, HS, row_stride, log_base, pos0, sign);
+  InvFreq inv_freq{};
+  for (int i = 0; i < half; ++i) inv_freq.f[i] = std::exp(-2.0 * i / HS * log_base);
+  const size_t smem = vec ? size_t{kStages} * 2 * kThreads * 16 : 0;  // 40 KB: 4 blocks per SM fit
+  launch(vec ? rope_kernel<8> : rope_kernel<1>, grid, dim3(kThreads), smem,
+         static_cast<cudaStream_t>(dev.stream), qkv, N, T, NH + KVH, HS, row_stride, inv_freq, pos0, sign);
 }
 
 }  // namespace

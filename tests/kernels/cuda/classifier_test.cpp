@@ -27,7 +27,8 @@ constexpr float kDloss = 0.37f;
 struct Case {
   int N, V;
 };
-const Case kCases[] = {{1, 8}, {5, 17}, {4, 100}, {3, 1001}, {2, 4099}};
+// V = 60000: longer than the 112 KB shared-memory row cache (57344 logits), so its tail streams from memory.
+const Case kCases[] = {{1, 8}, {5, 17}, {4, 100}, {3, 1001}, {2, 4099}, {2, 60000}};
 
 std::vector<int32_t> targets_for(int N, int V, uint64_t seed) {
   std::mt19937_64 rng(seed);

@@ -37,12 +37,13 @@ struct Case {
     return "N=" + std::to_string(N) + " C=" + std::to_string(C) + (misalign ? " misaligned" : "");
   }
 };
-// C: 8 (one vector), 17 and 100 (scalar path), 64, 768 (several vectors per lane), 6144 (LayerNorm's
-// backward accumulators need more than the default 48 KB of shared memory: the opt-in path); N = 64 spans 4
-// backward row blocks of 16 rows, N = 37 an uneven split, N = 137 more partial rows (9) than the column
-// reduction has lanes (8).
-const Case kCases[] = {{1, 8, false},    {3, 17, false}, {64, 64, false}, {5, 100, false}, {37, 768, false},
-                       {2, 1000, false}, {9, 64, true},  {137, 8, false}, {2, 6144, false}};
+// C: 8 (one vector), 17 and 100 (scalar path), 64, 768 (several vectors per lane), 6144 (the backward's row
+// ring at 2 vectors per thread, past the default 48 KB of shared memory: the opt-in path), 8200 (wider than the
+// ring takes: the streaming fallback kernel); N = 64 spans 2 partial-sum rows of 32, N = 37 an uneven split,
+// N = 137 5 partial rows, N = 8300 (over 8192 rows) more than one step of the column reduction's loop.
+const Case kCases[] = {{1, 8, false},    {3, 17, false}, {64, 64, false}, {5, 100, false},  {37, 768, false},
+                       {2, 1000, false}, {9, 64, true},  {137, 8, false}, {2, 6144, false}, {2, 8200, false},
+                       {8300, 8, false}};
 
 ops::Cuda cuda_dev() {
   return ops::Cuda{};
