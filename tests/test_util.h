@@ -44,8 +44,19 @@ inline std::vector<int32_t> random_tokens(size_t n, int V, uint64_t seed) {
 
 // Runs the strata binary built with the tests with `args` (shell syntax); returns its exit status and
 // captures stdout + stderr into *output.
+// The strata executable and the source tree the tests use: the build's, unless the environment names others
+// (STRATA_TEST_BINARY, STRATA_TEST_SOURCE_DIR), as on a GPU machine that runs test executables built elsewhere.
+inline std::string binary_path() {
+  const char* env = std::getenv("STRATA_TEST_BINARY");
+  return env && *env ? env : STRATA_BINARY;
+}
+inline std::string source_dir() {
+  const char* env = std::getenv("STRATA_TEST_SOURCE_DIR");
+  return env && *env ? env : STRATA_SOURCE_DIR;
+}
+
 inline int run_strata(const std::string& args, std::string* output) {
-  const std::string cmd = std::string(STRATA_BINARY) + " " + args + " 2>&1";
+  const std::string cmd = binary_path() + " " + args + " 2>&1";
   FILE* p = ::popen(cmd.c_str(), "r");
   if (!p) return -1;
   std::array<char, 4096> buf{};

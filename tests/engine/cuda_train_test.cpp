@@ -36,7 +36,7 @@ class CudaTrain : public ::testing::TestWithParam<models::Family> {
     root_ = fs::temp_directory_path() / ("strata_cuda_train_" + std::to_string(::getpid()));
     fs::remove_all(root_);
     fs::create_directories(root_);
-    const std::string data = std::string(STRATA_SOURCE_DIR) + "/data/default/";
+    const std::string data = test::source_dir() + "/data/default/";
     std::string out;
     ASSERT_EQ(test::run_strata("tokenizer train --no-progress --vocab-size 320 --input " + data +
                                    "sotu.jsonl.xz --output " + (root_ / "tok.tiktoken").string(),
