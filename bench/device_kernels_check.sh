@@ -28,16 +28,19 @@ rows=()
 #    out (they re-run the executable in a child, which hung under compute-sanitizer on the first H200 run; they
 #    test host-side checks, no kernel) and so are the flash-attention test's two long sequences and its
 #    bitwise-repeat case (every code path is in the short shapes). The matmul test calls cuBLASLt and the device
-#    test no kernel of ours: memcheck only.
+#    test no kernel of ours, and the model runner's test is every kernel again: memcheck only. The trainer's test
+#    (whole training runs) runs without the sanitizers.
 have_sanitizer=$(command -v compute-sanitizer)
 jobs_run=()
-for t in "$w"/tests/kernels_cuda_*_test; do
+# The trainer's tests run the carried strata executable on this checkout's data (test_util.h).
+export STRATA_TEST_BINARY=$w/strata STRATA_TEST_SOURCE_DIR=$PWD
+for t in "$w"/tests/kernels_cuda_*_test "$w"/tests/engine_cuda_*_test; do
   name=$(basename "$t" _test)
   ( run timeout 120 "$t" --gtest_brief=1 >"$logs/$name.test.log" 2>&1; echo $? >"$logs/$name.test.rc" ) &
   jobs_run+=("$name.test")
-  [[ -n $have_sanitizer ]] || continue
+  [[ -n $have_sanitizer && $name != engine_cuda_train ]] || continue
   tools="memcheck racecheck"
-  [[ $name == kernels_cuda_matmul || $name == kernels_cuda_device ]] && tools=memcheck
+  [[ $name == kernels_cuda_matmul || $name == kernels_cuda_device || $name == engine_cuda_model ]] && tools=memcheck
   filter='--gtest_filter=-*DeathTest*'
   [[ $name == kernels_cuda_flash_attention ]] && filter+=':*T1029*:*T777*:*BitwiseReproducible*'
   for tool in $tools; do

@@ -81,6 +81,7 @@ const std::vector<OptionRule>& option_rules() {
       STRATA_FIELD("--stop-at", false, stop_at),
       STRATA_FIELD("--peak-tflops", false, peak_tflops),
       STRATA_FIELD("--device", false, device),
+      STRATA_FIELD("--profile-steps", false, profile_steps),
   };
   return rules;
 }
@@ -207,6 +208,8 @@ void add_train_command(CLI::App& app) {
                   "Training backend: cpu (fp32), or cuda (bf16 with fp32 master weights; a GPU build); a run "
                   "resumes on either")
       ->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd->add_option("--profile-steps", c.profile_steps,
+                  "A:B: bracket steps A..B with cudaProfilerStart/Stop, for nsys --capture-range=cudaProfilerApi");
   cmd->add_option("--peak-tflops", c.peak_tflops,
                   "Peak TFLOP/s per device for MFU (default: the GPU's datasheet bf16 peak; none on the CPU)");
   cmd->add_option("--resume", o->resume,

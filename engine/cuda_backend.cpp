@@ -6,6 +6,7 @@
 #if defined(STRATA_CUDA_EMU)
 #include "kernels/cuda/emu/emu.h"
 #else
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 #endif
 
@@ -101,6 +102,17 @@ class CudaBackend final : public TrainBackend {
     return nullptr;
   }
 
+#if !defined(STRATA_CUDA_EMU)
+  void profiler_start() override {
+    CUDA_CHECK(cudaDeviceSynchronize());
+    CUDA_CHECK(cudaProfilerStart());
+  }
+  void profiler_stop() override {
+    CUDA_CHECK(cudaDeviceSynchronize());
+    CUDA_CHECK(cudaProfilerStop());
+  }
+#endif
+
   std::vector<CheckpointExtra> checkpoint_extras() override {
     weights_bits_ = gpu_->get_weights_bf16();
     CheckpointExtra e;
@@ -155,6 +167,13 @@ class CudaBackend final : public TrainBackend {
 
 std::unique_ptr<TrainBackend> make_cuda_backend(const models::ModelConfig& cfg, int B, int T,
                                                 const AdamWConfig& adamw, uint64_t seed) {
+#if !defined(STRATA_CUDA_EMU)
+  int n = 0;
+  const cudaError_t err = cudaGetDeviceCount(&n);
+  if (err != cudaSuccess) cudaGetLastError();
+  STRATA_REQUIRE(err == cudaSuccess && n > 0, "--device cuda: no usable GPU (",
+                 err != cudaSuccess ? cudaGetErrorString(err) : "no CUDA device", ")");
+#endif
   return std::make_unique<CudaBackend>(cfg, B, T, adamw, seed);
 }
 

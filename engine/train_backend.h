@@ -61,6 +61,10 @@ class TrainBackend {
   // Grows the model and optimizer by `plan` (growth/apply.h's semantics, seeded by `seed`) and re-plans the
   // activations for the new architecture.
   virtual void grow(const growth::GrowthPlan& plan, uint64_t seed) = 0;
+
+  // cudaProfilerStart / cudaProfilerStop around profiled steps (no-ops where there is no profiler API).
+  virtual void profiler_start() {}
+  virtual void profiler_stop() {}
 };
 
 // The CPU backend: engine/model.h's runner and AdamW, for B sequences of T tokens.

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 
 #include "engine/check.h"
 #include "models/model_config_json.h"
@@ -58,6 +59,17 @@ void TrainConfig::finalize() {
   STRATA_REQUIRE(peak_tflops >= 0 && std::isfinite(peak_tflops),
                  "--peak-tflops must be a positive number of TFLOP/s (got ", peak_tflops, ")");
   STRATA_REQUIRE(!out_dir.empty(), "--out must not be empty");
+  profile_first = profile_last = 0;
+  if (!profile_steps.empty()) {
+    long a = 0, b = 0;
+    char tail = 0;
+    STRATA_REQUIRE(std::sscanf(profile_steps.c_str(), "%ld:%ld%c", &a, &b, &tail) == 2 && a >= 1 && a <= b,
+                   "--profile-steps '", profile_steps, "': expected A:B with 1 <= A <= B (steps, 1-based)");
+    STRATA_REQUIRE(b <= steps, "--profile-steps '", profile_steps, "': the run has ", steps, " steps");
+    STRATA_REQUIRE(device == "cuda", "--profile-steps brackets steps with cudaProfilerStart/Stop: it needs --device cuda");
+    profile_first = a;
+    profile_last = b;
+  }
 }
 
 void TrainConfig::resolve_growth() {

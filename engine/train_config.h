@@ -55,7 +55,11 @@ struct TrainConfig {
   int64_t ckpt_every = 0;  // checkpoint every N steps (0 = only at the end)
   int keep_last = 2;       // checkpoints kept (0 = all)
   int threads = 0;         // OpenMP threads (0 = all cores)
-  std::string device = "cpu";  // training backend: cpu, or cuda (engine/train_backend.h)
+  std::string device = "cpu";
+  // Nsight: "A:B" brackets steps A..B (1-based) with cudaProfilerStart/Stop (--device cuda); resolved by finalize()
+  // into profile_first / profile_last (0 = none).
+  std::string profile_steps;
+  long profile_first = 0, profile_last = 0;  // training backend: cpu, or cuda (engine/train_backend.h)
   double peak_tflops = 0;  // the peak MFU is reported against (0 = the device's datasheet entry, if any)
   int64_t stop_at = 0;     // stop after this step as if interrupted (tests resume); 0 = run to the end
 

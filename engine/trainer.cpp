@@ -480,6 +480,11 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
 
   while (step < last) {
     while (next_stage < cfg.grow.size() && cfg.growth_points[next_stage].step == step) do_growth();
+    if (step + 1 == cfg.profile_first) {
+      be.profiler_start();
+      std::printf("%sprofiling steps %ld-%ld (cudaProfilerStart)\n", tty ? "\r\033[K" : "", cfg.profile_first,
+                  cfg.profile_last);
+    }
     const auto t0 = Clock::now();
     be.zero_grad();
     const bool masked = mask.active(step);
@@ -505,6 +510,7 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
       be.adamw_step(lr, clip_scale(norm, cfg.grad_clip));
     }
     ++step;
+    if (step == cfg.profile_last) be.profiler_stop();
     tokens_seen += static_cast<uint64_t>(cfg.global_batch_tokens);
     flops += flops_per_token * static_cast<double>(cfg.global_batch_tokens);
     last_loss = loss;

@@ -239,6 +239,12 @@ TEST_F(TrainCli, BadInputIsOneLineAndOverwritesNothing) {
   expect_error(base_args("x") + " --seq-len 100", {"--seq-len 100", "max_seq_len 64"});
   expect_error(base_args("x") + " --global-batch-tokens 100", {"--global-batch-tokens 100"});
   expect_error(base_args("x") + " --peak-tflops -3", {"--peak-tflops", "-3"});
+  expect_error(base_args("x") + " --profile-steps 2:3", {"--profile-steps", "needs --device cuda"});
+  expect_error(base_args("x") + " --device cuda --profile-steps 3", {"--profile-steps '3'", "A:B"});
+  expect_error(base_args("x") + " --device cuda --profile-steps 2:9", {"--profile-steps '2:9'", "8 steps"});
+  // Without a GPU (or a CUDA build) --device cuda is one clear error, whichever of the two this build lacks.
+  expect_error(base_args("x") + " --device cuda", {"--device cuda"});
+  expect_error(base_args("x") + " --device tpu", {"--device", "tpu"});
   const std::string bad_cfg = (root_ / "bad.toml").string();
   strata::write_file_atomic(bad_cfg, "[train]\nweight-decay = \"lots\"\n");
   expect_error("--config " + bad_cfg + " " + base_args("x"), {"weight-decay"});
