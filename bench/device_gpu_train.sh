@@ -5,7 +5,9 @@
 # median tokens/s and MFU of the steps after the first 3 (warm-up), read from metrics.jsonl, and the wall time of
 # a growth. Runs: gpt2-124m at T=1024 with micro-batches 16 and 32; llama-1.1b's layer shape at T=2048 with 4 of
 # its 24 layers (a whole 1.1B model's checkpoint, 15 GB, would take most of the call to write); a llama-1.1b-
-# shaped G_stack growth from 2 to 6 layers. Prints one table last. Logs go to $OUT (or /tmp/strata_device).
+# shaped G_stack growth from 2 to 6 layers. Beside each (not the growth) the PyTorch baseline of the same model and
+# batch (bench/torch_gpu_train_bench.py: torch.compile, SDPA flash, bf16 autocast, fused AdamW). Prints one table
+# last. Logs go to $OUT (or /tmp/strata_device).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/strata_device}
@@ -21,37 +23,50 @@ run "$w/strata" tokenizer train --no-progress --vocab-size 8192 --input data/def
   { tail -n 5 "$out/train_prepare.log"; exit 1; }
 
 rows=()
+# train NAME TORCH_ARGS STRATA_ARGS...: one strata run (and the PyTorch baseline unless TORCH_ARGS is "-").
 train() {
-  local name=$1
-  shift
+  local name=$1 torch_args=$2
+  shift 2
   run timeout 120 "$w/strata" train --device cuda --data "$d/data" --eval-every 0 --eval-batches 1 \
     --sample-tokens 0 --log-every 5 --warmup 2 --out "$d/$name" --overwrite "$@" >"$out/train_$name.log" 2>&1
   local rc=$?
   [[ $rc -eq 0 ]] || tail -n 8 "$out/train_$name.log"
-  rows+=("$(python3 - "$d/$name/metrics.jsonl" "$name" "$rc" "$out/train_$name.log" <<'PY'
-import json, statistics, sys, re
-path, name, rc, log = sys.argv[1:]
+  local torch_json="{}"
+  if [[ $torch_args != - ]]; then
+    torch_json=$(timeout 150 python3 bench/torch_gpu_train_bench.py $torch_args 2>"$d/torch_$name.err" | tail -1)
+    [[ -n $torch_json ]] || { tail -n 5 "$d/torch_$name.err"; torch_json="{}"; }
+    echo "$torch_json" >>"$out/train_$name.log"
+  fi
+  rows+=("$(python3 - "$d/$name/metrics.jsonl" "$name" "$rc" "$out/train_$name.log" "$torch_json" <<'PY'
+import json, statistics, sys
+path, name, rc, log, torch_json = sys.argv[1:]
 try:
     rows = [json.loads(l) for l in open(path)]
 except OSError:
     rows = []
 steps = [r for r in rows if r.get("type") == "step"][3:]
 grow = [r for r in rows if r.get("type") == "growth"]
-peak = next((l.split("MFU peak", 1)[1].strip() for l in open(log) if "MFU peak" in l), "?")
 tps = statistics.median(r["tokens_per_s"] for r in steps) if steps else float("nan")
 mfu = statistics.median(r.get("mfu", float("nan")) for r in steps) if steps else float("nan")
-g = f"growth {grow[0]['wall_s']:.2f} s" if grow else ""
-print(f"{name}|rc={rc}|{tps:,.0f}|{100 * mfu:.1f}%|{peak}|{g}")
+t = json.loads(torch_json or "{}")
+ttps, tmfu = t.get("tokens_per_s"), t.get("mfu")
+tcol = f"{ttps:,.0f} | {100 * tmfu:.1f}% | {tps / ttps:.2f}x" if ttps else "- | - | -"
+g = f"{grow[0]['wall_s']:.2f} s" if grow else ""
+print(f"{name} | rc={rc} | {tps:,.0f} | {100 * mfu:.1f}% | {tcol} | {g}")
 PY
 )")
 }
-train gpt2-124m_b16 --model gpt2-124m --vocab-size 50257 --batch-size 16 --seq-len 1024 --steps 25 --lr 6e-4
-train gpt2-124m_b32 --model gpt2-124m --vocab-size 50257 --batch-size 32 --seq-len 1024 --steps 20 --lr 6e-4
-train llama-1.1b-L4_b4 --model llama-1.1b --n-layer 4 --batch-size 4 --seq-len 2048 --steps 15 --lr 3e-4
-train llama-1.1b-grow2to6 --model llama-1.1b --n-layer 2 --batch-size 2 --seq-len 2048 --steps 6 --lr 3e-4 \
-  --grow "at=3 steps,op=stack,g=3"
+train gpt2-124m_b16 "--model gpt2-124m --batch 16 --seq 1024" \
+  --model gpt2-124m --vocab-size 50257 --batch-size 16 --seq-len 1024 --steps 25 --lr 6e-4
+train gpt2-124m_b32 "--model gpt2-124m --batch 32 --seq 1024" \
+  --model gpt2-124m --vocab-size 50257 --batch-size 32 --seq-len 1024 --steps 20 --lr 6e-4
+train llama-1.1b-L4_b4 "--model llama-1.1b --layers 4 --vocab 32000 --batch 4 --seq 2048" \
+  --model llama-1.1b --n-layer 4 --vocab-size 32000 --batch-size 4 --seq-len 2048 --steps 15 --lr 3e-4
+train llama-1.1b-grow2to6 - --model llama-1.1b --n-layer 2 --vocab-size 32000 --batch-size 2 --seq-len 2048 \
+  --steps 6 --lr 3e-4 --grow "at=3 steps,op=stack,g=3"
 
 echo
-echo "| run (--device cuda) | exit | tokens/s (median) | MFU | peak | growth |"
-echo "|---|---|---|---|---|---|"
-for r in "${rows[@]}"; do IFS='|' read -r a b c e f g <<<"$r"; echo "| $a | $b | $c | $e | $f | $g |"; done
+echo "MFU against the H200 / H100 SXM datasheet bf16 peak (989.4 TFLOP/s), model FLOPs (6 N_matmul + 12 L C T)."
+echo "| run | exit | strata tokens/s | strata MFU | PyTorch tokens/s | PyTorch MFU | strata / PyTorch | growth |"
+echo "|---|---|---|---|---|---|---|---|"
+for r in "${rows[@]}"; do echo "| $r |"; done

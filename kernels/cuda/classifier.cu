@@ -10,27 +10,19 @@
 // the host) cannot stop the GPU without a trap that would kill the context; instead that row's loss is NaN
 // and, with a gradient, its dlogits row is NaN too, so the mean loss and the gradient norm both show it.
 //
-// One block per row. The row's 16-byte vectors of 8 logits are copied once into shared memory by cp.async
-// (all in flight at once: 100.6 KB for V = 50304, up to kCacheBytes = 112 KB, i.e. V <= 57344 whole; a longer
-// row caches its first 112 KB and streams the rest from global memory as below). The row's unaligned head and
-// tail (up to 7 elements each when V % 8 != 0) go one element per thread. Pass 1: each thread keeps an online
-// (max, sum of e^(x - max)) over its uncached vectors and its scalar (while its copies are in flight), then
-// over its cached vectors takes the maximum first and then one exponential per logit; the pairs are merged
-// over the warp (shuffles) and the block (shared memory) in a fixed order: loss = max + log(sum) - x[y] (x[y]
-// is read before any thread can overwrite it). Pass 2, only with a gradient, reads the cached vectors from
-// shared memory (the uncached ones again from global) and writes dlogits in bf16; probabilities are never
-// stored. Each thread copies and reads back only its own vectors, so the cache needs no barrier. Ignored rows
-// skip pass 1 and write zeros. Threads per block: V/16 rounded up to a warp, between 32 and 512 (~12 vectors
-// per thread at V = 50304; a small V keeps a small block). The cache size is a constant, so the summation
-// order, and the bits, do not depend on the device.
-// DRAM traffic per logit: 2 B read + 2 B written with a gradient. Napkin: N = 8192, V = 50304: 1.65 GB,
-// ~0.39 ms at the H200's measured 4.2 TB/s copy rate; the exponentials (2 per logit, 824M: ~0.2 ms of the
-// SMs' 16 MUFU ops/clk) must overlap the memory time.
-// PREDICTION (not yet measured on a GPU): fused classifier at N=8192 V=50304 from 64% to ~78-85% of copy
-// bandwidth. Reasons: the former pass 2 re-read each 100 KB row from L2, which 4 blocks x 132 SMs x 100 KB =
-// 53 MB of rows in flight overran (so partly from DRAM: up to 1.5x the DRAM reads); now the row is read once,
-// a whole row's loads are in flight at once, and 2 blocks per SM (2 x 101 KB of cache, 32 registers)
-// alternate their load and exp phases. 1/17 fewer exponentials (no per-vector rescale in the cached part).
+// One block per row. Pass 1 reads the row once and keeps an online (max, sum of e^(x - max)) per thread
+// over 16-byte vectors of 8 logits (the row's unaligned head and tail, up to 7 elements each when
+// V % 8 != 0, go one element per thread), then merges the pairs over the warp (shuffles) and the block
+// (shared memory) in a fixed order: loss = max + log(sum) - x[y] (x[y] is read before any thread can
+// overwrite it). Pass 2, only with a gradient, reads the row again (mostly from L2: a 100 KB row of
+// V = 50304 was just read by the same block) and writes dlogits in bf16; probabilities are never stored.
+// Ignored rows skip pass 1 and write zeros. Threads per block: V/16 rounded up to a warp, between 32 and
+// 512 (~12 vectors per thread at V = 50304; a small V keeps a small block).
+// DRAM traffic per logit: 2 B read + 2 B written with a gradient (+2 B from L2, or DRAM, for the second
+// read). Napkin: N = 8192, V = 50304: 1.65 GB, ~0.5 ms at ~3.3 TB/s.
+// Measured on an H200 (bench/KERNELS.md): 0.608 ms, 64% of copy bandwidth. A variant that cached the row in
+// shared memory for pass 2 (cp.async, 100 KB per block, 2 blocks per SM) measured 0.746 ms on the same card:
+// the occupancy it cost outweighed the second read it saved, so this kernel stays.
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
@@ -45,10 +37,6 @@ namespace {
 
 constexpr int kVec = 8;           // bf16 per 16-byte vector
 constexpr int kMaxThreads = 512;  // per row block
-// Row cache in shared memory: 112 KB holds a V = 50304 row (100.6 KB), and two blocks fit an sm_90 SM
-// (2 x (112 + 1.25) KB <= 228 KB).
-constexpr int kCacheBytes = 112 * 1024;
-constexpr size_t kDefaultSmem = 48 * 1024;  // dynamic shared memory without the opt-in attribute
 // The running maximum starts at -FLT_MAX, not -inf: e^(x - max) is then 0 for x = -inf (a masked logit) and
 // never e^(-inf + inf) = NaN, and an empty (max, sum) = (-FLT_MAX, 0) merges as the identity.
 constexpr float kLowest = -FLT_MAX;
@@ -102,25 +90,10 @@ struct RowSplit {
   __device__ int scalar_at(int s) const { return s < head ? s : tail_start + (s - head); }
 };
 
-// Adds the logits of vectors [v0, v1) of the row to the running pair, one vector per thread and step.
-__device__ __forceinline__ void accumulate_global(MaxSum& acc, const bf16* x, const RowSplit& split, int v0,
-                                                  int v1, int tid, int nt) {
-  for (int v = v0 + tid; v < v1; v += nt) {
-    const Vec16<bf16> in = Vec16<bf16>::load(x + split.head + v * kVec);
-    float f[kVec];
-    for (int k = 0; k < kVec; ++k) f[k] = to_float(in.v[k]);
-    accumulate(acc, f);
-  }
-}
-
-// cache: dynamic shared memory of `cap` 16-byte vectors; the row's first min(nv, cap) vectors are copied
-// there (cp.async, all in flight at once) and read back from it, the rest (rows longer than the cache) stream
-// from global memory as in pass 1 below.
 __global__ void __launch_bounds__(kMaxThreads)
-    softmax_cross_entropy_kernel(bf16* logits, float* losses, const int32_t* targets, int V, int cap,
+    softmax_cross_entropy_kernel(bf16* logits, float* losses, const int32_t* targets, int V,
                                  int32_t ignore_index, float dloss) {
   __shared__ float scratch[2 * kWarpSize];
-  STRATA_DYNAMIC_SMEM(Vec16<bf16>, cache);
   const int row = static_cast<int>(blockIdx.x);
   bf16* x = logits + int64_t{row} * V;
   const int32_t y = targets[row];
@@ -140,36 +113,28 @@ __global__ void __launch_bounds__(kMaxThreads)
   }
   const bool valid = y >= 0 && y < V;
   const float xy = valid ? to_float(x[y]) : 0.0f;  // before the barrier below: pass 2 overwrites the row
-  const int cached = split.nv < cap ? split.nv : cap;
-  for (int v = tid; v < cached; v += nt) cp_async_16(cache + v, x + split.head + v * kVec);
-  cp_async_commit();
 
-  // Pass 1, while the copies are in flight: online max and sum of exponentials over the uncached vectors and
-  // this thread's scalar.
-  MaxSum rest{kLowest, 0.0f};
-  accumulate_global(rest, x, split, cached, split.nv, tid, nt);
+  // Pass 1: online max and sum of exponentials.
+  MaxSum acc{kLowest, 0.0f};
+  for (int v = tid; v < split.nv; v += nt) {
+    const Vec16<bf16> in = Vec16<bf16>::load(x + split.head + v * kVec);
+    float f[kVec];
+    for (int k = 0; k < kVec; ++k) f[k] = to_float(in.v[k]);
+    accumulate(acc, f);
+  }
   if (tid < split.scalars) {
     const float f[1] = {to_float(x[split.scalar_at(tid)])};
-    accumulate(rest, f);
+    accumulate(acc, f);
   }
-  // Then over the cached vectors (this thread's own copies: no barrier needed): the maximum first, then one
-  // exponential per logit.
-  cp_async_wait<0>();
-  float mx = kLowest;
-  for (int v = tid; v < cached; v += nt)
-    for (int k = 0; k < kVec; ++k) mx = fmaxf(mx, to_float(cache[v].v[k]));
-  float sum = 0.0f;
-  for (int v = tid; v < cached; v += nt)
-    for (int k = 0; k < kVec; ++k) sum += __expf(to_float(cache[v].v[k]) - mx);
-  const MaxSum total = block_merge(merge({mx, sum}, rest), scratch);
+  const MaxSum total = block_merge(acc, scratch);
   if (tid == 0) losses[row] = valid ? total.m + logf(total.s) - xy : NAN;
   if (!grad) return;
 
-  // Pass 2: dlogits = dloss * softmax - dloss * onehot(y), in place; cached vectors from shared memory.
+  // Pass 2: dlogits = dloss * softmax - dloss * onehot(y), in place.
   const float scale = dloss / total.s, poison = valid ? 0.0f : NAN;
   for (int v = tid; v < split.nv; v += nt) {
     bf16* p = x + split.head + v * kVec;
-    const Vec16<bf16> in = v < cached ? cache[v] : Vec16<bf16>::load(p);
+    const Vec16<bf16> in = Vec16<bf16>::load(p);
     Vec16<bf16> out;
     const int c0 = split.head + v * kVec;
     for (int k = 0; k < kVec; ++k) {
@@ -203,22 +168,8 @@ void softmax_cross_entropy(const Dev& dev, F* logits, Stat<F>* losses, const int
                "softmax_cross_entropy: misaligned logits");
   const int threads =
       std::clamp(ceil_div(ceil_div(V, 2 * kVec), kWarpSize) * kWarpSize, kWarpSize, kMaxThreads);
-  // The row cache: the whole row up to kCacheBytes (V <= 57344), a fixed size, so the bits do not depend on
-  // the device. More than the default 48 KB needs the opt-in attribute.
-  const int cap = std::min(ceil_div(V, kVec), kCacheBytes / 16);
-  const size_t smem = static_cast<size_t>(cap) * 16;
-  if (smem > kDefaultSmem) {
-    int device = 0, optin = 0;
-    CUDA_CHECK(cudaGetDevice(&device));
-    CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    STRATA_CHECK(smem + 2 * kWarpSize * sizeof(float) <= static_cast<size_t>(optin),
-                 "softmax_cross_entropy: V=", V, " caches ", smem,
-                 " bytes of the row in shared memory, the device has ", optin);
-    CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(softmax_cross_entropy_kernel),
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  }
   launch(softmax_cross_entropy_kernel, dim3(static_cast<unsigned>(N)), dim3(static_cast<unsigned>(threads)),
-         smem, static_cast<cudaStream_t>(dev.stream), logits, losses, targets, V, cap, ignore_index, dloss);
+         0, static_cast<cudaStream_t>(dev.stream), logits, losses, targets, V, ignore_index, dloss);
 }
 
 template void softmax_cross_entropy<Cuda, bf16>(const Cuda&, bf16*, float*, const int32_t*, int, int, int32_t,
