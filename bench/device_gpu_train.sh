@@ -7,7 +7,8 @@
 # its 24 layers (a whole 1.1B model's checkpoint, 15 GB, would take most of the call to write); a llama-1.1b-
 # shaped G_stack growth from 2 to 6 layers. Beside each (not the growth) the PyTorch baseline of the same model and
 # batch (bench/torch_gpu_train_bench.py: torch.compile, SDPA flash, bf16 autocast, fused AdamW). Prints one table
-# last. Logs go to $OUT (or /tmp/strata_device).
+# last. Logs go to $OUT (or /tmp/strata_device). ONLY=<substring> runs the matching runs alone; NO_TORCH=1 skips
+# the PyTorch baselines.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/strata_device}
@@ -27,6 +28,8 @@ rows=()
 train() {
   local name=$1 torch_args=$2
   shift 2
+  [[ -z ${ONLY:-} || $name == *"$ONLY"* ]] || return 0
+  [[ -z ${NO_TORCH:-} ]] || torch_args=-
   run timeout 120 "$w/strata" train --device cuda --data "$d/data" --eval-every 0 --eval-batches 1 \
     --sample-tokens 0 --log-every 5 --warmup 2 --out "$d/$name" --overwrite "$@" >"$out/train_$name.log" 2>&1
   local rc=$?

@@ -26,6 +26,9 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 using Stat = float;
+// The padded logits' value (a bias on zero weights): exp(kPadLogit - max) is 0 in fp32, and it is finite, so
+// the classifier's online max/sum never meets inf - inf.
+constexpr float kPadLogit = -1e30f;
 
 // One device allocation; a failure names what it was for and how much, and clears the runtime's error.
 void* device_alloc(size_t bytes, const char* what) {
@@ -112,8 +115,15 @@ struct CudaModel::Impl {
   bf16* mlp_act = nullptr;  // (L, N, F)
   bf16* lnf = nullptr;      // (N, C)
   Stat *lnf_mean = nullptr, *lnf_rstd = nullptr;  // (N)
-  bf16* logits = nullptr;                         // (N, V); dlogits in place after a forward with targets
-  Stat* losses = nullptr;                         // (N)
+  bf16* logits = nullptr;                         // (N, Vp); dlogits in place after a forward with targets
+  // The LM head padded to Vp = V rounded up to 64 rows when V is not a multiple of 64 (GPT-2's 50257): a row
+  // stride of V elements would leave cuBLASLt 2-byte-aligned rows and its slow kernels. head_w holds the
+  // head's weights and zero rows, head_bias 0 for the real columns and kPadLogit for the padding, whose
+  // probabilities are then exactly 0; head_g collects the padded product's weight gradient, added into the
+  // real one.
+  int Vp = 0;
+  bf16 *head_w = nullptr, *head_g = nullptr, *head_bias = nullptr;
+  Stat* losses = nullptr;  // (N)
   // Scratch.
   bf16 *branch = nullptr, *dx = nullptr, *dln = nullptr, *datty = nullptr;  // (N, C)
   bf16 *dqkv = nullptr, *dmlp_h = nullptr, *dmlp_act = nullptr;
@@ -142,7 +152,13 @@ struct CudaModel::Impl {
     lnf = c.take<bf16>(N * C);
     lnf_mean = d.llama ? nullptr : c.take<Stat>(N);
     lnf_rstd = c.take<Stat>(N);
-    logits = c.take<bf16>(N * d.V);
+    Vp = (d.V + 63) / 64 * 64;
+    if (Vp != d.V) {
+      head_w = c.take<bf16>(size_t(Vp) * C);
+      head_g = c.take<bf16>(size_t(Vp) * C);
+      head_bias = c.take<bf16>(size_t(Vp));
+    }
+    logits = c.take<bf16>(N * Vp);
     losses = c.take<Stat>(N);
     branch = c.take<bf16>(N * C);
     dx = c.take<bf16>(N * C);
@@ -188,6 +204,12 @@ CudaModel::CudaModel(const models::ModelConfig& cfg, int B, int T, const CudaMod
   // Activations start poisoned (all bits set: NaN in bf16 and fp32), so reading one before it is written
   // shows as a NaN loss or gradient instead of a plausible number.
   CUDA_CHECK(cudaMemset(s.arena.ptr, 0xFF, s.arena.bytes));
+  if (s.head_w) {  // zero pad rows (the real ones are copied in each forward) and the pad bias
+    CUDA_CHECK(cudaMemset(s.head_w, 0, size_t(s.Vp) * d.C * sizeof(bf16)));
+    std::vector<bf16> bias(size_t(s.Vp), __float2bfloat16_rn(0.0f));
+    for (int v = d.V; v < s.Vp; ++v) bias[size_t(v)] = __float2bfloat16_rn(kPadLogit);
+    upload(s.head_bias, bias.data(), bias.size() * sizeof(bf16));
+  }
   CUDA_CHECK(cudaMemset(s.weights.ptr, 0, s.weights.bytes));
   CUDA_CHECK(cudaMemset(s.master.ptr, 0, s.master.bytes));
   zero_grad();
@@ -349,12 +371,18 @@ float CudaModel::run_forward(const int32_t* inputs, const int32_t* targets, floa
       residual_norm(x + NC, s.lnf, s.lnf_mean, s.lnf_rstd, xm, w.final_norm, w.final_norm_bias);
   }
   const bf16* no_bias = nullptr;
-  ops::matmul_forward(dev, s.logits, s.lnf, w.lm_head, no_bias, N, C, d.V);
+  if (s.head_w) {
+    CUDA_CHECK(cudaMemcpyAsync(s.head_w, w.lm_head, size_t(d.V) * C * sizeof(bf16), cudaMemcpyDeviceToDevice,
+                               static_cast<cudaStream_t>(dev.stream)));
+    ops::matmul_forward(dev, s.logits, s.lnf, s.head_w, s.head_bias, N, C, s.Vp);
+  } else {
+    ops::matmul_forward(dev, s.logits, s.lnf, w.lm_head, no_bias, N, C, d.V);
+  }
 
   n_valid_ = 0;
   for (int i = 0; i < N; ++i) n_valid_ += targets[i] != kIgnoreIndex;
   const float dloss = (need_grad && n_valid_ > 0) ? dloss_scale / static_cast<float>(n_valid_) : 0.0f;
-  ops::softmax_cross_entropy(dev, s.logits, s.losses, s.targets, N, d.V, kIgnoreIndex, dloss);
+  ops::softmax_cross_entropy(dev, s.logits, s.losses, s.targets, N, s.Vp, kIgnoreIndex, dloss);
   have_grad_ = need_grad;
   const std::vector<float> l = losses();
   double sum = 0.0;
@@ -390,7 +418,15 @@ void CudaModel::backward() {
 
   // Head: logits = lnf @ lm_head^T (dlogits were written by the classifier), lnf = norm(resid[L]).
   bf16* no_grad = nullptr;
-  ops::matmul_backward(dev, s.dln, g.lm_head, no_grad, s.logits, s.lnf, w.lm_head, N, C, d.V);
+  if (s.head_w) {
+    const size_t head = size_t(d.V) * C;
+    CUDA_CHECK(
+        cudaMemsetAsync(s.head_g, 0, size_t(s.Vp) * C * sizeof(bf16), static_cast<cudaStream_t>(dev.stream)));
+    ops::matmul_backward(dev, s.dln, s.head_g, no_grad, s.logits, s.lnf, s.head_w, N, C, s.Vp);
+    ops::residual_forward(dev, g.lm_head, g.lm_head, s.head_g, static_cast<int64_t>(head));
+  } else {
+    ops::matmul_backward(dev, s.dln, g.lm_head, no_grad, s.logits, s.lnf, w.lm_head, N, C, d.V);
+  }
   CUDA_CHECK(cudaMemsetAsync(s.dx, 0, NC * sizeof(bf16), static_cast<cudaStream_t>(dev.stream)));
   norm_backward(g.final_norm, g.final_norm_bias, s.resid + d.L * NC, w.final_norm, s.lnf_mean, s.lnf_rstd);
 
