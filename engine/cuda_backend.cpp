@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 #endif
 
+#include <cstdio>
 #include <cstring>
 #include <optional>
 
@@ -21,6 +22,9 @@ namespace strata {
 namespace {
 
 constexpr const char* kWeightsFile = "weights_bf16.safetensors";
+double gib(size_t bytes) {
+  return static_cast<double>(bytes) / double(size_t{1} << 30);
+}
 
 class CudaBackend final : public TrainBackend {
  public:
@@ -41,6 +45,16 @@ class CudaBackend final : public TrainBackend {
   }
   const models::ModelConfig& config() const override {
     return gpu_->config();
+  }
+  std::string memory_summary() const override {
+    const CudaMemoryPlan p = CudaModel::plan_memory(gpu_->config(), B_, T_);
+    size_t free_bytes = 0, total_bytes = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    char b[160];
+    std::snprintf(b, sizeof b, "%.2f GiB (model state %.2f, activations %.2f), %.1f of %.1f GiB free now",
+                  gib(p.total()), gib(p.weights + p.grads + p.master + p.moments), gib(p.activations),
+                  gib(free_bytes), gib(total_bytes));
+    return b;
   }
   int batch() const override {
     return B_;

@@ -12,7 +12,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "engine/check.h"
@@ -89,6 +91,12 @@ class Carver {
   char* base_;
   size_t off_ = 0;
 };
+
+std::string gib(size_t bytes) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.2f GiB", static_cast<double>(bytes) / double(size_t{1} << 30));
+  return b;
+}
 
 void check_tokens(const int32_t* ids, int64_t n, int V, const char* what) {
   for (int64_t i = 0; i < n; ++i)
@@ -177,6 +185,23 @@ struct CudaModel::Impl {
   }
 };
 
+CudaMemoryPlan CudaModel::plan_memory(const models::ModelConfig& cfg, int B, int T,
+                                      const CudaModelOptions& opt) {
+  const ModelDims d(cfg);
+  const size_t P = static_cast<size_t>(ParamLayout(cfg).numel());
+  CudaMemoryPlan plan;
+  plan.weights = P * sizeof(bf16);
+  plan.grads = P * sizeof(bf16);
+  plan.master = P * sizeof(float);
+  plan.moments = 2 * P * sizeof(float);
+  Impl measure_only;
+  Carver measure(nullptr);
+  measure_only.carve(measure, d, B, T, opt.deterministic);
+  plan.activations = measure.bytes();
+  plan.library = size_t{32} << 20;  // kernels/cuda/matmul.cu's cuBLASLt workspace per stream
+  return plan;
+}
+
 CudaModel::CudaModel(const models::ModelConfig& cfg, int B, int T, const CudaModelOptions& opt)
     : cfg_(cfg), B_(B), T_(T), opt_(opt), impl_(std::make_unique<Impl>()) {
   cfg_.validate();
@@ -188,6 +213,19 @@ CudaModel::CudaModel(const models::ModelConfig& cfg, int B, int T, const CudaMod
                  " has d_model / n_head = ", cfg_.head_dim());
   layout_ = ParamLayout(cfg_);
   const ModelDims d(cfg_);
+  {
+    const CudaMemoryPlan plan = plan_memory(cfg_, B, T, opt_);
+    size_t free_bytes = 0, total_bytes = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    // A margin for the CUDA context's own allocations and fragmentation: 2% of the card, at least 256 MiB.
+    const size_t margin = std::max<size_t>(size_t{256} << 20, total_bytes / 50);
+    STRATA_REQUIRE(
+        plan.total() + margin <= free_bytes, "GPU memory: ", cfg_.name, " at micro-batch ", B, " x ", T,
+        " needs ", gib(plan.total()), " (weights, gradients, master weights and AdamW moments ",
+        gib(plan.weights + plan.grads + plan.master + plan.moments), ", activations ", gib(plan.activations),
+        ") but the GPU has ", gib(free_bytes), " free of ", gib(total_bytes),
+        ": use a smaller --batch-size (and --global-batch-tokens to keep the batch by accumulation)");
+  }
   const size_t P = static_cast<size_t>(layout_.numel());
   Impl& s = *impl_;
   s.weights = DeviceBuffer(P * sizeof(bf16), "the bf16 weights");

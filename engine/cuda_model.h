@@ -29,6 +29,15 @@
 
 namespace strata {
 
+// The device memory a configuration needs, computed from the config before anything is allocated (the same
+// layout the constructor then allocates).
+struct CudaMemoryPlan {
+  size_t weights = 0, grads = 0, master = 0, moments = 0;  // bf16, bf16, fp32, fp32 m + v
+  size_t activations = 0;                                  // the arena: activations, scratch, op workspace
+  size_t library = 0;                                      // cuBLASLt's workspace
+  size_t total() const { return weights + grads + master + moments + activations + library; }
+};
+
 struct CudaModelOptions {
   // Bitwise-reproducible steps (ops::Cuda::deterministic): flash attention's backward without atomics.
   bool deterministic = true;
@@ -38,7 +47,10 @@ class CudaModel {
  public:
   // Allocates weights, gradients and master weights on the current device and plans the activations for B
   // sequences of T tokens. Out-of-memory is a strata::Error naming the buffer and the bytes asked for.
+  // Before allocating, the plan is compared with the device's free memory: a configuration that does not fit
+  // is a strata::Error naming what it needs and suggesting a smaller micro-batch.
   CudaModel(const models::ModelConfig& cfg, int B, int T, const CudaModelOptions& opt = {});
+  static CudaMemoryPlan plan_memory(const models::ModelConfig& cfg, int B, int T, const CudaModelOptions& opt = {});
   ~CudaModel();
   CudaModel(const CudaModel&) = delete;
   CudaModel& operator=(const CudaModel&) = delete;

@@ -29,6 +29,8 @@ class TrainBackend {
   // The accelerator's name (cudaGetDeviceProperties), for the MFU peak table; empty on the CPU.
   virtual std::string device_name() const = 0;
   virtual const models::ModelConfig& config() const = 0;
+  // What the backend's device memory holds, for the run's header (empty on the CPU).
+  virtual std::string memory_summary() const { return {}; }
   virtual int batch() const = 0;
   virtual int seq_len() const = 0;
 

@@ -273,8 +273,9 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
   TrainBackend& be = *backend;
   if (be.host_grads() == nullptr)
     for (const growth::Stage& st : cfg.grow)
-      STRATA_REQUIRE(st.op != growth::Op::kLearn && !(st.op == growth::Op::kRandom && st.mask_steps > 0), "--grow '",
-                     st.text, "': the ", be.name(), " backend does not run G_learn or G_random's masked phase yet; ",
+      STRATA_REQUIRE(st.op != growth::Op::kLearn && !(st.op == growth::Op::kRandom && st.mask_steps > 0),
+                     "--grow '", st.text, "': the ", be.name(),
+                     " backend does not run G_learn or G_random's masked phase yet; ",
                      "use --device cpu, or op=random with mask_steps=0");
   long step = 0;
   double flops = 0.0, elapsed_before = 0.0;
@@ -359,7 +360,10 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
     val_loader.emplace(eval_loader(be.batch(), be.seq_len(), be.config().vocab_size, val_shards));
   print_config(cfg, train_shards.size(), loader.total_tokens(), val_shards.size(), threads);
   const std::string device_name = be.device_name();
-  std::printf("  %-22s %s\n", "device", device_name.empty() ? be.name() : cat(be.name(), ": ", device_name).c_str());
+  std::printf("  %-22s %s\n", "device",
+              device_name.empty() ? be.name() : cat(be.name(), ": ", device_name).c_str());
+  if (const std::string mem = be.memory_summary(); !mem.empty())
+    std::printf("  %-22s %s\n", "GPU memory", mem.c_str());
   // The CPU has no datasheet peak: MFU is reported there only against a given --peak-tflops.
   const std::optional<PeakFlops> peak = resolve_peak(cfg.peak_tflops, device_name);
   std::printf("  %-22s %s\n", "MFU peak",
@@ -460,8 +464,8 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
     rec.params_before = models::count_parameters(plan.from).total();
     rec.params_after = models::count_parameters(plan.to).total();
     if (st.op == growth::Op::kLearn)
-      learned = std::make_unique<growth::LearnedDepth>(plan, be.host_params(), cfg.adamw.beta1, cfg.adamw.beta2,
-                                                       cfg.adamw.eps);
+      learned = std::make_unique<growth::LearnedDepth>(plan, be.host_params(), cfg.adamw.beta1,
+                                                       cfg.adamw.beta2, cfg.adamw.eps);
     be.grow(plan, cfg.seed ^ (0x9E3779B97F4A7C15ull * (k + 1)));
     if (learned) learned->materialise(be.host_params());
     if (st.op == growth::Op::kRandom) mask = growth::GrowthMask(plan.masks, step, st.mask_steps);

@@ -181,6 +181,21 @@ TEST_P(CudaModelTest, IdenticalRunsGiveIdenticalBits) {
   EXPECT_EQ(0, std::memcmp(p1.data(), p2.data(), size_t(p1.numel()) * sizeof(float)));
 }
 
+// The memory plan made before allocating is what the runner then holds, and a configuration larger than the
+// device is refused up front with a message that names the need and the remedy.
+TEST_P(CudaModelTest, MemoryIsPlannedBeforeAllocating) {
+  STRATA_SKIP_WITHOUT_GPU();
+  const models::ModelConfig cfg = config(GetParam());
+  const CudaMemoryPlan plan = CudaModel::plan_memory(cfg, 2, 37);
+  CudaModel gpu(cfg, 2, 37);
+  gpu.adamw_step(AdamWConfig{}, 1, 1e-3, 1.0f, 1);  // allocates the moments
+  EXPECT_EQ(plan.weights + plan.grads + plan.master + plan.moments, gpu.state_bytes());
+  EXPECT_EQ(plan.activations, gpu.activation_bytes());
+  // 2^20 sequences of 64 tokens: terabytes of activations, on any device (the emulation's is 80 GiB).
+  test::expect_one_line_error([&] { CudaModel huge(cfg, 1 << 20, 64); },
+                              {"GPU memory", "micro-batch 1048576 x 64", "GiB", "--batch-size"});
+}
+
 TEST_P(CudaModelTest, BadTokensAndHeadDimsAreErrors) {
   STRATA_SKIP_WITHOUT_GPU();
   models::ModelConfig cfg = config(GetParam());

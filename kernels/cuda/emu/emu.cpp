@@ -284,6 +284,13 @@ cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 const char* cudaGetErrorString(cudaError_t err) { return err == cudaSuccess ? "no error" : "emulated CUDA error"; }
 cudaError_t cudaFuncSetAttribute(const void*, cudaFuncAttribute, int) { return cudaSuccess; }
+// The emulated device's memory: STRATA_EMU_DEVICE_BYTES (a byte count) when set, else 80 GiB, all of it free.
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+  const char* env = std::getenv("STRATA_EMU_DEVICE_BYTES");
+  const size_t total = env && *env ? static_cast<size_t>(std::strtoull(env, nullptr, 10)) : size_t{80} << 30;
+  *free_bytes = *total_bytes = total;
+  return cudaSuccess;
+}
 cudaError_t cudaGetDevice(int* device) {
   *device = 0;
   return cudaSuccess;
