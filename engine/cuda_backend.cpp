@@ -150,6 +150,15 @@ class CudaBackend final : public TrainBackend {
   }
 
   void grow(const growth::GrowthPlan& plan, uint64_t seed) override {
+    if (CudaModel::device_growable(plan)) {  // layer copies: device to device, no host round trip
+      const bool map = plan.stage.optimizer == growth::OptimizerPolicy::kMap;
+      std::unique_ptr<CudaModel> next = gpu_->grown(plan, map);
+      gpu_ = std::move(next);
+      host_params_.reset();  // the host mirrors are re-made in the new layout at the next download
+      host_opt_.reset();
+      if (!map) t_ = 0;
+      return;
+    }
     download_to_host();
     ParamBuffer grown = growth::grow_state(plan, *host_params_, *host_opt_, seed);
     gpu_.reset();  // the old device state goes before the new one is allocated

@@ -506,6 +506,58 @@ void CudaModel::backward() {
   ops::embedding_backward(dev, g.tok_embedding, g.pos_embedding, s.dx, s.inputs, B, T, C);
 }
 
+bool CudaModel::device_growable(const growth::GrowthPlan& plan) {
+  if (plan.stage.noise > 0) return false;
+  for (const growth::TensorRule& r : plan.tensors) {
+    if (!r.rows.is_identity() || !r.cols.is_identity()) return false;
+    for (const growth::LayerRule& lr : r.layers)
+      if (lr.fill == growth::LayerFill::kInit) return false;
+  }
+  return true;
+}
+
+std::unique_ptr<CudaModel> CudaModel::grown(const growth::GrowthPlan& plan, bool map_moments) {
+  STRATA_CHECK(device_growable(plan), "CudaModel::grown: the plan needs the host");
+  Impl& s = *impl_;
+  s.arena = DeviceBuffer();  // activations and gradients go first: old and new state then fit where they did
+  s.grads = DeviceBuffer();
+  auto next = std::make_unique<CudaModel>(plan.to, B_, T_, opt_);  // zero weights and master weights
+  Impl& n = *next->impl_;
+  const bool moments = map_moments && s.m.ptr != nullptr;
+  const size_t P = static_cast<size_t>(next->layout_.numel());
+  if (moments) {
+    n.m = DeviceBuffer(P * sizeof(float), "the AdamW first moments");
+    n.v = DeviceBuffer(P * sizeof(float), "the AdamW second moments");
+    CUDA_CHECK(cudaMemset(n.m.ptr, 0, n.m.bytes));
+    CUDA_CHECK(cudaMemset(n.v.ptr, 0, n.v.bytes));
+  }
+  const cudaStream_t stream = static_cast<cudaStream_t>(s.dev.stream);
+  auto copy = [&](void* dst, const void* src, size_t bytes) {
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream));
+  };
+  for (const growth::TensorRule& r : plan.tensors) {
+    const ParamEntry* se = layout_.find(r.name);
+    const ParamEntry* de = next->layout_.find(r.name);
+    STRATA_CHECK(se && de && se->spec.numel_per_layer() == de->spec.numel_per_layer(), "growth: tensor ",
+                 r.name);
+    const int64_t per = de->spec.numel_per_layer();
+    for (size_t l = 0; l < r.layers.size(); ++l) {
+      const growth::LayerRule& lr = r.layers[l];
+      if (lr.fill == growth::LayerFill::kZero) continue;  // the new runner's state starts at zero
+      STRATA_CHECK(lr.src >= 0 && lr.src < se->layers, "growth: source layer ", lr.src, " of ", r.name);
+      const int64_t from = se->offset + lr.src * per, to = de->offset + static_cast<int64_t>(l) * per;
+      copy(n.master.as<float>() + to, s.master.as<float>() + from, size_t(per) * sizeof(float));
+      copy(n.weights.as<bf16>() + to, s.weights.as<bf16>() + from, size_t(per) * sizeof(bf16));
+      if (moments) {
+        copy(n.m.as<float>() + to, s.m.as<float>() + from, size_t(per) * sizeof(float));
+        copy(n.v.as<float>() + to, s.v.as<float>() + from, size_t(per) * sizeof(float));
+      }
+    }
+  }
+  CUDA_CHECK(cudaStreamSynchronize(stream));
+  return next;
+}
+
 double CudaModel::grad_norm() {
   Impl& s = *impl_;
   const ops::ConstSpan<bf16> all{s.grads.as<bf16>(), layout_.numel()};

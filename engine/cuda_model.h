@@ -25,6 +25,7 @@
 
 #include "engine/optim.h"
 #include "engine/params.h"
+#include "growth/plan.h"
 #include "models/model_config.h"
 
 namespace strata {
@@ -91,6 +92,15 @@ class CudaModel {
   // stream chosen by seed and t), with the gradients times grad_scale (clipping), as AdamW::step does on the
   // CPU: weight decay only on the tensors whose spec says so.
   void adamw_step(const AdamWConfig& cfg, long t, double lr, float grad_scale, uint64_t seed);
+
+  // Growth on the device: true when every tensor of `plan` is layer copies or zero layers, with no noise and no
+  // width change (G_stack, G_zero, interpolation in depth), so the grown state is device-to-device copies of
+  // this one (what growth/apply.h computes on the host, bit for bit). grown() then returns the runner of
+  // plan.to with the copied fp32 master weights, bf16 weights and, with map_moments, moments (else none: the
+  // optimizer restarts). It frees this runner's activations and gradients first; this runner is not usable
+  // afterwards.
+  static bool device_growable(const growth::GrowthPlan& plan);
+  std::unique_ptr<CudaModel> grown(const growth::GrowthPlan& plan, bool map_moments);
 
   // The per-position losses (B,T) of the last forward with targets, on the host.
   std::vector<float> losses() const;

@@ -70,6 +70,12 @@ void TrainConfig::finalize() {
     profile_first = a;
     profile_last = b;
   }
+  // The CUDA backend keeps its gradients on the device; G_learn's phase and G_random's masked phase work on host
+  // gradients (engine/train_backend.h).
+  if (device == "cuda")
+    for (const growth::Stage& st : grow)
+      STRATA_REQUIRE(st.op != growth::Op::kLearn && st.op != growth::Op::kRandom, "--grow '", st.text,
+                     "': --device cuda does not run G_learn or G_random (its masked phase) yet; use --device cpu");
 }
 
 void TrainConfig::resolve_growth() {

@@ -271,12 +271,6 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
   std::unique_ptr<TrainBackend> backend =
       make_backend(cfg.device, start_arch, cfg.batch_size, cfg.seq_len, cfg.adamw, cfg.seed);
   TrainBackend& be = *backend;
-  if (be.host_grads() == nullptr)
-    for (const growth::Stage& st : cfg.grow)
-      STRATA_REQUIRE(st.op != growth::Op::kLearn && !(st.op == growth::Op::kRandom && st.mask_steps > 0),
-                     "--grow '", st.text, "': the ", be.name(),
-                     " backend does not run G_learn or G_random's masked phase yet; ",
-                     "use --device cpu, or op=random with mask_steps=0");
   long step = 0;
   double flops = 0.0, elapsed_before = 0.0;
   uint64_t tokens_seen = 0;

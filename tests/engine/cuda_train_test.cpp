@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/cuda_backend.h"
+#include "engine/cuda_model.h"
 #include "engine/fileio.h"
 #include "engine/train_backend.h"
 #include "engine/trainer.h"
@@ -144,44 +145,71 @@ TEST_P(CudaTrain, TrainsLikeTheCpuBackendWithAndWithoutGrowth) {
   }
 }
 
-// The CUDA backend grows on host copies of its fp32 master weights and moments with growth/apply.h: from the
-// same state, the grown state it holds is the CPU backend's, bit for bit (weights, mapped moments, t).
+// Growth on the CUDA backend, on the device (layer copies and zero layers: G_stack, interpolation, G_zero) or
+// through host copies (everything else, e.g. widening the MLP): from the same state the grown state is the
+// CPU backend's, bit for bit (fp32 weights, moments mapped or reset, t). On the device path the bf16 weights
+// of each copied layer are its source layer's, so the grown model computes what the stacked original would.
 TEST_P(CudaTrain, GrowthProducesTheCpuBackendsState) {
   STRATA_SKIP_WITHOUT_GPU();
   const TrainConfig c = config(GetParam(), "unused", "cuda");
-  auto cpu = make_cpu_backend(c.model, 2, 16, c.adamw);
-  auto cuda = make_cuda_backend(c.model, 2, 16, c.adamw, 7);
-  const size_t bytes = size_t(cpu->host_params().numel()) * sizeof(float);
-  init_params(cpu->host_params(), 3);
-  init_params(cpu->host_optimizer().m(), 4);  // any non-zero moments (v must be >= 0)
-  init_params(cpu->host_optimizer().v(), 5);
-  for (int64_t i = 0; i < cpu->host_params().numel(); ++i)
-    cpu->host_optimizer().v().data()[i] = std::abs(cpu->host_optimizer().v().data()[i]);
-  cpu->host_optimizer().set_t(3);
-  std::memcpy(cuda->host_params().data(), cpu->host_params().data(), bytes);
-  std::memcpy(cuda->host_optimizer().m().data(), cpu->host_optimizer().m().data(), bytes);
-  std::memcpy(cuda->host_optimizer().v().data(), cpu->host_optimizer().v().data(), bytes);
-  cuda->host_optimizer().set_t(3);
-  cuda->upload_from_host();
-  const growth::GrowthPlan plan =
-      growth::make_plan(c.model, growth::parse_stage("at=1 steps,op=stack,g=2,optimizer=map"));
-  cpu->grow(plan, 99);
-  cuda->grow(plan, 99);
-  cuda->download_to_host();
-  EXPECT_EQ(cuda->config().n_layer, 4);
-  ASSERT_EQ(cuda->host_params().numel(), cpu->host_params().numel());
-  const size_t grown = size_t(cpu->host_params().numel()) * sizeof(float);
-  EXPECT_EQ(0, std::memcmp(cuda->host_params().data(), cpu->host_params().data(), grown));
-  EXPECT_EQ(0, std::memcmp(cuda->host_optimizer().m().data(), cpu->host_optimizer().m().data(), grown));
-  EXPECT_EQ(0, std::memcmp(cuda->host_optimizer().v().data(), cpu->host_optimizer().v().data(), grown));
-  EXPECT_EQ(cuda->optimizer_t(), 3);
-  // And the grown model trains on the device.
-  const auto in = test::random_tokens(32, c.model.vocab_size, 1),
-             tg = test::random_tokens(32, c.model.vocab_size, 2);
-  cuda->zero_grad();
-  EXPECT_TRUE(std::isfinite(cuda->train_micro_batch(in.data(), tg.data(), 1.0f)));
-  cuda->adamw_step(1e-3, 1.0f);
-  EXPECT_EQ(cuda->optimizer_t(), 4);
+  for (const std::string spec :
+       {"at=1 steps,op=stack,g=2,optimizer=map", "at=1 steps,op=interpolate,g=2", "at=1 steps,op=zero,g=2",
+        GetParam() == models::Family::kLlama ? "at=1 steps,op=direct,d_ff=352"
+                                             : "at=1 steps,op=direct,d_ff=1024"}) {
+    SCOPED_TRACE(spec);
+    const growth::GrowthPlan plan = growth::make_plan(c.model, growth::parse_stage(spec));
+    auto cpu = make_cpu_backend(c.model, 2, 16, c.adamw);
+    auto cuda = make_cuda_backend(c.model, 2, 16, c.adamw, 7);
+    const size_t bytes = size_t(cpu->host_params().numel()) * sizeof(float);
+    init_params(cpu->host_params(), 3);
+    init_params(cpu->host_optimizer().m(), 4);  // any non-zero moments (v must be >= 0)
+    init_params(cpu->host_optimizer().v(), 5);
+    for (int64_t i = 0; i < cpu->host_params().numel(); ++i)
+      cpu->host_optimizer().v().data()[i] = std::abs(cpu->host_optimizer().v().data()[i]);
+    cpu->host_optimizer().set_t(3);
+    std::memcpy(cuda->host_params().data(), cpu->host_params().data(), bytes);
+    std::memcpy(cuda->host_optimizer().m().data(), cpu->host_optimizer().m().data(), bytes);
+    std::memcpy(cuda->host_optimizer().v().data(), cpu->host_optimizer().v().data(), bytes);
+    cuda->host_optimizer().set_t(3);
+    cuda->upload_from_host();
+    const auto before = cuda->checkpoint_extras();  // the bf16 weights
+    const std::vector<uint16_t> old_bits(
+        static_cast<const uint16_t*>(before[0].tensors[0].data),
+        static_cast<const uint16_t*>(before[0].tensors[0].data) + before[0].tensors[0].shape[0]);
+    cpu->grow(plan, 99);
+    cuda->grow(plan, 99);
+    cuda->download_to_host();
+    EXPECT_EQ(cuda->config().n_layer, plan.to.n_layer);
+    ASSERT_EQ(cuda->host_params().numel(), cpu->host_params().numel());
+    const size_t grown = size_t(cpu->host_params().numel()) * sizeof(float);
+    EXPECT_EQ(0, std::memcmp(cuda->host_params().data(), cpu->host_params().data(), grown));
+    EXPECT_EQ(0, std::memcmp(cuda->host_optimizer().m().data(), cpu->host_optimizer().m().data(), grown));
+    EXPECT_EQ(0, std::memcmp(cuda->host_optimizer().v().data(), cpu->host_optimizer().v().data(), grown));
+    EXPECT_EQ(cuda->optimizer_t(), cpu->optimizer_t());
+    if (CudaModel::device_growable(plan)) {
+      const auto after = cuda->checkpoint_extras();
+      const auto* bits = static_cast<const uint16_t*>(after[0].tensors[0].data);
+      const ParamLayout from(plan.from), to(plan.to);
+      for (const growth::TensorRule& r : plan.tensors) {
+        const ParamEntry *se = from.find(r.name), *de = to.find(r.name);
+        const int64_t per = de->spec.numel_per_layer();
+        for (size_t l = 0; l < r.layers.size(); ++l) {
+          if (r.layers[l].fill != growth::LayerFill::kCopy) continue;
+          EXPECT_EQ(0, std::memcmp(bits + de->offset + int64_t(l) * per,
+                                   old_bits.data() + se->offset + r.layers[l].src * per, size_t(per) * 2))
+              << r.name << " layer " << l;
+        }
+      }
+    }
+    // And the grown model trains on the device.
+    const auto in = test::random_tokens(32, c.model.vocab_size, 1),
+               tg = test::random_tokens(32, c.model.vocab_size, 2);
+    cuda->zero_grad();
+    EXPECT_TRUE(std::isfinite(cuda->train_micro_batch(in.data(), tg.data(), 1.0f)));
+    const long t = cuda->optimizer_t();
+    cuda->adamw_step(1e-3, 1.0f);
+    EXPECT_EQ(cuda->optimizer_t(), t + 1);
+  }
 }
 
 // Resume and determinism on the CUDA backend: an uninterrupted run, the same run again, and one stopped at
@@ -227,6 +255,8 @@ TEST_P(CudaTrain, PhasesTheCudaBackendDoesNotRunAreRefused) {
   TrainConfig c = config(GetParam(), "refused", "cuda");
   c.grow.push_back(growth::parse_stage("at=5 steps,op=learn,g=2,learn_steps=2"));
   test::expect_one_line_error([&] { train(c); }, {"--grow", "G_learn", "--device cpu"});
+  c.grow[0] = growth::parse_stage("at=5 steps,op=random,g=2,mask_steps=2");
+  test::expect_one_line_error([&] { train(c); }, {"--grow", "G_random", "--device cpu"});
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, CudaTrain,
