@@ -83,7 +83,12 @@
 // Longest-first order: the old x-fastest order could start a head's longest tile (16 of 136 tile-units at T=1024,
 // 64-row tiles) in the last wave, with ~44-66 units per block slot at B=8: up to ~25-35% tail at T=1024, ~12-19%
 // at T=2048; longest-first leaves a tail of the shortest tiles (1-2 units).
-// Predictions (NOT YET MEASURED; bench/kernel_bench.cu's attention rows check them, B=8, H200): forward 1.4-1.8x
+// Measured (H200, bench/KERNELS.md run 2) against the predictions below: forward 1.30x at HS 128 (T=2048 0.696 ->
+// 0.536 ms, T=1024 0.211 -> 0.161), 1.09-1.10x at HS 64 (0.793 -> 0.730, 0.232 -> 0.210); the deterministic
+// backward at HS 64 3-4% slower (2.309 -> 2.406 ms, 0.662 -> 0.679: the rolled k-loops at 255 registers cost
+// more than the halved shared-memory traffic saved), at HS 128 1.03-1.10x. To revisit: the HS 64 backward.
+// Predictions (written before measuring; bench/kernel_bench.cu's attention rows check them, B=8, H200):
+// forward 1.4-1.8x
 // at HS 128 (T=2048: 0.70 -> 0.39-0.50 ms, FlashAttention-2 0.52; T=1024: 0.21 -> 0.12-0.15), 1.2-1.5x at HS 64
 // (T=2048: 0.79 -> 0.53-0.66; T=1024: 0.23 -> 0.15-0.19); deterministic backward 1.25-1.45x at HS 64 (T=2048:
 // 2.31 -> 1.6-1.85 ms) and 1.0-1.15x at HS 128 (grid order only); atomic backward 1.15-1.35x at HS 64, 1.0-1.15x

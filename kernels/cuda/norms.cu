@@ -22,7 +22,8 @@
 // row from DRAM and the later passes re-read it from L1/L2. DRAM traffic per element: the plain norms read 2
 // B and write 2 B; the fused forms read 4 B (resid_in, branch) and write 4 B (resid_out, out). Napkin: N =
 // 32768, C = 2048 fused: 537 MB, ~127 us at the H200's measured 4.2 TB/s copy rate.
-// PREDICTION (not yet measured on a GPU): residual+rmsnorm fwd at C = 2048 from 78% to ~85-90% of copy
+// Measured (H200, bench/KERNELS.md run 2): residual+rmsnorm fwd at C = 2048 91%, residual+layernorm 91%, both
+// ~92% at C = 768. Prediction (written before): residual+rmsnorm fwd at C = 2048 from 78% to ~85-90% of copy
 // bandwidth (at C = 2048 the streaming form's L1 re-read missed: 16 blocks x 4 rows x 4 KB > L1; the register
 // form reads the row once with 8x the loads in flight); the other forwards at C <= 2048 about as before or
 // better (C = 768 was 90%: its rows already stayed in L1).
@@ -47,7 +48,8 @@
 //   DRAM traffic per element: dout 2 B + x 2 B + dinp 4 B = 8 B; the partials add 2 x 4 B x P x C per
 //   accumulated tensor, P/N of the row traffic (at most 1/32; 3% per tensor at N = 32768, 1.6% at 65536).
 //   Workspace: norm_backward_workspace_bytes(N, C) (kernels/cuda/workspace.h).
-// PREDICTION (not yet measured on a GPU), % of copy bandwidth, bench byte counts: rmsnorm bwd ~82-86% at
+// Measured (H200, bench/KERNELS.md run 2): rmsnorm bwd 82% / 81%, layernorm bwd 72% / 74% (C = 2048 / 768).
+// Prediction (written before), % of copy bandwidth, bench byte counts: rmsnorm bwd ~82-86% at
 // N=32768 C=2048 (was 77%) and ~80-85% at N=65536 C=768 (was 59%); layernorm bwd ~80-84% and ~78-83% (was
 // 55%, 55%). Reasons: the former kernel 1 had 32 B per thread in flight before each row's barriers and one
 // row at a time (24-64 KB per SM), and re-read the row from L1; its column reduce was 8 lanes summing up to

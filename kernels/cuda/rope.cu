@@ -19,7 +19,8 @@
 // amortised over the heads. 256 threads per block.
 // Traffic: q and k read and written once, 4 B per rotated element; v untouched. Napkin: B*T = 32768 tokens
 // of 32 + 4 rotated heads of 64 (llama-1.1b): 302 MB, ~72 us at the H200's measured 4.2 TB/s copy rate.
-// PREDICTION (not yet measured on a GPU): rope fwd/bwd at that shape from 69% to ~80-87% of copy bandwidth
+// Measured (H200, bench/KERNELS.md run 2): 73% (0.099 ms, from 0.104), short of the prediction.
+// Prediction (written before): rope fwd/bwd at that shape from 69% to ~80-87% of copy bandwidth
 // (4x the bytes in flight; a third less double-precision work, overlapped with the first loads). Risk: the
 // grid is one wave (512 blocks on 528 slots), so the start (angles) and the end are not hidden by other
 // blocks.
