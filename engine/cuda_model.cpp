@@ -98,12 +98,6 @@ std::string gib(size_t bytes) {
   return b;
 }
 
-void check_tokens(const int32_t* ids, int64_t n, int V, const char* what) {
-  for (int64_t i = 0; i < n; ++i)
-    STRATA_REQUIRE(ids[i] >= 0 && ids[i] < V, what, " token ", ids[i], " at position ", i,
-                   " is outside the vocabulary [0, ", V, ")");
-}
-
 }  // namespace
 
 struct CudaModel::Impl {

@@ -62,12 +62,6 @@ void act_backward(const Dims& d, float* dh, const float* dout, const float* h, i
     ops::gelu_backward(kDev, dh, dout, h, static_cast<int64_t>(N) * d.Fd);
 }
 
-void check_tokens(const int32_t* ids, int64_t n, int V, const char* what) {
-  for (int64_t i = 0; i < n; ++i)
-    STRATA_REQUIRE(ids[i] >= 0 && ids[i] < V, what, " token ", ids[i], " at position ", i,
-                   " is outside the vocabulary [0, ", V, ")");
-}
-
 }  // namespace
 
 // Every activation the backward pass reads, per layer, plus the backward scratch.

@@ -77,4 +77,11 @@ inline T* layer_at(T* base, int l, int64_t per_layer) {
   return base ? base + l * per_layer : nullptr;
 }
 
+// Token ids must lie in [0, V): a strata::Error names the first one that does not (`what`: "input", "prompt").
+inline void check_tokens(const int32_t* ids, int64_t n, int V, const char* what) {
+  for (int64_t i = 0; i < n; ++i)
+    STRATA_REQUIRE(ids[i] >= 0 && ids[i] < V, what, " token ", ids[i], " at position ", i,
+                   " is outside the vocabulary [0, ", V, ")");
+}
+
 }  // namespace strata
