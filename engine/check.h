@@ -27,6 +27,13 @@ class Error : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// An error every rank of a data-parallel run raised identically (a config mismatch found by an all-gather, a
+// checkpoint write one rank failed): rank 0 alone prints it (engine/comm.h).
+class AgreedError : public Error {
+ public:
+  using Error::Error;
+};
+
 // Concatenates any streamable values into a string: cat("shard ", path, ": ", n, " tokens").
 template <typename... Args>
 std::string cat(Args&&... args) {

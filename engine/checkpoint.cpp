@@ -155,50 +155,68 @@ void load_params_safetensors(const std::string& path, ParamBuffer& params) {
   load_buffers(SafetensorsFile::open(path), {{"", &params}});
 }
 
-std::string save_checkpoint(const std::string& run_dir, long step, const ParamBuffer& params,
-                            const AdamW* opt, const nlohmann::json& trainer_state, int keep_last,
-                            const std::vector<CheckpointExtra>& extra) {
+namespace {
+
+// Checks the caller's arguments and creates run_dir/.ckpt-<step>.tmp-<pid>; returns that folder.
+fs::path begin_checkpoint(const std::string& run_dir, long step, const ParamBuffer& params, const AdamW* adam,
+                          const nlohmann::json& trainer_state) {
   STRATA_REQUIRE(step >= 0, "checkpoint: step must be non-negative (got ", step, ")");
   STRATA_REQUIRE(trainer_state.is_object() || trainer_state.is_null(),
                  "checkpoint: the trainer state must be a JSON object (got ", trainer_state.type_name(), ")");
-  const AdamW* adam = opt;
   if (adam != nullptr)
     STRATA_CHECK(adam->m().numel() == params.numel() && adam->v().numel() == params.numel(),
                  "optimizer moments laid out for ", adam->m().numel(), " parameters, model has ",
                  params.numel());
-
   const fs::path run(run_dir);
   std::error_code ec;
   fs::create_directories(run, ec);
   STRATA_REQUIRE(!ec && fs::is_directory(run), "checkpoint: cannot create run folder '", run_dir,
                  "': ", ec ? ec.message() : "not a folder");
-  const std::string name = checkpoint_dir_name(step);
-  const fs::path final_dir = run / name;
-  const fs::path tmp = run / cat(".", name, ".tmp-", ::getpid());
+  const fs::path tmp = run / cat(".", checkpoint_dir_name(step), ".tmp-", ::getpid());
   fs::remove_all(tmp, ec);  // a leftover of an earlier failed save by this process
   fs::create_directory(tmp, ec);
   STRATA_REQUIRE(!ec, "checkpoint: cannot create '", tmp.string(), "': ", ec.message());
+  return tmp;
+}
 
+void record_file(nlohmann::json& files, const std::string& file, const WrittenFile& wf) {
+  files[file] = {{"bytes", wf.bytes}, {"crc64", crc64_hex(wf.crc64)}};
+}
+
+// Writes extra files into tmp, recording each in `files`.
+void write_extras(const fs::path& tmp, const std::vector<CheckpointExtra>& extra, nlohmann::json& files) {
+  for (const CheckpointExtra& x : extra) {
+    STRATA_CHECK(x.file != kModelFile && x.file != kOptimizerFile && x.file != kStateFile &&
+                     x.file.find('/') == std::string::npos && !files.contains(x.file),
+                 "checkpoint: bad extra file name '", x.file, "'");
+    record_file(files, x.file, write_safetensors((tmp / x.file).string(), x.tensors, x.metadata));
+  }
+}
+
+// The weights, the whole optimizer state (when given) and the extras.
+void write_model_files(const fs::path& tmp, const ParamBuffer& params, const AdamW* adam,
+                       const std::vector<CheckpointExtra>& extra, nlohmann::json& files) {
+  record_file(files, kModelFile, save_params_safetensors((tmp / kModelFile).string(), params));
+  if (adam != nullptr) {
+    std::vector<TensorView> views = buffer_views(adam->m(), "m.");
+    for (TensorView& v : buffer_views(adam->v(), "v.")) views.push_back(std::move(v));
+    SafetensorsMetadata meta = model_metadata(params.layout().config());
+    meta["content"] = "adamw moments m.<name>, v.<name>";
+    record_file(files, kOptimizerFile, write_safetensors((tmp / kOptimizerFile).string(), views, meta));
+  }
+  write_extras(tmp, extra, files);
+}
+
+// Writes state.json (the completion marker: written last, listing every file), then renames tmp to
+// ckpt-<step> and prunes old checkpoints. On failure tmp is removed.
+std::string finish_checkpoint(const std::string& run_dir, const fs::path& tmp, long step,
+                              const models::ModelConfig& cfg, const nlohmann::json& trainer_state,
+                              const nlohmann::json& files, int keep_last) {
+  const fs::path run(run_dir);
+  const std::string name = checkpoint_dir_name(step);
+  const fs::path final_dir = run / name;
+  std::error_code ec;
   try {
-    const models::ModelConfig& cfg = params.layout().config();
-    nlohmann::json files = nlohmann::json::object();
-    const auto record = [&](const char* file, const WrittenFile& wf) {
-      files[file] = {{"bytes", wf.bytes}, {"crc64", crc64_hex(wf.crc64)}};
-    };
-    record(kModelFile, save_params_safetensors((tmp / kModelFile).string(), params));
-    if (adam != nullptr) {
-      std::vector<TensorView> views = buffer_views(adam->m(), "m.");
-      for (TensorView& v : buffer_views(adam->v(), "v.")) views.push_back(std::move(v));
-      SafetensorsMetadata meta = model_metadata(cfg);
-      meta["content"] = "adamw moments m.<name>, v.<name>";
-      record(kOptimizerFile, write_safetensors((tmp / kOptimizerFile).string(), views, meta));
-    }
-    for (const CheckpointExtra& x : extra) {
-      STRATA_CHECK(x.file != kModelFile && x.file != kOptimizerFile && x.file != kStateFile &&
-                       x.file.find('/') == std::string::npos,
-                   "checkpoint: bad extra file name '", x.file, "'");
-      record(x.file.c_str(), write_safetensors((tmp / x.file).string(), x.tensors, x.metadata));
-    }
     nlohmann::ordered_json state = nlohmann::ordered_json::object();  // in this order, for people reading it
     state["format_version"] = kCheckpointFormatVersion;
     state["step"] = step;
@@ -257,6 +275,106 @@ std::string save_checkpoint(const std::string& run_dir, long step, const ParamBu
     }
   }
   return final_dir.string();
+}
+
+// Every rank's error of one phase of a distributed save, exchanged: when any rank failed, every rank throws
+// the first failure (an AgreedError naming the rank), after `cleanup` ran on rank 0.
+template <class Cleanup>
+void agree_on_errors(Communicator& comm, const std::string& mine, Cleanup&& cleanup) {
+  const std::vector<std::string> all = comm.all_gather_strings(mine);
+  for (size_t r = 0; r < all.size(); ++r) {
+    if (all[r].empty()) continue;
+    if (comm.rank() == 0) cleanup();
+    if (comm.world() == 1) throw AgreedError(all[r]);
+    throw AgreedError(cat("rank ", r, " of ", comm.world(), ": ", all[r]));
+  }
+}
+
+}  // namespace
+
+std::string save_checkpoint(const std::string& run_dir, long step, const ParamBuffer& params,
+                            const AdamW* opt, const nlohmann::json& trainer_state, int keep_last,
+                            const std::vector<CheckpointExtra>& extra) {
+  const fs::path tmp = begin_checkpoint(run_dir, step, params, opt, trainer_state);
+  nlohmann::json files = nlohmann::json::object();
+  try {
+    write_model_files(tmp, params, opt, extra, files);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+  return finish_checkpoint(run_dir, tmp, step, params.layout().config(), trainer_state, files, keep_last);
+}
+
+std::string save_checkpoint_distributed(Communicator& comm, const std::string& run_dir, long step,
+                                        const ParamBuffer& params, const AdamW* opt,
+                                        const nlohmann::json& trainer_state, int keep_last,
+                                        const std::vector<CheckpointExtra>& extra,
+                                        const std::vector<CheckpointExtra>& rank_files) {
+  const bool lead = comm.rank() == 0;
+  std::string err;
+  fs::path tmp;
+  auto remove_tmp = [&] {
+    std::error_code ec;
+    if (!tmp.empty()) fs::remove_all(tmp, ec);
+  };
+  // 1. Rank 0 creates the temporary folder; every rank learns its path (a shared file system).
+  if (lead) {
+    try {
+      tmp = begin_checkpoint(run_dir, step, params, opt, trainer_state);
+    } catch (const Error& e) {
+      err = e.what();
+    }
+  }
+  agree_on_errors(comm, err, [] {});
+  tmp = comm.all_gather_strings(lead ? tmp.string() : std::string())[0];
+  // 2. Rank 0 writes the weights, the replicated optimizer state and the extras; every rank its own files.
+  nlohmann::json files = nlohmann::json::object();
+  try {
+    if (lead) write_model_files(tmp, params, opt, extra, files);
+    STRATA_REQUIRE(fs::is_directory(tmp), "checkpoint: the folder '", tmp.string(),
+                   "' rank 0 created is not visible here: --out must be on a file system every node shares");
+    write_extras(tmp, rank_files, files);
+  } catch (const Error& e) {
+    err = e.what();
+  }
+  agree_on_errors(comm, err, remove_tmp);
+  const std::vector<std::string> records = comm.all_gather_strings(files.dump());
+  // 3. Rank 0 writes state.json listing every rank's files (the completion marker) and installs the folder.
+  std::string final_dir;
+  if (lead) {
+    try {
+      nlohmann::json all = nlohmann::json::object();
+      for (const std::string& r : records) all.update(nlohmann::json::parse(r));
+      final_dir = finish_checkpoint(run_dir, tmp, step, params.layout().config(), trainer_state, all, keep_last);
+    } catch (const Error& e) {
+      err = e.what();
+    }
+  }
+  agree_on_errors(comm, err, [] {});
+  return comm.all_gather_strings(final_dir)[0];
+}
+
+std::string optimizer_shard_file(int rank, int world) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "optimizer-%05d-of-%05d.safetensors", rank, world);
+  return buf;
+}
+
+CheckpointExtra optimizer_shard_extra(const ParamLayout& layout, ShardRange range, const float* m,
+                                      const float* v, int rank, int world) {
+  CheckpointExtra x;
+  x.file = optimizer_shard_file(rank, world);
+  x.tensors = {{"m", DType::kF32, {range.size()}, m}, {"v", DType::kF32, {range.size()}, v}};
+  x.metadata = model_metadata(layout.config());
+  x.metadata["content"] = "ZeRO-1 shard of the adamw moments: elements [shard_begin, shard_end) of the flat layout";
+  x.metadata["shard_begin"] = std::to_string(range.begin);
+  x.metadata["shard_end"] = std::to_string(range.end);
+  x.metadata["numel"] = std::to_string(layout.numel());
+  x.metadata["rank"] = std::to_string(rank);
+  x.metadata["world"] = std::to_string(world);
+  return x;
 }
 
 std::map<long, std::string> list_checkpoints(const std::string& run_dir) {
@@ -345,6 +463,63 @@ CheckpointInfo read_checkpoint_info(const std::string& ckpt_dir) {
 void load_checkpoint_params(const std::string& ckpt_dir, ParamBuffer& params) {
   const CheckpointInfo info = read_checkpoint_info(ckpt_dir);
   load_buffers(open_verified(info, kModelFile), {{"", &params}});
+}
+
+void load_checkpoint_moments(const CheckpointInfo& info, const ParamLayout& layout, ShardRange range, float* m,
+                             float* v) {
+  STRATA_CHECK(range.begin >= 0 && range.begin <= range.end && range.end <= layout.numel(), "bad range");
+  if (info.files.count(kOptimizerFile) == 1) {  // the whole state in one file (one process, or ZeRO-0)
+    AdamW whole(layout, AdamWConfig{});
+    load_buffers(open_verified(info, kOptimizerFile), {{"m.", &whole.m()}, {"v.", &whole.v()}});
+    std::copy(whole.m().data() + range.begin, whole.m().data() + range.end, m);
+    std::copy(whole.v().data() + range.begin, whole.v().data() + range.end, v);
+    return;
+  }
+  // ZeRO-1 shards, written by any number of ranks: read the overlap of each with `range`.
+  int world = 0;
+  std::set<int> ranks;
+  for (const auto& [fname, f] : info.files) {
+    int r = 0, w = 0;
+    char tail[32] = "";
+    if (std::sscanf(fname.c_str(), "optimizer-%5d-of-%5d.%31s", &r, &w, tail) != 3 ||
+        std::string(tail) != "safetensors" || fname != optimizer_shard_file(r, w))
+      continue;
+    STRATA_REQUIRE(world == 0 || world == w, "checkpoint '", info.dir, "': optimizer shards of ", world,
+                   " and of ", w, " ranks are mixed");
+    world = w;
+    ranks.insert(r);
+  }
+  STRATA_REQUIRE(world > 0, "checkpoint '", info.dir,
+                 "': no optimizer state (neither optimizer.safetensors nor optimizer-*-of-*.safetensors)");
+  STRATA_REQUIRE(static_cast<int>(ranks.size()) == world && *ranks.begin() == 0 && *ranks.rbegin() == world - 1,
+                 "checkpoint '", info.dir, "': has ", ranks.size(), " of the ", world,
+                 " optimizer shards its state.json should list");
+  for (int r = 0; r < world; ++r) {
+    const ShardRange s = shard_range(layout.numel(), world, r);
+    const int64_t lo = std::max(s.begin, range.begin), hi = std::min(s.end, range.end);
+    if (lo >= hi) continue;
+    const std::string fname = optimizer_shard_file(r, world);
+    const SafetensorsFile file = open_verified(info, fname);
+    const std::string w = cat("checkpoint file '", info.dir, "/", fname, "': ");
+    const auto meta = [&](const char* key) -> std::string {
+      const auto it = file.metadata().find(key);
+      STRATA_REQUIRE(it != file.metadata().end(), w, "metadata '", key, "' is missing");
+      return it->second;
+    };
+    STRATA_REQUIRE(meta("numel") == std::to_string(layout.numel()), w, "a shard of ", meta("numel"),
+                   " elements in all, but the model has ", layout.numel());
+    STRATA_REQUIRE(meta("shard_begin") == std::to_string(s.begin) && meta("shard_end") == std::to_string(s.end),
+                   w, "holds elements [", meta("shard_begin"), ", ", meta("shard_end"), "), expected [", s.begin,
+                   ", ", s.end, ")");
+    for (const auto& [tname, dst] : {std::pair<const char*, float*>{"m", m}, {"v", v}}) {
+      const SafeTensor* t = file.find(tname);
+      STRATA_REQUIRE(t != nullptr && t->dtype == DType::kF32 && t->shape == std::vector<int64_t>{s.size()}, w,
+                     "tensor '", tname, "' must be F32 [", s.size(), "]");
+      std::vector<float> all(static_cast<size_t>(s.size()));
+      file.to_f32(*t, all.data(), all.size());
+      std::copy(all.begin() + (lo - s.begin), all.begin() + (hi - s.begin), dst + (lo - range.begin));
+    }
+  }
 }
 
 void load_checkpoint_optimizer(const std::string& ckpt_dir, AdamW& opt) {

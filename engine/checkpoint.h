@@ -26,6 +26,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "engine/comm.h"
 #include "engine/optim.h"
 #include "engine/params.h"
 #include "engine/safetensors.h"
@@ -72,8 +73,32 @@ struct CheckpointInfo {
   models::ModelConfig model;
   nlohmann::json trainer;                       // the object save_checkpoint was given
   std::map<std::string, CheckpointFile> files;  // file name -> recorded size and checksum
-  bool has_optimizer() const { return files.count("optimizer.safetensors") == 1; }
+  // optimizer.safetensors, or ZeRO-1 shards optimizer-<r>-of-<R>.safetensors.
+  bool has_optimizer() const {
+    return files.count("optimizer.safetensors") == 1 ||
+           files.lower_bound("optimizer-") != files.lower_bound("optimizer.");
+  }
 };
+
+// Distributed runs (engine/comm.h): every rank calls this with the same step, trainer state and keep_last.
+// Rank 0 creates the temporary folder and writes what save_checkpoint writes (params, `opt` when the optimizer
+// state is replicated, `extra`); every rank writes its own `rank_files` (ZeRO-1: its optimizer shard) into the
+// same folder, which must be on a file system every node shares. Rank 0 writes state.json, the completion
+// marker, only after every rank reported its files written (their sizes and CRC-64s go into it), then renames
+// the folder into place. A failure on any rank is an AgreedError on every rank naming that rank, and no
+// checkpoint appears. Returns the checkpoint's path on every rank.
+std::string save_checkpoint_distributed(Communicator& comm, const std::string& run_dir, long step,
+                                        const ParamBuffer& params, const AdamW* opt,
+                                        const nlohmann::json& trainer_state, int keep_last,
+                                        const std::vector<CheckpointExtra>& extra,
+                                        const std::vector<CheckpointExtra>& rank_files);
+
+// ZeRO-1 optimizer shards: "optimizer-<rank>-of-<world>.safetensors" (5 digits each) holds tensors "m" and "v",
+// F32 [shard size]: the elements shard_range(numel, world, rank) of the flat layout (engine/comm.h), with
+// metadata shard_begin, shard_end, numel, rank, world and the model config.
+std::string optimizer_shard_file(int rank, int world);
+CheckpointExtra optimizer_shard_extra(const ParamLayout& layout, ShardRange range, const float* m,
+                                      const float* v, int rank, int world);
 
 // Parses and validates <ckpt_dir>/state.json (format version, step, model config, trainer object, file
 // table).
@@ -86,6 +111,12 @@ void load_checkpoint_params(const std::string& ckpt_dir, ParamBuffer& params);
 
 // Opens one of the checkpoint's files listed in state.json after checking its size and CRC-64.
 SafetensorsFile open_checkpoint_file(const std::string& ckpt_dir, const std::string& file);
+
+// The moments of elements [range.begin, range.end) of `layout` (m and v point at range.begin), from
+// optimizer.safetensors or from the shards of any number of ranks (only the overlapping shards are read): a
+// run resumes on any rank count. Checks sizes, CRC-64s, names, shapes and that the shards are complete.
+void load_checkpoint_moments(const CheckpointInfo& info, const ParamLayout& layout, ShardRange range, float* m,
+                             float* v);
 
 // Loads the AdamW moments (same checks, on optimizer.safetensors). The step counter t is not in this file:
 // the caller restores it from the trainer state (AdamW::set_t).

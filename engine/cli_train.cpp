@@ -10,6 +10,7 @@
 
 #include "engine/check.h"
 #include "engine/checkpoint.h"
+#include "engine/comm.h"
 #include "engine/cli.h"
 #include "engine/fileio.h"
 #include "engine/trainer.h"
@@ -82,6 +83,8 @@ const std::vector<OptionRule>& option_rules() {
       STRATA_FIELD("--peak-tflops", false, peak_tflops),
       STRATA_FIELD("--device", false, device),
       STRATA_FIELD("--profile-steps", false, profile_steps),
+      STRATA_FIELD("--zero", false, zero_stage),
+      STRATA_FIELD("--comm-timeout", false, comm_timeout),
   };
   return rules;
 }
@@ -114,9 +117,12 @@ void run_train_command(TrainOptions& o, CLI::App& cmd) {
         o.model.vocab_size = v;
     }
     o.cfg.model = models::resolve_model(o.model);
+    o.cfg.world = world_communicator().world();
     o.cfg.finalize();
-    if (const int rc = run_training(o.cfg, "", o.overwrite))
-      std::exit(rc);  // interrupted, checkpoint written
+    if (const int rc = run_training(o.cfg, "", o.overwrite)) {  // interrupted, checkpoint written
+      finalize_world();
+      std::exit(rc);
+    }
     return;
   }
   STRATA_REQUIRE(!o.overwrite, "--overwrite and --resume exclude each other");
@@ -144,8 +150,12 @@ void run_train_command(TrainOptions& o, CLI::App& cmd) {
     }
     r.copy(cfg, o.cfg);
   }
+  cfg.world = world_communicator().world();
   cfg.finalize();
-  if (const int rc = run_training(cfg, ckpt, false)) std::exit(rc);
+  if (const int rc = run_training(cfg, ckpt, false)) {
+    finalize_world();
+    std::exit(rc);
+  }
 }
 
 }  // namespace
@@ -154,7 +164,7 @@ void add_train_command(CLI::App& app) {
   auto o = std::make_shared<TrainOptions>();
   TrainConfig& c = o->cfg;
   c.steps = 0;
-  CLI::App* cmd = app.add_subcommand("train", "Train a model on prepared token shards (CPU backend)");
+  CLI::App* cmd = app.add_subcommand("train", "Train a model on prepared token shards (CPU or CUDA; many ranks under mpirun)");
   models::add_model_options(*cmd, o->model);
   cmd->add_option("--data", c.data_dir,
                   "Folder written by `strata prepare` (train_*.bin, val_*.bin, manifest)");
@@ -164,7 +174,8 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--seq-len", c.seq_len, "Tokens per sequence (T)");
   cmd->add_option(
       "--global-batch-tokens", c.global_batch_tokens,
-      "Tokens per optimizer step, a multiple of B x T reached by gradient accumulation (0 = B x T)");
+      "Tokens per optimizer step, a multiple of B x T x ranks reached by gradient accumulation (0 = B x T x "
+      "ranks)");
   cmd->add_option("--steps", c.steps, "Optimizer steps (or give --tokens)");
   cmd->add_option("--tokens", c.tokens, "Training tokens, rounded up to whole steps (instead of --steps)");
   cmd->add_option("--flops", c.flops,
@@ -212,6 +223,13 @@ void add_train_command(CLI::App& app) {
                   "A:B: bracket steps A..B with cudaProfilerStart/Stop, for nsys --capture-range=cudaProfilerApi");
   cmd->add_option("--peak-tflops", c.peak_tflops,
                   "Peak TFLOP/s per device for MFU (default: the GPU's datasheet bf16 peak; none on the CPU)");
+  cmd->add_option("--zero", c.zero_stage,
+                  "Under mpirun: 1 = ZeRO-1 (gradients reduce-scattered, AdamW state sharded, parameters "
+                  "all-gathered), 0 = replicated state and a gradient all-reduce")
+      ->check(CLI::IsMember({0, 1}));
+  cmd->add_option("--comm-timeout", c.comm_timeout,
+                  "Under mpirun: seconds a collective may wait before this rank exits with an error (a rank "
+                  "died or hangs)");
   cmd->add_option("--resume", o->resume,
                   "Continue from a checkpoint folder, or a run folder's newest checkpoint");
   cmd->add_flag("--overwrite", o->overwrite, "Start over in an --out folder that already holds checkpoints");

@@ -85,6 +85,10 @@ class CudaBackend final : public TrainBackend {
   long optimizer_t() const override {
     return t_;
   }
+  void set_data_parallel(Communicator& comm, int /*zero_stage*/) override {
+    STRATA_REQUIRE(comm.world() == 1, "--device cuda: data parallelism over ", comm.world(),
+                   " ranks (NCCL) is not built yet; run one process per job, or --device cpu under mpirun");
+  }
 
   void download_to_host() override {
     ensure_host();

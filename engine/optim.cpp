@@ -29,19 +29,29 @@ void AdamW::reset() {
 void AdamW::step(ParamBuffer& params, const ParamBuffer& grads, double lr, float grad_scale) {
   STRATA_CHECK(params.numel() == m_.numel() && grads.numel() == m_.numel(), "AdamW: buffer layouts differ");
   ++t_;
-  const float b1 = static_cast<float>(cfg_.beta1), b2 = static_cast<float>(cfg_.beta2);
-  const float eps = static_cast<float>(cfg_.eps);
+  adamw_update_range(params.layout(), cfg_, t_, lr, grad_scale, 0, params.numel(), params.data(),
+                     grads.data(), m_.data(), v_.data());
+}
+
+void adamw_update_range(const ParamLayout& layout, const AdamWConfig& cfg, long t, double lr, float grad_scale,
+                        int64_t begin, int64_t end, float* params, const float* grads, float* m_buf,
+                        float* v_buf) {
+  const float b1 = static_cast<float>(cfg.beta1), b2 = static_cast<float>(cfg.beta2);
+  const float eps = static_cast<float>(cfg.eps);
   // Bias corrections folded into the step size and the denominator, in double then rounded once.
-  const float step_size = static_cast<float>(lr / (1.0 - std::pow(cfg_.beta1, static_cast<double>(t_))));
+  const float step_size = static_cast<float>(lr / (1.0 - std::pow(cfg.beta1, static_cast<double>(t))));
   const float inv_bc2_sqrt =
-      static_cast<float>(1.0 / std::sqrt(1.0 - std::pow(cfg_.beta2, static_cast<double>(t_))));
-  for (const ParamEntry& e : params.layout().entries()) {
-    float* p = params.data() + e.offset;
-    const float* g = grads.data() + e.offset;
-    float* m = m_.data() + e.offset;
-    float* v = v_.data() + e.offset;
-    const float decay = e.spec.weight_decay ? static_cast<float>(1.0 - lr * cfg_.weight_decay) : 1.0f;
-    const int64_t n = e.numel();
+      static_cast<float>(1.0 / std::sqrt(1.0 - std::pow(cfg.beta2, static_cast<double>(t))));
+  for (const ParamEntry& e : layout.entries()) {
+    // The part of the tensor inside [begin, end), relative to begin (the buffers' base).
+    const int64_t lo = std::max(e.offset, begin), hi = std::min(e.offset + e.numel(), end);
+    if (lo >= hi) continue;
+    float* p = params + (lo - begin);
+    const float* g = grads + (lo - begin);
+    float* m = m_buf + (lo - begin);
+    float* v = v_buf + (lo - begin);
+    const float decay = e.spec.weight_decay ? static_cast<float>(1.0 - lr * cfg.weight_decay) : 1.0f;
+    const int64_t n = hi - lo;
     // One streaming pass (p, g, m, v): memory-bound, so it vectorises (this file is built with
     // -fno-math-errno, without which sqrtf keeps the loop scalar) and splits across threads for large
     // tensors.
@@ -56,8 +66,6 @@ void AdamW::step(ParamBuffer& params, const ParamBuffer& grads, double lr, float
     }
   }
 }
-
-namespace {
 
 // Sum of squares over fixed chunks, each summed in double in order, chunk sums added in order: the result
 // does not depend on the thread count.
@@ -81,8 +89,6 @@ double sum_squares(const float* x, int64_t n) {
   for (double s : part) total += s;
   return total;
 }
-
-}  // namespace
 
 double grad_norm(const ParamBuffer& grads) {
   return std::sqrt(sum_squares(grads.data(), grads.numel()));

@@ -45,6 +45,15 @@ class AdamW {
   long t_ = 0;
 };
 
+// The AdamW update of step t on the elements [begin, end) of buffers laid out by `layout`; the four pointers
+// point at element `begin` (whole buffers, or one rank's shard of them under ZeRO-1). Padding between tensors
+// is left alone. AdamW::step is this over the whole layout.
+void adamw_update_range(const ParamLayout& layout, const AdamWConfig& cfg, long t, double lr, float grad_scale,
+                        int64_t begin, int64_t end, float* params, const float* grads, float* m, float* v);
+
+// Sum of squares of x[0, n) in double, in a fixed order (chunks of 2^16 summed in order): the same bits on
+// any thread count.
+double sum_squares(const float* x, int64_t n);
 // The global L2 norm of all gradients (accumulated in double).
 double grad_norm(const ParamBuffer& grads);
 // The factor clipping applies for a gradient of global norm `norm`: max_norm / (norm + 1e-6) when max_norm >

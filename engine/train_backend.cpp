@@ -1,6 +1,9 @@
 #include "engine/train_backend.h"
 
+#include <optional>
+
 #include "engine/check.h"
+#include "engine/data_parallel.h"
 #include "engine/model.h"
 #include "growth/apply.h"
 
@@ -10,7 +13,7 @@ namespace {
 class CpuBackend final : public TrainBackend {
  public:
   CpuBackend(const models::ModelConfig& cfg, int B, int T, const AdamWConfig& adamw)
-      : model_(cfg, B, T), opt_(ParamLayout(cfg), adamw) {}
+      : model_(cfg, B, T), adamw_(adamw), opt_(std::in_place, ParamLayout(cfg), adamw) {}
   const char* name() const override { return "cpu"; }
   std::string device_name() const override { return {}; }
   const models::ModelConfig& config() const override { return model_.config(); }
@@ -27,28 +30,70 @@ class CpuBackend final : public TrainBackend {
     *n_valid = model_.num_valid_targets();
     return loss;
   }
-  double grad_norm() override { return strata::grad_norm(model_.grads()); }
-  void adamw_step(double lr, float grad_scale) override {
-    opt_.step(model_.params(), model_.grads(), lr, grad_scale);
+  double grad_norm() override {
+    return dp_ ? dp_->reduce_gradients(model_.grads()) : strata::grad_norm(model_.grads());
   }
-  long optimizer_t() const override { return opt_.t(); }
+  void adamw_step(double lr, float grad_scale) override {
+    if (optimizer_sharded())
+      dp_->step(model_.params(), model_.grads(), lr, grad_scale);
+    else
+      opt_->step(model_.params(), model_.grads(), lr, grad_scale);
+  }
+  long optimizer_t() const override { return optimizer_sharded() ? dp_->t() : opt_->t(); }
   void download_to_host() override {}
   void upload_from_host() override {}
   ParamBuffer& host_params() override { return model_.params(); }
-  AdamW& host_optimizer() override { return opt_; }
+  AdamW& host_optimizer() override {
+    STRATA_CHECK(opt_.has_value(), "host_optimizer(): the optimizer state is sharded (ZeRO-1)");
+    return *opt_;
+  }
   ParamBuffer* host_grads() override { return &model_.grads(); }
+
+  void set_data_parallel(Communicator& comm, int zero_stage) override {
+    dp_ = std::make_unique<HostDataParallel>(comm, model_.params().layout(), adamw_, zero_stage);
+    if (zero_stage == 1) opt_.reset();  // the shard's moments live in dp_
+  }
+  bool optimizer_sharded() const override { return dp_ && dp_->zero_stage() == 1; }
+  std::vector<CheckpointExtra> rank_checkpoint_files() override {
+    if (!optimizer_sharded()) return {};
+    return {optimizer_shard_extra(dp_->layout(), dp_->range(), dp_->m(), dp_->v(), dp_->comm().rank(),
+                                  dp_->comm().world())};
+  }
+  void load_optimizer(const CheckpointInfo& info, long t) override {
+    if (!optimizer_sharded()) return TrainBackend::load_optimizer(info, t);
+    load_checkpoint_moments(info, dp_->layout(), dp_->range(), dp_->m(), dp_->v());
+    dp_->set_t(t);
+  }
+
   void grow(const growth::GrowthPlan& plan, uint64_t seed) override {
-    growth::grow_in_place(plan, model_, opt_, seed);
+    if (optimizer_sharded()) {  // gather, grow, re-shard
+      AdamW whole = dp_->gather_optimizer();
+      growth::grow_in_place(plan, model_, whole, seed);
+      dp_->reset_from(whole);
+      return;
+    }
+    growth::grow_in_place(plan, model_, *opt_, seed);
+    if (dp_) dp_->set_layout(model_.params().layout());
   }
 
  private:
   Model model_;
-  AdamW opt_;
+  AdamWConfig adamw_;
+  std::optional<AdamW> opt_;
+  std::unique_ptr<HostDataParallel> dp_;
 };
 
 CudaBackendFactory g_cuda_factory = nullptr;
 
 }  // namespace
+
+void TrainBackend::load_optimizer(const CheckpointInfo& info, long t) {
+  AdamW& opt = host_optimizer();
+  const ParamLayout& layout = opt.m().layout();
+  const ShardRange all{0, layout.numel()};
+  load_checkpoint_moments(info, layout, all, opt.m().data(), opt.v().data());
+  opt.set_t(t);
+}
 
 std::unique_ptr<TrainBackend> make_cpu_backend(const models::ModelConfig& cfg, int B, int T,
                                                const AdamWConfig& adamw) {

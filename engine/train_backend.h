@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "engine/checkpoint.h"
+#include "engine/comm.h"
 #include "engine/optim.h"
 #include "engine/params.h"
 #include "growth/plan.h"
@@ -59,6 +60,20 @@ class TrainBackend {
   // checkpoint of the other backend).
   virtual std::vector<CheckpointExtra> checkpoint_extras() { return {}; }
   virtual void load_checkpoint_extras(const std::string& /*ckpt_dir*/, const CheckpointInfo& /*info*/) {}
+
+  // Data parallelism over `comm` (engine/data_parallel.h): from here on grad_norm() first reduces the
+  // gradients over the ranks (all-reduce for ZeRO-0, reduce-scatter for ZeRO-1) and adamw_step() updates the
+  // replicated state (ZeRO-0) or this rank's shard followed by an all-gather of the parameters (ZeRO-1). Call
+  // once, before the state is loaded; a world of one needs no call. The micro-batches' grad_scale must include
+  // 1 / world.
+  virtual void set_data_parallel(Communicator& comm, int zero_stage) = 0;
+  // ZeRO-1: the optimizer state is sharded, host_optimizer() is not available, and checkpoints take this
+  // rank's shard from rank_checkpoint_files().
+  virtual bool optimizer_sharded() const { return false; }
+  virtual std::vector<CheckpointExtra> rank_checkpoint_files() { return {}; }
+  // The moments and step counter t from a checkpoint of any rank count and ZeRO stage (re-sharding). The
+  // default reads them into host_optimizer() (call upload_from_host() after, as for the parameters).
+  virtual void load_optimizer(const CheckpointInfo& info, long t);
 
   // Grows the model and optimizer by `plan` (growth/apply.h's semantics, seeded by `seed`) and re-plans the
   // activations for the new architecture.

@@ -14,10 +14,15 @@ void TrainConfig::finalize() {
   STRATA_REQUIRE(batch_size >= 1, "--batch-size must be at least 1 (got ", batch_size, ")");
   STRATA_REQUIRE(seq_len >= 1 && seq_len <= model.max_seq_len, "--seq-len ", seq_len,
                  " must be in [1, the model's max_seq_len ", model.max_seq_len, "]");
-  const int64_t micro = int64_t{batch_size} * seq_len;
+  STRATA_REQUIRE(world >= 1, "world size must be at least 1 (got ", world, ")");
+  const int64_t micro = int64_t{batch_size} * seq_len * world;
   if (global_batch_tokens == 0) global_batch_tokens = micro;
   STRATA_REQUIRE(global_batch_tokens > 0 && global_batch_tokens % micro == 0, "--global-batch-tokens ",
-                 global_batch_tokens, " must be a positive multiple of batch-size x seq-len = ", micro);
+                 global_batch_tokens, " must be a positive multiple of batch-size x seq-len",
+                 world > 1 ? " x ranks" : "", " = ", micro, world > 1 ? cat(" (", world, " ranks)") : "");
+  STRATA_REQUIRE(zero_stage == 0 || zero_stage == 1, "--zero must be 0 or 1 (got ", zero_stage, ")");
+  STRATA_REQUIRE(comm_timeout > 0 && std::isfinite(comm_timeout), "--comm-timeout must be positive seconds (got ",
+                 comm_timeout, ")");
   STRATA_REQUIRE(steps >= 0 && tokens >= 0 && flops >= 0,
                  "--steps, --tokens and --flops must not be negative");
   STRATA_REQUIRE(steps > 0 || tokens > 0 || flops > 0, "give the run length: --steps, --tokens or --flops");
@@ -76,6 +81,11 @@ void TrainConfig::finalize() {
     for (const growth::Stage& st : grow)
       STRATA_REQUIRE(st.op != growth::Op::kLearn && st.op != growth::Op::kRandom, "--grow '", st.text,
                      "': --device cuda does not run G_learn or G_random (its masked phase) yet; use --device cpu");
+  // G_learn's phase steps its mixing matrices on one rank's gradients.
+  if (world > 1)
+    for (const growth::Stage& st : grow)
+      STRATA_REQUIRE(st.op != growth::Op::kLearn, "--grow '", st.text, "': G_learn does not run under ", world,
+                     " ranks yet (its learn phase is single-process); run it without mpirun");
 }
 
 void TrainConfig::resolve_growth() {

@@ -62,6 +62,12 @@ struct TrainConfig {
   long profile_first = 0, profile_last = 0;  // training backend: cpu, or cuda (engine/train_backend.h)
   double peak_tflops = 0;  // the peak MFU is reported against (0 = the device's datasheet entry, if any)
   int64_t stop_at = 0;     // stop after this step as if interrupted (tests resume); 0 = run to the end
+  // Data parallelism (engine/data_parallel.h): ranks of the world (set from the communicator before
+  // finalize(), not an option), the ZeRO stage, and the watchdog's timeout for one collective. None of them
+  // defines the run: a run may resume on another rank count or stage.
+  int world = 1;
+  int zero_stage = 1;
+  double comm_timeout = 600.0;
 
   // Resolved by finalize(): one point per growth stage.
   std::vector<GrowthPoint> growth_points;
@@ -72,7 +78,10 @@ struct TrainConfig {
   // The architecture trained at 0-based step `step` (after every growth whose point is <= step).
   const models::ModelConfig& model_at(long step) const;
 
-  int accumulation() const { return static_cast<int>(global_batch_tokens / (int64_t{batch_size} * seq_len)); }
+  // Micro-batches per rank per optimizer step.
+  int accumulation() const {
+    return static_cast<int>(global_batch_tokens / (int64_t{batch_size} * seq_len * world));
+  }
   // Resolves defaults (global batch, steps from tokens or FLOPs, schedule total, growth points) and checks
   // every field, growth stages included (a stage that does not fit the model, a point at or past the end of
   // the run or not after the previous stage's phase); errors are one line naming the option.

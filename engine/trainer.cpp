@@ -2,6 +2,7 @@
 // (forward, backward with 1/k scaling), global-norm clipping, the scheduled learning rate, one AdamW update.
 #include "engine/trainer.h"
 
+#include <lzma.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -18,6 +19,7 @@
 #include "data/loader.h"
 #include "engine/check.h"
 #include "engine/checkpoint.h"
+#include "engine/comm.h"
 #include "engine/fileio.h"
 #include "engine/optim.h"
 #include "engine/parallel.h"
@@ -25,6 +27,7 @@
 #include "engine/sampler.h"
 #include "engine/train_backend.h"
 #include "growth/apply.h"
+#include "growth/comm_cost.h"
 #include "growth/plan.h"
 #include "models/model_config_json.h"
 
@@ -47,10 +50,11 @@ std::vector<std::string> split_shards(const std::string& data_dir, const std::st
 namespace {
 
 // Mean loss and bits per byte over `batches` batches of `loader` (from its start; 0 = one epoch); eval_batch
-// returns one batch's mean loss and sets its count of non-ignored targets.
+// returns one batch's mean loss and sets its count of non-ignored targets. Under data parallelism rank r of
+// `world` evaluates batches r, r + world, ... and the caller sums the results over the ranks.
 template <class EvalBatch>
 EvalResult evaluate_batches(int B, int T, data::DataLoader& loader, int batches, const data::Tokenizer& tok,
-                            EvalBatch&& eval_batch) {
+                            EvalBatch&& eval_batch, int rank = 0, int world = 1) {
   loader.reset();
   const int n = batches > 0 ? static_cast<int>(std::min<uint64_t>(batches, loader.batches_per_epoch()))
                             : static_cast<int>(loader.batches_per_epoch());
@@ -59,6 +63,7 @@ EvalResult evaluate_batches(int B, int T, data::DataLoader& loader, int batches,
   double nats = 0.0;
   for (int b = 0; b < n; ++b) {
     loader.next(in.data(), tg.data());
+    if (b % world != rank) continue;
     int64_t valid = 0;
     const float loss = eval_batch(in.data(), tg.data(), &valid);
     nats += static_cast<double>(loss) * static_cast<double>(valid);
@@ -68,6 +73,7 @@ EvalResult evaluate_batches(int B, int T, data::DataLoader& loader, int batches,
         r.bytes += static_cast<int64_t>(tok.token_bytes(static_cast<data::TokenId>(t)).size());
   }
   r.batches = n;
+  r.nats = nats;
   r.loss = r.tokens ? nats / static_cast<double>(r.tokens) : 0.0;
   r.bits_per_byte = r.bytes ? nats / std::log(2.0) / static_cast<double>(r.bytes) : 0.0;
   return r;
@@ -113,6 +119,7 @@ using Clock = std::chrono::steady_clock;
 std::atomic<int> g_stop_signal{0};
 extern "C" void on_stop_signal(int sig) {
   g_stop_signal.store(sig);
+  note_stop_signal(sig);
   std::signal(sig, SIG_DFL);
 }
 
@@ -240,10 +247,85 @@ void print_config(const TrainConfig& c, size_t train_shards, uint64_t train_toke
   std::fflush(stdout);
 }
 
+// The first difference between two JSON values, as "path: a vs b" ("" when equal).
+std::string json_difference(const nlohmann::json& a, const nlohmann::json& b, const std::string& path) {
+  if (a == b) return {};
+  if (a.is_object() && b.is_object()) {
+    for (const auto& [k, v] : a.items()) {
+      if (!b.contains(k)) return cat(path, k, ": ", v.dump(), " vs (absent)");
+      if (std::string d = json_difference(v, b[k], cat(path, k, ".")); !d.empty()) return d;
+    }
+    for (const auto& [k, v] : b.items())
+      if (!a.contains(k)) return cat(path, k, ": (absent) vs ", v.dump());
+  }
+  std::string p = path;
+  if (!p.empty() && p.back() == '.') p.pop_back();
+  return cat(p.empty() ? "value" : p, ": ", a.dump(), " vs ", b.dump());
+}
+
+// Every rank must train the same run: the same config, device, ZeRO stage, resume point and data (the
+// loader's fingerprint: token counts and shard sizes). A difference is an AgreedError on every rank
+// naming the first rank that differs from rank 0, its host, and the first differing field.
+void check_same_config_on_every_rank(Communicator& comm, const TrainConfig& cfg, const std::string& resume,
+                                     bool overwrite, const data::LoaderState& loader, long resume_step) {
+  comm.set_activity("comparing the run's config across ranks");
+  nlohmann::json mine = {{"config", cfg.to_json()},
+                         {"device", cfg.device},
+                         {"zero", cfg.zero_stage},
+                         {"resume", resume},
+                         {"resume_step", resume_step},
+                         {"overwrite", overwrite},
+                         {"data", loader.to_json()}};
+  // The position is the same on every rank; only the fingerprint matters here.
+  mine["data"].erase("epoch");
+  mine["data"].erase("next_sample");
+  const std::vector<std::string> all = comm.all_gather_strings(mine.dump());
+  const std::vector<std::string> hosts = comm.all_gather_strings(host_name());
+  const nlohmann::json first = nlohmann::json::parse(all[0]);
+  for (size_t r = 1; r < all.size(); ++r) {
+    if (all[r] == all[0]) continue;
+    throw AgreedError(cat("rank ", r, " (host ", hosts[r], ") was started with a different run than rank 0 (host ",
+                          hosts[0], "): ", json_difference(nlohmann::json::parse(all[r]), first, ""),
+                          " (rank ", r, " vs rank 0); every rank must get the same command line, config file "
+                          "and data"));
+  }
+}
+
+// After initialisation or a resume every rank must hold the same weights (a CRC-64 of the buffer).
+void check_same_weights_on_every_rank(Communicator& comm, const ParamBuffer& params) {
+  comm.set_activity("comparing the initial weights across ranks");
+  const uint64_t crc = lzma_crc64(reinterpret_cast<const uint8_t*>(params.data()),
+                                  static_cast<size_t>(params.numel()) * sizeof(float), 0);
+  const std::vector<std::string> all = comm.all_gather_strings(crc64_hex(crc));
+  for (size_t r = 1; r < all.size(); ++r)
+    if (all[r] != all[0])
+      throw AgreedError(cat("rank ", r, " starts from different weights than rank 0 (CRC-64 ", all[r], " vs ",
+                            all[0], "): the ranks read different checkpoint files"));
+}
+
+// A loader position saved by a run of another rank count: the global sample index carries over when it is a
+// whole number of this world's global micro-batches (the global batch in tokens is the same, so it is, unless
+// --batch-size changed); otherwise the resume is refused.
+data::LoaderState loader_state_for_world(data::LoaderState s, int world, const std::string& ckpt) {
+  if (s.world == world) return s;
+  const uint64_t per = static_cast<uint64_t>(s.batch_size) * static_cast<uint64_t>(world);
+  STRATA_REQUIRE(per > 0 && s.next_sample % per == 0, "checkpoint ", ckpt, " was written by ", s.world,
+                 " ranks at sample ", s.next_sample, ", which is not a whole number of global batches of ",
+                 world, " ranks x ", s.batch_size, " sequences; resume it with ", s.world, " ranks");
+  s.world = world;
+  return s;
+}
+
 }  // namespace
 
 int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool overwrite) {
   TrainConfig cfg = cfg_in;
+  Communicator& comm = world_communicator();
+  comm.set_timeout(cfg.comm_timeout);
+  comm.set_activity("starting the run");
+  const bool lead = comm.rank() == 0;  // rank 0 prints, writes metrics and the run's files
+  const int world = comm.world();
+  STRATA_CHECK(cfg.world == world, "the config was finalized for ", cfg.world, " ranks, the world has ", world);
   const int threads = set_compute_threads(cfg.threads);
   // Data and tokenizer.
   const std::vector<std::string> train_shards = split_shards(cfg.data_dir, "train");
@@ -261,6 +343,8 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
   lo.seed = cfg.seed;
   lo.shuffle = cfg.shuffle;
   lo.vocab_size = static_cast<uint32_t>(cfg.model.vocab_size);
+  lo.rank = comm.rank();
+  lo.world = world;
   data::DataLoader loader(train_shards, lo);
 
   // Model, optimizer, counters: fresh or from the checkpoint (whose architecture is the one trained at its
@@ -268,9 +352,13 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
   std::optional<CheckpointInfo> resume_info;
   if (!resume_ckpt.empty()) resume_info = read_checkpoint_info(resume_ckpt);
   const models::ModelConfig& start_arch = resume_info ? resume_info->model : cfg.model;
+  if (world > 1)
+    check_same_config_on_every_rank(comm, cfg, resume_ckpt, overwrite, loader.state(),
+                                    resume_info ? resume_info->step : -1);
   std::unique_ptr<TrainBackend> backend =
       make_backend(cfg.device, start_arch, cfg.batch_size, cfg.seq_len, cfg.adamw, cfg.seed);
   TrainBackend& be = *backend;
+  if (world > 1) be.set_data_parallel(comm, cfg.zero_stage);
   long step = 0;
   double flops = 0.0, elapsed_before = 0.0;
   uint64_t tokens_seen = 0;
@@ -284,15 +372,14 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
     STRATA_REQUIRE(info.has_optimizer(), "checkpoint ", resume_ckpt,
                    " has no optimizer state (optimizer.safetensors) and cannot be resumed");
     load_checkpoint_params(resume_ckpt, be.host_params());
-    load_checkpoint_optimizer(resume_ckpt, be.host_optimizer());
     const nlohmann::json& t = info.trainer;
     try {
-      be.host_optimizer().set_t(t.at("optimizer_t").get<long>());
+      be.load_optimizer(info, t.at("optimizer_t").get<long>());
       step = t.at("step").get<long>();
       tokens_seen = t.at("tokens").get<uint64_t>();
       flops = t.at("flops").get<double>();
       elapsed_before = t.value("elapsed_s", 0.0);
-      loader.restore(data::LoaderState::from_json(t.at("loader")));
+      loader.restore(loader_state_for_world(data::LoaderState::from_json(t.at("loader")), world, resume_ckpt));
       if (t.contains("growth")) {
         growth_history = t.at("growth").at("history");
         next_stage = t.at("growth").at("done").get<size_t>();
@@ -340,36 +427,64 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
                    ", or pass --overwrite to start over");
     init_params(be.host_params(), cfg.seed);
   }
+  if (world > 1) check_same_weights_on_every_rank(comm, be.host_params());
   be.upload_from_host();
   if (resume_info) be.load_checkpoint_extras(resume_ckpt, *resume_info);
-  if (resume_ckpt.empty() && overwrite) {
-    // Starting over: the old run's checkpoints would otherwise outrank the new ones on --resume.
-    for (const auto& [old_step, dir] : list_checkpoints(cfg.out_dir)) fs::remove_all(dir);
+  std::optional<MetricsLog> metrics;
+  if (lead) {
+    if (resume_ckpt.empty() && overwrite) {
+      // Starting over: the old run's checkpoints would otherwise outrank the new ones on --resume.
+      for (const auto& [old_step, dir] : list_checkpoints(cfg.out_dir)) fs::remove_all(dir);
+    }
+    fs::create_directories(cfg.out_dir);
+    write_file_atomic((fs::path(cfg.out_dir) / "config.json").string(), cfg.to_json().dump(2) + "\n");
+    metrics.emplace((fs::path(cfg.out_dir) / "metrics.jsonl").string(), resume_ckpt.empty() ? -1 : step);
   }
-  fs::create_directories(cfg.out_dir);
-  write_file_atomic((fs::path(cfg.out_dir) / "config.json").string(), cfg.to_json().dump(2) + "\n");
-  MetricsLog metrics((fs::path(cfg.out_dir) / "metrics.jsonl").string(), resume_ckpt.empty() ? -1 : step);
+  comm.barrier();
   std::optional<data::DataLoader> val_loader;  // opened (and its tokens checked) once for every evaluation
   if (!val_shards.empty())
     val_loader.emplace(eval_loader(be.batch(), be.seq_len(), be.config().vocab_size, val_shards));
-  print_config(cfg, train_shards.size(), loader.total_tokens(), val_shards.size(), threads);
   const std::string device_name = be.device_name();
-  std::printf("  %-22s %s\n", "device",
-              device_name.empty() ? be.name() : cat(be.name(), ": ", device_name).c_str());
-  if (const std::string mem = be.memory_summary(); !mem.empty())
-    std::printf("  %-22s %s\n", "GPU memory", mem.c_str());
   // The CPU has no datasheet peak: MFU is reported there only against a given --peak-tflops.
   const std::optional<PeakFlops> peak = resolve_peak(cfg.peak_tflops, device_name);
-  std::printf("  %-22s %s\n", "MFU peak",
-              peak ? cat(peak->tflops, " TFLOP/s per device, ", peak->label).c_str()
-                   : (device_name.empty() ? "none on the CPU backend (give --peak-tflops to report MFU)"
-                                          : "unknown for this device (give --peak-tflops to report MFU)"));
-  if (val_shards.empty()) std::printf("  (no val_*.bin shards: validation is skipped)\n");
-  if (step > 0) std::printf("resumed from %s at step %ld\n", resume_ckpt.c_str(), step);
+  if (lead) {
+    print_config(cfg, train_shards.size(), loader.total_tokens(), val_shards.size(), threads);
+    std::printf("  %-22s %s\n", "device",
+                device_name.empty() ? be.name() : cat(be.name(), ": ", device_name).c_str());
+    if (const std::string mem = be.memory_summary(); !mem.empty())
+      std::printf("  %-22s %s\n", "GPU memory", mem.c_str());
+    std::printf("  %-22s %s\n", "MFU peak",
+                peak ? cat(peak->tflops, " TFLOP/s per device, ", peak->label).c_str()
+                     : (device_name.empty() ? "none on the CPU backend (give --peak-tflops to report MFU)"
+                                            : "unknown for this device (give --peak-tflops to report MFU)"));
+    std::printf("  %-22s %s\n", "ranks",
+                world == 1 ? "1 (no launcher)"
+                           : cat(world, " (", comm.kind(), ", hosts ", comm.hosts(), "), ZeRO-", cfg.zero_stage,
+                                 cfg.zero_stage == 1 ? ": AdamW state and master weights sharded"
+                                                     : ": replicated state, gradient all-reduce",
+                                 ", collective timeout ", cfg.comm_timeout, " s")
+                                 .c_str());
+    if (world > 1) {
+      // What each step sends, by the ring formula (growth/comm_cost.h) over the flat fp32 buffers; the
+      // metrics' comm_bytes is what the communicator counted.
+      const double n = static_cast<double>(be.host_params().numel());
+      std::printf("  %-22s %s\n", "communication",
+                  cat(human(growth::dp_bytes_per_rank(n, world, cfg.zero_stage, 4, 4).total()),
+                      "B sent per rank per step (",
+                      cfg.zero_stage == 1 ? "reduce-scatter + all-gather" : "all-reduce", " of ", human(n),
+                      " fp32 elements)")
+                      .c_str());
+    }
+    if (val_shards.empty()) std::printf("  (no val_*.bin shards: validation is skipped)\n");
+    if (step > 0) std::printf("resumed from %s at step %ld\n", resume_ckpt.c_str(), step);
+    std::fflush(stdout);
+  }
 
   double flops_per_token = models::train_flops_per_token(be.config(), cfg.seq_len);
   const int accum = cfg.accumulation();
-  const bool tty = isatty(fileno(stdout)) != 0;
+  // Live progress lines on a terminal; under mpirun stdout is forwarded (a pseudo-terminal with OpenMPI) and
+  // gets plain lines.
+  const bool tty = world == 1 && isatty(fileno(stdout)) != 0;
   std::vector<int32_t> in(static_cast<size_t>(cfg.batch_size) * cfg.seq_len), tg(in.size());
   const auto t_start = Clock::now();
   const long first_step = step;
@@ -387,6 +502,8 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
         {"growth",
          {{"done", next_stage}, {"history", growth_history}, {"learn_t", learned ? learned->t() : 0}}},
         {"loader", loader.state().to_json()},
+        {"world", world},
+        {"zero_stage", world > 1 ? cfg.zero_stage : 0},
         {"rng", {{"seed", cfg.seed}, {"sampler", "mt19937_64 seeded by seed ^ step"}}},
         {"elapsed_s", elapsed}};
   };
@@ -394,13 +511,27 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
     if (!val_loader) return;
     const bool masked = mask.active(step);  // evaluate the function the next step trains (CPU only)
     if (masked) mask.begin(be.host_params(), step);
-    last_eval = evaluate_batches(be.batch(), be.seq_len(), *val_loader, cfg.eval_batches, tok,
-                                 [&](const int32_t* inputs, const int32_t* targets, int64_t* valid) {
-                                   return be.evaluate(inputs, targets, valid);
-                                 });
+    comm.set_activity(cat("evaluating at step ", step));
+    last_eval = evaluate_batches(
+        be.batch(), be.seq_len(), *val_loader, cfg.eval_batches, tok,
+        [&](const int32_t* inputs, const int32_t* targets, int64_t* valid) {
+          return be.evaluate(inputs, targets, valid);
+        },
+        comm.rank(), world);
+    if (world > 1) {  // each rank evaluated its share of the batches
+      double sums[3] = {last_eval.nats, static_cast<double>(last_eval.tokens),
+                        static_cast<double>(last_eval.bytes)};
+      comm.all_reduce_small(sums, 3, ReduceOp::kSum);
+      last_eval.nats = sums[0];
+      last_eval.tokens = static_cast<int64_t>(sums[1]);
+      last_eval.bytes = static_cast<int64_t>(sums[2]);
+      last_eval.loss = last_eval.tokens ? sums[0] / sums[1] : 0.0;
+      last_eval.bits_per_byte = last_eval.bytes ? sums[0] / std::log(2.0) / sums[2] : 0.0;
+    }
     if (masked) mask.end(be.host_params(), nullptr);
     have_eval = true;
-    metrics.write({{"type", "eval"},
+    if (!lead) return;
+    metrics->write({{"type", "eval"},
                    {"step", step},
                    {"tokens", tokens_seen},
                    {"flops", flops},
@@ -412,7 +543,7 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
     std::fflush(stdout);
   };
   auto do_sample = [&] {
-    if (cfg.sample_tokens == 0) return;
+    if (cfg.sample_tokens == 0 || !lead) return;
     const std::vector<int32_t> prompt = prompt_tokens(tok, cfg.sample_prompt);
     if (static_cast<int>(prompt.size()) >= cfg.model.max_seq_len) return;
     const bool masked = mask.active(step);
@@ -431,9 +562,15 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
     std::vector<CheckpointExtra> extra = be.checkpoint_extras();
     if (learned)
       extra.push_back({"growth.safetensors", learned->tensors(), {{"content", "G_learn mixing state"}}});
+    comm.set_activity(cat("writing the checkpoint of step ", step));
+    const nlohmann::json state = trainer_state(elapsed_before + seconds_since(t_start));
     const std::string dir =
-        save_checkpoint(cfg.out_dir, step, be.host_params(), &be.host_optimizer(),
-                        trainer_state(elapsed_before + seconds_since(t_start)), cfg.keep_last, extra);
+        world == 1 ? save_checkpoint(cfg.out_dir, step, be.host_params(), &be.host_optimizer(), state,
+                                     cfg.keep_last, extra)
+                   : save_checkpoint_distributed(comm, cfg.out_dir, step, be.host_params(),
+                                                 be.optimizer_sharded() ? nullptr : &be.host_optimizer(), state,
+                                                 cfg.keep_last, extra, be.rank_checkpoint_files());
+    if (!lead) return;
     std::printf("%scheckpoint %s\n", tty ? "\r\033[K" : "", dir.c_str());
     std::fflush(stdout);
   };
@@ -467,9 +604,10 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
     flops_per_token = models::train_flops_per_token(be.config(), cfg.seq_len);
     ++next_stage;
     growth_history.push_back(rec.to_json());
+    if (!lead) return;
     nlohmann::json row = rec.to_json();
     row["type"] = "growth";
-    metrics.write(row);
+    metrics->write(row);
     std::printf("%s%s  done in %.3f s (%s -> %s parameters)\n", tty ? "\r\033[K" : "",
                 plan.describe().c_str(), rec.wall_s, human(static_cast<double>(rec.params_before)).c_str(),
                 human(static_cast<double>(rec.params_after)).c_str());
@@ -480,17 +618,21 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
     while (next_stage < cfg.grow.size() && cfg.growth_points[next_stage].step == step) do_growth();
     if (step + 1 == cfg.profile_first) {
       be.profiler_start();
-      std::printf("%sprofiling steps %ld-%ld (cudaProfilerStart)\n", tty ? "\r\033[K" : "", cfg.profile_first,
+      if (lead)
+        std::printf("%sprofiling steps %ld-%ld (cudaProfilerStart)\n", tty ? "\r\033[K" : "", cfg.profile_first,
                   cfg.profile_last);
     }
     const auto t0 = Clock::now();
+    if (world > 1) comm.set_activity(cat("training step ", step + 1));
+    const double comm_before = comm.counters().bulk();
     be.zero_grad();
     const bool masked = mask.active(step);
     if (masked) mask.begin(be.host_params(), step);
     double loss = 0.0;
     for (int k = 0; k < accum; ++k) {
       loader.next(in.data(), tg.data());
-      loss += be.train_micro_batch(in.data(), tg.data(), 1.0f / static_cast<float>(accum));
+      // Each rank's share is scaled so the sum over the ranks is the global batch's mean gradient.
+      loss += be.train_micro_batch(in.data(), tg.data(), 1.0f / static_cast<float>(accum * world));
     }
     loss /= accum;
     if (masked) mask.end(be.host_params(), be.host_grads());
@@ -509,6 +651,17 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
     }
     ++step;
     if (step == cfg.profile_last) be.profiler_stop();
+    const double comm_bytes = comm.counters().bulk() - comm_before;
+    // The ranks' mean loss, and whether any rank was asked to stop (all stop after the same step).
+    int stop_signal = g_stop_signal.load();
+    if (world > 1) {
+      double v[2] = {loss, 0.0};
+      comm.all_reduce_small(v, 1, ReduceOp::kSum);
+      loss = v[0] / world;
+      v[1] = stop_signal;
+      comm.all_reduce_small(v + 1, 1, ReduceOp::kMax);
+      stop_signal = static_cast<int>(v[1]);
+    }
     tokens_seen += static_cast<uint64_t>(cfg.global_batch_tokens);
     flops += flops_per_token * static_cast<double>(cfg.global_batch_tokens);
     last_loss = loss;
@@ -518,11 +671,12 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
     nlohmann::json row = {{"type", "step"}, {"step", step}, {"tokens", tokens_seen}, {"flops", flops},
                           {"loss", loss},   {"lr", lr},     {"grad_norm", norm},     {"tokens_per_s", tps}};
     if (peak) row["mfu"] = mfu(flops_per_token, tps, *peak);
-    metrics.write(row);
+    if (world > 1) row["comm_bytes"] = comm_bytes;
+    if (lead) metrics->write(row);
     const double run_s = seconds_since(t_start);
     const double avg_tps = static_cast<double>((step - first_step) * cfg.global_batch_tokens) / run_s;
     const double eta = static_cast<double>((last - step) * cfg.global_batch_tokens) / avg_tps;
-    if (tty || step % cfg.log_every == 0 || step == last) {
+    if (lead && (tty || step % cfg.log_every == 0 || step == last)) {
       char mfu_text[32] = "";
       if (peak)
         std::snprintf(mfu_text, sizeof mfu_text, " | MFU %.1f%%",
@@ -535,17 +689,19 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
     const bool end = step == last;
     if ((cfg.eval_every > 0 && step % cfg.eval_every == 0) || (end && step == cfg.steps)) do_eval();
     if ((cfg.sample_every > 0 && step % cfg.sample_every == 0) || (end && step == cfg.steps)) do_sample();
-    const bool stop = !end && g_stop_signal.load() != 0;
+    const bool stop = !end && stop_signal != 0;
     if ((cfg.ckpt_every > 0 && step % cfg.ckpt_every == 0) || end || stop) do_checkpoint();
     if (stop) {
-      interrupted = g_stop_signal.load();
-      std::printf("%sinterrupted (signal %d) after step %ld; continue with: strata train --resume %s\n",
+      interrupted = stop_signal;
+      if (lead)
+        std::printf("%sinterrupted (signal %d) after step %ld; continue with: strata train --resume %s\n",
                   tty ? "\r\033[K" : "", interrupted, step, cfg.out_dir.c_str());
       break;
     }
   }
-  if (tty) std::printf("\n");
   const double secs = seconds_since(t_start);
+  if (!lead) return interrupted ? 128 + interrupted : 0;
+  if (tty) std::printf("\n");
   std::printf("done: %ld steps, %s tokens, %s FLOPs in %s (%s tok/s this session); final train loss %.4f",
               step, human(static_cast<double>(tokens_seen)).c_str(), human(flops).c_str(),
               duration(secs).c_str(),

@@ -25,6 +25,7 @@ struct EvalResult {
   int64_t tokens = 0;  // targets evaluated
   int64_t bytes = 0;   // their UTF-8 bytes (special tokens count 0)
   int batches = 0;
+  double nats = 0.0;  // the summed cross-entropy (loss x tokens)
 };
 
 // A loader over `shards` in natural order with the model's B, T and vocabulary (every token is checked once

@@ -8,6 +8,7 @@ pkgs=(
   libcli11-dev nlohmann-json3-dev                 # CLI, JSON
   libpcre2-dev liblzma-dev                        # tokenizer pattern, .xz data
   libopenblas-openmp-dev                          # CPU ops: BLAS sharing the OpenMP (libgomp) threads
+  libopenmpi-dev openmpi-bin                      # multi-rank training (mpirun), its tests
   libgtest-dev                                    # tests
   clang libclang-rt-14-dev                        # libFuzzer targets
 )

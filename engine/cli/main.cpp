@@ -7,6 +7,7 @@
 
 #include "data/cli.h"
 #include "engine/check.h"
+#include "engine/comm.h"
 #include "engine/cli.h"
 #include "growth/cli.h"
 #include "kernels/cpu/blas_runtime.h"
@@ -43,19 +44,31 @@ int main(int argc, char** argv) {
   strata::add_sample_command(app);
   strata::growth::add_plan_command(app);
 
+  // Under mpirun every fatal error names the rank and host; an error one rank hit alone aborts the world (the
+  // launcher ends the other ranks), an error every rank agreed on is printed once and ends every rank.
+  const auto fail = [](const char* what, const char* suffix) {
+    const bool many = strata::process_context().world > 1;
+    std::fprintf(stderr, "strata: error: %s%s%s\n", many ? (strata::process_description() + ": ").c_str() : "",
+                 what, suffix);
+    strata::abort_world(1);
+    return 1;
+  };
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     // --help and --version are "errors" with exit code 0; every real parse error is one line, exit 2.
     if (e.get_exit_code() == 0) return app.exit(e);
-    std::fprintf(stderr, "strata: error: %s (see --help)\n", e.what());
+    fail(e.what(), " (see --help)");
     return 2;
+  } catch (const strata::AgreedError& e) {
+    if (strata::process_context().rank == 0) std::fprintf(stderr, "strata: error: %s\n", e.what());
+    strata::finalize_world();
+    return 1;
   } catch (const strata::Error& e) {
-    std::fprintf(stderr, "strata: error: %s\n", e.what());
-    return 1;
+    return fail(e.what(), "");
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "strata: error: %s\n", e.what());
-    return 1;
+    return fail(e.what(), "");
   }
+  strata::finalize_world();
   return 0;
 }
