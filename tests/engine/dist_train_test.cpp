@@ -324,4 +324,40 @@ TEST_F(DistTrain, AStalledRankTripsTheCollectiveTimeout) {
   std::printf("job ended %.1f s after rank 1 stalled (timeout 3 s), status %d\n", waited, rc);
 }
 
+// SIGTERM (a scheduler preempting the job): the ranks agree to stop after the same step, write one checkpoint
+// together and exit with 128 + 15; the run then resumes from it.
+TEST_F(DistTrain, SigtermStopsEveryRankWithOneCheckpointAndResumes) {
+  const fs::path out_dir = root_ / "preempted", log = root_ / "preempted.log";
+  const auto [job, rank1] = start_long_run(mpirun(2) + strata_bin() + args("preempted", 1000000), out_dir, log);
+  const std::unique_ptr<void, std::function<void(void*)>> reap(reinterpret_cast<void*>(1),
+                                                                [job = job](void*) { stop_job(job, -1); });
+  ASSERT_GT(rank1, 0);
+  // One rank is enough: the ranks agree on a pending signal after every step (a scheduler signals them all,
+  // each at its own moment).
+  ASSERT_EQ(::kill(rank1, SIGTERM), 0);
+  double waited = 0;
+  const int rc = wait_for(job, 60, &waited);
+  const std::string text = strata::read_file(log.string());
+  ASSERT_NE(rc, -1) << text;
+  EXPECT_EQ(rc, 143) << text;
+  EXPECT_NE(text.find("interrupted (signal 15) after step"), std::string::npos) << text;
+  const auto ckpts = [&] {
+    std::vector<std::string> c;
+    for (const auto& e : fs::directory_iterator(out_dir))
+      if (e.path().filename().string().rfind("ckpt-", 0) == 0) c.push_back(e.path().string());
+    return c;
+  }();
+  ASSERT_EQ(ckpts.size(), 1u) << text;
+  const Json state = Json::parse(strata::read_file(ckpts[0] + "/state.json"));
+  const long step = state.at("step").get<long>();
+  EXPECT_EQ(rows_of(metrics("preempted"), "step").back().at("step").get<long>(), step);
+  std::string out;
+  ASSERT_EQ(run_shell(mpirun(2) + strata_bin() + "train --resume " + out_dir.string() + " --stop-at " +
+                          std::to_string(step + 2),
+                      &out),
+            0)
+      << out;
+  EXPECT_EQ(rows_of(metrics("preempted"), "step").back().at("step").get<long>(), step + 2);
+}
+
 }  // namespace
