@@ -16,6 +16,9 @@ mkdir -p "$out"
 w=$(mktemp -d)
 tar -C "$w" -xJf .devcarry/kernels.tar.xz || { echo "device_gpu_train: .devcarry/kernels.tar.xz missing"; exit 1; }
 cublas=$(dirname "$(timeout 60 find /usr /opt -name 'libcublasLt.so.13' 2>/dev/null | head -1)")
+# NCCL (218 MB, not carried): the image's, from its nvidia-nccl-cu13 Python package or a system install.
+nccl=$(dirname "$(timeout 60 find /usr /opt -name 'libnccl.so.2' 2>/dev/null | head -1)")
+cublas="$cublas:$nccl"
 run() { LD_LIBRARY_PATH="$w/lib:$cublas:${LD_LIBRARY_PATH:-}" "$@"; }
 d=$(mktemp -d)
 run "$w/strata" tokenizer train --no-progress --vocab-size 8192 --input data/default/sotu.jsonl.xz \

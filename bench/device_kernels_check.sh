@@ -17,6 +17,9 @@ mkdir -p "$logs"
 trap 'tar -C "$w" -czf "$out/device_logs.tar.gz" logs 2>/dev/null' EXIT
 tar -C "$w" -xJf .devcarry/kernels.tar.xz || { echo "device_kernels_check: .devcarry/kernels.tar.xz missing"; exit 1; }
 cublas=$(dirname "$(timeout 60 find /usr /opt -name 'libcublasLt.so.13' 2>/dev/null | head -1)")
+# NCCL (218 MB, not carried): the image's, from its nvidia-nccl-cu13 Python package or a system install.
+nccl=$(dirname "$(timeout 60 find /usr /opt -name 'libnccl.so.2' 2>/dev/null | head -1)")
+cublas="$cublas:$nccl"
 # The carried libraries serve the carried executables only (PyTorch keeps the image's own).
 run() { LD_LIBRARY_PATH="$w/lib:$cublas:${LD_LIBRARY_PATH:-}" "$@"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader 2>&1 | head -1
@@ -34,13 +37,15 @@ have_sanitizer=$(command -v compute-sanitizer)
 jobs_run=()
 # The trainer's tests run the carried strata executable on this checkout's data (test_util.h).
 export STRATA_TEST_BINARY=$w/strata STRATA_TEST_SOURCE_DIR=$PWD
-for t in "$w"/tests/kernels_cuda_*_test "$w"/tests/engine_cuda_*_test; do
+for t in "$w"/tests/kernels_cuda_*_test "$w"/tests/engine_cuda_*_test "$w"/tests/engine_nccl_*_test; do
+  [[ -x $t ]] || continue
   name=$(basename "$t" _test)
   ( run timeout 120 "$t" --gtest_brief=1 >"$logs/$name.test.log" 2>&1; echo $? >"$logs/$name.test.rc" ) &
   jobs_run+=("$name.test")
   [[ -n $have_sanitizer && $name != engine_cuda_train ]] || continue
   tools="memcheck racecheck"
-  [[ $name == kernels_cuda_matmul || $name == kernels_cuda_device || $name == engine_cuda_model ]] && tools=memcheck
+  [[ $name == kernels_cuda_matmul || $name == kernels_cuda_device || $name == engine_cuda_model ||
+     $name == engine_nccl_comm ]] && tools=memcheck
   filter='--gtest_filter=-*DeathTest*'
   [[ $name == kernels_cuda_flash_attention ]] && filter+=':*T1029*:*T777*:*BitwiseReproducible*'
   for tool in $tools; do

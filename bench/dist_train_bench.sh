@@ -7,7 +7,8 @@
 # train the same model on the same samples, so it agrees to reduction order).
 #
 # Usage: bash bench/dist_train_bench.sh [BUILD_DIR] [extra strata train flags]
-#   env: STEPS (default 30), NP (default 2), MODEL_FLAGS (default: llama-tiny, 4 layers, width 256)
+#   env: STEPS (default 20), NP (default 2), THREADS per rank (default 1), DATA (a prepared folder, default
+#        out/default, prepared when missing), MODEL_FLAGS (default: llama-tiny, 4 layers, width 256)
 # On this 2-core machine the ranks share the cores (1 thread each), so tokens/s shows the cost of the
 # collectives and of a rank's smaller share, not a speedup; on a many-core host give THREADS.
 set -euo pipefail
@@ -18,19 +19,19 @@ strata="$build/strata"
 [[ -x "$strata" ]] || { echo "dist_train_bench: no $strata (build first)" >&2; exit 1; }
 command -v mpirun >/dev/null || { echo "dist_train_bench: mpirun missing (bash scripts/setup.sh)" >&2; exit 1; }
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-steps=${STEPS:-30}
+steps=${STEPS:-20}
 np=${NP:-2}
 threads=${THREADS:-1}
 model=${MODEL_FLAGS:---model llama-tiny --n-layer 4 --d-model 256 --n-head 8 --n-kv-head 4 --d-ff 704}
 work=$(mktemp -d /tmp/strata_dist_bench.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
-data=out/default
+data=${DATA:-out/default}
 if [[ ! -f $data/manifest.json ]]; then
   echo "== preparing the default corpus into $data"
   "$strata" prepare --no-progress --out "$data" >/dev/null
 fi
-base="train --data $data $model --batch-size 4 --seq-len 256 --global-batch-tokens $((4 * 256 * 2 * np))
+base="train --data $data $model --batch-size 4 --seq-len 128 --global-batch-tokens $((4 * 128 * 2 * np))
       --steps $steps --eval-every 0 --eval-batches 2 --sample-tokens 0 --log-every 1000 --threads $threads
       --keep-last 1 $*"
 

@@ -85,11 +85,9 @@ class Communicator {
 
   CommCounters& counters() { return counters_; }
 
- protected:
-  int rank_ = 0, world_ = 1, local_rank_ = 0, local_world_ = 1;
-  std::string hosts_;
-  CommCounters counters_;
-  // Each collective holds a Guard: the watchdog thread ends the process if it lives past the timeout.
+  // Each collective holds a Guard: the watchdog ends the process if it lives past the timeout. Device
+  // collectives (engine/comm_nccl.h) are asynchronous; the CUDA backend holds one around the synchronisation
+  // that waits for them.
   class Guard {
    public:
     Guard(Communicator& c, const char* op, int64_t bytes);
@@ -100,6 +98,11 @@ class Communicator {
    private:
     Communicator& c_;
   };
+
+ protected:
+  int rank_ = 0, world_ = 1, local_rank_ = 0, local_world_ = 1;
+  std::string hosts_;
+  CommCounters counters_;
   friend class Guard;
   struct Watchdog;
   std::shared_ptr<Watchdog> watchdog_;

@@ -10,11 +10,16 @@
 #include <cuda_runtime.h>
 #endif
 
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <optional>
+#include <vector>
 
 #include "engine/check.h"
+#if defined(STRATA_HAVE_NCCL)
+#include "engine/comm_nccl.h"
+#endif
 #include "engine/cuda_model.h"
 #include "growth/apply.h"
 
@@ -76,18 +81,83 @@ class CudaBackend final : public TrainBackend {
     return loss;
   }
   double grad_norm() override {
+#if defined(STRATA_HAVE_NCCL)
+    if (nccl_) {
+      // Data parallel: the ranks' gradients (each scaled by 1 / (micro-batches x world)) summed over the
+      // ranks by NCCL on the runner's stream: all of them (ZeRO-0), or this rank's shard (ZeRO-1); the norm
+      // is the sum of the ranks' shard sums of squares, in rank order.
+      const int R = nccl_->world();
+      CUstream_st* stream = static_cast<CUstream_st*>(gpu_->stream());
+      // The watchdog covers the wait for the device collective (the norm's download synchronises).
+      const Communicator::Guard watch(nccl_->host(), zero_ == 0 ? "NCCL all-reduce" : "NCCL reduce-scatter",
+                                      gpu_->padded_numel() * 2);
+      if (zero_ == 0) {
+        nccl_->all_reduce_sum(gpu_->grads_device(), gpu_->layout().numel(), DeviceDType::kBF16, stream);
+        return gpu_->grad_norm();
+      }
+      nccl_->reduce_scatter_sum(gpu_->grads_device(), gpu_->grad_shard_device(), gpu_->padded_numel() / R,
+                                DeviceDType::kBF16, stream);
+      std::vector<double> partial(static_cast<size_t>(R), 0.0);
+      partial[static_cast<size_t>(nccl_->rank())] = gpu_->grad_sum_squares();
+      nccl_->host().all_reduce_small(partial.data(), R, ReduceOp::kSum);
+      double total = 0.0;
+      for (double p : partial) total += p;
+      return std::sqrt(total);
+    }
+#endif
     return gpu_->grad_norm();
   }
   void adamw_step(double lr, float grad_scale) override {
     ++t_;
     gpu_->adamw_step(adamw_, t_, lr, grad_scale, seed_);
+#if defined(STRATA_HAVE_NCCL)
+    // ZeRO-1: each rank updated the bf16 weights of its shard; every rank gets every shard.
+    if (nccl_ && zero_ == 1) {
+      const Communicator::Guard watch(nccl_->host(), "NCCL all-gather", gpu_->padded_numel() * 2);
+      nccl_->all_gather(gpu_->weights_device(), gpu_->padded_numel() / nccl_->world(), DeviceDType::kBF16,
+                        static_cast<CUstream_st*>(gpu_->stream()));
+      CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(gpu_->stream())));
+    }
+#endif
   }
   long optimizer_t() const override {
     return t_;
   }
-  void set_data_parallel(Communicator& comm, int /*zero_stage*/) override {
-    STRATA_REQUIRE(comm.world() == 1, "--device cuda: data parallelism over ", comm.world(),
-                   " ranks (NCCL) is not built yet; run one process per job, or --device cpu under mpirun");
+  void set_data_parallel(Communicator& comm, int zero_stage) override {
+#if defined(STRATA_HAVE_NCCL)
+    if (comm.world() == 1) return;
+    nccl_ = std::make_unique<NcclCommunicator>(comm);
+    zero_ = zero_stage;
+    if (zero_ == 1) {  // the runner again, sharded: master weights and moments for this rank's shard only
+      const models::ModelConfig cfg = gpu_->config();
+      gpu_.reset();
+      gpu_ = std::make_unique<CudaModel>(cfg, B_, T_, model_options());
+      host_params_.reset();
+      host_opt_.reset();
+    }
+#else
+    (void)zero_stage;
+    STRATA_REQUIRE(comm.world() == 1, "--device cuda under ", comm.world(),
+                   " ranks: this strata was built without NCCL (install it with the CUDA toolkit and rebuild)");
+#endif
+  }
+  bool optimizer_sharded() const override {
+    return zero_ == 1 && gpu_->shard().size() != gpu_->layout().numel();
+  }
+  std::vector<CheckpointExtra> rank_checkpoint_files() override {
+    if (!optimizer_sharded()) return {};
+    ensure_host();  // download_to_host() ran for this checkpoint: the mirrors hold every element
+    const ShardRange r = gpu_->shard();
+    return {optimizer_shard_extra(gpu_->layout(), r, host_opt_->m().data() + r.begin,
+                                  host_opt_->v().data() + r.begin, nccl_rank(), nccl_world())};
+  }
+  void load_optimizer(const CheckpointInfo& info, long t) override {
+    if (!optimizer_sharded()) return TrainBackend::load_optimizer(info, t);
+    ensure_host();  // the shard's range of the mirrors; upload_from_host() sends only that range
+    const ShardRange r = gpu_->shard();
+    load_checkpoint_moments(info, gpu_->layout(), r, host_opt_->m().data() + r.begin,
+                            host_opt_->v().data() + r.begin);
+    host_opt_->set_t(t);
   }
 
   void download_to_host() override {
@@ -100,6 +170,15 @@ class CudaBackend final : public TrainBackend {
       host_opt_->v().zero();
     }
     host_opt_->set_t(t_);
+#if defined(STRATA_HAVE_NCCL)
+    if (optimizer_sharded()) {  // each rank read its shard: the host gathers the rest (host memory, MPI)
+      Communicator& host = nccl_->host();
+      const int64_t n = gpu_->layout().numel();
+      host.all_gather(host_params_->data(), n);
+      host.all_gather(host_opt_->m().data(), n);
+      host.all_gather(host_opt_->v().data(), n);
+    }
+#endif
   }
   void upload_from_host() override {
     ensure_host();
@@ -154,7 +233,8 @@ class CudaBackend final : public TrainBackend {
   }
 
   void grow(const growth::GrowthPlan& plan, uint64_t seed) override {
-    if (CudaModel::device_growable(plan)) {  // layer copies: device to device, no host round trip
+    // Sharded (ZeRO-1): gather, grow on the host, re-shard (the new runner takes its shard on upload).
+    if (!optimizer_sharded() && CudaModel::device_growable(plan)) {  // layer copies: device to device, no host round trip
       const bool map = plan.stage.optimizer == growth::OptimizerPolicy::kMap;
       std::unique_ptr<CudaModel> next = gpu_->grown(plan, map);
       gpu_ = std::move(next);
@@ -167,7 +247,7 @@ class CudaBackend final : public TrainBackend {
     ParamBuffer grown = growth::grow_state(plan, *host_params_, *host_opt_, seed);
     gpu_.reset();  // the old device state goes before the new one is allocated
     host_params_ = std::move(grown);
-    gpu_ = std::make_unique<CudaModel>(plan.to, B_, T_);
+    gpu_ = std::make_unique<CudaModel>(plan.to, B_, T_, model_options());
     upload_from_host();
   }
 
@@ -180,7 +260,34 @@ class CudaBackend final : public TrainBackend {
     host_opt_->set_t(t_);
   }
 
+  CudaModelOptions model_options() const {
+    CudaModelOptions o;
+#if defined(STRATA_HAVE_NCCL)
+    if (nccl_ && zero_ == 1) {
+      o.shard_world = nccl_->world();
+      o.shard_rank = nccl_->rank();
+    }
+#endif
+    return o;
+  }
+  int nccl_rank() const {
+#if defined(STRATA_HAVE_NCCL)
+    if (nccl_) return nccl_->rank();
+#endif
+    return 0;
+  }
+  int nccl_world() const {
+#if defined(STRATA_HAVE_NCCL)
+    if (nccl_) return nccl_->world();
+#endif
+    return 1;
+  }
+
   int B_, T_;
+  int zero_ = 0;
+#if defined(STRATA_HAVE_NCCL)
+  std::unique_ptr<NcclCommunicator> nccl_;
+#endif
   AdamWConfig adamw_;
   uint64_t seed_;
   long t_ = 0;
@@ -200,6 +307,13 @@ std::unique_ptr<TrainBackend> make_cuda_backend(const models::ModelConfig& cfg, 
   if (err != cudaSuccess) cudaGetLastError();
   STRATA_REQUIRE(err == cudaSuccess && n > 0, "--device cuda: no usable GPU (",
                  err != cudaSuccess ? cudaGetErrorString(err) : "no CUDA device", ")");
+  // One GPU per rank on a host: local rank r takes device r (CUDA_VISIBLE_DEVICES may narrow the list).
+  const Communicator& world = world_communicator();
+  STRATA_REQUIRE(world.local_world() <= n, "--device cuda: ", world.local_world(),
+                 " ranks on this host but only ", n, " GPU", n == 1 ? "" : "s",
+                 " visible: start at most one rank per GPU");
+  CUDA_CHECK(cudaSetDevice(world.local_rank()));
+  process_context().device = world.local_rank();
 #endif
   return std::make_unique<CudaBackend>(cfg, B, T, adamw, seed);
 }

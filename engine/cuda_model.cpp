@@ -102,7 +102,9 @@ std::string gib(size_t bytes) {
 
 struct CudaModel::Impl {
   ops::Cuda dev;
-  DeviceBuffer weights, grads, master, m, v;  // the layout's numel each: bf16, bf16, fp32, fp32, fp32
+  DeviceBuffer weights, grads, master, m, v;  // the layout's numel each: bf16, bf16, fp32, fp32, fp32 (ZeRO-1:
+                                              // weights and grads padded, master / m / v the shard)
+  DeviceBuffer grad_shard;                    // ZeRO-1: the reduce-scattered gradient shard (bf16)
   DeviceBuffer arena;                         // activations, scratch and the op workspace
   // Activations (pointers into the arena); per-layer arrays hold L slices.
   int32_t *inputs = nullptr, *targets = nullptr;
@@ -182,12 +184,16 @@ struct CudaModel::Impl {
 CudaMemoryPlan CudaModel::plan_memory(const models::ModelConfig& cfg, int B, int T,
                                       const CudaModelOptions& opt) {
   const ModelDims d(cfg);
-  const size_t P = static_cast<size_t>(ParamLayout(cfg).numel());
+  const int64_t n = ParamLayout(cfg).numel();
+  const size_t stride = static_cast<size_t>(shard_stride(n, opt.shard_world));
+  // Unsharded: every buffer the layout's numel; ZeRO-1: weights and gradients padded, state for the shard.
+  const size_t P = opt.shard_world > 1 ? stride * static_cast<size_t>(opt.shard_world) : static_cast<size_t>(n);
+  const size_t S = opt.shard_world > 1 ? stride : static_cast<size_t>(n);
   CudaMemoryPlan plan;
   plan.weights = P * sizeof(bf16);
-  plan.grads = P * sizeof(bf16);
-  plan.master = P * sizeof(float);
-  plan.moments = 2 * P * sizeof(float);
+  plan.grads = P * sizeof(bf16) + (opt.shard_world > 1 ? S * sizeof(bf16) : 0);
+  plan.master = S * sizeof(float);
+  plan.moments = 2 * S * sizeof(float);
   Impl measure_only;
   Carver measure(nullptr);
   measure_only.carve(measure, d, B, T, opt.deterministic);
@@ -206,6 +212,10 @@ CudaModel::CudaModel(const models::ModelConfig& cfg, int B, int T, const CudaMod
                  "the CUDA backend's flash attention takes head ", "dims 64 and 128; ", cfg_.name,
                  " has d_model / n_head = ", cfg_.head_dim());
   layout_ = ParamLayout(cfg_);
+  STRATA_CHECK(opt_.shard_world >= 1 && opt_.shard_rank >= 0 && opt_.shard_rank < opt_.shard_world,
+               "CudaModel: shard ", opt_.shard_rank, " of ", opt_.shard_world);
+  shard_ = shard_range(layout_.numel(), opt_.shard_world, opt_.shard_rank);
+  padded_ = sharded() ? shard_stride(layout_.numel(), opt_.shard_world) * opt_.shard_world : layout_.numel();
   const ModelDims d(cfg_);
   {
     const CudaMemoryPlan plan = plan_memory(cfg_, B, T, opt_);
@@ -220,11 +230,18 @@ CudaModel::CudaModel(const models::ModelConfig& cfg, int B, int T, const CudaMod
         ") but the GPU has ", gib(free_bytes), " free of ", gib(total_bytes),
         ": use a smaller --batch-size (and --global-batch-tokens to keep the batch by accumulation)");
   }
-  const size_t P = static_cast<size_t>(layout_.numel());
+  const size_t P = static_cast<size_t>(padded_);
   Impl& s = *impl_;
   s.weights = DeviceBuffer(P * sizeof(bf16), "the bf16 weights");
   s.grads = DeviceBuffer(P * sizeof(bf16), "the bf16 gradients");
-  s.master = DeviceBuffer(P * sizeof(float), "the fp32 master weights");
+  // Sharded: the master weights of the shard; the buffer is the full stride, so the last (shorter) shard's
+  // tail is padding too.
+  const size_t S = sharded() ? static_cast<size_t>(shard_stride(layout_.numel(), opt_.shard_world)) : P;
+  s.master = DeviceBuffer(S * sizeof(float), "the fp32 master weights");
+  if (sharded()) {
+    s.grad_shard = DeviceBuffer(S * sizeof(bf16), "the bf16 gradient shard");
+    CUDA_CHECK(cudaMemset(s.grad_shard.ptr, 0, s.grad_shard.bytes));
+  }
   Carver measure(nullptr);
   s.carve(measure, d, B, T, opt_.deterministic);
   s.arena = DeviceBuffer(measure.bytes(), "the activations");
@@ -251,7 +268,7 @@ CudaModel::~CudaModel() = default;
 
 size_t CudaModel::state_bytes() const {
   const Impl& s = *impl_;
-  return s.weights.bytes + s.grads.bytes + s.master.bytes + s.m.bytes + s.v.bytes;
+  return s.weights.bytes + s.grads.bytes + s.grad_shard.bytes + s.master.bytes + s.m.bytes + s.v.bytes;
 }
 size_t CudaModel::activation_bytes() const {
   return impl_->arena.bytes;
@@ -262,13 +279,13 @@ void CudaModel::set_params(const ParamBuffer& params) {
   const size_t P = static_cast<size_t>(layout_.numel());
   std::vector<bf16> w(P);
   for (size_t i = 0; i < P; ++i) w[i] = __float2bfloat16_rn(params.data()[i]);
-  upload(impl_->master.ptr, params.data(), P * sizeof(float));
+  upload(impl_->master.ptr, params.data() + shard_.begin, static_cast<size_t>(shard_.size()) * sizeof(float));
   upload(impl_->weights.ptr, w.data(), P * sizeof(bf16));
 }
 
 void CudaModel::get_params(ParamBuffer& params) const {
   STRATA_CHECK(params.numel() == layout_.numel(), "CudaModel::get_params: layout differs");
-  download(params.data(), impl_->master.ptr, static_cast<size_t>(layout_.numel()) * sizeof(float));
+  download(params.data() + shard_.begin, impl_->master.ptr, static_cast<size_t>(shard_.size()) * sizeof(float));
 }
 
 void CudaModel::get_grads(ParamBuffer& grads) const {
@@ -283,11 +300,10 @@ void CudaModel::set_moments(const ParamBuffer& m, const ParamBuffer& v) {
   STRATA_CHECK(m.numel() == layout_.numel() && v.numel() == layout_.numel(),
                "CudaModel::set_moments: layout");
   Impl& s = *impl_;
-  const size_t bytes = static_cast<size_t>(layout_.numel()) * sizeof(float);
-  if (!s.m.ptr) s.m = DeviceBuffer(bytes, "the AdamW first moments");
-  if (!s.v.ptr) s.v = DeviceBuffer(bytes, "the AdamW second moments");
-  upload(s.m.ptr, m.data(), bytes);
-  upload(s.v.ptr, v.data(), bytes);
+  if (!s.m.ptr) allocate_moments();
+  const size_t bytes = static_cast<size_t>(shard_.size()) * sizeof(float);
+  upload(s.m.ptr, m.data() + shard_.begin, bytes);
+  upload(s.v.ptr, v.data() + shard_.begin, bytes);
 }
 
 void CudaModel::get_moments(ParamBuffer& m, ParamBuffer& v) const {
@@ -295,9 +311,9 @@ void CudaModel::get_moments(ParamBuffer& m, ParamBuffer& v) const {
                "CudaModel::get_moments: layout");
   const Impl& s = *impl_;
   STRATA_CHECK(s.m.ptr && s.v.ptr, "CudaModel::get_moments: no optimizer step or set_moments yet");
-  const size_t bytes = static_cast<size_t>(layout_.numel()) * sizeof(float);
-  download(m.data(), s.m.ptr, bytes);
-  download(v.data(), s.v.ptr, bytes);
+  const size_t bytes = static_cast<size_t>(shard_.size()) * sizeof(float);
+  download(m.data() + shard_.begin, s.m.ptr, bytes);
+  download(v.data() + shard_.begin, s.v.ptr, bytes);
 }
 
 bool CudaModel::has_moments() const {
@@ -512,6 +528,7 @@ bool CudaModel::device_growable(const growth::GrowthPlan& plan) {
 
 std::unique_ptr<CudaModel> CudaModel::grown(const growth::GrowthPlan& plan, bool map_moments) {
   STRATA_CHECK(device_growable(plan), "CudaModel::grown: the plan needs the host");
+  STRATA_CHECK(!sharded(), "CudaModel::grown: a sharded runner grows through the host (gather, grow, re-shard)");
   Impl& s = *impl_;
   s.arena = DeviceBuffer();  // activations and gradients go first: old and new state then fit where they did
   s.grads = DeviceBuffer();
@@ -552,34 +569,61 @@ std::unique_ptr<CudaModel> CudaModel::grown(const growth::GrowthPlan& plan, bool
   return next;
 }
 
-double CudaModel::grad_norm() {
+double CudaModel::grad_sum_squares() {
   Impl& s = *impl_;
-  const ops::ConstSpan<bf16> all{s.grads.as<bf16>(), layout_.numel()};
+  const ops::ConstSpan<bf16> all = sharded() ? ops::ConstSpan<bf16>{s.grad_shard.as<bf16>(), shard_.size()}
+                                             : ops::ConstSpan<bf16>{s.grads.as<bf16>(), layout_.numel()};
   ops::grad_norm_squared(s.dev, s.norm_out, &all, 1);
   float sq = 0.0f;
   download(&sq, s.norm_out, sizeof sq);
-  return std::sqrt(static_cast<double>(sq));
+  return static_cast<double>(sq);
+}
+
+double CudaModel::grad_norm() {
+  return std::sqrt(grad_sum_squares());
+}
+
+void* CudaModel::weights_device() {
+  return impl_->weights.ptr;
+}
+void* CudaModel::grads_device() {
+  return impl_->grads.ptr;
+}
+void* CudaModel::grad_shard_device() {
+  STRATA_CHECK(sharded(), "CudaModel::grad_shard_device: not sharded");
+  return impl_->grad_shard.ptr;
+}
+void* CudaModel::stream() const {
+  return impl_->dev.stream;
+}
+
+void CudaModel::allocate_moments() {
+  Impl& s = *impl_;
+  const size_t bytes = static_cast<size_t>(s.master.bytes);  // the master weights' length: layout or stride
+  s.m = DeviceBuffer(bytes, "the AdamW first moments");
+  s.v = DeviceBuffer(bytes, "the AdamW second moments");
+  CUDA_CHECK(cudaMemset(s.m.ptr, 0, bytes));
+  CUDA_CHECK(cudaMemset(s.v.ptr, 0, bytes));
 }
 
 void CudaModel::adamw_step(const AdamWConfig& cfg, long t, double lr, float grad_scale, uint64_t seed) {
   STRATA_CHECK(t >= 1, "CudaModel::adamw_step: step t starts at 1 (got ", t, ")");
   Impl& s = *impl_;
-  const size_t bytes = static_cast<size_t>(layout_.numel()) * sizeof(float);
-  if (!s.m.ptr) {
-    s.m = DeviceBuffer(bytes, "the AdamW first moments");
-    s.v = DeviceBuffer(bytes, "the AdamW second moments");
-    CUDA_CHECK(cudaMemset(s.m.ptr, 0, bytes));
-    CUDA_CHECK(cudaMemset(s.v.ptr, 0, bytes));
-  }
+  if (!s.m.ptr) allocate_moments();
+  // Every tensor's part inside the shard ([0, numel) unsharded). The master weights, moments and (sharded) the
+  // reduce-scattered gradients are indexed from shard_.begin; the bf16 weights and gradients from 0.
+  const bf16* grad_base = sharded() ? s.grad_shard.as<bf16>() : s.grads.as<bf16>() + shard_.begin;
   std::vector<ops::AdamWTensor<bf16>> tensors;
   for (const ParamEntry& e : layout_.entries()) {
+    const int64_t lo = std::max(e.offset, shard_.begin), hi = std::min(e.offset + e.numel(), shard_.end);
+    if (lo >= hi) continue;
     ops::AdamWTensor<bf16> a;
-    a.param = s.weights.as<bf16>() + e.offset;
-    a.master = s.master.as<float>() + e.offset;
-    a.grad = s.grads.as<bf16>() + e.offset;
-    a.m = s.m.as<float>() + e.offset;
-    a.v = s.v.as<float>() + e.offset;
-    a.n = e.numel();
+    a.param = s.weights.as<bf16>() + lo;
+    a.master = s.master.as<float>() + (lo - shard_.begin);
+    a.grad = grad_base + (lo - shard_.begin);
+    a.m = s.m.as<float>() + (lo - shard_.begin);
+    a.v = s.v.as<float>() + (lo - shard_.begin);
+    a.n = hi - lo;
     a.weight_decay = e.spec.weight_decay ? static_cast<float>(cfg.weight_decay) : 0.0f;
     tensors.push_back(a);
   }

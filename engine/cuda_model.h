@@ -23,6 +23,7 @@
 #include <memory>
 #include <vector>
 
+#include "engine/comm.h"
 #include "engine/optim.h"
 #include "engine/params.h"
 #include "growth/plan.h"
@@ -42,6 +43,12 @@ struct CudaMemoryPlan {
 struct CudaModelOptions {
   // Bitwise-reproducible steps (ops::Cuda::deterministic): flash attention's backward without atomics.
   bool deterministic = true;
+  // ZeRO-1 (engine/cuda_backend.cpp): this runner holds rank shard_rank's shard of shard_world (engine/comm.h's
+  // split of the flat layout). The bf16 weights and gradients are padded to shard_world x shard_stride
+  // elements (NCCL's equal counts; the padding stays zero); the fp32 master weights and the AdamW moments hold
+  // the shard only, beside a bf16 buffer for the reduce-scattered gradient shard.
+  int shard_world = 1;
+  int shard_rank = 0;
 };
 
 class CudaModel {
@@ -63,7 +70,9 @@ class CudaModel {
 
   // Host <-> device. set_params writes the fp32 master weights and the bf16 weights rounded to nearest from
   // them; get_params reads the master weights (so a checkpoint keeps fp32 precision); get_grads widens the
-  // bf16 gradients. The buffers must have this model's layout.
+  // bf16 gradients. The buffers must have this model's layout. Sharded (ZeRO-1): the master weights and moments
+  // exist for shard() only, so set_params / set_moments read only that range of the host buffers (set_params
+  // still writes every bf16 weight) and get_params / get_moments write only that range.
   void set_params(const ParamBuffer& params);
   void get_params(ParamBuffer& params) const;
   void get_grads(ParamBuffer& grads) const;
@@ -86,12 +95,25 @@ class CudaModel {
   // Backward of the last forward: accumulates (`+=`) into the gradients.
   void backward();
   void zero_grad();
-  // Global L2 norm of the gradients (fp32 partial sums in a fixed order: bitwise reproducible).
+  // Global L2 norm of the gradients (fp32 partial sums in a fixed order: bitwise reproducible); sharded, the
+  // norm of the reduce-scattered gradient shard.
   double grad_norm();
+  // Its square (the shard's sum of squares, which the data-parallel backend sums over the ranks).
+  double grad_sum_squares();
   // One AdamW step t (1-based) on the master weights, moments and bf16 weights (stochastic rounding, its
   // stream chosen by seed and t), with the gradients times grad_scale (clipping), as AdamW::step does on the
   // CPU: weight decay only on the tensors whose spec says so.
   void adamw_step(const AdamWConfig& cfg, long t, double lr, float grad_scale, uint64_t seed);
+
+  // ZeRO-1 plumbing for the data-parallel backend: the elements this runner's optimizer state covers
+  // ([0, numel) unsharded), the padded length of the bf16 weights and gradients, raw device pointers (bf16) and
+  // the stream every op of this runner runs on (a cudaStream_t).
+  ShardRange shard() const { return shard_; }
+  int64_t padded_numel() const { return padded_; }
+  void* weights_device();
+  void* grads_device();
+  void* grad_shard_device();  // sharded only: shard_stride bf16 elements
+  void* stream() const;
 
   // Growth on the device: true when every tensor of `plan` is layer copies or zero layers, with no noise and no
   // width change (G_stack, G_zero, interpolation in depth), so the grown state is device-to-device copies of
@@ -117,6 +139,10 @@ class CudaModel {
   CudaModelOptions opt_;
   std::unique_ptr<Impl> impl_;
   int64_t n_valid_ = 0;
+  ShardRange shard_;
+  int64_t padded_ = 0;
+  bool sharded() const { return opt_.shard_world > 1; }
+  void allocate_moments();  // zero moments as long as the master weights
   bool have_grad_ = false;
   float run_forward(const int32_t* inputs, const int32_t* targets, float dloss_scale, bool need_grad);
 };

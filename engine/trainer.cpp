@@ -465,14 +465,15 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
                                  ", collective timeout ", cfg.comm_timeout, " s")
                                  .c_str());
     if (world > 1) {
-      // What each step sends, by the ring formula (growth/comm_cost.h) over the flat fp32 buffers; the
-      // metrics' comm_bytes is what the communicator counted.
+      // What each step sends, by the ring formula (growth/comm_cost.h) over the flat buffers (fp32 on the
+      // CPU, bf16 gradients and weights on the GPU); the metrics' comm_bytes is what the communicators
+      // counted.
       const double n = static_cast<double>(be.host_params().numel());
+      const bool gpu = std::string(be.name()) == "cuda";
       std::printf("  %-22s %s\n", "communication",
-                  cat(human(growth::dp_bytes_per_rank(n, world, cfg.zero_stage, 4, 4).total()),
-                      "B sent per rank per step (",
-                      cfg.zero_stage == 1 ? "reduce-scatter + all-gather" : "all-reduce", " of ", human(n),
-                      " fp32 elements)")
+                  cat(human(growth::dp_bytes_per_rank(n, world, cfg.zero_stage, gpu ? 2 : 4, gpu ? 2 : 4).total()),
+                      "B sent per rank per step (", cfg.zero_stage == 1 ? "reduce-scatter + all-gather" : "all-reduce",
+                      " of ", human(n), gpu ? " bf16 elements, NCCL)" : " fp32 elements, MPI)")
                       .c_str());
     }
     if (val_shards.empty()) std::printf("  (no val_*.bin shards: validation is skipped)\n");
@@ -543,11 +544,12 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
     std::fflush(stdout);
   };
   auto do_sample = [&] {
-    if (cfg.sample_tokens == 0 || !lead) return;
+    if (cfg.sample_tokens == 0) return;
     const std::vector<int32_t> prompt = prompt_tokens(tok, cfg.sample_prompt);
     if (static_cast<int>(prompt.size()) >= cfg.model.max_seq_len) return;
     const bool masked = mask.active(step);
-    be.download_to_host();
+    be.download_to_host();  // every rank: a sharded state is gathered collectively
+    if (!lead) return;
     if (masked) mask.begin(be.host_params(), step);
     Generator gen(be.host_params());
     std::mt19937_64 rng(cfg.seed ^ static_cast<uint64_t>(step));

@@ -1,0 +1,188 @@
+// `strata train --device cuda` data parallel (engine/cuda_backend.cpp over engine/comm_nccl.h), run by ctest
+// under `mpirun -np 2`. Built against the CPU emulation (the emulation's NCCL works on host memory over MPI),
+// so the CUDA backend's ZeRO-0 / ZeRO-1 path runs without a GPU; on a machine with 2+ GPUs the same source
+// builds against CUDA and NCCL. Every rank runs every training run in-process (run_training over the MPI
+// world); rank 0 compares:
+//   - ZeRO-1 and ZeRO-0 on the CUDA backend against the CPU backend's 2-rank run (the CPU path is checked
+//     against one process in dist_train_test.cpp), within bf16 precision, with a G_stack growth mid-run;
+//   - a ZeRO-1 run stopped at a sharded checkpoint and resumed by 2 ranks, bit-identical to an uninterrupted
+//     one (step rows, weights, both optimizer shards, the bf16 weights);
+//   - the bytes each step sends against the ring formula over the padded bf16 buffers.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/checkpoint.h"
+#include "engine/comm.h"
+#include "engine/cuda_backend.h"
+#include "engine/fileio.h"
+#include "engine/train_backend.h"
+#include "engine/trainer.h"
+#include "growth/comm_cost.h"
+#include "growth/spec.h"
+#include "tests/kernels/cuda/cuda_test_util.h"
+#include "tests/test_util.h"
+#include "tests/tolerances.h"
+
+namespace strata {
+namespace {
+namespace fs = std::filesystem;
+using test::kRunnerStepLossTol;
+
+Communicator& world() {
+  return world_communicator();
+}
+
+class CudaDistTrain : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    register_cuda_backend(&make_cuda_backend);
+    // One folder for every rank: rank 0's name; rank 0 prepares the data while the others wait.
+    root_ = world().all_gather_strings(
+        (fs::temp_directory_path() / ("strata_cuda_dist_" + std::to_string(::getpid()))).string())[0];
+    if (world().rank() == 0) {
+      fs::remove_all(root_);
+      fs::create_directories(root_);
+      const std::string data = test::source_dir() + "/data/default/";
+      std::string out;
+      const bool ok =
+          test::run_strata("tokenizer train --no-progress --vocab-size 320 --input " + data +
+                               "sotu.jsonl.xz --output " + (root_ / "tok.tiktoken").string(),
+                           &out) == 0 &&
+          test::run_strata("prepare --no-progress --tokenizer " + (root_ / "tok.tiktoken").string() +
+                               " --out " + (root_ / "data").string(),
+                           &out) == 0;
+      EXPECT_TRUE(ok) << out;
+    }
+    world().barrier();
+  }
+  static void TearDownTestSuite() {
+    world().barrier();
+    if (world().rank() == 0) fs::remove_all(root_);
+  }
+
+  // A 2-layer LLaMA (GQA, head dim 64), 10 steps of 64 tokens: one micro-batch of 2 x 16 per rank.
+  static TrainConfig config(const std::string& run, const std::string& device, int zero) {
+    TrainConfig c;
+    c.model = models::preset("llama-tiny");
+    c.model.n_layer = 2;
+    c.model.d_model = 128;
+    c.model.n_head = 2;
+    c.model.n_kv_head = 1;
+    c.model.d_ff = 176;
+    c.model.vocab_size = 320;
+    c.model.max_seq_len = 32;
+    c.data_dir = (root_ / "data").string();
+    c.batch_size = 2;
+    c.seq_len = 16;
+    c.global_batch_tokens = 64;
+    c.steps = 10;
+    c.schedule.max_lr = 3e-3;
+    c.schedule.warmup_steps = 2;
+    c.eval_every = 5;  // validation split across the ranks
+    c.eval_batches = 2;
+    c.sample_tokens = 8;  // a sample at the end: rank 0 samples from the state the ranks gather together
+    c.threads = 1;
+    c.keep_last = 0;
+    c.ckpt_every = 4;
+    c.out_dir = (root_ / run).string();
+    c.device = device;
+    c.zero_stage = zero;
+    c.grow.push_back(growth::parse_stage("at=5 steps,op=stack,g=2"));
+    c.world = world().world();
+    return c;
+  }
+  static int train(TrainConfig c, const std::string& resume = "") {
+    c.finalize();
+    return run_training(c, resume, resume.empty());
+  }
+  static std::vector<nlohmann::json> steps(const std::string& run) {
+    std::vector<nlohmann::json> rows;
+    std::istringstream in(read_file((root_ / run / "metrics.jsonl").string()));
+    for (std::string line; std::getline(in, line);) {
+      auto j = nlohmann::json::parse(line);
+      if (j["type"] != "step") continue;
+      j.erase("tokens_per_s");
+      j.erase("mfu");
+      rows.push_back(j);
+    }
+    return rows;
+  }
+  static std::string file(const std::string& run, long step, const std::string& name) {
+    char dir[32];
+    std::snprintf(dir, sizeof dir, "ckpt-%08ld", step);
+    return read_file((root_ / run / dir / name).string());
+  }
+  static fs::path root_;
+};
+fs::path CudaDistTrain::root_;
+
+TEST_F(CudaDistTrain, Zero1AndZero0TrainLikeTheCpuBackendAndResumeBitIdentically) {
+  STRATA_SKIP_WITHOUT_GPU();
+  const int R = world().world();
+  ASSERT_EQ(train(config("cpu", "cpu", 1)), 0);
+  ASSERT_EQ(train(config("z1", "cuda", 1)), 0);
+  ASSERT_EQ(train(config("z0", "cuda", 0)), 0);
+  TrainConfig cut = config("cut", "cuda", 1);
+  cut.stop_at = 6;  // past the growth at step 5
+  ASSERT_EQ(train(cut), 0);
+  cut.stop_at = 0;
+  ASSERT_EQ(train(cut, resolve_checkpoint((root_ / "cut").string())), 0);
+  world().barrier();
+  if (world().rank() != 0) return;
+
+  const auto cpu = steps("cpu"), z1 = steps("z1"), z0 = steps("z0");
+  ASSERT_EQ(z1.size(), 10u);
+  ASSERT_EQ(cpu.size(), 10u);
+  ASSERT_EQ(z0.size(), 10u);
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    const double c = cpu[i]["loss"].get<double>();
+    std::printf("step %zu loss cpu %.5f cuda zero-1 %.5f zero-0 %.5f\n", i + 1, c,
+                z1[i]["loss"].get<double>(), z0[i]["loss"].get<double>());
+    EXPECT_NEAR(z1[i]["loss"].get<double>(), c, kRunnerStepLossTol * c) << "step " << i + 1;
+    EXPECT_NEAR(z0[i]["loss"].get<double>(), c, kRunnerStepLossTol * c) << "step " << i + 1;
+  }
+  // Resumed from the sharded checkpoint of step 6: the same steps and the same final state, bit for bit.
+  auto strip = [](std::vector<nlohmann::json> rows) {
+    for (auto& r : rows) r.erase("comm_bytes");
+    return rows;
+  };
+  EXPECT_EQ(strip(steps("z1")), strip(steps("cut")));
+  if (R > 1) {
+    for (int r = 0; r < R; ++r)
+      EXPECT_TRUE(file("z1", 10, optimizer_shard_file(r, R)) == file("cut", 10, optimizer_shard_file(r, R)))
+          << optimizer_shard_file(r, R);
+  }
+  for (const char* name : {"model.safetensors", "weights_bf16.safetensors"})
+    EXPECT_TRUE(file("z1", 10, name) == file("cut", 10, name)) << name;
+
+  // Traffic: the bf16 gradients reduce-scattered and the bf16 weights all-gathered (ZeRO-1), or the gradients
+  // all-reduced (ZeRO-0), over the padded buffer of the architecture of each step (after growth: 4 layers).
+  const CheckpointInfo before = read_checkpoint_info((root_ / "z1" / "ckpt-00000004").string());
+  const CheckpointInfo after = read_checkpoint_info((root_ / "z1" / "ckpt-00000008").string());
+  for (size_t i = 0; i < z1.size() && R > 1; ++i) {
+    const int64_t n = ParamLayout(i < 5 ? before.model : after.model).numel();
+    const double padded = static_cast<double>(shard_stride(n, R) * R);
+    EXPECT_EQ(z1[i]["comm_bytes"].get<double>(), growth::dp_bytes_per_rank(padded, R, 1, 2, 2).total())
+        << "step " << i + 1;
+    EXPECT_EQ(z0[i]["comm_bytes"].get<double>(),
+              growth::dp_bytes_per_rank(static_cast<double>(n), R, 0, 2, 2).total())
+        << "step " << i + 1;
+  }
+}
+
+}  // namespace
+}  // namespace strata
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  const int rc = RUN_ALL_TESTS();
+  double worst = rc;
+  strata::world_communicator().all_reduce_small(&worst, 1, strata::ReduceOp::kMax);
+  strata::finalize_world();
+  return static_cast<int>(worst);
+}
