@@ -33,8 +33,20 @@ double gib(size_t bytes) {
 
 class CudaBackend final : public TrainBackend {
  public:
-  CudaBackend(const models::ModelConfig& cfg, int B, int T, const AdamWConfig& adamw, uint64_t seed)
-      : B_(B), T_(T), adamw_(adamw), seed_(seed), gpu_(std::make_unique<CudaModel>(cfg, B, T)) {}
+  CudaBackend(const models::ModelConfig& cfg, int B, int T, const AdamWConfig& adamw, uint64_t seed,
+              const DataParallelSetup& dp)
+      : B_(B), T_(T), adamw_(adamw), seed_(seed) {
+    if (dp.active()) {
+#if defined(STRATA_HAVE_NCCL)
+      nccl_ = std::make_unique<NcclCommunicator>(*dp.comm);
+      zero_ = dp.zero_stage;
+#else
+      STRATA_FAIL("--device cuda under ", dp.comm->world(),
+                  " ranks: this strata was built without NCCL (install it with the CUDA toolkit and rebuild)");
+#endif
+    }
+    gpu_ = std::make_unique<CudaModel>(cfg, B, T, model_options());  // ZeRO-1: this rank's shard
+  }
 
   const char* name() const override { return "cuda"; }
   std::string device_name() const override {
@@ -52,7 +64,7 @@ class CudaBackend final : public TrainBackend {
     return gpu_->config();
   }
   std::string memory_summary() const override {
-    const CudaMemoryPlan p = CudaModel::plan_memory(gpu_->config(), B_, T_);
+    const CudaMemoryPlan p = CudaModel::plan_memory(gpu_->config(), B_, T_, model_options());
     size_t free_bytes = 0, total_bytes = 0;
     CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
     char b[160];
@@ -122,24 +134,6 @@ class CudaBackend final : public TrainBackend {
   }
   long optimizer_t() const override {
     return t_;
-  }
-  void set_data_parallel(Communicator& comm, int zero_stage) override {
-#if defined(STRATA_HAVE_NCCL)
-    if (comm.world() == 1) return;
-    nccl_ = std::make_unique<NcclCommunicator>(comm);
-    zero_ = zero_stage;
-    if (zero_ == 1) {  // the runner again, sharded: master weights and moments for this rank's shard only
-      const models::ModelConfig cfg = gpu_->config();
-      gpu_.reset();
-      gpu_ = std::make_unique<CudaModel>(cfg, B_, T_, model_options());
-      host_params_.reset();
-      host_opt_.reset();
-    }
-#else
-    (void)zero_stage;
-    STRATA_REQUIRE(comm.world() == 1, "--device cuda under ", comm.world(),
-                   " ranks: this strata was built without NCCL (install it with the CUDA toolkit and rebuild)");
-#endif
   }
   bool optimizer_sharded() const override {
     return zero_ == 1 && gpu_->shard().size() != gpu_->layout().numel();
@@ -300,7 +294,8 @@ class CudaBackend final : public TrainBackend {
 }  // namespace
 
 std::unique_ptr<TrainBackend> make_cuda_backend(const models::ModelConfig& cfg, int B, int T,
-                                                const AdamWConfig& adamw, uint64_t seed) {
+                                                const AdamWConfig& adamw, uint64_t seed,
+                                                const DataParallelSetup& dp) {
 #if !defined(STRATA_CUDA_EMU)
   int n = 0;
   const cudaError_t err = cudaGetDeviceCount(&n);
@@ -315,7 +310,7 @@ std::unique_ptr<TrainBackend> make_cuda_backend(const models::ModelConfig& cfg, 
   CUDA_CHECK(cudaSetDevice(world.local_rank()));
   process_context().device = world.local_rank();
 #endif
-  return std::make_unique<CudaBackend>(cfg, B, T, adamw, seed);
+  return std::make_unique<CudaBackend>(cfg, B, T, adamw, seed, dp);
 }
 
 }  // namespace strata

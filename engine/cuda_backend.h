@@ -8,7 +8,10 @@
 
 namespace strata {
 
+// With dp active (engine/train_backend.h), every rank of dp.comm calls this collectively: the NCCL
+// communicator is made here, and under ZeRO-1 the runner is allocated sharded from the start.
 std::unique_ptr<TrainBackend> make_cuda_backend(const models::ModelConfig& cfg, int B, int T,
-                                                const AdamWConfig& adamw, uint64_t seed);
+                                                const AdamWConfig& adamw, uint64_t seed,
+                                                const DataParallelSetup& dp = {});
 
 }  // namespace strata

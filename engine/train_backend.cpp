@@ -12,8 +12,12 @@ namespace {
 
 class CpuBackend final : public TrainBackend {
  public:
-  CpuBackend(const models::ModelConfig& cfg, int B, int T, const AdamWConfig& adamw)
-      : model_(cfg, B, T), adamw_(adamw), opt_(std::in_place, ParamLayout(cfg), adamw) {}
+  CpuBackend(const models::ModelConfig& cfg, int B, int T, const AdamWConfig& adamw, const DataParallelSetup& dp)
+      : model_(cfg, B, T), adamw_(adamw) {
+    if (dp.active())
+      dp_ = std::make_unique<HostDataParallel>(*dp.comm, model_.params().layout(), adamw_, dp.zero_stage);
+    if (!optimizer_sharded()) opt_.emplace(ParamLayout(cfg), adamw);  // ZeRO-1: the shard's moments are in dp_
+  }
   const char* name() const override { return "cpu"; }
   std::string device_name() const override { return {}; }
   const models::ModelConfig& config() const override { return model_.config(); }
@@ -49,10 +53,6 @@ class CpuBackend final : public TrainBackend {
   }
   ParamBuffer* host_grads() override { return &model_.grads(); }
 
-  void set_data_parallel(Communicator& comm, int zero_stage) override {
-    dp_ = std::make_unique<HostDataParallel>(comm, model_.params().layout(), adamw_, zero_stage);
-    if (zero_stage == 1) opt_.reset();  // the shard's moments live in dp_
-  }
   bool optimizer_sharded() const override { return dp_ && dp_->zero_stage() == 1; }
   std::vector<CheckpointExtra> rank_checkpoint_files() override {
     if (!optimizer_sharded()) return {};
@@ -96,8 +96,8 @@ void TrainBackend::load_optimizer(const CheckpointInfo& info, long t) {
 }
 
 std::unique_ptr<TrainBackend> make_cpu_backend(const models::ModelConfig& cfg, int B, int T,
-                                               const AdamWConfig& adamw) {
-  return std::make_unique<CpuBackend>(cfg, B, T, adamw);
+                                               const AdamWConfig& adamw, const DataParallelSetup& dp) {
+  return std::make_unique<CpuBackend>(cfg, B, T, adamw, dp);
 }
 
 void register_cuda_backend(CudaBackendFactory factory) {
@@ -105,14 +105,15 @@ void register_cuda_backend(CudaBackendFactory factory) {
 }
 
 std::unique_ptr<TrainBackend> make_backend(const std::string& device, const models::ModelConfig& cfg, int B,
-                                           int T, const AdamWConfig& adamw, uint64_t seed) {
-  if (device == "cpu") return make_cpu_backend(cfg, B, T, adamw);
+                                           int T, const AdamWConfig& adamw, uint64_t seed,
+                                           const DataParallelSetup& dp) {
+  if (device == "cpu") return make_cpu_backend(cfg, B, T, adamw, dp);
   STRATA_REQUIRE(device == "cuda", "--device ", device, ": unknown device (cpu or cuda)");
   STRATA_REQUIRE(
       g_cuda_factory != nullptr,
       "--device cuda: this strata was built without the CUDA backend (configure with nvcc present, "
       "-DSTRATA_CUDA=ON)");
-  return g_cuda_factory(cfg, B, T, adamw, seed);
+  return g_cuda_factory(cfg, B, T, adamw, seed, dp);
 }
 
 }  // namespace strata

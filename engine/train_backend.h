@@ -61,12 +61,6 @@ class TrainBackend {
   virtual std::vector<CheckpointExtra> checkpoint_extras() { return {}; }
   virtual void load_checkpoint_extras(const std::string& /*ckpt_dir*/, const CheckpointInfo& /*info*/) {}
 
-  // Data parallelism over `comm` (engine/data_parallel.h): from here on grad_norm() first reduces the
-  // gradients over the ranks (all-reduce for ZeRO-0, reduce-scatter for ZeRO-1) and adamw_step() updates the
-  // replicated state (ZeRO-0) or this rank's shard followed by an all-gather of the parameters (ZeRO-1). Call
-  // once, before the state is loaded; a world of one needs no call. The micro-batches' grad_scale must include
-  // 1 / world.
-  virtual void set_data_parallel(Communicator& comm, int zero_stage) = 0;
   // ZeRO-1: the optimizer state is sharded, host_optimizer() is not available, and checkpoints take this
   // rank's shard from rank_checkpoint_files().
   virtual bool optimizer_sharded() const { return false; }
@@ -84,18 +78,31 @@ class TrainBackend {
   virtual void profiler_stop() {}
 };
 
+// Data parallelism (engine/data_parallel.h, engine/comm_nccl.h), fixed when a backend is made: with a
+// communicator of more than one rank, grad_norm() first reduces the gradients over the ranks (all-reduce for
+// ZeRO-0, reduce-scatter for ZeRO-1) and adamw_step() updates the replicated state (ZeRO-0) or this rank's
+// shard followed by an all-gather of the parameters (ZeRO-1). The micro-batches' grad_scale must include
+// 1 / world.
+struct DataParallelSetup {
+  Communicator* comm = nullptr;  // null or a world of one: no data parallelism
+  int zero_stage = 1;
+  bool active() const { return comm != nullptr && comm->world() > 1; }
+};
+
 // The CPU backend: engine/model.h's runner and AdamW, for B sequences of T tokens.
 std::unique_ptr<TrainBackend> make_cpu_backend(const models::ModelConfig& cfg, int B, int T,
-                                               const AdamWConfig& adamw);
+                                               const AdamWConfig& adamw, const DataParallelSetup& dp = {});
 
 // The CUDA backend, where this build has one: the strata executable registers it at startup
 // (engine/cli/main.cpp) and tests register the emulated one. `seed` chooses the stochastic-rounding streams
 // of the bf16 weights.
 using CudaBackendFactory = std::unique_ptr<TrainBackend> (*)(const models::ModelConfig& cfg, int B, int T,
-                                                             const AdamWConfig& adamw, uint64_t seed);
+                                                             const AdamWConfig& adamw, uint64_t seed,
+                                                             const DataParallelSetup& dp);
 void register_cuda_backend(CudaBackendFactory factory);
 // "cpu" or "cuda"; any other name, or "cuda" in a build without it, is a strata::Error.
 std::unique_ptr<TrainBackend> make_backend(const std::string& device, const models::ModelConfig& cfg, int B,
-                                           int T, const AdamWConfig& adamw, uint64_t seed);
+                                           int T, const AdamWConfig& adamw, uint64_t seed,
+                                           const DataParallelSetup& dp = {});
 
 }  // namespace strata

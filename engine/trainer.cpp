@@ -356,9 +356,9 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
     check_same_config_on_every_rank(comm, cfg, resume_ckpt, overwrite, loader.state(),
                                     resume_info ? resume_info->step : -1);
   std::unique_ptr<TrainBackend> backend =
-      make_backend(cfg.device, start_arch, cfg.batch_size, cfg.seq_len, cfg.adamw, cfg.seed);
+      make_backend(cfg.device, start_arch, cfg.batch_size, cfg.seq_len, cfg.adamw, cfg.seed,
+                   DataParallelSetup{&comm, cfg.zero_stage});
   TrainBackend& be = *backend;
-  if (world > 1) be.set_data_parallel(comm, cfg.zero_stage);
   long step = 0;
   double flops = 0.0, elapsed_before = 0.0;
   uint64_t tokens_seen = 0;
