@@ -300,7 +300,7 @@ void check_same_weights_on_every_rank(Communicator& comm, const ParamBuffer& par
   for (size_t r = 1; r < all.size(); ++r)
     if (all[r] != all[0])
       throw AgreedError(cat("rank ", r, " starts from different weights than rank 0 (CRC-64 ", all[r], " vs ",
-                            all[0], "): the ranks read different checkpoint files"));
+                            all[0], "): the ranks read different checkpoint files, or initialised differently"));
 }
 
 // A loader position saved by a run of another rank count: the global sample index carries over when it is a
