@@ -46,6 +46,13 @@ NcclCommunicator::~NcclCommunicator() {
   if (impl_ && impl_->comm != nullptr) (void)ncclCommDestroy(impl_->comm);
 }
 
+void NcclCommunicator::group_start() {
+  NCCL_CHECK(ncclGroupStart());
+}
+void NcclCommunicator::group_end() {
+  NCCL_CHECK(ncclGroupEnd());
+}
+
 void NcclCommunicator::all_reduce_sum(void* data, int64_t n, DeviceDType t, CUstream_st* stream) {
   STRATA_CHECK(n >= 0, "all_reduce_sum of ", n, " elements");
   const double ring = static_cast<double>(world_ - 1) / world_;

@@ -46,6 +46,11 @@ class NcclCommunicator {
   // In place: shard r of data (world * count elements, shard r at r * count) goes to every rank.
   void all_gather(void* data, int64_t count, DeviceDType t, CUstream_st* stream);
 
+  // ncclGroupStart / ncclGroupEnd: the collectives between them are launched together (one per tensor kind of
+  // a layer, say).
+  void group_start();
+  void group_end();
+
   // Bytes this rank sent, by the ring cost model (engine/comm.h's CommCounters), counted into host's
   // counters so the trainer's per-step comm_bytes covers both.
  private:

@@ -47,6 +47,13 @@ class CudaBackend final : public TrainBackend {
     }
     gpu_ = std::make_unique<CudaModel>(cfg, B, T, model_options());  // ZeRO-1: this rank's shard
   }
+  ~CudaBackend() override {
+    if (comm_stream_ == nullptr) return;
+    (void)cudaStreamSynchronize(comm_stream_);  // no errors from a destructor
+    (void)cudaEventDestroy(grads_ready_);
+    (void)cudaEventDestroy(reduced_event_);
+    (void)cudaStreamDestroy(comm_stream_);
+  }
 
   const char* name() const override { return "cuda"; }
   std::string device_name() const override {
@@ -81,9 +88,31 @@ class CudaBackend final : public TrainBackend {
   }
   void zero_grad() override {
     gpu_->zero_grad();
+    reduced_ = false;
+  }
+  void micro_batch_is_last(bool last) override {
+    last_micro_ = last;
   }
   float train_micro_batch(const int32_t* inputs, const int32_t* targets, float grad_scale) override {
     const float loss = gpu_->forward(inputs, targets, grad_scale);
+#if defined(STRATA_HAVE_NCCL)
+    if (nccl_ && zero_ == 0 && last_micro_) {
+      // ZeRO-0: each layer's gradients are all-reduced on the communication stream as soon as the backward
+      // pass has finished that layer, while it goes on with the layers below.
+      std::vector<bool> issued(static_cast<size_t>(gpu_->config().n_layer), false);
+      gpu_->set_layer_backward_hook([&](int l) {
+        reduce_layer(l);
+        issued[static_cast<size_t>(l)] = true;
+      });
+      gpu_->backward();
+      gpu_->set_layer_backward_hook(nullptr);
+      for (int l = 0; l < gpu_->config().n_layer; ++l)  // a batch without targets runs no layer
+        if (!issued[static_cast<size_t>(l)]) reduce_layer(l);
+      reduce_global_tensors_and_join();
+      reduced_ = true;
+      return loss;
+    }
+#endif
     gpu_->backward();
     return loss;
   }
@@ -104,7 +133,12 @@ class CudaBackend final : public TrainBackend {
       const Communicator::Guard watch(nccl_->host(), zero_ == 0 ? "NCCL all-reduce" : "NCCL reduce-scatter",
                                       gpu_->padded_numel() * 2);
       if (zero_ == 0) {
-        nccl_->all_reduce_sum(gpu_->grads_device(), gpu_->layout().numel(), DeviceDType::kBF16, stream);
+        if (!reduced_) {  // no micro-batch was marked last: reduce everything now
+          for (int l = 0; l < gpu_->config().n_layer; ++l) reduce_layer(l);
+          reduce_global_tensors_and_join();
+          reduced_ = true;
+        }
+        (void)stream;
         return gpu_->grad_norm();
       }
       nccl_->reduce_scatter_sum(gpu_->grads_device(), gpu_->grad_shard_device(), gpu_->padded_numel() / R,
@@ -254,6 +288,47 @@ class CudaBackend final : public TrainBackend {
     host_opt_->set_t(t_);
   }
 
+#if defined(STRATA_HAVE_NCCL)
+  // ZeRO-0's overlapped reduction. The communication stream waits for the runner's stream up to the point
+  // where a layer's gradients are final, then all-reduces that layer's slice of every per-layer tensor kind
+  // (one NCCL group); the global tensors (embeddings, final norm, head) follow the whole backward pass; the
+  // runner's stream then waits for the communication stream, so the norm and the optimizer see the sums.
+  void ensure_comm_stream() {
+    if (comm_stream_ != nullptr) return;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&comm_stream_, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaEventCreateWithFlags(&grads_ready_, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventCreateWithFlags(&reduced_event_, cudaEventDisableTiming));
+  }
+  void reduce_layer(int l) {
+    ensure_comm_stream();
+    const cudaStream_t compute = static_cast<cudaStream_t>(gpu_->stream());
+    CUDA_CHECK(cudaEventRecord(grads_ready_, compute));
+    CUDA_CHECK(cudaStreamWaitEvent(comm_stream_, grads_ready_, 0));
+    auto* grads = static_cast<char*>(gpu_->grads_device());
+    nccl_->group_start();
+    for (const ParamEntry& e : gpu_->layout().entries()) {
+      if (!e.spec.per_layer) continue;
+      const int64_t per = e.spec.numel_per_layer();
+      nccl_->all_reduce_sum(grads + (e.offset + int64_t{l} * per) * 2, per, DeviceDType::kBF16, comm_stream_);
+    }
+    nccl_->group_end();
+  }
+  void reduce_global_tensors_and_join() {
+    ensure_comm_stream();
+    const cudaStream_t compute = static_cast<cudaStream_t>(gpu_->stream());
+    CUDA_CHECK(cudaEventRecord(grads_ready_, compute));
+    CUDA_CHECK(cudaStreamWaitEvent(comm_stream_, grads_ready_, 0));
+    auto* grads = static_cast<char*>(gpu_->grads_device());
+    nccl_->group_start();
+    for (const ParamEntry& e : gpu_->layout().entries())
+      if (!e.spec.per_layer)
+        nccl_->all_reduce_sum(grads + e.offset * 2, e.numel(), DeviceDType::kBF16, comm_stream_);
+    nccl_->group_end();
+    CUDA_CHECK(cudaEventRecord(reduced_event_, comm_stream_));
+    CUDA_CHECK(cudaStreamWaitEvent(compute, reduced_event_, 0));
+  }
+#endif
+
   CudaModelOptions model_options() const {
     CudaModelOptions o;
 #if defined(STRATA_HAVE_NCCL)
@@ -279,6 +354,9 @@ class CudaBackend final : public TrainBackend {
 
   int B_, T_;
   int zero_ = 0;
+  bool last_micro_ = true, reduced_ = false;
+  cudaStream_t comm_stream_ = nullptr;
+  cudaEvent_t grads_ready_ = nullptr, reduced_event_ = nullptr;
 #if defined(STRATA_HAVE_NCCL)
   std::unique_ptr<NcclCommunicator> nccl_;
 #endif

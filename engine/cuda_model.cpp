@@ -512,6 +512,7 @@ void CudaModel::backward() {
                          layer_at(w.attn_qkv, l, int64_t{d.QKV} * C), N, C, d.QKV);
     norm_backward(layer_at(g.attn_norm, l, C), layer_at(g.attn_norm_bias, l, C), x,
                   layer_at(w.attn_norm, l, C), lmean(s.ln1_mean, l), s.ln1_rstd + size_t(l) * N);
+    if (layer_hook_) layer_hook_(l);  // layer l's gradients are final for this micro-batch
   }
   ops::embedding_backward(dev, g.tok_embedding, g.pos_embedding, s.dx, s.inputs, B, T, C);
 }

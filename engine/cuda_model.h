@@ -20,6 +20,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -94,6 +95,10 @@ class CudaModel {
   float evaluate(const int32_t* inputs, const int32_t* targets);
   // Backward of the last forward: accumulates (`+=`) into the gradients.
   void backward();
+  // Called during backward() once layer l's gradients are all enqueued on stream() (l = L-1 down to 0; not at
+  // all when the batch has no valid target): the data-parallel backend starts reducing layer l on its own
+  // stream while the backward pass goes on. Null: none.
+  void set_layer_backward_hook(std::function<void(int layer)> hook) { layer_hook_ = std::move(hook); }
   void zero_grad();
   // Global L2 norm of the gradients (fp32 partial sums in a fixed order: bitwise reproducible); sharded, the
   // norm of the reduce-scattered gradient shard.
@@ -140,6 +145,7 @@ class CudaModel {
   std::unique_ptr<Impl> impl_;
   int64_t n_valid_ = 0;
   ShardRange shard_;
+  std::function<void(int)> layer_hook_;
   int64_t padded_ = 0;
   bool sharded() const { return opt_.shard_world > 1; }
   void allocate_moments();  // zero moments as long as the master weights

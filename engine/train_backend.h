@@ -36,6 +36,9 @@ class TrainBackend {
   virtual int seq_len() const = 0;
 
   virtual void zero_grad() = 0;
+  // Whether the next train_micro_batch is the step's last (the trainer says so before each): a data-parallel
+  // backend may then reduce each layer's gradients as the backward pass finishes it.
+  virtual void micro_batch_is_last(bool /*last*/) {}
   // Forward and backward of one micro-batch (host arrays (B,T)): accumulates the gradient of grad_scale *
   // (its mean loss) and returns the mean loss.
   virtual float train_micro_batch(const int32_t* inputs, const int32_t* targets, float grad_scale) = 0;

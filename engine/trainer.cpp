@@ -291,16 +291,21 @@ void check_same_config_on_every_rank(Communicator& comm, const TrainConfig& cfg,
   }
 }
 
-// After initialisation or a resume every rank must hold the same weights (a CRC-64 of the buffer).
-void check_same_weights_on_every_rank(Communicator& comm, const ParamBuffer& params) {
-  comm.set_activity("comparing the initial weights across ranks");
+// Every rank must hold the same weights (a CRC-64 of the buffer): after initialisation or a resume (step < 0),
+// and at every checkpoint (replicas that drifted apart would be a reduction that missed some gradients).
+void check_same_weights_on_every_rank(Communicator& comm, const ParamBuffer& params, long step) {
+  comm.set_activity("comparing the weights across ranks");
   const uint64_t crc = lzma_crc64(reinterpret_cast<const uint8_t*>(params.data()),
                                   static_cast<size_t>(params.numel()) * sizeof(float), 0);
   const std::vector<std::string> all = comm.all_gather_strings(crc64_hex(crc));
-  for (size_t r = 1; r < all.size(); ++r)
-    if (all[r] != all[0])
+  for (size_t r = 1; r < all.size(); ++r) {
+    if (all[r] == all[0]) continue;
+    if (step < 0)
       throw AgreedError(cat("rank ", r, " starts from different weights than rank 0 (CRC-64 ", all[r], " vs ",
                             all[0], "): the ranks read different checkpoint files, or initialised differently"));
+    throw AgreedError(cat("after step ", step, " rank ", r, " holds different weights than rank 0 (CRC-64 ",
+                          all[r], " vs ", all[0], "): the replicas diverged; no checkpoint written"));
+  }
 }
 
 // A loader position saved by a run of another rank count: the global sample index carries over when it is a
@@ -427,7 +432,7 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
                    ", or pass --overwrite to start over");
     init_params(be.host_params(), cfg.seed);
   }
-  if (world > 1) check_same_weights_on_every_rank(comm, be.host_params());
+  if (world > 1) check_same_weights_on_every_rank(comm, be.host_params(), -1);
   be.upload_from_host();
   if (resume_info) be.load_checkpoint_extras(resume_ckpt, *resume_info);
   std::optional<MetricsLog> metrics;
@@ -561,6 +566,7 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
   };
   auto do_checkpoint = [&] {
     be.download_to_host();
+    if (world > 1) check_same_weights_on_every_rank(comm, be.host_params(), step);
     std::vector<CheckpointExtra> extra = be.checkpoint_extras();
     if (learned)
       extra.push_back({"growth.safetensors", learned->tensors(), {{"content", "G_learn mixing state"}}});
@@ -634,6 +640,7 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
     for (int k = 0; k < accum; ++k) {
       loader.next(in.data(), tg.data());
       // Each rank's share is scaled so the sum over the ranks is the global batch's mean gradient.
+      be.micro_batch_is_last(k + 1 == accum);
       loss += be.train_micro_batch(in.data(), tg.data(), 1.0f / static_cast<float>(accum * world));
     }
     loss /= accum;

@@ -160,17 +160,22 @@ TEST_F(CudaDistTrain, Zero1AndZero0TrainLikeTheCpuBackendAndResumeBitIdentically
   for (const char* name : {"model.safetensors", "weights_bf16.safetensors"})
     EXPECT_TRUE(file("z1", 10, name) == file("cut", 10, name)) << name;
 
-  // Traffic: the bf16 gradients reduce-scattered and the bf16 weights all-gathered (ZeRO-1), or the gradients
-  // all-reduced (ZeRO-0), over the padded buffer of the architecture of each step (after growth: 4 layers).
+  // Traffic: the bf16 gradients reduce-scattered and the bf16 weights all-gathered (ZeRO-1) over the padded
+  // buffer, or every tensor's gradients all-reduced (ZeRO-0, layer by layer during the backward pass: the
+  // tensors without the alignment padding between them), for the architecture of each step (after growth: 4
+  // layers).
   const CheckpointInfo before = read_checkpoint_info((root_ / "z1" / "ckpt-00000004").string());
   const CheckpointInfo after = read_checkpoint_info((root_ / "z1" / "ckpt-00000008").string());
   for (size_t i = 0; i < z1.size() && R > 1; ++i) {
-    const int64_t n = ParamLayout(i < 5 ? before.model : after.model).numel();
+    const ParamLayout layout(i < 5 ? before.model : after.model);
+    const int64_t n = layout.numel();
+    int64_t tensors = 0;
+    for (const ParamEntry& e : layout.entries()) tensors += e.numel();
     const double padded = static_cast<double>(shard_stride(n, R) * R);
     EXPECT_EQ(z1[i]["comm_bytes"].get<double>(), growth::dp_bytes_per_rank(padded, R, 1, 2, 2).total())
         << "step " << i + 1;
     EXPECT_EQ(z0[i]["comm_bytes"].get<double>(),
-              growth::dp_bytes_per_rank(static_cast<double>(n), R, 0, 2, 2).total())
+              growth::dp_bytes_per_rank(static_cast<double>(tensors), R, 0, 2, 2).total())
         << "step " << i + 1;
   }
 }

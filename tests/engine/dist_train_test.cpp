@@ -306,10 +306,11 @@ TEST_F(DistTrain, AKilledRankEndsTheJobWithAClearMessage) {
   std::printf("job ended %.1f s after rank 1 was killed, status %d\n", waited, rc);
 }
 
+// --comm-timeout 10: long enough that the ranks' start-up on a loaded machine (ctest -j) never trips it.
 TEST_F(DistTrain, AStalledRankTripsTheCollectiveTimeout) {
   const fs::path out_dir = root_ / "stalled", log = root_ / "stalled.log";
-  const auto [job, rank1] =
-      start_long_run(mpirun(2) + strata_bin() + args("stalled", 1000000) + " --comm-timeout 3", out_dir, log);
+  const auto [job, rank1] = start_long_run(
+      mpirun(2) + strata_bin() + args("stalled", 1000000) + " --comm-timeout 10", out_dir, log);
   const std::unique_ptr<void, std::function<void(void*)>> reap(
       reinterpret_cast<void*>(1), [job = job, rank1 = rank1](void*) { stop_job(job, rank1); });
   ASSERT_GT(rank1, 0) << strata::read_file(log.string());
@@ -320,17 +321,22 @@ TEST_F(DistTrain, AStalledRankTripsTheCollectiveTimeout) {
   ASSERT_NE(rc, -1) << "the job still runs 60 s after rank 1 stalled: " << text;
   EXPECT_NE(rc, 0) << text;
   EXPECT_NE(text.find("strata: error: rank 0/2 on host "), std::string::npos) << text;
-  EXPECT_NE(text.find("did not complete within 3 s while training step"), std::string::npos) << text;
-  std::printf("job ended %.1f s after rank 1 stalled (timeout 3 s), status %d\n", waited, rc);
+  // While what: the step, or the evaluation every 4 steps, depending on where rank 1 was stopped.
+  EXPECT_NE(text.find("did not complete within 10 s while "), std::string::npos) << text;
+  EXPECT_TRUE(text.find("while training step ") != std::string::npos ||
+              text.find("while evaluating at step ") != std::string::npos)
+      << text;
+  std::printf("job ended %.1f s after rank 1 stalled (timeout 10 s), status %d\n", waited, rc);
 }
 
 // SIGTERM (a scheduler preempting the job): the ranks agree to stop after the same step, write one checkpoint
 // together and exit with 128 + 15; the run then resumes from it.
 TEST_F(DistTrain, SigtermStopsEveryRankWithOneCheckpointAndResumes) {
   const fs::path out_dir = root_ / "preempted", log = root_ / "preempted.log";
-  const auto [job, rank1] = start_long_run(mpirun(2) + strata_bin() + args("preempted", 1000000), out_dir, log);
+  const auto [job, rank1] =
+      start_long_run(mpirun(2) + strata_bin() + args("preempted", 1000000), out_dir, log);
   const std::unique_ptr<void, std::function<void(void*)>> reap(reinterpret_cast<void*>(1),
-                                                                [job = job](void*) { stop_job(job, -1); });
+                                                               [job = job](void*) { stop_job(job, -1); });
   ASSERT_GT(rank1, 0);
   // One rank is enough: the ranks agree on a pending signal after every step (a scheduler signals them all,
   // each at its own moment).
