@@ -103,7 +103,6 @@ class Communicator {
   int rank_ = 0, world_ = 1, local_rank_ = 0, local_world_ = 1;
   std::string hosts_;
   CommCounters counters_;
-  friend class Guard;
   struct Watchdog;
   std::shared_ptr<Watchdog> watchdog_;
   void start_watchdog();

@@ -101,13 +101,13 @@ class CudaBackend final : public TrainBackend {
       // pass has finished that layer, while it goes on with the layers below.
       std::vector<bool> issued(static_cast<size_t>(gpu_->config().n_layer), false);
       gpu_->set_layer_backward_hook([&](int l) {
-        reduce_layer(l);
+        reduce_tensors(l);
         issued[static_cast<size_t>(l)] = true;
       });
       gpu_->backward();
       gpu_->set_layer_backward_hook(nullptr);
       for (int l = 0; l < gpu_->config().n_layer; ++l)  // a batch without targets runs no layer
-        if (!issued[static_cast<size_t>(l)]) reduce_layer(l);
+        if (!issued[static_cast<size_t>(l)]) reduce_tensors(l);
       reduce_global_tensors_and_join();
       reduced_ = true;
       return loss;
@@ -128,21 +128,19 @@ class CudaBackend final : public TrainBackend {
       // ranks by NCCL on the runner's stream: all of them (ZeRO-0), or this rank's shard (ZeRO-1); the norm
       // is the sum of the ranks' shard sums of squares, in rank order.
       const int R = nccl_->world();
-      CUstream_st* stream = static_cast<CUstream_st*>(gpu_->stream());
       // The watchdog covers the wait for the device collective (the norm's download synchronises).
       const Communicator::Guard watch(nccl_->host(), zero_ == 0 ? "NCCL all-reduce" : "NCCL reduce-scatter",
                                       gpu_->padded_numel() * 2);
       if (zero_ == 0) {
         if (!reduced_) {  // no micro-batch was marked last: reduce everything now
-          for (int l = 0; l < gpu_->config().n_layer; ++l) reduce_layer(l);
+          for (int l = 0; l < gpu_->config().n_layer; ++l) reduce_tensors(l);
           reduce_global_tensors_and_join();
           reduced_ = true;
         }
-        (void)stream;
         return gpu_->grad_norm();
       }
       nccl_->reduce_scatter_sum(gpu_->grads_device(), gpu_->grad_shard_device(), gpu_->padded_numel() / R,
-                                DeviceDType::kBF16, stream);
+                                DeviceDType::kBF16, static_cast<CUstream_st*>(gpu_->stream()));
       std::vector<double> partial(static_cast<size_t>(R), 0.0);
       partial[static_cast<size_t>(nccl_->rank())] = gpu_->grad_sum_squares();
       nccl_->host().all_reduce_small(partial.data(), R, ReduceOp::kSum);
@@ -299,33 +297,25 @@ class CudaBackend final : public TrainBackend {
     CUDA_CHECK(cudaEventCreateWithFlags(&grads_ready_, cudaEventDisableTiming));
     CUDA_CHECK(cudaEventCreateWithFlags(&reduced_event_, cudaEventDisableTiming));
   }
-  void reduce_layer(int l) {
+  // All-reduces, on the communication stream once the runner's stream has reached this point, layer l's
+  // slice of every per-layer tensor kind, or with l < 0 every global tensor: one NCCL group.
+  void reduce_tensors(int l) {
     ensure_comm_stream();
-    const cudaStream_t compute = static_cast<cudaStream_t>(gpu_->stream());
-    CUDA_CHECK(cudaEventRecord(grads_ready_, compute));
+    CUDA_CHECK(cudaEventRecord(grads_ready_, static_cast<cudaStream_t>(gpu_->stream())));
     CUDA_CHECK(cudaStreamWaitEvent(comm_stream_, grads_ready_, 0));
-    auto* grads = static_cast<char*>(gpu_->grads_device());
+    auto* grads = static_cast<uint16_t*>(gpu_->grads_device());  // bf16 elements
     nccl_->group_start();
     for (const ParamEntry& e : gpu_->layout().entries()) {
-      if (!e.spec.per_layer) continue;
-      const int64_t per = e.spec.numel_per_layer();
-      nccl_->all_reduce_sum(grads + (e.offset + int64_t{l} * per) * 2, per, DeviceDType::kBF16, comm_stream_);
+      if (e.spec.per_layer != (l >= 0)) continue;
+      const int64_t n = l >= 0 ? e.spec.numel_per_layer() : e.numel();
+      nccl_->all_reduce_sum(grads + e.offset + (l >= 0 ? int64_t{l} * n : 0), n, DeviceDType::kBF16, comm_stream_);
     }
     nccl_->group_end();
   }
   void reduce_global_tensors_and_join() {
-    ensure_comm_stream();
-    const cudaStream_t compute = static_cast<cudaStream_t>(gpu_->stream());
-    CUDA_CHECK(cudaEventRecord(grads_ready_, compute));
-    CUDA_CHECK(cudaStreamWaitEvent(comm_stream_, grads_ready_, 0));
-    auto* grads = static_cast<char*>(gpu_->grads_device());
-    nccl_->group_start();
-    for (const ParamEntry& e : gpu_->layout().entries())
-      if (!e.spec.per_layer)
-        nccl_->all_reduce_sum(grads + e.offset * 2, e.numel(), DeviceDType::kBF16, comm_stream_);
-    nccl_->group_end();
+    reduce_tensors(-1);
     CUDA_CHECK(cudaEventRecord(reduced_event_, comm_stream_));
-    CUDA_CHECK(cudaStreamWaitEvent(compute, reduced_event_, 0));
+    CUDA_CHECK(cudaStreamWaitEvent(static_cast<cudaStream_t>(gpu_->stream()), reduced_event_, 0));
   }
 #endif
 

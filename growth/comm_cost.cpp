@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "engine/check.h"
+#include "growth/guideline.h"
 
 namespace strata::growth {
 namespace {
@@ -61,23 +62,6 @@ std::string ms(double s) {
 std::string percent(double x) {
   char buf[32];
   std::snprintf(buf, sizeof(buf), "%.1f%%", 100.0 * x);
-  return buf;
-}
-
-// 124.4M, 6.42M, 1.1B: four significant digits and a K/M/B/T suffix.
-std::string human(double x) {
-  static const struct {
-    double scale;
-    const char* suffix;
-  } kUnits[] = {{1e12, "T"}, {1e9, "B"}, {1e6, "M"}, {1e3, "K"}};
-  char buf[48];
-  for (const auto& u : kUnits) {
-    if (std::fabs(x) >= u.scale) {
-      std::snprintf(buf, sizeof(buf), "%.4g%s", x / u.scale, u.suffix);
-      return buf;
-    }
-  }
-  std::snprintf(buf, sizeof(buf), "%.4g", x);
   return buf;
 }
 
@@ -243,7 +227,7 @@ std::string format_comm_cost(const CommCostPlan& p) {
            z1 ? " (gradient reduce-scatter,\nAdamW state sharded, parameter all-gather)\n\n"
               : " (gradient all-reduce)\n\n");
   const int nodes = (c.gpus + c.gpus_per_node - 1) / c.gpus_per_node;
-  s += cat("  model       ", c.model.name, ": N = ", human(p.n_params),
+  s += cat("  model       ", c.model.name, ": N = ", human_number(p.n_params),
            " parameters, F = ", num(p.flops_per_token), " training FLOPs/token at T = ", c.seq_len, "\n");
   s += cat("  setup       R = ", c.gpus, single ? " GPU" : " GPUs", " (", nodes,
            nodes == 1 ? " node" : " nodes", " of ", c.gpus_per_node, "), global batch ",
@@ -282,7 +266,7 @@ std::string format_comm_cost(const CommCostPlan& p) {
                 : cat(c.gpus - 1, " hops; not overlapped (after the optimizer step)"));
   item("compute", ms(p.compute_s), cat(num(c.peak_tflops), " TFLOP/s peak x MFU ", percent(c.mfu)));
   item("step", ms(p.step_s), cat("compute + exposed communication (", ms(p.exposed_s()), ")"));
-  item("throughput", human(p.tokens_per_s), "tokens/s");
+  item("throughput", human_number(p.tokens_per_s), "tokens/s");
   item("efficiency", percent(p.efficiency), "(1-GPU compute time of the batch / R) / step time");
   const char* which = p.inter_node ? "inter-node link" : "intra-node bandwidth";
   if (single)
@@ -305,7 +289,7 @@ std::string format_comm_cost(const CommCostPlan& p) {
     std::snprintf(line, sizeof(line), "    %6d %6s %12s %10.2f %12.2f %10.2f %12s %10s%s\n", e.gpus,
                   e.gpus == 1 ? "-" : (e.inter_node ? "inter" : "intra"),
                   bytes_text(e.volume.total()).c_str(), e.comm_s() * 1e3, e.exposed_s() * 1e3, e.step_s * 1e3,
-                  human(e.tokens_per_s).c_str(), percent(e.efficiency).c_str(),
+                  human_number(e.tokens_per_s).c_str(), percent(e.efficiency).c_str(),
                   e.gpus == c.gpus ? "   <- --gpus" : "");
     s += line;
   }

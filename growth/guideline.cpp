@@ -17,23 +17,6 @@ constexpr double kLogNSlope = 0.88;
 constexpr double kLogCNumerator = 163.27;
 constexpr double kIntercept = -5.74;
 
-// 11.11B, 300B, 2T, 1.188B: four significant digits and a K/M/B/T suffix.
-std::string human(double x) {
-  static const struct {
-    double scale;
-    const char* suffix;
-  } kUnits[] = {{1e12, "T"}, {1e9, "B"}, {1e6, "M"}, {1e3, "K"}};
-  char buf[48];
-  for (const auto& u : kUnits) {
-    if (std::fabs(x) >= u.scale) {
-      std::snprintf(buf, sizeof(buf), "%.4g%s", x / u.scale, u.suffix);
-      return buf;
-    }
-  }
-  std::snprintf(buf, sizeof(buf), "%.4g", x);
-  return buf;
-}
-
 std::string sci(double x) {
   char buf[32];
   std::snprintf(buf, sizeof(buf), "%.3e", x);
@@ -86,6 +69,22 @@ std::vector<std::pair<std::string, std::string>> model_keys(const models::ModelO
 }
 
 }  // namespace
+
+std::string human_number(double x) {
+  static const struct {
+    double scale;
+    const char* suffix;
+  } kUnits[] = {{1e12, "T"}, {1e9, "B"}, {1e6, "M"}, {1e3, "K"}};
+  char buf[48];
+  for (const auto& u : kUnits) {
+    if (std::fabs(x) >= u.scale) {
+      std::snprintf(buf, sizeof(buf), "%.4g%s", x / u.scale, u.suffix);
+      return buf;
+    }
+  }
+  std::snprintf(buf, sizeof(buf), "%.4g", x);
+  return buf;
+}
 
 double guideline_growth_tokens(double n_params, double flops) {
   STRATA_CHECK(n_params > 0.0 && flops > 1.0, "N=", n_params, " C=", flops);
@@ -202,15 +201,15 @@ GuidelinePlan make_guideline_plan(const GuidelineInput& in) {
   // Warnings: outside the fit, or a plan that spends the budget badly.
   auto& w = p.warnings;
   if (p.n_params < fit_min_params() || p.n_params > fit_max_params())
-    w.push_back(cat("N = ", human(p.n_params), " parameters is outside the fit's range ",
-                    human(fit_min_params()), "..", human(fit_max_params()),
+    w.push_back(cat("N = ", human_number(p.n_params), " parameters is outside the fit's range ",
+                    human_number(fit_min_params()), "..", human_number(fit_max_params()),
                     " (the paper's 410M..3B targets): d is an extrapolation"));
   if (p.formula_flops < kFitMinFlops || p.formula_flops > kFitMaxFlops)
     w.push_back(cat("C = ", sci(p.formula_flops), " FLOPs is outside ", sci(kFitMinFlops), "..",
                     sci(kFitMaxFlops),
                     ", around the budgets of the paper's runs at the fitted sizes: d is an extrapolation"));
   if (!p.growth_happens)
-    w.push_back(cat("the small phase alone (", human(p.d), " tokens of the ", p.base.n_layer,
+    w.push_back(cat("the small phase alone (", human_number(p.d), " tokens of the ", p.base.n_layer,
                     "-layer base) costs more than the whole budget: growth never happens"));
   else if (p.small.flops > kMaxSmallPhaseShare * p.budget_flops)
     w.push_back(cat("the small phase takes ", percent(p.small.flops / p.budget_flops),
@@ -239,10 +238,10 @@ std::string schedule_toml(const GuidelinePlan& p, const models::ModelOptions& mo
   std::string s;
   s += cat("# Growth schedule written by `strata plan` (the paper's growth-timing guideline, G_stack).\n",
            "# Use: strata --config THIS_FILE train --data DIR [other train options]\n", "# Trains the ",
-           p.base.n_layer, "-layer base of ", p.target.name, " for d = ", human(p.d), " tokens, stacks it ",
+           p.base.n_layer, "-layer base of ", p.target.name, " for d = ", human_number(p.d), " tokens, stacks it ",
            p.g, "x into the\n# ", p.target.n_layer, "-layer target, and stops at ",
-           human(static_cast<double>(p.total_tokens())), " tokens in all: the compute of ",
-           human(p.scratch_tokens), " tokens of the target\n# from scratch (", sci(p.budget_flops),
+           human_number(static_cast<double>(p.total_tokens())), " tokens in all: the compute of ",
+           human_number(p.scratch_tokens), " tokens of the target\n# from scratch (", sci(p.budget_flops),
            " FLOPs at T=", p.seq_len, "). The vocabulary follows the data's manifest unless vocab-size\n",
            "# is set; the plan assumed V=", p.target.vocab_size, ".\n");
   for (const std::string& w : p.warnings) s += cat("# warning: ", w, "\n");
@@ -261,25 +260,25 @@ std::string format_plan(const GuidelinePlan& p, const models::ModelOptions& mode
   char line[256];
   std::string s;
   s += "Growth plan (the paper's guideline: G_stack, one growth, Du et al. 2024)\n\n";
-  s += cat("  target      ", p.target.name, ": ", shape(p.target), "; ", human(total_params(p.target)),
+  s += cat("  target      ", p.target.name, ": ", shape(p.target), "; ", human_number(total_params(p.target)),
            " parameters\n");
   s += cat("  base        ", p.base.name, ": ", p.base.n_layer, " layers (target / g, g = ", p.g, "); ",
-           human(total_params(p.base)), " parameters\n");
+           human_number(total_params(p.base)), " parameters\n");
   s +=
       cat("  N (fit)     ", sci(p.n_params),
           p.n_params == total_params(p.target) ? " (the target's total parameter count)" : " (from --params)",
           "\n");
   if (p.flops_given)
     s += cat("  budget      ", sci(p.formula_flops), " FLOPs, also the fit's C\n", "              = ",
-             human(p.scratch_tokens), " tokens of the target from scratch at ", sci(p.large.flops_per_token),
+             human_number(p.scratch_tokens), " tokens of the target from scratch at ", sci(p.large.flops_per_token),
              " FLOPs/token (6 N_matmul + 12 L C T, T = ", p.seq_len, ")\n");
   else
-    s += cat("  budget      ", human(p.scratch_tokens),
+    s += cat("  budget      ", human_number(p.scratch_tokens),
              " tokens of the target from scratch; C (fit) = 6 N D = ", sci(p.formula_flops), " FLOPs\n",
              "              Strata's count: ", sci(p.budget_flops),
              " FLOPs (6 N_matmul + 12 L C T per token, T = ", p.seq_len, ")\n");
   s += cat("\n  growth timing  log10(d) = 0.88 log10(N) + 163.27 / log10(C) - 5.74\n",
-           "                 d = ", human(p.d), " tokens",
+           "                 d = ", human_number(p.d), " tokens",
            p.growth_happens ? cat(" (", p.growth_tokens(), ")") : std::string(), "\n\n");
 
   std::snprintf(line, sizeof(line), "  %-14s %-22s %12s %12s %12s %8s\n", "phase", "model", "tokens",
@@ -288,19 +287,19 @@ std::string format_plan(const GuidelinePlan& p, const models::ModelOptions& mode
   auto row = [&](const char* name, const Phase& ph) {
     std::snprintf(line, sizeof(line), "  %-14s %-22s %12s %12s %12s %8s\n", name,
                   cat(ph.model.n_layer, ph.model.n_layer == 1 ? " layer" : " layers").c_str(),
-                  human(ph.tokens).c_str(), sci(ph.flops_per_token).c_str(), sci(ph.flops).c_str(),
+                  human_number(ph.tokens).c_str(), sci(ph.flops_per_token).c_str(), sci(ph.flops).c_str(),
                   percent(ph.flops / p.budget_flops).c_str());
     s += line;
   };
   row("small (before)", p.small);
   row("large (after)", p.large);
   std::snprintf(line, sizeof(line), "  %-14s %-22s %12s %12s %12s %8s\n", "total", "",
-                human(p.small.tokens + p.large.tokens).c_str(), "",
+                human_number(p.small.tokens + p.large.tokens).c_str(), "",
                 sci(p.small.flops + p.large.flops).c_str(),
                 percent((p.small.flops + p.large.flops) / p.budget_flops).c_str());
   s += line;
-  s += cat("  (equal compute to the scratch run: the grown run sees ", human(p.small.tokens + p.large.tokens),
-           " tokens where scratch sees ", human(p.scratch_tokens), ")\n");
+  s += cat("  (equal compute to the scratch run: the grown run sees ", human_number(p.small.tokens + p.large.tokens),
+           " tokens where scratch sees ", human_number(p.scratch_tokens), ")\n");
 
   // The saving is measured, not predicted: quote every measurement, marking the nearest.
   const MeasuredSpeedup& m = nearest_speedup(p.n_params, p.scratch_tokens);

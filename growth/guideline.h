@@ -30,6 +30,9 @@
 
 namespace strata::growth {
 
+// 11.11B, 300B, 2T, 124.4M: four significant digits and a K/M/B/T suffix (both reports of `strata plan`).
+std::string human_number(double x);
+
 // The fit itself: d (tokens) for N parameters and C FLOPs. Requires N > 0 and C > 1.
 double guideline_growth_tokens(double n_params, double flops);
 

@@ -67,6 +67,17 @@ inline int run_strata(const std::string& args, std::string* output) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+// The small corpus of the end-to-end training suites: a byte-level BPE vocabulary of vocab_size tokens trained
+// on the embedded State of the Union corpus (dir/tok.tiktoken), and that corpus prepared with it (dir/data:
+// train shards, Moby-Dick as val). Returns true, or false with the failing command's output in *output.
+inline bool prepare_test_corpus(const std::filesystem::path& dir, int vocab_size, std::string* output) {
+  const std::string tok = (dir / "tok.tiktoken").string();
+  return run_strata("tokenizer train --no-progress --vocab-size " + std::to_string(vocab_size) + " --input " +
+                        source_dir() + "/data/default/sotu.jsonl.xz --output " + tok,
+                    output) == 0 &&
+         run_strata("prepare --no-progress --tokenizer " + tok + " --out " + (dir / "data").string(), output) == 0;
+}
+
 // Runs fn and expects a strata::Error whose message is one line containing every fragment.
 template <typename Fn>
 void expect_one_line_error(Fn&& fn, const std::vector<std::string>& fragments) {

@@ -47,16 +47,8 @@ class CudaDistTrain : public ::testing::Test {
     if (world().rank() == 0) {
       fs::remove_all(root_);
       fs::create_directories(root_);
-      const std::string data = test::source_dir() + "/data/default/";
       std::string out;
-      const bool ok =
-          test::run_strata("tokenizer train --no-progress --vocab-size 320 --input " + data +
-                               "sotu.jsonl.xz --output " + (root_ / "tok.tiktoken").string(),
-                           &out) == 0 &&
-          test::run_strata("prepare --no-progress --tokenizer " + (root_ / "tok.tiktoken").string() +
-                               " --out " + (root_ / "data").string(),
-                           &out) == 0;
-      EXPECT_TRUE(ok) << out;
+      EXPECT_TRUE(test::prepare_test_corpus(root_, 320, &out)) << out;
     }
     world().barrier();
   }

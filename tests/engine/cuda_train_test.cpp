@@ -37,18 +37,8 @@ class CudaTrain : public ::testing::TestWithParam<models::Family> {
     root_ = fs::temp_directory_path() / ("strata_cuda_train_" + std::to_string(::getpid()));
     fs::remove_all(root_);
     fs::create_directories(root_);
-    const std::string data = test::source_dir() + "/data/default/";
     std::string out;
-    ASSERT_EQ(test::run_strata("tokenizer train --no-progress --vocab-size 320 --input " + data +
-                                   "sotu.jsonl.xz --output " + (root_ / "tok.tiktoken").string(),
-                               &out),
-              0)
-        << out;
-    ASSERT_EQ(test::run_strata("prepare --no-progress --tokenizer " + (root_ / "tok.tiktoken").string() +
-                                   " --out " + (root_ / "data").string(),
-                               &out),
-              0)
-        << out;
+    ASSERT_TRUE(test::prepare_test_corpus(root_, 320, &out)) << out;
   }
   static void TearDownTestSuite() { fs::remove_all(root_); }
 

@@ -56,18 +56,8 @@ class DistTrain : public ::testing::Test {
     root_ = fs::temp_directory_path() / ("strata_dist_train_" + std::to_string(::getpid()));
     fs::remove_all(root_);
     fs::create_directories(root_);
-    const std::string data = strata::test::source_dir() + "/data/default/";
     std::string out;
-    ASSERT_EQ(run_strata("tokenizer train --no-progress --vocab-size 512 --input " + data +
-                             "sotu.jsonl.xz --output " + (root_ / "tok.tiktoken").string(),
-                         &out),
-              0)
-        << out;
-    ASSERT_EQ(run_strata("prepare --no-progress --tokenizer " + (root_ / "tok.tiktoken").string() +
-                             " --out " + (root_ / "data").string(),
-                         &out),
-              0)
-        << out;
+    ASSERT_TRUE(strata::test::prepare_test_corpus(root_, 512, &out)) << out;
   }
   static void TearDownTestSuite() { fs::remove_all(root_); }
 
