@@ -4,6 +4,7 @@
 #include <lzma.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cinttypes>
 #include <climits>
 #include <cstdio>
@@ -362,15 +363,20 @@ std::string optimizer_shard_file(int rank, int world) {
   return buf;
 }
 
-CheckpointExtra optimizer_shard_extra(const ParamLayout& layout, ShardRange range, const float* m,
-                                      const float* v, int rank, int world) {
+CheckpointExtra optimizer_shard_extra(const ParamLayout& layout, const std::vector<ShardRange>& ranges,
+                                      const float* m, const float* v, int rank, int world) {
+  int64_t held = 0;
+  nlohmann::json rj = nlohmann::json::array();
+  for (const ShardRange& r : ranges) {
+    held += r.size();
+    rj.push_back({r.begin, r.end});
+  }
   CheckpointExtra x;
   x.file = optimizer_shard_file(rank, world);
-  x.tensors = {{"m", DType::kF32, {range.size()}, m}, {"v", DType::kF32, {range.size()}, v}};
+  x.tensors = {{"m", DType::kF32, {held}, m}, {"v", DType::kF32, {held}, v}};
   x.metadata = model_metadata(layout.config());
-  x.metadata["content"] = "ZeRO-1 shard of the adamw moments: elements [shard_begin, shard_end) of the flat layout";
-  x.metadata["shard_begin"] = std::to_string(range.begin);
-  x.metadata["shard_end"] = std::to_string(range.end);
+  x.metadata["content"] = "ZeRO-1 shard of the adamw moments: the flat layout's elements in 'ranges', in order";
+  x.metadata["ranges"] = rj.dump();
   x.metadata["numel"] = std::to_string(layout.numel());
   x.metadata["rank"] = std::to_string(rank);
   x.metadata["world"] = std::to_string(world);
@@ -465,17 +471,27 @@ void load_checkpoint_params(const std::string& ckpt_dir, ParamBuffer& params) {
   load_buffers(open_verified(info, kModelFile), {{"", &params}});
 }
 
-void load_checkpoint_moments(const CheckpointInfo& info, const ParamLayout& layout, ShardRange range, float* m,
-                             float* v) {
-  STRATA_CHECK(range.begin >= 0 && range.begin <= range.end && range.end <= layout.numel(), "bad range");
+void load_checkpoint_moments(const CheckpointInfo& info, const ParamLayout& layout,
+                             const std::vector<ShardRange>& ranges, float* m, float* v) {
+  int64_t prev_end = 0;
+  for (const ShardRange& r : ranges) {
+    STRATA_CHECK(r.begin >= prev_end && r.begin <= r.end && r.end <= layout.numel(),
+                 "load_checkpoint_moments: ranges must be ascending, disjoint and inside the layout");
+    prev_end = r.end;
+  }
   if (info.files.count(kOptimizerFile) == 1) {  // the whole state in one file (one process, or ZeRO-0)
     AdamW whole(layout, AdamWConfig{});
     load_buffers(open_verified(info, kOptimizerFile), {{"m.", &whole.m()}, {"v.", &whole.v()}});
-    std::copy(whole.m().data() + range.begin, whole.m().data() + range.end, m);
-    std::copy(whole.v().data() + range.begin, whole.v().data() + range.end, v);
+    int64_t at = 0;
+    for (const ShardRange& r : ranges) {
+      std::copy(whole.m().data() + r.begin, whole.m().data() + r.end, m + at);
+      std::copy(whole.v().data() + r.begin, whole.v().data() + r.end, v + at);
+      at += r.size();
+    }
     return;
   }
-  // ZeRO-1 shards, written by any number of ranks: read the overlap of each with `range`.
+  // ZeRO-1 shards, written by any number of ranks and split either way: every file's ranges, then the
+  // overlap of each with the ranges asked for.
   int world = 0;
   std::set<int> ranks;
   for (const auto& [fname, f] : info.files) {
@@ -494,10 +510,13 @@ void load_checkpoint_moments(const CheckpointInfo& info, const ParamLayout& layo
   STRATA_REQUIRE(static_cast<int>(ranks.size()) == world && *ranks.begin() == 0 && *ranks.rbegin() == world - 1,
                  "checkpoint '", info.dir, "': has ", ranks.size(), " of the ", world,
                  " optimizer shards its state.json should list");
+  struct Held {
+    int64_t begin, end, at;  // a flat range and where it is in its file's tensors
+    int file;
+  };
+  std::vector<Held> held;
+  std::vector<std::vector<float>> file_m(static_cast<size_t>(world)), file_v(static_cast<size_t>(world));
   for (int r = 0; r < world; ++r) {
-    const ShardRange s = shard_range(layout.numel(), world, r);
-    const int64_t lo = std::max(s.begin, range.begin), hi = std::min(s.end, range.end);
-    if (lo >= hi) continue;
     const std::string fname = optimizer_shard_file(r, world);
     const SafetensorsFile file = open_verified(info, fname);
     const std::string w = cat("checkpoint file '", info.dir, "/", fname, "': ");
@@ -508,17 +527,71 @@ void load_checkpoint_moments(const CheckpointInfo& info, const ParamLayout& layo
     };
     STRATA_REQUIRE(meta("numel") == std::to_string(layout.numel()), w, "a shard of ", meta("numel"),
                    " elements in all, but the model has ", layout.numel());
-    STRATA_REQUIRE(meta("shard_begin") == std::to_string(s.begin) && meta("shard_end") == std::to_string(s.end),
-                   w, "holds elements [", meta("shard_begin"), ", ", meta("shard_end"), "), expected [", s.begin,
-                   ", ", s.end, ")");
-    for (const auto& [tname, dst] : {std::pair<const char*, float*>{"m", m}, {"v", v}}) {
-      const SafeTensor* t = file.find(tname);
-      STRATA_REQUIRE(t != nullptr && t->dtype == DType::kF32 && t->shape == std::vector<int64_t>{s.size()}, w,
-                     "tensor '", tname, "' must be F32 [", s.size(), "]");
-      std::vector<float> all(static_cast<size_t>(s.size()));
-      file.to_f32(*t, all.data(), all.size());
-      std::copy(all.begin() + (lo - s.begin), all.begin() + (hi - s.begin), dst + (lo - range.begin));
+    std::vector<ShardRange> mine;
+    if (file.metadata().count("ranges") == 0) {  // the one contiguous range of files that predate "ranges"
+      const ShardRange s = shard_range(layout.numel(), world, r);
+      STRATA_REQUIRE(meta("shard_begin") == std::to_string(s.begin) && meta("shard_end") == std::to_string(s.end),
+                     w, "holds elements [", meta("shard_begin"), ", ", meta("shard_end"), "), expected [",
+                     s.begin, ", ", s.end, ")");
+      mine.push_back(s);
+    } else {
+      try {
+        for (const auto& p : nlohmann::json::parse(meta("ranges")))
+          mine.push_back({p.at(0).get<int64_t>(), p.at(1).get<int64_t>()});
+      } catch (const nlohmann::json::exception& e) {
+        STRATA_FAIL(w, "metadata 'ranges' is not a list of [begin, end) pairs (", e.what(), ")");
+      }
     }
+    int64_t at = 0, last = 0;
+    for (const ShardRange& s : mine) {
+      STRATA_REQUIRE(s.begin >= last && s.begin <= s.end && s.end <= layout.numel(), w, "range [", s.begin, ", ",
+                     s.end, ") is not ascending or lies outside the model's ", layout.numel(), " elements");
+      held.push_back({s.begin, s.end, at, r});
+      at += s.size();
+      last = s.end;
+    }
+    for (const auto& [tname, dst] : {std::pair<const char*, std::vector<float>*>{"m", &file_m[size_t(r)]},
+                                     {"v", &file_v[size_t(r)]}}) {
+      const SafeTensor* t = file.find(tname);
+      STRATA_REQUIRE(t != nullptr && t->dtype == DType::kF32 && t->shape == std::vector<int64_t>{at}, w,
+                     "tensor '", tname, "' must be F32 [", at, "], the elements of its ranges");
+      dst->resize(static_cast<size_t>(at));
+      file.to_f32(*t, dst->data(), dst->size());
+    }
+  }
+  std::sort(held.begin(), held.end(), [](const Held& a, const Held& b) { return a.begin < b.begin; });
+  for (size_t i = 1; i < held.size(); ++i)
+    STRATA_REQUIRE(held[i].begin >= held[i - 1].end, "checkpoint '", info.dir, "': optimizer shards ",
+                   held[i - 1].file, " and ", held[i].file, " both hold element ", held[i].begin);
+  // The alignment gaps between tensors (engine/params.h) belong to no tensor: a split by tensors (the CUDA
+  // backend's) does not hold them, and they read as 0.
+  const auto tensor_elements = [&](int64_t lo, int64_t hi) {
+    int64_t n = 0;
+    for (const ParamEntry& e : layout.entries())
+      n += std::max<int64_t>(0, std::min(hi, e.offset + e.numel()) - std::max(lo, e.offset));
+    return n;
+  };
+  int64_t out = 0;
+  size_t k = 0;  // the first held range that may overlap the current one
+  for (const ShardRange& r : ranges) {
+    while (k < held.size() && held[k].end <= r.begin) ++k;
+    std::fill(m + out, m + out + r.size(), 0.0f);
+    std::fill(v + out, v + out + r.size(), 0.0f);
+    int64_t covered_tensor = 0;
+    for (size_t i = k; i < held.size() && held[i].begin < r.end; ++i) {
+      const int64_t lo = std::max(held[i].begin, r.begin), hi = std::min(held[i].end, r.end);
+      if (lo >= hi) continue;
+      const size_t src = static_cast<size_t>(held[i].at + (lo - held[i].begin));
+      const std::vector<float>& fm = file_m[static_cast<size_t>(held[i].file)];
+      const std::vector<float>& fv = file_v[static_cast<size_t>(held[i].file)];
+      std::copy(fm.begin() + src, fm.begin() + src + (hi - lo), m + out + (lo - r.begin));
+      std::copy(fv.begin() + src, fv.begin() + src + (hi - lo), v + out + (lo - r.begin));
+      covered_tensor += tensor_elements(lo, hi);
+    }
+    const int64_t want = tensor_elements(r.begin, r.end);
+    STRATA_REQUIRE(covered_tensor == want, "checkpoint '", info.dir, "': its optimizer shards lack ",
+                   want - covered_tensor, " tensor elements of [", r.begin, ", ", r.end, ")");
+    out += r.size();
   }
 }
 

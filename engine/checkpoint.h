@@ -94,11 +94,14 @@ std::string save_checkpoint_distributed(Communicator& comm, const std::string& r
                                         const std::vector<CheckpointExtra>& rank_files);
 
 // ZeRO-1 optimizer shards: "optimizer-<rank>-of-<world>.safetensors" (5 digits each) holds tensors "m" and "v",
-// F32 [shard size]: the elements shard_range(numel, world, rank) of the flat layout (engine/comm.h), with
-// metadata shard_begin, shard_end, numel, rank, world and the model config.
+// F32 [elements held]: the elements of the flat ranges `ranges` (ascending, disjoint) one after another, with
+// metadata "ranges" (a JSON array of [begin, end) pairs), numel, rank, world and the model config. The CPU
+// backend's shard is one range (engine/comm.h's shard_range), the CUDA backend's its layer-wise pieces
+// (engine/shard_map.h); together the files of a checkpoint hold every element of every tensor once. (Files
+// written before "ranges" existed name their one range by shard_begin and shard_end.)
 std::string optimizer_shard_file(int rank, int world);
-CheckpointExtra optimizer_shard_extra(const ParamLayout& layout, ShardRange range, const float* m,
-                                      const float* v, int rank, int world);
+CheckpointExtra optimizer_shard_extra(const ParamLayout& layout, const std::vector<ShardRange>& ranges,
+                                      const float* m, const float* v, int rank, int world);
 
 // Parses and validates <ckpt_dir>/state.json (format version, step, model config, trainer object, file
 // table).
@@ -112,11 +115,12 @@ void load_checkpoint_params(const std::string& ckpt_dir, ParamBuffer& params);
 // Opens one of the checkpoint's files listed in state.json after checking its size and CRC-64.
 SafetensorsFile open_checkpoint_file(const std::string& ckpt_dir, const std::string& file);
 
-// The moments of elements [range.begin, range.end) of `layout` (m and v point at range.begin), from
-// optimizer.safetensors or from the shards of any number of ranks (only the overlapping shards are read): a
-// run resumes on any rank count. Checks sizes, CRC-64s, names, shapes and that the shards are complete.
-void load_checkpoint_moments(const CheckpointInfo& info, const ParamLayout& layout, ShardRange range, float* m,
-                             float* v);
+// The moments of the flat ranges `ranges` of `layout` (ascending, disjoint; m and v receive their elements
+// one after another), from optimizer.safetensors or from the shards of any number of ranks, whichever way
+// they were split: a run resumes on any rank count and either backend. Checks sizes, CRC-64s, names, shapes,
+// that the shards do not overlap and that they hold every element asked for.
+void load_checkpoint_moments(const CheckpointInfo& info, const ParamLayout& layout,
+                             const std::vector<ShardRange>& ranges, float* m, float* v);
 
 // Loads the AdamW moments (same checks, on optimizer.safetensors). The step counter t is not in this file:
 // the caller restores it from the trainer state (AdamW::set_t).

@@ -174,14 +174,14 @@ class CudaBackend final : public TrainBackend {
     if (!optimizer_sharded()) return {};
     ensure_host();  // download_to_host() ran for this checkpoint: the mirrors hold every element
     const ShardRange r = gpu_->shard();
-    return {optimizer_shard_extra(gpu_->layout(), r, host_opt_->m().data() + r.begin,
+    return {optimizer_shard_extra(gpu_->layout(), {r}, host_opt_->m().data() + r.begin,
                                   host_opt_->v().data() + r.begin, nccl_rank(), nccl_world())};
   }
   void load_optimizer(const CheckpointInfo& info, long t) override {
     if (!optimizer_sharded()) return TrainBackend::load_optimizer(info, t);
     ensure_host();  // the shard's range of the mirrors; upload_from_host() sends only that range
     const ShardRange r = gpu_->shard();
-    load_checkpoint_moments(info, gpu_->layout(), r, host_opt_->m().data() + r.begin,
+    load_checkpoint_moments(info, gpu_->layout(), {r}, host_opt_->m().data() + r.begin,
                             host_opt_->v().data() + r.begin);
     host_opt_->set_t(t);
   }

@@ -56,12 +56,12 @@ class CpuBackend final : public TrainBackend {
   bool optimizer_sharded() const override { return dp_ && dp_->zero_stage() == 1; }
   std::vector<CheckpointExtra> rank_checkpoint_files() override {
     if (!optimizer_sharded()) return {};
-    return {optimizer_shard_extra(dp_->layout(), dp_->range(), dp_->m(), dp_->v(), dp_->comm().rank(),
+    return {optimizer_shard_extra(dp_->layout(), {dp_->range()}, dp_->m(), dp_->v(), dp_->comm().rank(),
                                   dp_->comm().world())};
   }
   void load_optimizer(const CheckpointInfo& info, long t) override {
     if (!optimizer_sharded()) return TrainBackend::load_optimizer(info, t);
-    load_checkpoint_moments(info, dp_->layout(), dp_->range(), dp_->m(), dp_->v());
+    load_checkpoint_moments(info, dp_->layout(), {dp_->range()}, dp_->m(), dp_->v());
     dp_->set_t(t);
   }
 
@@ -90,8 +90,7 @@ CudaBackendFactory g_cuda_factory = nullptr;
 void TrainBackend::load_optimizer(const CheckpointInfo& info, long t) {
   AdamW& opt = host_optimizer();
   const ParamLayout& layout = opt.m().layout();
-  const ShardRange all{0, layout.numel()};
-  load_checkpoint_moments(info, layout, all, opt.m().data(), opt.v().data());
+  load_checkpoint_moments(info, layout, {ShardRange{0, layout.numel()}}, opt.m().data(), opt.v().data());
   opt.set_t(t);
 }
 

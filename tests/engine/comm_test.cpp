@@ -6,6 +6,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <numeric>
 #include <random>
 
 #include "engine/checkpoint.h"
@@ -13,6 +14,7 @@
 #include "engine/data_parallel.h"
 #include "engine/optim.h"
 #include "engine/params.h"
+#include "engine/shard_map.h"
 #include "models/model_config.h"
 
 namespace {
@@ -172,42 +174,107 @@ TEST(HostDataParallel, Zero0AndZero1EqualOneProcessAdamW) {
 }
 
 // A sharded checkpoint: each rank writes its shard, rank 0 the weights and state.json listing every shard;
-// load_checkpoint_moments reads any range back (the re-sharding of a resume on another rank count).
+// load_checkpoint_moments reads any set of ranges back (the re-sharding of a resume on another rank count or
+// backend). Written and read both ways the state is split: contiguous ranges (the CPU backend) and layer-wise
+// pieces (engine/shard_map.h, the CUDA backend), which leave out the alignment gaps between tensors.
 TEST(ShardedCheckpoint, EveryRangeReadsBackFromTheShards) {
   Communicator& c = comm();
   const int R = c.world();
   const ParamLayout layout(tiny());
   ParamBuffer params(layout);
   init_params(params, 3);
-  // Moments with known values: element i of m is i, of v is -i.
-  const ShardRange s = shard_range(layout.numel(), R, c.rank());
-  std::vector<float> m(static_cast<size_t>(s.size())), v(m.size());
-  for (int64_t i = 0; i < s.size(); ++i) {
-    m[static_cast<size_t>(i)] = static_cast<float>(s.begin + i);
-    v[static_cast<size_t>(i)] = -static_cast<float>(s.begin + i);
-  }
+  std::vector<bool> in_tensor(static_cast<size_t>(layout.numel()), false);
+  for (const ParamEntry& e : layout.entries())
+    std::fill(in_tensor.begin() + e.offset, in_tensor.begin() + e.offset + e.numel(), true);
+  const auto contiguous = [&](int world, int rank) {
+    return std::vector<ShardRange>{shard_range(layout.numel(), world, rank)};
+  };
+  const auto layerwise = [&](int world, int rank) { return LayerShards(layout, world, rank).ranges(); };
   // One shared folder: rank 0's name, known to all.
   const std::string run = c.all_gather_strings(
       (fs::temp_directory_path() / ("strata_comm_test_" + std::to_string(::getpid()))).string())[0];
-  const std::string dir =
-      save_checkpoint_distributed(c, run, 5, params, nullptr, nlohmann::json{{"note", "test"}}, 0, {},
-                                  {optimizer_shard_extra(layout, s, m.data(), v.data(), c.rank(), R)});
-  EXPECT_EQ(fs::path(dir).filename().string(), "ckpt-00000005");
-  const CheckpointInfo info = read_checkpoint_info(dir);
-  EXPECT_TRUE(info.has_optimizer());
-  EXPECT_EQ(static_cast<int>(info.files.size()), 1 + R);  // the weights and R shards
-  for (int world2 : {1, 2, 3, 5})
-    for (int r2 = 0; r2 < world2; ++r2) {
-      const ShardRange s2 = shard_range(layout.numel(), world2, r2);
-      std::vector<float> m2(static_cast<size_t>(s2.size())), v2(m2.size());
-      load_checkpoint_moments(info, layout, s2, m2.data(), v2.data());
-      for (int64_t i = 0; i < s2.size(); ++i) {
-        ASSERT_EQ(m2[static_cast<size_t>(i)], static_cast<float>(s2.begin + i)) << world2 << " " << r2;
-        ASSERT_EQ(v2[static_cast<size_t>(i)], -static_cast<float>(s2.begin + i));
+  long step = 5;
+  for (const bool written_layerwise : {false, true}) {
+    const std::vector<ShardRange> mine = written_layerwise ? layerwise(R, c.rank()) : contiguous(R, c.rank());
+    // Moments with known values: element i of m is i, of v is -i.
+    std::vector<float> m, v;
+    for (const ShardRange& r : mine)
+      for (int64_t i = r.begin; i < r.end; ++i) {
+        m.push_back(static_cast<float>(i));
+        v.push_back(-static_cast<float>(i));
       }
-    }
+    const std::string dir =
+        save_checkpoint_distributed(c, run, step, params, nullptr, nlohmann::json{{"note", "test"}}, 0, {},
+                                    {optimizer_shard_extra(layout, mine, m.data(), v.data(), c.rank(), R)});
+    ++step;
+    const CheckpointInfo info = read_checkpoint_info(dir);
+    EXPECT_TRUE(info.has_optimizer());
+    EXPECT_EQ(static_cast<int>(info.files.size()), 1 + R);  // the weights and R shards
+    for (int world2 : {1, 2, 3, 5})
+      for (int r2 = 0; r2 < world2; ++r2)
+        for (const bool read_layerwise : {false, true}) {
+          const std::vector<ShardRange> want = read_layerwise ? layerwise(world2, r2) : contiguous(world2, r2);
+          int64_t n = 0;
+          for (const ShardRange& r : want) n += r.size();
+          std::vector<float> m2(static_cast<size_t>(n), 7.0f), v2(m2.size(), 7.0f);
+          load_checkpoint_moments(info, layout, want, m2.data(), v2.data());
+          size_t k = 0;
+          for (const ShardRange& r : want)
+            for (int64_t i = r.begin; i < r.end; ++i, ++k) {
+              // A gap between tensors reads as 0 unless the writer's split held it.
+              const float e = in_tensor[static_cast<size_t>(i)] || !written_layerwise ? static_cast<float>(i) : 0.0f;
+              ASSERT_EQ(m2[k], e) << written_layerwise << " " << world2 << " " << r2 << " " << i;
+              ASSERT_EQ(v2[k], -e);
+            }
+        }
+  }
   c.barrier();
   if (c.rank() == 0) fs::remove_all(run);
+}
+
+// The layer-wise split (engine/shard_map.h): the ranks' pieces hold every tensor element once and no gap;
+// bodies are equal 8-aligned chunks, tails (< 8 R elements) are the last rank's; compact offsets are 8-aligned
+// and pack / unpack round-trip the pieces.
+TEST(LayerShards, EveryTensorElementHasOneOwner) {
+  const ParamLayout layout(tiny());
+  for (int R : {1, 2, 3, 4, 7}) {
+    std::vector<int> owners(static_cast<size_t>(layout.numel()), 0);
+    for (int r = 0; r < R; ++r) {
+      const LayerShards s(layout, R, r);
+      int64_t owned = 0;
+      for (const ShardPiece& p : s.pieces()) {
+        EXPECT_EQ(p.compact % 8, 0) << R << " " << r;
+        EXPECT_LE(p.compact + p.size(), s.compact_size());
+        if (R == 1) {
+          EXPECT_EQ(p.compact, p.begin);
+        }
+        for (int64_t i = p.begin; i < p.end; ++i) ++owners[static_cast<size_t>(i)];
+        owned += p.size();
+      }
+      EXPECT_EQ(owned, s.owned());
+      std::vector<float> flat(static_cast<size_t>(layout.numel())), compact(static_cast<size_t>(s.compact_size()));
+      for (size_t i = 0; i < flat.size(); ++i) flat[i] = static_cast<float>(i);
+      s.pack(flat.data(), compact.data());
+      std::vector<float> back(flat.size(), -1.0f);
+      s.unpack(compact.data(), back.data());
+      for (const ShardPiece& p : s.pieces())
+        for (int64_t i = p.begin; i < p.end; ++i) ASSERT_EQ(back[size_t(i)], flat[size_t(i)]);
+    }
+    for (const ParamEntry& e : layout.entries())
+      for (int64_t i = e.offset; i < e.offset + e.numel(); ++i) ASSERT_EQ(owners[size_t(i)], 1) << R << " " << i;
+    int64_t in_tensors = 0;
+    for (const ParamEntry& e : layout.entries()) in_tensors += e.numel();
+    EXPECT_EQ(std::accumulate(owners.begin(), owners.end(), int64_t{0}), in_tensors) << "gaps are owned";
+    const LayerShards s0(layout, R, 0);
+    for (const ShardSegment& g : s0.segments()) {
+      EXPECT_EQ(g.chunk % 8, 0);
+      EXPECT_EQ(g.body, g.chunk * R);
+      EXPECT_LT(g.tail(), R == 1 ? 1 : 8 * R);
+      if (R > 1) {
+        EXPECT_EQ(g.layer >= 0, layout.entries()[size_t(g.entry)].spec.per_layer);
+      }
+    }
+  }
 }
 
 }  // namespace
