@@ -88,4 +88,23 @@ void NcclCommunicator::all_gather(void* data, int64_t count, DeviceDType t, CUst
   NCCL_CHECK(ncclAllGather(mine, data, static_cast<size_t>(count), nccl_type(t), impl_->comm, stream));
 }
 
+void NcclCommunicator::reduce_sum(const void* in, void* out, int64_t n, int root, DeviceDType t,
+                                  CUstream_st* stream) {
+  STRATA_CHECK(n >= 0 && root >= 0 && root < world_, "reduce_sum of ", n, " elements to rank ", root);
+  host_.counters().reduce_scatter +=
+      static_cast<double>(world_ - 1) / world_ * static_cast<double>(n) * element_bytes(t);
+  ++host_.counters().calls;
+  if (n == 0) return;
+  NCCL_CHECK(ncclReduce(in, out, static_cast<size_t>(n), nccl_type(t), ncclSum, root, impl_->comm, stream));
+}
+
+void NcclCommunicator::broadcast(void* data, int64_t n, int root, DeviceDType t, CUstream_st* stream) {
+  STRATA_CHECK(n >= 0 && root >= 0 && root < world_, "broadcast of ", n, " elements from rank ", root);
+  host_.counters().all_gather +=
+      static_cast<double>(world_ - 1) / world_ * static_cast<double>(n) * element_bytes(t);
+  ++host_.counters().calls;
+  if (n == 0) return;
+  NCCL_CHECK(ncclBroadcast(data, data, static_cast<size_t>(n), nccl_type(t), root, impl_->comm, stream));
+}
+
 }  // namespace strata

@@ -6,9 +6,9 @@
 // loopback).
 //
 // Buffers are device pointers; collectives are enqueued on the given stream (asynchronous: the caller
-// synchronises or orders later work on the same stream). Shards follow engine/comm.h's split: a buffer of n
-// elements is padded to world * shard_stride(n, world) elements (NCCL's reduce-scatter and all-gather take
-// equal counts); rank r's shard is [r * stride, (r + 1) * stride).
+// synchronises or orders later work on the same stream). Reduce-scatter and all-gather take equal counts per
+// rank, shard r at r * count; the CUDA backend calls them per segment of engine/shard_map.h's layer-wise split,
+// with reduce and broadcast for the segments' tails.
 //
 // Built against NCCL in the CUDA build (strata_cuda_model), and against the CPU emulation's NCCL
 // (kernels/cuda/emu/nccl_emu.cpp: host memory, MPI underneath) in the emulated build, so the CUDA backend's
@@ -45,6 +45,11 @@ class NcclCommunicator {
   void reduce_scatter_sum(const void* in, void* out, int64_t count, DeviceDType t, CUstream_st* stream);
   // In place: shard r of data (world * count elements, shard r at r * count) goes to every rank.
   void all_gather(void* data, int64_t count, DeviceDType t, CUstream_st* stream);
+  // out (n elements, written on rank `root` only) <- the sum over ranks of in (n elements); in == out is
+  // allowed. Counted with the reduce-scatters: (R-1)/R of the bytes, the ring's average per rank.
+  void reduce_sum(const void* in, void* out, int64_t n, int root, DeviceDType t, CUstream_st* stream);
+  // In place: data (n elements) of rank `root` goes to every rank. Counted with the all-gathers, likewise.
+  void broadcast(void* data, int64_t n, int root, DeviceDType t, CUstream_st* stream);
 
   // ncclGroupStart / ncclGroupEnd: the collectives between them are launched together (one per tensor kind of
   // a layer, say).

@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 #endif
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -96,9 +97,10 @@ class CudaBackend final : public TrainBackend {
   float train_micro_batch(const int32_t* inputs, const int32_t* targets, float grad_scale) override {
     const float loss = gpu_->forward(inputs, targets, grad_scale);
 #if defined(STRATA_HAVE_NCCL)
-    if (nccl_ && zero_ == 0 && last_micro_) {
-      // ZeRO-0: each layer's gradients are all-reduced on the communication stream as soon as the backward
-      // pass has finished that layer, while it goes on with the layers below.
+    if (nccl_ && last_micro_) {
+      // Each layer's gradients are reduced on the communication stream as soon as the backward pass has
+      // finished that layer (all-reduced under ZeRO-0, reduce-scattered into the owners' pieces under
+      // ZeRO-1), while it goes on with the layers below.
       std::vector<bool> issued(static_cast<size_t>(gpu_->config().n_layer), false);
       gpu_->set_layer_backward_hook([&](int l) {
         reduce_tensors(l);
@@ -130,17 +132,13 @@ class CudaBackend final : public TrainBackend {
       const int R = nccl_->world();
       // The watchdog covers the wait for the device collective (the norm's download synchronises).
       const Communicator::Guard watch(nccl_->host(), zero_ == 0 ? "NCCL all-reduce" : "NCCL reduce-scatter",
-                                      gpu_->padded_numel() * 2);
-      if (zero_ == 0) {
-        if (!reduced_) {  // no micro-batch was marked last: reduce everything now
-          for (int l = 0; l < gpu_->config().n_layer; ++l) reduce_tensors(l);
-          reduce_global_tensors_and_join();
-          reduced_ = true;
-        }
-        return gpu_->grad_norm();
+                                      gpu_->layout().numel() * 2);
+      if (!reduced_) {  // no micro-batch was marked last: reduce everything now
+        for (int l = 0; l < gpu_->config().n_layer; ++l) reduce_tensors(l);
+        reduce_global_tensors_and_join();
+        reduced_ = true;
       }
-      nccl_->reduce_scatter_sum(gpu_->grads_device(), gpu_->grad_shard_device(), gpu_->padded_numel() / R,
-                                DeviceDType::kBF16, static_cast<CUstream_st*>(gpu_->stream()));
+      if (zero_ == 0) return gpu_->grad_norm();
       std::vector<double> partial(static_cast<size_t>(R), 0.0);
       partial[static_cast<size_t>(nccl_->rank())] = gpu_->grad_sum_squares();
       nccl_->host().all_reduce_small(partial.data(), R, ReduceOp::kSum);
@@ -155,11 +153,19 @@ class CudaBackend final : public TrainBackend {
     ++t_;
     gpu_->adamw_step(adamw_, t_, lr, grad_scale, seed_);
 #if defined(STRATA_HAVE_NCCL)
-    // ZeRO-1: each rank updated the bf16 weights of its shard; every rank gets every shard.
+    // ZeRO-1: each rank updated the bf16 weights of its pieces; every rank gets every piece: each segment's
+    // body all-gathered in place, its tail broadcast from the last rank (one NCCL group).
     if (nccl_ && zero_ == 1) {
-      const Communicator::Guard watch(nccl_->host(), "NCCL all-gather", gpu_->padded_numel() * 2);
-      nccl_->all_gather(gpu_->weights_device(), gpu_->padded_numel() / nccl_->world(), DeviceDType::kBF16,
-                        static_cast<CUstream_st*>(gpu_->stream()));
+      const Communicator::Guard watch(nccl_->host(), "NCCL all-gather", gpu_->layout().numel() * 2);
+      auto* w = static_cast<uint16_t*>(gpu_->weights_device());  // bf16 elements
+      auto* stream = static_cast<CUstream_st*>(gpu_->stream());
+      const int R = nccl_->world();
+      nccl_->group_start();
+      for (const ShardSegment& g : gpu_->shards().segments()) {
+        nccl_->all_gather(w + g.offset, g.chunk, DeviceDType::kBF16, stream);
+        nccl_->broadcast(w + g.offset + g.body, g.tail(), R - 1, DeviceDType::kBF16, stream);
+      }
+      nccl_->group_end();
       CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(gpu_->stream())));
     }
 #endif
@@ -168,21 +174,32 @@ class CudaBackend final : public TrainBackend {
     return t_;
   }
   bool optimizer_sharded() const override {
-    return zero_ == 1 && gpu_->shard().size() != gpu_->layout().numel();
+    return zero_ == 1 && gpu_->shards().world() > 1;
   }
   std::vector<CheckpointExtra> rank_checkpoint_files() override {
     if (!optimizer_sharded()) return {};
     ensure_host();  // download_to_host() ran for this checkpoint: the mirrors hold every element
-    const ShardRange r = gpu_->shard();
-    return {optimizer_shard_extra(gpu_->layout(), {r}, host_opt_->m().data() + r.begin,
-                                  host_opt_->v().data() + r.begin, nccl_rank(), nccl_world())};
+    shard_m_.clear();
+    shard_v_.clear();
+    for (const ShardPiece& p : gpu_->shards().pieces()) {
+      shard_m_.insert(shard_m_.end(), host_opt_->m().data() + p.begin, host_opt_->m().data() + p.end);
+      shard_v_.insert(shard_v_.end(), host_opt_->v().data() + p.begin, host_opt_->v().data() + p.end);
+    }
+    return {optimizer_shard_extra(gpu_->layout(), gpu_->shards().ranges(), shard_m_.data(), shard_v_.data(),
+                                  nccl_rank(), nccl_world())};
   }
   void load_optimizer(const CheckpointInfo& info, long t) override {
     if (!optimizer_sharded()) return TrainBackend::load_optimizer(info, t);
-    ensure_host();  // the shard's range of the mirrors; upload_from_host() sends only that range
-    const ShardRange r = gpu_->shard();
-    load_checkpoint_moments(info, gpu_->layout(), {r}, host_opt_->m().data() + r.begin,
-                            host_opt_->v().data() + r.begin);
+    ensure_host();  // the pieces of the mirrors; upload_from_host() sends only those
+    const LayerShards& sh = gpu_->shards();
+    std::vector<float> m(static_cast<size_t>(sh.owned())), v(m.size());
+    load_checkpoint_moments(info, gpu_->layout(), sh.ranges(), m.data(), v.data());
+    size_t at = 0;
+    for (const ShardPiece& p : sh.pieces()) {
+      std::copy(m.begin() + at, m.begin() + at + p.size(), host_opt_->m().data() + p.begin);
+      std::copy(v.begin() + at, v.begin() + at + p.size(), host_opt_->v().data() + p.begin);
+      at += static_cast<size_t>(p.size());
+    }
     host_opt_->set_t(t);
   }
 
@@ -197,12 +214,10 @@ class CudaBackend final : public TrainBackend {
     }
     host_opt_->set_t(t_);
 #if defined(STRATA_HAVE_NCCL)
-    if (optimizer_sharded()) {  // each rank read its shard: the host gathers the rest (host memory, MPI)
-      Communicator& host = nccl_->host();
-      const int64_t n = gpu_->layout().numel();
-      host.all_gather(host_params_->data(), n);
-      host.all_gather(host_opt_->m().data(), n);
-      host.all_gather(host_opt_->v().data(), n);
+    if (optimizer_sharded()) {  // each rank read its pieces: the host gathers the rest (host memory, MPI)
+      gather_pieces(*host_params_);
+      gather_pieces(host_opt_->m());
+      gather_pieces(host_opt_->v());
     }
 #endif
   }
@@ -297,20 +312,67 @@ class CudaBackend final : public TrainBackend {
     CUDA_CHECK(cudaEventCreateWithFlags(&grads_ready_, cudaEventDisableTiming));
     CUDA_CHECK(cudaEventCreateWithFlags(&reduced_event_, cudaEventDisableTiming));
   }
-  // All-reduces, on the communication stream once the runner's stream has reached this point, layer l's
-  // slice of every per-layer tensor kind, or with l < 0 every global tensor: one NCCL group.
+  // Reduces, on the communication stream once the runner's stream has reached this point, layer l's slice of
+  // every per-layer tensor kind, or with l < 0 every global tensor, in one NCCL group. ZeRO-0 all-reduces
+  // them in place; ZeRO-1 reduce-scatters each segment's body (engine/shard_map.h) into the owners' compact
+  // gradient pieces and reduces its tail to the last rank.
   void reduce_tensors(int l) {
     ensure_comm_stream();
     CUDA_CHECK(cudaEventRecord(grads_ready_, static_cast<cudaStream_t>(gpu_->stream())));
     CUDA_CHECK(cudaStreamWaitEvent(comm_stream_, grads_ready_, 0));
     auto* grads = static_cast<uint16_t*>(gpu_->grads_device());  // bf16 elements
     nccl_->group_start();
-    for (const ParamEntry& e : gpu_->layout().entries()) {
-      if (e.spec.per_layer != (l >= 0)) continue;
-      const int64_t n = l >= 0 ? e.spec.numel_per_layer() : e.numel();
-      nccl_->all_reduce_sum(grads + e.offset + (l >= 0 ? int64_t{l} * n : 0), n, DeviceDType::kBF16, comm_stream_);
+    if (zero_ == 0) {
+      for (const ParamEntry& e : gpu_->layout().entries()) {
+        if (e.spec.per_layer != (l >= 0)) continue;
+        const int64_t n = l >= 0 ? e.spec.numel_per_layer() : e.numel();
+        nccl_->all_reduce_sum(grads + e.offset + (l >= 0 ? int64_t{l} * n : 0), n, DeviceDType::kBF16,
+                              comm_stream_);
+      }
+    } else {
+      auto* shard = static_cast<uint16_t*>(gpu_->grad_shard_device());
+      const int R = nccl_->world();
+      for (const ShardSegment& g : gpu_->shards().segments()) {
+        if (g.layer != l) continue;
+        if (g.chunk > 0)
+          nccl_->reduce_scatter_sum(grads + g.offset, shard + g.body_compact, g.chunk, DeviceDType::kBF16,
+                                    comm_stream_);
+        if (g.tail() > 0)  // the output matters on the last rank only
+          nccl_->reduce_sum(grads + g.offset + g.body, shard + std::max<int64_t>(g.tail_compact, 0), g.tail(),
+                            R - 1, DeviceDType::kBF16, comm_stream_);
+      }
     }
     nccl_->group_end();
+  }
+  // ZeRO-1: every rank's pieces of a host buffer (each rank holds its own) to every rank, over the host
+  // communicator: each rank's pieces packed into an equal slot, all-gathered, unpacked.
+  void gather_pieces(ParamBuffer& buf) {
+    const LayerShards& sh = gpu_->shards();
+    const int R = sh.world();
+    std::vector<std::vector<ShardPiece>> pieces(static_cast<size_t>(R));
+    int64_t slot = 0;
+    for (int r = 0; r < R; ++r) {
+      pieces[size_t(r)] = sh.pieces_of(r);
+      int64_t n = 0;
+      for (const ShardPiece& p : pieces[size_t(r)]) n += p.size();
+      slot = std::max(slot, n);
+    }
+    slot = (slot + 15) / 16 * 16;  // shard_range(R x slot, R, r) is then exactly slot r
+    std::vector<float> all(static_cast<size_t>(slot * R), 0.0f);
+    const auto pack = [&](int r, bool in) {
+      float* at = all.data() + static_cast<size_t>(r) * static_cast<size_t>(slot);
+      for (const ShardPiece& p : pieces[size_t(r)]) {
+        if (in)
+          std::copy(buf.data() + p.begin, buf.data() + p.end, at);
+        else
+          std::copy(at, at + p.size(), buf.data() + p.begin);
+        at += p.size();
+      }
+    };
+    pack(sh.rank(), true);
+    nccl_->host().all_gather(all.data(), slot * R);
+    for (int r = 0; r < R; ++r)
+      if (r != sh.rank()) pack(r, false);
   }
   void reduce_global_tensors_and_join() {
     reduce_tensors(-1);
@@ -357,6 +419,7 @@ class CudaBackend final : public TrainBackend {
   std::optional<ParamBuffer> host_params_;
   std::optional<AdamW> host_opt_;
   std::vector<uint16_t> weights_bits_;  // kept alive while a checkpoint writes them
+  std::vector<float> shard_m_, shard_v_;  // likewise this rank's moments (ZeRO-1)
 };
 
 }  // namespace

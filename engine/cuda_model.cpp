@@ -98,13 +98,28 @@ std::string gib(size_t bytes) {
   return b;
 }
 
+// The pieces' elements of a flat host buffer (the layout's numel) to a compact fp32 device buffer, and back
+// (engine/shard_map.h). A world of one's compact buffer is the flat one.
+void upload_pieces(const LayerShards& shards, void* dst, const float* flat) {
+  if (shards.world() == 1) return upload(dst, flat, static_cast<size_t>(shards.numel()) * sizeof(float));
+  std::vector<float> compact(static_cast<size_t>(shards.compact_size()), 0.0f);
+  shards.pack(flat, compact.data());
+  upload(dst, compact.data(), compact.size() * sizeof(float));
+}
+void download_pieces(const LayerShards& shards, float* flat, const void* src) {
+  if (shards.world() == 1) return download(flat, src, static_cast<size_t>(shards.numel()) * sizeof(float));
+  std::vector<float> compact(static_cast<size_t>(shards.compact_size()));
+  download(compact.data(), src, compact.size() * sizeof(float));
+  shards.unpack(compact.data(), flat);
+}
+
 }  // namespace
 
 struct CudaModel::Impl {
   ops::Cuda dev;
   DeviceBuffer weights, grads, master, m, v;  // the layout's numel each: bf16, bf16, fp32, fp32, fp32 (ZeRO-1:
-                                              // weights and grads padded, master / m / v the shard)
-  DeviceBuffer grad_shard;                    // ZeRO-1: the reduce-scattered gradient shard (bf16)
+                                              // master / m / v the compact pieces, engine/shard_map.h)
+  DeviceBuffer grad_shard;                    // ZeRO-1: the reduced gradients of the pieces (bf16, compact)
   DeviceBuffer arena;                         // activations, scratch and the op workspace
   // Activations (pointers into the arena); per-layer arrays hold L slices.
   int32_t *inputs = nullptr, *targets = nullptr;
@@ -184,11 +199,11 @@ struct CudaModel::Impl {
 CudaMemoryPlan CudaModel::plan_memory(const models::ModelConfig& cfg, int B, int T,
                                       const CudaModelOptions& opt) {
   const ModelDims d(cfg);
-  const int64_t n = ParamLayout(cfg).numel();
-  const size_t stride = static_cast<size_t>(shard_stride(n, opt.shard_world));
-  // Unsharded: every buffer the layout's numel; ZeRO-1: weights and gradients padded, state for the shard.
-  const size_t P = opt.shard_world > 1 ? stride * static_cast<size_t>(opt.shard_world) : static_cast<size_t>(n);
-  const size_t S = opt.shard_world > 1 ? stride : static_cast<size_t>(n);
+  const ParamLayout layout(cfg);
+  // Unsharded: every buffer the layout's numel; ZeRO-1: master weights, moments and reduced gradients for
+  // this rank's pieces (compact).
+  const size_t P = static_cast<size_t>(layout.numel());
+  const size_t S = static_cast<size_t>(LayerShards(layout, opt.shard_world, opt.shard_rank).compact_size());
   CudaMemoryPlan plan;
   plan.weights = P * sizeof(bf16);
   plan.grads = P * sizeof(bf16) + (opt.shard_world > 1 ? S * sizeof(bf16) : 0);
@@ -214,8 +229,7 @@ CudaModel::CudaModel(const models::ModelConfig& cfg, int B, int T, const CudaMod
   layout_ = ParamLayout(cfg_);
   STRATA_CHECK(opt_.shard_world >= 1 && opt_.shard_rank >= 0 && opt_.shard_rank < opt_.shard_world,
                "CudaModel: shard ", opt_.shard_rank, " of ", opt_.shard_world);
-  shard_ = shard_range(layout_.numel(), opt_.shard_world, opt_.shard_rank);
-  padded_ = sharded() ? shard_stride(layout_.numel(), opt_.shard_world) * opt_.shard_world : layout_.numel();
+  shards_ = LayerShards(layout_, opt_.shard_world, opt_.shard_rank);
   const ModelDims d(cfg_);
   {
     const CudaMemoryPlan plan = plan_memory(cfg_, B, T, opt_);
@@ -230,13 +244,12 @@ CudaModel::CudaModel(const models::ModelConfig& cfg, int B, int T, const CudaMod
         ") but the GPU has ", gib(free_bytes), " free of ", gib(total_bytes),
         ": use a smaller --batch-size (and --global-batch-tokens to keep the batch by accumulation)");
   }
-  const size_t P = static_cast<size_t>(padded_);
+  const size_t P = static_cast<size_t>(layout_.numel());
   Impl& s = *impl_;
   s.weights = DeviceBuffer(P * sizeof(bf16), "the bf16 weights");
   s.grads = DeviceBuffer(P * sizeof(bf16), "the bf16 gradients");
-  // Sharded: the master weights of the shard; the buffer is the full stride, so the last (shorter) shard's
-  // tail is padding too.
-  const size_t S = sharded() ? static_cast<size_t>(shard_stride(layout_.numel(), opt_.shard_world)) : P;
+  // Sharded: the master weights of the pieces (compact; the alignment gaps stay zero).
+  const size_t S = static_cast<size_t>(shards_.compact_size());
   s.master = DeviceBuffer(S * sizeof(float), "the fp32 master weights");
   if (sharded()) {
     s.grad_shard = DeviceBuffer(S * sizeof(bf16), "the bf16 gradient shard");
@@ -279,13 +292,13 @@ void CudaModel::set_params(const ParamBuffer& params) {
   const size_t P = static_cast<size_t>(layout_.numel());
   std::vector<bf16> w(P);
   for (size_t i = 0; i < P; ++i) w[i] = __float2bfloat16_rn(params.data()[i]);
-  upload(impl_->master.ptr, params.data() + shard_.begin, static_cast<size_t>(shard_.size()) * sizeof(float));
+  upload_pieces(shards_, impl_->master.ptr, params.data());
   upload(impl_->weights.ptr, w.data(), P * sizeof(bf16));
 }
 
 void CudaModel::get_params(ParamBuffer& params) const {
   STRATA_CHECK(params.numel() == layout_.numel(), "CudaModel::get_params: layout differs");
-  download(params.data() + shard_.begin, impl_->master.ptr, static_cast<size_t>(shard_.size()) * sizeof(float));
+  download_pieces(shards_, params.data(), impl_->master.ptr);
 }
 
 void CudaModel::get_grads(ParamBuffer& grads) const {
@@ -301,9 +314,8 @@ void CudaModel::set_moments(const ParamBuffer& m, const ParamBuffer& v) {
                "CudaModel::set_moments: layout");
   Impl& s = *impl_;
   if (!s.m.ptr) allocate_moments();
-  const size_t bytes = static_cast<size_t>(shard_.size()) * sizeof(float);
-  upload(s.m.ptr, m.data() + shard_.begin, bytes);
-  upload(s.v.ptr, v.data() + shard_.begin, bytes);
+  upload_pieces(shards_, s.m.ptr, m.data());
+  upload_pieces(shards_, s.v.ptr, v.data());
 }
 
 void CudaModel::get_moments(ParamBuffer& m, ParamBuffer& v) const {
@@ -311,9 +323,8 @@ void CudaModel::get_moments(ParamBuffer& m, ParamBuffer& v) const {
                "CudaModel::get_moments: layout");
   const Impl& s = *impl_;
   STRATA_CHECK(s.m.ptr && s.v.ptr, "CudaModel::get_moments: no optimizer step or set_moments yet");
-  const size_t bytes = static_cast<size_t>(shard_.size()) * sizeof(float);
-  download(m.data() + shard_.begin, s.m.ptr, bytes);
-  download(v.data() + shard_.begin, s.v.ptr, bytes);
+  download_pieces(shards_, m.data(), s.m.ptr);
+  download_pieces(shards_, v.data(), s.v.ptr);
 }
 
 bool CudaModel::has_moments() const {
@@ -572,7 +583,8 @@ std::unique_ptr<CudaModel> CudaModel::grown(const growth::GrowthPlan& plan, bool
 
 double CudaModel::grad_sum_squares() {
   Impl& s = *impl_;
-  const ops::ConstSpan<bf16> all = sharded() ? ops::ConstSpan<bf16>{s.grad_shard.as<bf16>(), shard_.size()}
+  // Sharded: the compact reduced gradients of the pieces (the alignment gaps are zero).
+  const ops::ConstSpan<bf16> all = sharded() ? ops::ConstSpan<bf16>{s.grad_shard.as<bf16>(), shards_.compact_size()}
                                              : ops::ConstSpan<bf16>{s.grads.as<bf16>(), layout_.numel()};
   ops::grad_norm_squared(s.dev, s.norm_out, &all, 1);
   float sq = 0.0f;
@@ -611,20 +623,19 @@ void CudaModel::adamw_step(const AdamWConfig& cfg, long t, double lr, float grad
   STRATA_CHECK(t >= 1, "CudaModel::adamw_step: step t starts at 1 (got ", t, ")");
   Impl& s = *impl_;
   if (!s.m.ptr) allocate_moments();
-  // Every tensor's part inside the shard ([0, numel) unsharded). The master weights, moments and (sharded) the
-  // reduce-scattered gradients are indexed from shard_.begin; the bf16 weights and gradients from 0.
-  const bf16* grad_base = sharded() ? s.grad_shard.as<bf16>() : s.grads.as<bf16>() + shard_.begin;
+  // One update tensor per piece (a world of one: per tensor). The master weights, moments and (sharded) the
+  // reduced gradients are compact, at the piece's compact offset; the bf16 weights and gradients flat.
+  const bf16* grad_base = sharded() ? s.grad_shard.as<bf16>() : s.grads.as<bf16>();
   std::vector<ops::AdamWTensor<bf16>> tensors;
-  for (const ParamEntry& e : layout_.entries()) {
-    const int64_t lo = std::max(e.offset, shard_.begin), hi = std::min(e.offset + e.numel(), shard_.end);
-    if (lo >= hi) continue;
+  for (const ShardPiece& p : shards_.pieces()) {
+    const ParamEntry& e = layout_.entries()[static_cast<size_t>(p.entry)];
     ops::AdamWTensor<bf16> a;
-    a.param = s.weights.as<bf16>() + lo;
-    a.master = s.master.as<float>() + (lo - shard_.begin);
-    a.grad = grad_base + (lo - shard_.begin);
-    a.m = s.m.as<float>() + (lo - shard_.begin);
-    a.v = s.v.as<float>() + (lo - shard_.begin);
-    a.n = hi - lo;
+    a.param = s.weights.as<bf16>() + p.begin;
+    a.master = s.master.as<float>() + p.compact;
+    a.grad = grad_base + p.compact;
+    a.m = s.m.as<float>() + p.compact;
+    a.v = s.v.as<float>() + p.compact;
+    a.n = p.size();
     a.weight_decay = e.spec.weight_decay ? static_cast<float>(cfg.weight_decay) : 0.0f;
     tensors.push_back(a);
   }

@@ -27,6 +27,7 @@
 #include "engine/comm.h"
 #include "engine/optim.h"
 #include "engine/params.h"
+#include "engine/shard_map.h"
 #include "growth/plan.h"
 #include "models/model_config.h"
 
@@ -44,10 +45,9 @@ struct CudaMemoryPlan {
 struct CudaModelOptions {
   // Bitwise-reproducible steps (ops::Cuda::deterministic): flash attention's backward without atomics.
   bool deterministic = true;
-  // ZeRO-1 (engine/cuda_backend.cpp): this runner holds rank shard_rank's shard of shard_world (engine/comm.h's
-  // split of the flat layout). The bf16 weights and gradients are padded to shard_world x shard_stride
-  // elements (NCCL's equal counts; the padding stays zero); the fp32 master weights and the AdamW moments hold
-  // the shard only, beside a bf16 buffer for the reduce-scattered gradient shard.
+  // ZeRO-1 (engine/cuda_backend.cpp): this runner holds rank shard_rank's pieces of shard_world's layer-wise
+  // split (engine/shard_map.h). The bf16 weights and gradients are whole; the fp32 master weights, the AdamW
+  // moments and a bf16 buffer for the reduced gradients hold the pieces only, one after another (compact).
   int shard_world = 1;
   int shard_rank = 0;
 };
@@ -72,8 +72,8 @@ class CudaModel {
   // Host <-> device. set_params writes the fp32 master weights and the bf16 weights rounded to nearest from
   // them; get_params reads the master weights (so a checkpoint keeps fp32 precision); get_grads widens the
   // bf16 gradients. The buffers must have this model's layout. Sharded (ZeRO-1): the master weights and moments
-  // exist for shard() only, so set_params / set_moments read only that range of the host buffers (set_params
-  // still writes every bf16 weight) and get_params / get_moments write only that range.
+  // exist for shards().pieces() only, so set_params / set_moments read only those elements of the host buffers
+  // (set_params still writes every bf16 weight) and get_params / get_moments write only those.
   void set_params(const ParamBuffer& params);
   void get_params(ParamBuffer& params) const;
   void get_grads(ParamBuffer& grads) const;
@@ -110,14 +110,13 @@ class CudaModel {
   // CPU: weight decay only on the tensors whose spec says so.
   void adamw_step(const AdamWConfig& cfg, long t, double lr, float grad_scale, uint64_t seed);
 
-  // ZeRO-1 plumbing for the data-parallel backend: the elements this runner's optimizer state covers
-  // ([0, numel) unsharded), the padded length of the bf16 weights and gradients, raw device pointers (bf16) and
-  // the stream every op of this runner runs on (a cudaStream_t).
-  ShardRange shard() const { return shard_; }
-  int64_t padded_numel() const { return padded_; }
+  // ZeRO-1 plumbing for the data-parallel backend: the pieces this runner's optimizer state covers (a world of
+  // one: every tensor, compact == flat), raw device pointers (bf16 weights and gradients, the layout's numel)
+  // and the stream every op of this runner runs on (a cudaStream_t).
+  const LayerShards& shards() const { return shards_; }
   void* weights_device();
   void* grads_device();
-  void* grad_shard_device();  // sharded only: shard_stride bf16 elements
+  void* grad_shard_device();  // sharded only: the reduced gradients of the pieces (bf16, compact)
   void* stream() const;
 
   // Growth on the device: true when every tensor of `plan` is layer copies or zero layers, with no noise and no
@@ -144,9 +143,8 @@ class CudaModel {
   CudaModelOptions opt_;
   std::unique_ptr<Impl> impl_;
   int64_t n_valid_ = 0;
-  ShardRange shard_;
+  LayerShards shards_;
   std::function<void(int)> layer_hook_;
-  int64_t padded_ = 0;
   bool sharded() const { return opt_.shard_world > 1; }
   void allocate_moments();  // zero moments as long as the master weights
   bool have_grad_ = false;

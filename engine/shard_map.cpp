@@ -33,6 +33,12 @@ LayerShards::LayerShards(const ParamLayout& layout, int world, int rank)
     }
   }
   pieces_ = pieces_of(rank);
+  size_t k = 0;  // pieces_of adds each segment's body chunk, then (last rank) its tail, skipping empty ones
+  for (ShardSegment& s : segments_) {
+    if (s.chunk > 0) s.body_compact = pieces_[k++].compact;
+    if (rank == world - 1 && s.tail() > 0) s.tail_compact = pieces_[k++].compact;
+  }
+  STRATA_CHECK(k == pieces_.size(), "LayerShards: pieces and segments disagree");
   if (world == 1) {
     compact_size_ = numel_;
   } else {

@@ -31,6 +31,8 @@ struct ShardSegment {
   int entry = 0;                  // its tensor: the index in ParamLayout::entries()
   int64_t body = 0;               // chunk x world; the tail is [offset + body, offset + numel)
   int64_t tail() const { return numel - body; }
+  // Where this rank's chunk of the body and (the last rank) the tail start in its compact buffers; -1: none.
+  int64_t body_compact = -1, tail_compact = -1;
 };
 
 struct ShardPiece {

@@ -218,6 +218,45 @@ TEST(NcclCommunicator, AllGatherInPlaceBf16) {
   check_all_gather<bf16>(8);
 }
 
+// reduce_sum to every root in turn (out of place and in place): the root gets the rank-order sum, the other
+// ranks' output stays as it was; broadcast from every root: every rank gets the root's data, bit for bit.
+template <class T>
+void check_reduce_and_broadcast(uint64_t seed) {
+  NcclCommunicator nc(comm());
+  const int R = nc.world(), me = nc.rank();
+  const size_t n = 997;
+  for (int root = 0; root < R; ++root) {
+    const std::vector<T> x = to_elems<T>(Elem<T>::input(n, me, seed));
+    test::DeviceBuffer<T> in(x);
+    test::DeviceBuffer<T> out(n);  // poisoned
+    const std::vector<T> untouched = out.download();
+    nc.reduce_sum(in.get(), out.get(), static_cast<int64_t>(n), root, Elem<T>::kType, kStream);
+    const std::vector<T> sum = rank_order_sum<T>(n, n, R, seed);
+    const std::vector<T> got = out.download();
+    if (me == root) {
+      EXPECT_EQ(compare(got.data(), sum.data(), n, exact_sums(R), sum_tol<T>(R)), "") << "root " << root;
+    } else {
+      EXPECT_EQ(compare(got.data(), untouched.data(), n, true), "") << "a non-root output was written";
+    }
+    EXPECT_EQ(compare(in.download().data(), x.data(), n, true), "") << "the input changed";
+    nc.reduce_sum(in.get(), in.get(), static_cast<int64_t>(n), root, Elem<T>::kType, kStream);
+    if (me == root) {
+      EXPECT_EQ(compare(in.download().data(), sum.data(), n, exact_sums(R), sum_tol<T>(R)), "");
+    }
+
+    test::DeviceBuffer<T> b(to_elems<T>(Elem<T>::input(n, me, seed + 1)));
+    nc.broadcast(b.get(), static_cast<int64_t>(n), root, Elem<T>::kType, kStream);
+    const std::vector<T> want = to_elems<T>(Elem<T>::input(n, root, seed + 1));
+    EXPECT_EQ(compare(b.download().data(), want.data(), n, true), "") << "root " << root << " on rank " << me;
+  }
+}
+
+TEST(NcclCommunicator, ReduceToEachRootAndBroadcastFromIt) {
+  STRATA_SKIP_WITHOUT_GPU();
+  check_reduce_and_broadcast<float>(10);
+  check_reduce_and_broadcast<bf16>(11);
+}
+
 // The bytes each collective sends by the ring model, counted into the host communicator's counters: an
 // all-reduce of b bytes 2 (R-1)/R b, a reduce-scatter or all-gather (R-1)/R of the whole buffer; 0 for R = 1.
 TEST(NcclCommunicator, CountersFollowTheRingModel) {
@@ -234,15 +273,20 @@ TEST(NcclCommunicator, CountersFollowTheRingModel) {
   nc.reduce_scatter_sum(h.get(), shard.get(), stride, DeviceDType::kBF16, kStream);
   nc.all_gather(f.get(), stride, DeviceDType::kF32, kStream);
   nc.all_reduce_sum(f.get(), 0, DeviceDType::kF32, kStream);  // nothing to send
+  nc.reduce_sum(h.get(), h.get(), n, R - 1, DeviceDType::kBF16, kStream);
+  nc.broadcast(f.get(), n, R - 1, DeviceDType::kF32, kStream);
   CUDA_CHECK(cudaDeviceSynchronize());
   const CommCounters& after = comm().counters();
   const double ring = static_cast<double>(R - 1) / R;
   EXPECT_DOUBLE_EQ(after.all_reduce - before.all_reduce, 2.0 * ring * n * 4 + 2.0 * ring * n * 2);
-  EXPECT_DOUBLE_EQ(after.reduce_scatter - before.reduce_scatter, ring * static_cast<double>(R * stride) * 2);
-  EXPECT_DOUBLE_EQ(after.all_gather - before.all_gather, ring * static_cast<double>(R * stride) * 4);
+  // The reduce counts with the reduce-scatters, the broadcast with the all-gathers: (R-1)/R of their bytes.
+  EXPECT_NEAR(after.reduce_scatter - before.reduce_scatter,
+              ring * static_cast<double>(R * stride) * 2 + ring * static_cast<double>(n) * 2, 1e-9);
+  EXPECT_NEAR(after.all_gather - before.all_gather,
+              ring * static_cast<double>(R * stride) * 4 + ring * static_cast<double>(n) * 4, 1e-9);
   EXPECT_EQ(after.broadcast, before.broadcast);
   EXPECT_EQ(after.small, before.small);
-  EXPECT_EQ(after.calls - before.calls, 5);
+  EXPECT_EQ(after.calls - before.calls, 7);
   if (R == 1) {
     EXPECT_EQ(after.bulk(), before.bulk());
   }

@@ -374,6 +374,80 @@ ncclResult_t ncclAllGather(const void* sendbuff, void* recvbuff, size_t sendcoun
 #endif
 }
 
+ncclResult_t ncclReduce(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype,
+                        ncclRedOp_t op, int root, ncclComm_t comm, cudaStream_t) {
+  const char* fn = "ncclReduce";
+  if (ncclResult_t r = check_comm(fn, comm); r != ncclSuccess) return r;
+  if (ncclResult_t r = check_reduction(fn, datatype, op); r != ncclSuccess) return r;
+  if (root < 0 || root >= comm->world)
+    return fail(ncclInvalidArgument, fn, "root " + std::to_string(root) + " of " + std::to_string(comm->world));
+  if (count == 0) return ncclSuccess;
+  if (sendbuff == nullptr || (comm->rank == root && recvbuff == nullptr))
+    return fail(ncclInvalidArgument, fn, "null buffer");
+  const size_t es = type_size(datatype);
+  if (comm->world == 1) {
+    if (sendbuff != recvbuff) std::memmove(recvbuff, sendbuff, count * es);
+    return ncclSuccess;
+  }
+#if defined(STRATA_HAVE_MPI)
+  // Each chunk gathered at the root, which sums it in rank order (in place is allowed: the chunk is read
+  // before the root writes it).
+  const auto* in = static_cast<const char*>(sendbuff);
+  auto* out = static_cast<char*>(recvbuff);
+  const bool is_root = comm->rank == root;
+  std::vector<float> mine, all, sum;
+  for (size_t off = 0; off < count; off += kChunk) {
+    const size_t c = std::min(kChunk, count - off);
+    mine.resize(c);
+    if (is_root) {
+      all.resize(c * static_cast<size_t>(comm->world));
+      sum.resize(c);
+    }
+    widen(in + off * es, datatype, c, mine.data());
+    const int ic = static_cast<int>(c);
+    if (ncclResult_t r = mpi_result(
+            fn, "MPI_Gather",
+            MPI_Gather(mine.data(), ic, MPI_FLOAT, is_root ? all.data() : nullptr, ic, MPI_FLOAT, root, comm->mpi));
+        r != ncclSuccess)
+      return r;
+    if (!is_root) continue;
+    sum_in_rank_order(all, comm->world, c, sum.data());
+    narrow(sum.data(), datatype, c, out + off * es);
+  }
+  return ncclSuccess;
+#else
+  return fail(ncclInvalidUsage, fn, "a world of more than one rank without MPI");
+#endif
+}
+
+ncclResult_t ncclBroadcast(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype, int root,
+                           ncclComm_t comm, cudaStream_t) {
+  const char* fn = "ncclBroadcast";
+  if (ncclResult_t r = check_comm(fn, comm); r != ncclSuccess) return r;
+  const size_t es = type_size(datatype);
+  if (es == 0)
+    return fail(ncclInvalidArgument, fn, "unknown data type " + std::to_string(static_cast<int>(datatype)));
+  if (root < 0 || root >= comm->world)
+    return fail(ncclInvalidArgument, fn, "root " + std::to_string(root) + " of " + std::to_string(comm->world));
+  if (count == 0) return ncclSuccess;
+  if (recvbuff == nullptr || (comm->rank == root && sendbuff == nullptr))
+    return fail(ncclInvalidArgument, fn, "null buffer");
+  if (comm->rank == root && sendbuff != recvbuff) std::memmove(recvbuff, sendbuff, count * es);
+  if (comm->world == 1) return ncclSuccess;
+#if defined(STRATA_HAVE_MPI)
+  auto* data = static_cast<char*>(recvbuff);
+  for (size_t off = 0; off < count * es; off += kChunk) {
+    const int ib = static_cast<int>(std::min(kChunk, count * es - off));
+    if (ncclResult_t r = mpi_result(fn, "MPI_Bcast", MPI_Bcast(data + off, ib, MPI_BYTE, root, comm->mpi));
+        r != ncclSuccess)
+      return r;
+  }
+  return ncclSuccess;
+#else
+  return fail(ncclInvalidUsage, fn, "a world of more than one rank without MPI");
+#endif
+}
+
 ncclResult_t ncclGroupStart() {
   ++g_group_depth;
   return ncclSuccess;
