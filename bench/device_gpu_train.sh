@@ -64,6 +64,13 @@ PY
 }
 train gpt2-124m_b16 "--model gpt2-124m --batch 16 --seq 1024" \
   --model gpt2-124m --vocab-size 50257 --batch-size 16 --seq-len 1024 --steps 25 --lr 6e-4
+# The same run on the data-parallel path (NCCL loopback, ZeRO-0's layer-by-layer all-reduce on a second
+# stream): the cost of the overlapped reduction machinery on one GPU (issue 7's loopback measurement).
+train gpt2-124m_b16_nccl-loopback - \
+  --model gpt2-124m --vocab-size 50257 --batch-size 16 --seq-len 1024 --steps 25 --lr 6e-4 --nccl-loopback
+# And with every activation recomputation (--recompute all): what the memory it saves costs in speed.
+train gpt2-124m_b16_recompute-all - \
+  --model gpt2-124m --vocab-size 50257 --batch-size 16 --seq-len 1024 --steps 25 --lr 6e-4 --recompute all
 train gpt2-124m_b32 "--model gpt2-124m --batch 32 --seq 1024" \
   --model gpt2-124m --vocab-size 50257 --batch-size 32 --seq-len 1024 --steps 20 --lr 6e-4
 train llama-1.1b-L4_b4 "--model llama-1.1b --layers 4 --vocab 32000 --batch 4 --seq 2048" \
@@ -76,3 +83,19 @@ echo "MFU against the H200 / H100 SXM datasheet bf16 peak (989.4 TFLOP/s), model
 echo "| run | exit | strata tokens/s | strata MFU | PyTorch tokens/s | PyTorch MFU | strata / PyTorch | growth |"
 echo "|---|---|---|---|---|---|---|---|"
 for r in "${rows[@]}"; do echo "| $r |"; done
+python3 - "$d" <<'PY'
+import json, statistics, sys
+def tps(run):
+    try:
+        rows = [json.loads(l) for l in open(f"{sys.argv[1]}/{run}/metrics.jsonl")]
+    except OSError:
+        return None
+    steps = [r["tokens_per_s"] for r in rows if r.get("type") == "step"][3:]
+    return statistics.median(steps) if steps else None
+a = tps("gpt2-124m_b16")
+for run, what in (("gpt2-124m_b16_nccl-loopback", "NCCL loopback (ZeRO-0 overlapped all-reduce, world 1)"),
+                  ("gpt2-124m_b16_recompute-all", "--recompute all")):
+    b = tps(run)
+    if a and b:
+        print(f"{what} / plain, gpt2-124m B=16: {b / a:.3f}x tokens/s")
+PY

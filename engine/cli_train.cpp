@@ -85,6 +85,8 @@ const std::vector<OptionRule>& option_rules() {
       STRATA_FIELD("--profile-steps", false, profile_steps),
       STRATA_FIELD("--zero", false, zero_stage),
       STRATA_FIELD("--comm-timeout", false, comm_timeout),
+      STRATA_FIELD("--nccl-loopback", false, nccl_loopback),
+      STRATA_FIELD("--recompute", false, recompute),
   };
   return rules;
 }
@@ -230,6 +232,12 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--comm-timeout", c.comm_timeout,
                   "Under mpirun: seconds a collective may wait before this rank exits with an error (a rank "
                   "died or hangs)");
+  cmd->add_flag("--nccl-loopback", c.nccl_loopback,
+                "--device cuda, one process: run the data-parallel path (NCCL, ZeRO-0's overlapped all-reduce) on "
+                "a world of one, to measure its cost");
+  cmd->add_option("--recompute", c.recompute,
+                  "--device cuda: activations the backward recomputes instead of keeping: none | norm (the "
+                  "norm outputs) | mlp (the MLP's hidden activations) | all; the same bits, less memory");
   cmd->add_option("--resume", o->resume,
                   "Continue from a checkpoint folder, or a run folder's newest checkpoint");
   cmd->add_flag("--overwrite", o->overwrite, "Start over in an --out folder that already holds checkpoints");

@@ -100,8 +100,8 @@ void Communicator::start_watchdog() {
   watchdog_->thread = std::thread([w = watchdog_.get()] { w->run(); });
 }
 
-Communicator::Guard::Guard(Communicator& c, const char* op, int64_t bytes) : c_(c) {
-  ++c_.counters_.calls;
+Communicator::Guard::Guard(Communicator& c, const char* op, int64_t bytes, bool count) : c_(c) {
+  if (count) ++c_.counters_.calls;
   if (!c_.watchdog_) return;
   std::lock_guard<std::mutex> lock(c_.watchdog_->mu);
   c_.watchdog_->op = op;

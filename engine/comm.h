@@ -85,12 +85,13 @@ class Communicator {
 
   CommCounters& counters() { return counters_; }
 
-  // Each collective holds a Guard: the watchdog ends the process if it lives past the timeout. Device
-  // collectives (engine/comm_nccl.h) are asynchronous; the CUDA backend holds one around the synchronisation
-  // that waits for them.
+  // Each collective holds a Guard: the watchdog ends the process if it lives past the timeout, and the
+  // collective is counted in counters().calls. Device collectives (engine/comm_nccl.h) are asynchronous and
+  // counted where they are enqueued; the CUDA backend holds a Guard with count = false around the
+  // synchronisation that waits for them.
   class Guard {
    public:
-    Guard(Communicator& c, const char* op, int64_t bytes);
+    Guard(Communicator& c, const char* op, int64_t bytes, bool count = true);
     ~Guard();
     Guard(const Guard&) = delete;
     Guard& operator=(const Guard&) = delete;

@@ -21,6 +21,7 @@
 #if defined(STRATA_HAVE_NCCL)
 #include "engine/comm_nccl.h"
 #endif
+#include "engine/cuda_growth.h"
 #include "engine/cuda_model.h"
 #include "growth/apply.h"
 
@@ -35,12 +36,12 @@ double gib(size_t bytes) {
 class CudaBackend final : public TrainBackend {
  public:
   CudaBackend(const models::ModelConfig& cfg, int B, int T, const AdamWConfig& adamw, uint64_t seed,
-              const DataParallelSetup& dp)
-      : B_(B), T_(T), adamw_(adamw), seed_(seed) {
+              const DataParallelSetup& dp, Recompute recompute)
+      : B_(B), T_(T), adamw_(adamw), seed_(seed), recompute_(recompute) {
     if (dp.active()) {
 #if defined(STRATA_HAVE_NCCL)
       nccl_ = std::make_unique<NcclCommunicator>(*dp.comm);
-      zero_ = dp.zero_stage;
+      zero_ = dp.comm->world() == 1 ? 0 : dp.zero_stage;  // a loopback has no shards: ZeRO-0's all-reduce
 #else
       STRATA_FAIL("--device cuda under ", dp.comm->world(),
                   " ranks: this strata was built without NCCL (install it with the CUDA toolkit and rebuild)");
@@ -76,9 +77,11 @@ class CudaBackend final : public TrainBackend {
     size_t free_bytes = 0, total_bytes = 0;
     CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
     char b[160];
-    std::snprintf(b, sizeof b, "%.2f GiB (model state %.2f, activations %.2f), %.1f of %.1f GiB free now",
+    std::snprintf(b, sizeof b,
+                  "%.2f GiB (model state %.2f, activations %.2f with --recompute %s), %.1f of %.1f GiB free "
+                  "now",
                   gib(p.total()), gib(p.weights + p.grads + p.master + p.moments), gib(p.activations),
-                  gib(free_bytes), gib(total_bytes));
+                  recompute_name(recompute_), gib(free_bytes), gib(total_bytes));
     return b;
   }
   int batch() const override {
@@ -97,10 +100,11 @@ class CudaBackend final : public TrainBackend {
   float train_micro_batch(const int32_t* inputs, const int32_t* targets, float grad_scale) override {
     const float loss = gpu_->forward(inputs, targets, grad_scale);
 #if defined(STRATA_HAVE_NCCL)
-    if (nccl_ && last_micro_) {
+    if (nccl_ && last_micro_ && !masked_) {
       // Each layer's gradients are reduced on the communication stream as soon as the backward pass has
       // finished that layer (all-reduced under ZeRO-0, reduce-scattered into the owners' pieces under
-      // ZeRO-1), while it goes on with the layers below.
+      // ZeRO-1), while it goes on with the layers below. Not in G_random's masked phase: mask_end() scales the
+      // masked gradients after the backward pass, so grad_norm() reduces them after that.
       std::vector<bool> issued(static_cast<size_t>(gpu_->config().n_layer), false);
       gpu_->set_layer_backward_hook([&](int l) {
         reduce_tensors(l);
@@ -108,10 +112,7 @@ class CudaBackend final : public TrainBackend {
       });
       gpu_->backward();
       gpu_->set_layer_backward_hook(nullptr);
-      for (int l = 0; l < gpu_->config().n_layer; ++l)  // a batch without targets runs no layer
-        if (!issued[static_cast<size_t>(l)]) reduce_tensors(l);
-      reduce_global_tensors_and_join();
-      reduced_ = true;
+      finish_reduction(issued);  // a batch without targets runs no layer
       return loss;
     }
 #endif
@@ -132,12 +133,8 @@ class CudaBackend final : public TrainBackend {
       const int R = nccl_->world();
       // The watchdog covers the wait for the device collective (the norm's download synchronises).
       const Communicator::Guard watch(nccl_->host(), zero_ == 0 ? "NCCL all-reduce" : "NCCL reduce-scatter",
-                                      gpu_->layout().numel() * 2);
-      if (!reduced_) {  // no micro-batch was marked last: reduce everything now
-        for (int l = 0; l < gpu_->config().n_layer; ++l) reduce_tensors(l);
-        reduce_global_tensors_and_join();
-        reduced_ = true;
-      }
+                                      gpu_->layout().numel() * 2, /*count=*/false);
+      if (!reduced_) finish_reduction({});  // no micro-batch was marked last: reduce everything now
       if (zero_ == 0) return gpu_->grad_norm();
       std::vector<double> partial(static_cast<size_t>(R), 0.0);
       partial[static_cast<size_t>(nccl_->rank())] = gpu_->grad_sum_squares();
@@ -156,7 +153,8 @@ class CudaBackend final : public TrainBackend {
     // ZeRO-1: each rank updated the bf16 weights of its pieces; every rank gets every piece: each segment's
     // body all-gathered in place, its tail broadcast from the last rank (one NCCL group).
     if (nccl_ && zero_ == 1) {
-      const Communicator::Guard watch(nccl_->host(), "NCCL all-gather", gpu_->layout().numel() * 2);
+      const Communicator::Guard watch(nccl_->host(), "NCCL all-gather", gpu_->layout().numel() * 2,
+                                      /*count=*/false);
       auto* w = static_cast<uint16_t*>(gpu_->weights_device());  // bf16 elements
       auto* stream = static_cast<CUstream_st*>(gpu_->stream());
       const int R = nccl_->world();
@@ -240,6 +238,37 @@ class CudaBackend final : public TrainBackend {
     return nullptr;
   }
 
+  // The growth phases on the device (engine/cuda_growth.h); the mixing state's Adam runs on the host.
+  void set_growth_mask(const growth::GrowthMask& mask) override {
+    mask_.reset();
+    mask_ = std::make_unique<CudaGrowthMask>(*gpu_, mask);
+  }
+  void mask_begin(long steps_done) override {
+    STRATA_CHECK(mask_ != nullptr, "mask_begin: no growth mask set");
+    mask_->begin(steps_done);
+    masked_ = true;
+  }
+  void mask_end(bool grads) override {
+    STRATA_CHECK(mask_ != nullptr, "mask_end: no growth mask set");
+    mask_->end(grads);
+    masked_ = false;
+  }
+  void begin_learned_depth(const growth::LearnedDepth& ld) override {
+    learned_.reset();
+    learned_ = std::make_unique<CudaLearnedDepth>(*gpu_, ld);
+  }
+  void end_learned_depth() override {
+    learned_.reset();
+  }
+  void materialise_learned_depth(const growth::LearnedDepth& ld) override {
+    STRATA_CHECK(learned_ != nullptr, "materialise_learned_depth: no G_learn phase begun");
+    learned_->materialise(ld);
+  }
+  void learned_depth_step(growth::LearnedDepth& ld, double lr) override {
+    STRATA_CHECK(learned_ != nullptr, "learned_depth_step: no G_learn phase begun");
+    ld.step_from_dots(learned_->dots(), lr);
+  }
+
 #if !defined(STRATA_CUDA_EMU)
   void profiler_start() override {
     CUDA_CHECK(cudaDeviceSynchronize());
@@ -274,6 +303,8 @@ class CudaBackend final : public TrainBackend {
   }
 
   void grow(const growth::GrowthPlan& plan, uint64_t seed) override {
+    mask_.reset();  // both address the old runner
+    learned_.reset();
     // Sharded (ZeRO-1): gather, grow on the host, re-shard (the new runner takes its shard on upload).
     if (!optimizer_sharded() && CudaModel::device_growable(plan)) {  // layer copies: device to device, no host round trip
       const bool map = plan.stage.optimizer == growth::OptimizerPolicy::kMap;
@@ -374,15 +405,21 @@ class CudaBackend final : public TrainBackend {
     for (int r = 0; r < R; ++r)
       if (r != sh.rank()) pack(r, false);
   }
-  void reduce_global_tensors_and_join() {
+  // Reduces the layers not in `issued` (all of them when it is empty), then the global tensors; the runner's
+  // stream then waits for the communication stream.
+  void finish_reduction(const std::vector<bool>& issued) {
+    for (int l = 0; l < gpu_->config().n_layer; ++l)
+      if (issued.empty() || !issued[static_cast<size_t>(l)]) reduce_tensors(l);
     reduce_tensors(-1);
     CUDA_CHECK(cudaEventRecord(reduced_event_, comm_stream_));
     CUDA_CHECK(cudaStreamWaitEvent(static_cast<cudaStream_t>(gpu_->stream()), reduced_event_, 0));
+    reduced_ = true;
   }
 #endif
 
   CudaModelOptions model_options() const {
     CudaModelOptions o;
+    o.recompute = recompute_;
 #if defined(STRATA_HAVE_NCCL)
     if (nccl_ && zero_ == 1) {
       o.shard_world = nccl_->world();
@@ -407,6 +444,7 @@ class CudaBackend final : public TrainBackend {
   int B_, T_;
   int zero_ = 0;
   bool last_micro_ = true, reduced_ = false;
+  bool masked_ = false;  // between mask_begin() and mask_end()
   cudaStream_t comm_stream_ = nullptr;
   cudaEvent_t grads_ready_ = nullptr, reduced_event_ = nullptr;
 #if defined(STRATA_HAVE_NCCL)
@@ -414,19 +452,23 @@ class CudaBackend final : public TrainBackend {
 #endif
   AdamWConfig adamw_;
   uint64_t seed_;
+  Recompute recompute_;
   long t_ = 0;
   std::unique_ptr<CudaModel> gpu_;
   std::optional<ParamBuffer> host_params_;
   std::optional<AdamW> host_opt_;
   std::vector<uint16_t> weights_bits_;  // kept alive while a checkpoint writes them
   std::vector<float> shard_m_, shard_v_;  // likewise this rank's moments (ZeRO-1)
+  // Growth phases on gpu_ (declared after it: destroyed first).
+  std::unique_ptr<CudaGrowthMask> mask_;
+  std::unique_ptr<CudaLearnedDepth> learned_;
 };
 
 }  // namespace
 
 std::unique_ptr<TrainBackend> make_cuda_backend(const models::ModelConfig& cfg, int B, int T,
                                                 const AdamWConfig& adamw, uint64_t seed,
-                                                const DataParallelSetup& dp) {
+                                                const DataParallelSetup& dp, Recompute recompute) {
 #if !defined(STRATA_CUDA_EMU)
   int n = 0;
   const cudaError_t err = cudaGetDeviceCount(&n);
@@ -441,7 +483,7 @@ std::unique_ptr<TrainBackend> make_cuda_backend(const models::ModelConfig& cfg, 
   CUDA_CHECK(cudaSetDevice(world.local_rank()));
   process_context().device = world.local_rank();
 #endif
-  return std::make_unique<CudaBackend>(cfg, B, T, adamw, seed, dp);
+  return std::make_unique<CudaBackend>(cfg, B, T, adamw, seed, dp, recompute);
 }
 
 }  // namespace strata

@@ -9,9 +9,11 @@
 namespace strata {
 
 // With dp active (engine/train_backend.h), every rank of dp.comm calls this collectively: the NCCL
-// communicator is made here, and under ZeRO-1 the runner is allocated sharded from the start.
+// communicator is made here, and under ZeRO-1 the runner is allocated sharded from the start. `recompute`:
+// the runner's activation recomputation (engine/recompute.h), kept across growth.
 std::unique_ptr<TrainBackend> make_cuda_backend(const models::ModelConfig& cfg, int B, int T,
                                                 const AdamWConfig& adamw, uint64_t seed,
-                                                const DataParallelSetup& dp = {});
+                                                const DataParallelSetup& dp = {},
+                                                Recompute recompute = Recompute::kNone);
 
 }  // namespace strata

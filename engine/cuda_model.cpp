@@ -98,6 +98,30 @@ std::string gib(size_t bytes) {
   return b;
 }
 
+// A norm on its own, not fused with the residual add before it: layer 0's attention norm, and every norm
+// the backward recomputes. It is the fused op's computation on the stored (bf16) stream, so out, mean and
+// rstd are those bits. mean: null for RMSNorm.
+void norm_forward(const ops::Cuda& dev, bool llama, bf16* out, Stat* mean, Stat* rstd, const bf16* inp,
+                  const bf16* weight, const bf16* bias, int N, int C, float eps) {
+  if (llama)
+    ops::rmsnorm_forward(dev, out, rstd, inp, weight, N, C, eps);
+  else
+    ops::layernorm_forward(dev, out, mean, rstd, inp, weight, bias, N, C, eps);
+}
+
+// The MLP's first product and activation, in the forward and in the backward's recomputation:
+// h (N,H1) = ln2 (N,C) @ mlp_in^T + bias; act (N,F) = swiglu(h) (LLaMA: h = [gate | up]) or gelu(h) (GPT-2:
+// the product's epilogue).
+void mlp_in_forward(const ops::Cuda& dev, const ModelDims& d, bf16* h, bf16* act, const bf16* ln2,
+                    const bf16* weight, const bf16* bias, int N) {
+  if (d.llama) {
+    ops::matmul_forward(dev, h, ln2, weight, bias, N, d.C, d.H1);
+    ops::swiglu_forward(dev, act, h, N, d.Fd);
+  } else {
+    ops::matmul_gelu_forward(dev, act, h, ln2, weight, bias, N, d.C, d.H1);
+  }
+}
+
 // The pieces' elements of a flat host buffer (the layout's numel) to a compact fp32 device buffer, and back
 // (engine/shard_map.h). A world of one's compact buffer is the flat one.
 void upload_pieces(const LayerShards& shards, void* dst, const float* flat) {
@@ -125,13 +149,19 @@ struct CudaModel::Impl {
   int32_t *inputs = nullptr, *targets = nullptr;
   bf16* resid = nullptr;                // (L+1, N, C): the stream entering each layer, and the final one
   bf16* resid_mid = nullptr;            // (L, N, C): after the attention branch
-  bf16 *ln1 = nullptr, *ln2 = nullptr;  // (L, N, C)
+  bf16 *ln1 = nullptr, *ln2 = nullptr;  // (L, N, C); null when the norms are recomputed
   Stat *ln1_mean = nullptr, *ln1_rstd = nullptr, *ln2_mean = nullptr, *ln2_rstd = nullptr;  // (L, N)
   bf16* qkv = nullptr;      // (L, N, QKV) after RoPE
   bf16* atty = nullptr;     // (L, N, NH*HS)
   Stat* lse = nullptr;      // (L, B, NH, T)
-  bf16* mlp_h = nullptr;    // (L, N, H1): SwiGLU's [gate | up], or GELU's pre-activation
-  bf16* mlp_act = nullptr;  // (L, N, F)
+  bf16* mlp_h = nullptr;    // (L, N, H1): SwiGLU's [gate | up], or GELU's pre-activation; null: recomputed
+  bf16* mlp_act = nullptr;  // (L, N, F); null when the MLP is recomputed
+  // Recomputation's one-layer scratch (engine/cuda_model.h), shared by every layer: what the forward writes
+  // there is read within the same layer, and the backward rebuilds it there before it reads it. rc_ln holds
+  // ln1 and then ln2 in the forward, ln2 and then ln1 in the backward.
+  bf16* rc_ln = nullptr;                        // (N, C): norms recomputed
+  Stat *rc_mean = nullptr, *rc_rstd = nullptr;  // (N): the re-run norm's statistics (unread)
+  bf16 *rc_h = nullptr, *rc_act = nullptr;      // (N, H1), (N, F): MLP recomputed
   bf16* lnf = nullptr;      // (N, C)
   Stat *lnf_mean = nullptr, *lnf_rstd = nullptr;  // (N)
   bf16* logits = nullptr;                         // (N, Vp); dlogits in place after a forward with targets
@@ -151,14 +181,16 @@ struct CudaModel::Impl {
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
 
-  void carve(Carver& c, const ModelDims& d, int B, int T, bool deterministic) {
+  // The arena's layout; plan_memory measures it with a null base, the constructor assigns it.
+  void carve(Carver& c, const ModelDims& d, int B, int T, bool deterministic, Recompute recompute) {
     const size_t N = size_t(B) * T, L = d.L, C = d.C;
+    const bool keep_norms = !recomputes_norm(recompute), keep_mlp = !recomputes_mlp(recompute);
     inputs = c.take<int32_t>(N);
     targets = c.take<int32_t>(N);
     resid = c.take<bf16>((L + 1) * N * C);
     resid_mid = c.take<bf16>(L * N * C);
-    ln1 = c.take<bf16>(L * N * C);
-    ln2 = c.take<bf16>(L * N * C);
+    ln1 = keep_norms ? c.take<bf16>(L * N * C) : nullptr;
+    ln2 = keep_norms ? c.take<bf16>(L * N * C) : nullptr;
     ln1_mean = d.llama ? nullptr : c.take<Stat>(L * N);
     ln2_mean = d.llama ? nullptr : c.take<Stat>(L * N);
     ln1_rstd = c.take<Stat>(L * N);
@@ -166,8 +198,13 @@ struct CudaModel::Impl {
     qkv = c.take<bf16>(L * N * d.QKV);
     atty = c.take<bf16>(L * N * size_t(d.NH) * d.HS);
     lse = c.take<Stat>(L * N * d.NH);
-    mlp_h = c.take<bf16>(L * N * d.H1);
-    mlp_act = c.take<bf16>(L * N * d.Fd);
+    mlp_h = keep_mlp ? c.take<bf16>(L * N * d.H1) : nullptr;
+    mlp_act = keep_mlp ? c.take<bf16>(L * N * d.Fd) : nullptr;
+    rc_ln = keep_norms ? nullptr : c.take<bf16>(N * C);
+    rc_mean = keep_norms || d.llama ? nullptr : c.take<Stat>(N);
+    rc_rstd = keep_norms ? nullptr : c.take<Stat>(N);
+    rc_h = keep_mlp ? nullptr : c.take<bf16>(N * d.H1);
+    rc_act = keep_mlp ? nullptr : c.take<bf16>(N * d.Fd);
     lnf = c.take<bf16>(N * C);
     lnf_mean = d.llama ? nullptr : c.take<Stat>(N);
     lnf_rstd = c.take<Stat>(N);
@@ -211,7 +248,7 @@ CudaMemoryPlan CudaModel::plan_memory(const models::ModelConfig& cfg, int B, int
   plan.moments = 2 * S * sizeof(float);
   Impl measure_only;
   Carver measure(nullptr);
-  measure_only.carve(measure, d, B, T, opt.deterministic);
+  measure_only.carve(measure, d, B, T, opt.deterministic, opt.recompute);
   plan.activations = measure.bytes();
   plan.library = size_t{32} << 20;  // kernels/cuda/matmul.cu's cuBLASLt workspace per stream
   return plan;
@@ -242,7 +279,11 @@ CudaModel::CudaModel(const models::ModelConfig& cfg, int B, int T, const CudaMod
         " needs ", gib(plan.total()), " (weights, gradients, master weights and AdamW moments ",
         gib(plan.weights + plan.grads + plan.master + plan.moments), ", activations ", gib(plan.activations),
         ") but the GPU has ", gib(free_bytes), " free of ", gib(total_bytes),
-        ": use a smaller --batch-size (and --global-batch-tokens to keep the batch by accumulation)");
+        ": use a smaller --batch-size (and --global-batch-tokens to keep the batch by accumulation)",
+        opt_.recompute == Recompute::kAll
+            ? ""
+            : cat(" or recompute activations in the backward (--recompute all; now ",
+                  recompute_name(opt_.recompute), ")"));
   }
   const size_t P = static_cast<size_t>(layout_.numel());
   Impl& s = *impl_;
@@ -256,10 +297,10 @@ CudaModel::CudaModel(const models::ModelConfig& cfg, int B, int T, const CudaMod
     CUDA_CHECK(cudaMemset(s.grad_shard.ptr, 0, s.grad_shard.bytes));
   }
   Carver measure(nullptr);
-  s.carve(measure, d, B, T, opt_.deterministic);
+  s.carve(measure, d, B, T, opt_.deterministic, opt_.recompute);
   s.arena = DeviceBuffer(measure.bytes(), "the activations");
   Carver assign(s.arena.as<char>());
-  s.carve(assign, d, B, T, opt_.deterministic);
+  s.carve(assign, d, B, T, opt_.deterministic, opt_.recompute);
   s.dev.deterministic = opt_.deterministic;
   s.dev.workspace = s.workspace;
   s.dev.workspace_bytes = s.workspace_bytes;
@@ -375,12 +416,6 @@ float CudaModel::run_forward(const int32_t* inputs, const int32_t* targets, floa
 
   // The norm entering a branch: layer 0's attention norm stands alone; every later norm is fused with the
   // residual add before it.
-  auto norm = [&](bf16* out, Stat* mean, Stat* rstd, const bf16* inp, const bf16* wt, const bf16* bias) {
-    if (d.llama)
-      ops::rmsnorm_forward(dev, out, rstd, inp, wt, N, C, eps);
-    else
-      ops::layernorm_forward(dev, out, mean, rstd, inp, wt, bias, N, C, eps);
-  };
   auto residual_norm = [&](bf16* resid_out, bf16* out, Stat* mean, Stat* rstd, const bf16* resid_in,
                            const bf16* wt, const bf16* bias) {
     if (d.llama)
@@ -390,19 +425,23 @@ float CudaModel::run_forward(const int32_t* inputs, const int32_t* targets, floa
                                       eps);
   };
   auto lmean = [&](Stat* base, int l) { return base ? base + size_t(l) * N : nullptr; };
+  // Layer l's norm outputs: its slice of ln1 / ln2, or (recomputed norms) the one-layer scratch.
+  auto ln1_at = [&](int l) { return s.ln1 ? s.ln1 + l * NC : s.rc_ln; };
+  auto ln2_at = [&](int l) { return s.ln2 ? s.ln2 + l * NC : s.rc_ln; };
 
   ops::embedding_forward(dev, s.resid, s.inputs, w.tok_embedding, w.pos_embedding, B, T, C);
-  norm(s.ln1, lmean(s.ln1_mean, 0), s.ln1_rstd, s.resid, w.attn_norm, w.attn_norm_bias);
+  norm_forward(dev, d.llama, ln1_at(0), lmean(s.ln1_mean, 0), s.ln1_rstd, s.resid, w.attn_norm,
+               w.attn_norm_bias, N, C, eps);
   for (int l = 0; l < d.L; ++l) {
     bf16* x = s.resid + l * NC;
     bf16* xm = s.resid_mid + l * NC;
-    bf16* ln1 = s.ln1 + l * NC;
-    bf16* ln2 = s.ln2 + l * NC;
+    bf16* ln1 = ln1_at(l);
+    bf16* ln2 = ln2_at(l);
     bf16* qkv = s.qkv + size_t(l) * N * d.QKV;
     bf16* atty = s.atty + l * NC;
     Stat* lse = s.lse + size_t(l) * N * d.NH;
-    bf16* h = s.mlp_h + size_t(l) * N * d.H1;
-    bf16* act = s.mlp_act + size_t(l) * N * d.Fd;
+    bf16* h = s.mlp_h ? s.mlp_h + size_t(l) * N * d.H1 : s.rc_h;
+    bf16* act = s.mlp_act ? s.mlp_act + size_t(l) * N * d.Fd : s.rc_act;
     // Attention branch (ln1 of this layer is already written).
     ops::matmul_forward(dev, qkv, ln1, layer_at(w.attn_qkv, l, int64_t{d.QKV} * C),
                         layer_at(w.attn_qkv_bias, l, d.QKV), N, C, d.QKV);
@@ -413,19 +452,13 @@ float CudaModel::run_forward(const int32_t* inputs, const int32_t* targets, floa
     residual_norm(xm, ln2, lmean(s.ln2_mean, l), s.ln2_rstd + size_t(l) * N, x, layer_at(w.mlp_norm, l, C),
                   layer_at(w.mlp_norm_bias, l, C));
     // MLP branch.
-    if (d.llama) {
-      ops::matmul_forward(dev, h, ln2, layer_at(w.mlp_in, l, int64_t{d.H1} * C),
-                          layer_at(w.mlp_in_bias, l, d.H1), N, C, d.H1);
-      ops::swiglu_forward(dev, act, h, N, d.Fd);
-    } else {
-      ops::matmul_gelu_forward(dev, act, h, ln2, layer_at(w.mlp_in, l, int64_t{d.H1} * C),
-                               layer_at(w.mlp_in_bias, l, d.H1), N, C, d.H1);
-    }
+    mlp_in_forward(dev, d, h, act, ln2, layer_at(w.mlp_in, l, int64_t{d.H1} * C),
+                   layer_at(w.mlp_in_bias, l, d.H1), N);
     ops::matmul_forward(dev, s.branch, act, layer_at(w.mlp_down, l, int64_t{C} * d.Fd),
                         layer_at(w.mlp_down_bias, l, C), N, d.Fd, C);
     if (l + 1 < d.L)
-      residual_norm(x + NC, s.ln1 + (l + 1) * NC, lmean(s.ln1_mean, l + 1), s.ln1_rstd + size_t(l + 1) * N,
-                    xm, layer_at(w.attn_norm, l + 1, C), layer_at(w.attn_norm_bias, l + 1, C));
+      residual_norm(x + NC, ln1_at(l + 1), lmean(s.ln1_mean, l + 1), s.ln1_rstd + size_t(l + 1) * N, xm,
+                    layer_at(w.attn_norm, l + 1, C), layer_at(w.attn_norm_bias, l + 1, C));
     else
       residual_norm(x + NC, s.lnf, s.lnf_mean, s.lnf_rstd, xm, w.final_norm, w.final_norm_bias);
   }
@@ -492,13 +525,20 @@ void CudaModel::backward() {
   for (int l = d.L - 1; l >= 0; --l) {
     const bf16* x = s.resid + l * NC;
     const bf16* xm = s.resid_mid + l * NC;
-    const bf16* ln1 = s.ln1 + l * NC;
-    const bf16* ln2 = s.ln2 + l * NC;
     const bf16* qkv = s.qkv + size_t(l) * N * d.QKV;
     const bf16* atty = s.atty + l * NC;
     const Stat* lse = s.lse + size_t(l) * N * d.NH;
-    const bf16* h = s.mlp_h + size_t(l) * N * d.H1;
-    const bf16* act = s.mlp_act + size_t(l) * N * d.Fd;
+    // Recomputation (into the one-layer scratch, by the forward's ops on the forward's inputs): ln2 from
+    // resid_mid[l], then the MLP's first product and activation from ln2.
+    if (!s.ln2)
+      norm_forward(dev, d.llama, s.rc_ln, s.rc_mean, s.rc_rstd, xm, layer_at(w.mlp_norm, l, C),
+                   layer_at(w.mlp_norm_bias, l, C), N, C, cfg_.norm_eps);
+    const bf16* ln2 = s.ln2 ? s.ln2 + l * NC : s.rc_ln;
+    if (!s.mlp_h)
+      mlp_in_forward(dev, d, s.rc_h, s.rc_act, ln2, layer_at(w.mlp_in, l, int64_t{d.H1} * C),
+                     layer_at(w.mlp_in_bias, l, d.H1), N);
+    const bf16* h = s.mlp_h ? s.mlp_h + size_t(l) * N * d.H1 : s.rc_h;
+    const bf16* act = s.mlp_act ? s.mlp_act + size_t(l) * N * d.Fd : s.rc_act;
     // dx holds d(resid[l+1]); the residual passes it unchanged to resid_mid, and each branch adds its part.
     ops::matmul_backward(dev, s.dmlp_act, layer_at(g.mlp_down, l, int64_t{C} * d.Fd),
                          layer_at(g.mlp_down_bias, l, C), s.dx, act,
@@ -518,6 +558,11 @@ void CudaModel::backward() {
                          N, C, C);
     ops::flash_attention_backward(dev, s.dqkv, s.delta, s.datty, atty, qkv, lse, B, T, d.NH, d.KVH, d.HS);
     if (d.llama) ops::rope_backward(dev, s.dqkv, B, T, d.NH, d.KVH, d.HS, cfg_.rope_base, 0);
+    // Recomputation: ln1 from resid[l], over ln2 (read for the last time above).
+    if (!s.ln1)
+      norm_forward(dev, d.llama, s.rc_ln, s.rc_mean, s.rc_rstd, x, layer_at(w.attn_norm, l, C),
+                   layer_at(w.attn_norm_bias, l, C), N, C, cfg_.norm_eps);
+    const bf16* ln1 = s.ln1 ? s.ln1 + l * NC : s.rc_ln;
     ops::matmul_backward(dev, s.dln, layer_at(g.attn_qkv, l, int64_t{d.QKV} * C),
                          layer_at(g.attn_qkv_bias, l, d.QKV), s.dqkv, ln1,
                          layer_at(w.attn_qkv, l, int64_t{d.QKV} * C), N, C, d.QKV);
@@ -605,6 +650,9 @@ void* CudaModel::grads_device() {
 void* CudaModel::grad_shard_device() {
   STRATA_CHECK(sharded(), "CudaModel::grad_shard_device: not sharded");
   return impl_->grad_shard.ptr;
+}
+void* CudaModel::master_device() {
+  return impl_->master.ptr;
 }
 void* CudaModel::stream() const {
   return impl_->dev.stream;

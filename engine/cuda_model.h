@@ -8,6 +8,18 @@
 // changes; no allocation during a step. Per layer it keeps what the backward reads: the residual stream
 // before and after attention, both norm outputs and statistics, qkv after RoPE, the attention output and its
 // log-sum-exp (flash attention: O(T) memory), the MLP's first product and activation.
+// Recomputation (CudaModelOptions::recompute, engine/recompute.h) drops some of these per-layer tensors and
+// rebuilds them in the backward pass, layer by layer, in one shared one-layer scratch region of the arena:
+//   norm: the two norm outputs (N, C) each are not kept; the backward re-runs the norm forward on the kept
+//         residual stream (resid[l] for ln1, resid_mid[l] for ln2). The statistics are still kept (the norm
+//         backward reads those); the re-run's own statistics go to scratch.
+//   mlp:  the MLP's first product and activation (N, H1) + (N, F) are not kept; the backward re-runs the
+//         first product and its activation on the MLP's input (the kept or recomputed ln2).
+// The re-runs are the forward's ops (same kernels, same shapes, same operand alignments: one layer's slice
+// of a per-layer array and the scratch region agree in both) on the forward's bf16 inputs, so the recomputed
+// tensors, and with them the losses and gradients, are bitwise those of kNone. Memory per layer saved: norm
+// 2 N C bf16, mlp N (H1 + F) bf16, less one layer's scratch; the cost is one more norm forward per norm
+// (norm) or one more first product (mlp) per layer in the backward.
 //
 // The ops differ from the CPU runner's only where the CUDA backend fuses: a residual add and the next norm
 // are one op (residual_rmsnorm_forward / residual_layernorm_forward), GPT-2's first MLP product carries its
@@ -27,6 +39,7 @@
 #include "engine/comm.h"
 #include "engine/optim.h"
 #include "engine/params.h"
+#include "engine/recompute.h"
 #include "engine/shard_map.h"
 #include "growth/plan.h"
 #include "models/model_config.h"
@@ -50,6 +63,8 @@ struct CudaModelOptions {
   // moments and a bf16 buffer for the reduced gradients hold the pieces only, one after another (compact).
   int shard_world = 1;
   int shard_rank = 0;
+  // Activation recomputation (see the header comment): what the backward rebuilds instead of keeping.
+  Recompute recompute = Recompute::kNone;
 };
 
 class CudaModel {
@@ -57,7 +72,8 @@ class CudaModel {
   // Allocates weights, gradients and master weights on the current device and plans the activations for B
   // sequences of T tokens. Out-of-memory is a strata::Error naming the buffer and the bytes asked for.
   // Before allocating, the plan is compared with the device's free memory: a configuration that does not fit
-  // is a strata::Error naming what it needs and suggesting a smaller micro-batch.
+  // is a strata::Error naming what it needs and suggesting a smaller micro-batch (and, without recomputation,
+  // --recompute).
   CudaModel(const models::ModelConfig& cfg, int B, int T, const CudaModelOptions& opt = {});
   static CudaMemoryPlan plan_memory(const models::ModelConfig& cfg, int B, int T, const CudaModelOptions& opt = {});
   ~CudaModel();
@@ -117,6 +133,7 @@ class CudaModel {
   void* weights_device();
   void* grads_device();
   void* grad_shard_device();  // sharded only: the reduced gradients of the pieces (bf16, compact)
+  void* master_device();      // fp32, compact (the layout unsharded); for growth on the device
   void* stream() const;
 
   // Growth on the device: true when every tensor of `plan` is layer copies or zero layers, with no noise and no

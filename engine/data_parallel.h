@@ -31,8 +31,10 @@ class HostDataParallel {
   int zero_stage() const { return zero_stage_; }
   Communicator& comm() { return comm_; }
   const ParamLayout& layout() const { return layout_; }
-  // ZeRO-1: the elements whose optimizer state this rank holds (its shard).
+  // ZeRO-1: the elements whose optimizer state this rank holds (its shard), and their reduced gradients after
+  // reduce_gradients() (range().size() floats).
   ShardRange range() const { return range_; }
+  const float* grad_shard() const { return grad_shard_.data(); }
 
   // Reduces the gradients over the ranks (see above) and returns the global L2 norm.
   double reduce_gradients(ParamBuffer& grads);

@@ -1,5 +1,6 @@
 #include "engine/train_backend.h"
 
+#include <algorithm>
 #include <optional>
 
 #include "engine/check.h"
@@ -53,6 +54,30 @@ class CpuBackend final : public TrainBackend {
   }
   ParamBuffer* host_grads() override { return &model_.grads(); }
 
+  void set_growth_mask(const growth::GrowthMask& mask) override { mask_ = mask; }
+  void mask_begin(long steps_done) override { mask_.begin(model_.params(), steps_done); }
+  void mask_end(bool grads) override { mask_.end(model_.params(), grads ? &model_.grads() : nullptr); }
+
+  // G_learn under ranks: ZeRO-0 all-reduced the whole gradient on every rank (the default step reads it);
+  // ZeRO-1 left each rank its reduced shard, so each rank computes the mixing gradient's share of its shard,
+  // the shares are gathered exactly (each rank's slot, zeros elsewhere) and summed in rank order: every rank
+  // takes the same Adam step on D.
+  void learned_depth_step(growth::LearnedDepth& ld, double lr) override {
+    if (!optimizer_sharded()) return TrainBackend::learned_depth_step(ld, lr);
+    const ShardRange r = dp_->range();
+    ParamBuffer mine(model_.params().layout());
+    std::copy(dp_->grad_shard(), dp_->grad_shard() + r.size(), mine.data() + r.begin);
+    const std::vector<double> part = ld.dots(mine);
+    const int R = dp_->comm().world(), me = dp_->comm().rank();
+    std::vector<double> all(part.size() * static_cast<size_t>(R), 0.0);
+    std::copy(part.begin(), part.end(), all.begin() + static_cast<std::ptrdiff_t>(part.size() * size_t(me)));
+    dp_->comm().all_reduce_small(all.data(), static_cast<int>(all.size()), ReduceOp::kSum);
+    std::vector<double> sum(part.size(), 0.0);
+    for (int q = 0; q < R; ++q)
+      for (size_t i = 0; i < sum.size(); ++i) sum[i] += all[size_t(q) * sum.size() + i];
+    ld.step_from_dots(sum, lr);
+  }
+
   bool optimizer_sharded() const override { return dp_ && dp_->zero_stage() == 1; }
   std::vector<CheckpointExtra> rank_checkpoint_files() override {
     if (!optimizer_sharded()) return {};
@@ -66,6 +91,7 @@ class CpuBackend final : public TrainBackend {
   }
 
   void grow(const growth::GrowthPlan& plan, uint64_t seed) override {
+    mask_ = growth::GrowthMask();  // its slices name the old layout
     if (optimizer_sharded()) {  // gather, grow, re-shard
       AdamW whole = dp_->gather_optimizer();
       growth::grow_in_place(plan, model_, whole, seed);
@@ -81,6 +107,7 @@ class CpuBackend final : public TrainBackend {
   AdamWConfig adamw_;
   std::optional<AdamW> opt_;
   std::unique_ptr<HostDataParallel> dp_;
+  growth::GrowthMask mask_;
 };
 
 CudaBackendFactory g_cuda_factory = nullptr;
@@ -94,6 +121,16 @@ void TrainBackend::load_optimizer(const CheckpointInfo& info, long t) {
   opt.set_t(t);
 }
 
+void TrainBackend::materialise_learned_depth(const growth::LearnedDepth& ld) {
+  ld.materialise(host_params());
+}
+
+void TrainBackend::learned_depth_step(growth::LearnedDepth& ld, double lr) {
+  const ParamBuffer* grads = host_grads();
+  STRATA_CHECK(grads != nullptr, "learned_depth_step: the ", name(), " backend keeps no host gradients");
+  ld.step(*grads, lr);
+}
+
 std::unique_ptr<TrainBackend> make_cpu_backend(const models::ModelConfig& cfg, int B, int T,
                                                const AdamWConfig& adamw, const DataParallelSetup& dp) {
   return std::make_unique<CpuBackend>(cfg, B, T, adamw, dp);
@@ -105,14 +142,19 @@ void register_cuda_backend(CudaBackendFactory factory) {
 
 std::unique_ptr<TrainBackend> make_backend(const std::string& device, const models::ModelConfig& cfg, int B,
                                            int T, const AdamWConfig& adamw, uint64_t seed,
-                                           const DataParallelSetup& dp) {
-  if (device == "cpu") return make_cpu_backend(cfg, B, T, adamw, dp);
+                                           const DataParallelSetup& dp, Recompute recompute) {
+  if (device == "cpu") {
+    STRATA_REQUIRE(recompute == Recompute::kNone, "--recompute ", recompute_name(recompute),
+                   ": activation recomputation is a CUDA-backend option (--device cuda); the CPU backend "
+                   "keeps every activation");
+    return make_cpu_backend(cfg, B, T, adamw, dp);
+  }
   STRATA_REQUIRE(device == "cuda", "--device ", device, ": unknown device (cpu or cuda)");
   STRATA_REQUIRE(
       g_cuda_factory != nullptr,
       "--device cuda: this strata was built without the CUDA backend (configure with nvcc present, "
       "-DSTRATA_CUDA=ON)");
-  return g_cuda_factory(cfg, B, T, adamw, seed, dp);
+  return g_cuda_factory(cfg, B, T, adamw, seed, dp, recompute);
 }
 
 }  // namespace strata

@@ -1,7 +1,7 @@
 // engine/train_backend.h: the training state `strata train` drives (weights, gradients, optimizer,
 // activations) on one backend, behind one interface: the CPU backend (engine/model.h + AdamW, fp32) and the
 // CUDA backend (engine/cuda_model.h, bf16 with fp32 master weights). The trainer never branches on the
-// backend except for the growth phases the CUDA backend does not run yet.
+// backend: the growth phases that change a step (G_random's mask, G_learn's mixing) are hooks here too.
 //
 // Host state: checkpoints, samples and growth work on host ParamBuffers in the layout of engine/params.h. The
 // CPU backend's state is that host state. The CUDA backend keeps its state on the device and copies it to
@@ -18,10 +18,15 @@
 #include "engine/comm.h"
 #include "engine/optim.h"
 #include "engine/params.h"
+#include "engine/recompute.h"
 #include "growth/plan.h"
 #include "models/model_config.h"
 
 namespace strata {
+namespace growth {
+class GrowthMask;
+class LearnedDepth;
+}  // namespace growth
 
 class TrainBackend {
  public:
@@ -55,8 +60,7 @@ class TrainBackend {
   virtual void upload_from_host() = 0;
   virtual ParamBuffer& host_params() = 0;
   virtual AdamW& host_optimizer() = 0;
-  // The gradients as a host buffer where the backend keeps them there (the CPU), else null. G_random's masked
-  // phase and G_learn work on them, so they run on the CPU backend only so far.
+  // The gradients as a host buffer where the backend keeps them there (the CPU), else null.
   virtual ParamBuffer* host_grads() = 0;
   // Files the backend adds to a checkpoint (the CUDA backend: its bf16 weights, so a resumed run continues
   // bit-identically), and reading them back after upload_from_host() on resume (absent files are fine: a
@@ -76,6 +80,23 @@ class TrainBackend {
   // activations for the new architecture.
   virtual void grow(const growth::GrowthPlan& plan, uint64_t seed) = 0;
 
+  // G_random's masked phase (growth/apply.h's GrowthMask): set_growth_mask installs the mask after grow() or
+  // on a resume (grow() drops it); mask_begin(steps_done) before the forward passes of a step or an evaluation
+  // multiplies the masked weights the forward reads by c; mask_end(grads) after restores the raw weights and,
+  // with grads, scales the masked gradients by c.
+  virtual void set_growth_mask(const growth::GrowthMask& mask) = 0;
+  virtual void mask_begin(long steps_done) = 0;
+  virtual void mask_end(bool grads) = 0;
+  // G_learn's phase (growth/apply.h's LearnedDepth, owned by the trainer and built from the small model's
+  // weights): begin_learned_depth when the phase starts (after grow()) or resumes, end_learned_depth when it
+  // ends (or grow() ends it); materialise_learned_depth writes W' = D W into the per-layer weights;
+  // learned_depth_step is one Adam step of every D from this step's gradients. The defaults work on
+  // host_params() and host_grads() (the CPU backend).
+  virtual void begin_learned_depth(const growth::LearnedDepth& /*ld*/) {}
+  virtual void end_learned_depth() {}
+  virtual void materialise_learned_depth(const growth::LearnedDepth& ld);
+  virtual void learned_depth_step(growth::LearnedDepth& ld, double lr);
+
   // cudaProfilerStart / cudaProfilerStop around profiled steps (no-ops where there is no profiler API).
   virtual void profiler_start() {}
   virtual void profiler_stop() {}
@@ -89,7 +110,9 @@ class TrainBackend {
 struct DataParallelSetup {
   Communicator* comm = nullptr;  // null or a world of one: no data parallelism
   int zero_stage = 1;
-  bool active() const { return comm != nullptr && comm->world() > 1; }
+  // A world of one anyway (--nccl-loopback): the CUDA backend's NCCL path with ZeRO-0 on one GPU.
+  bool loopback = false;
+  bool active() const { return comm != nullptr && (comm->world() > 1 || loopback); }
 };
 
 // The CPU backend: engine/model.h's runner and AdamW, for B sequences of T tokens.
@@ -98,14 +121,17 @@ std::unique_ptr<TrainBackend> make_cpu_backend(const models::ModelConfig& cfg, i
 
 // The CUDA backend, where this build has one: the strata executable registers it at startup
 // (engine/cli/main.cpp) and tests register the emulated one. `seed` chooses the stochastic-rounding streams
-// of the bf16 weights.
+// of the bf16 weights; `recompute` its activation recomputation (engine/recompute.h).
 using CudaBackendFactory = std::unique_ptr<TrainBackend> (*)(const models::ModelConfig& cfg, int B, int T,
                                                              const AdamWConfig& adamw, uint64_t seed,
-                                                             const DataParallelSetup& dp);
+                                                             const DataParallelSetup& dp,
+                                                             Recompute recompute);
 void register_cuda_backend(CudaBackendFactory factory);
-// "cpu" or "cuda"; any other name, or "cuda" in a build without it, is a strata::Error.
+// "cpu" or "cuda"; any other name, or "cuda" in a build without it, is a strata::Error, and so is
+// recomputation on the CPU backend (which keeps every activation).
 std::unique_ptr<TrainBackend> make_backend(const std::string& device, const models::ModelConfig& cfg, int B,
                                            int T, const AdamWConfig& adamw, uint64_t seed,
-                                           const DataParallelSetup& dp = {});
+                                           const DataParallelSetup& dp = {},
+                                           Recompute recompute = Recompute::kNone);
 
 }  // namespace strata

@@ -23,6 +23,14 @@ void TrainConfig::finalize() {
   STRATA_REQUIRE(zero_stage == 0 || zero_stage == 1, "--zero must be 0 or 1 (got ", zero_stage, ")");
   STRATA_REQUIRE(comm_timeout > 0 && std::isfinite(comm_timeout), "--comm-timeout must be positive seconds (got ",
                  comm_timeout, ")");
+  STRATA_REQUIRE(!nccl_loopback || (device == "cuda" && world == 1),
+                 "--nccl-loopback: measures the NCCL data-parallel path on one GPU; it needs --device cuda and one "
+                 "process (got --device ", device, ", ", world, " rank", world == 1 ? "" : "s", ")");
+  STRATA_REQUIRE(parse_recompute(recompute, &recompute_mode), "--recompute '", recompute,
+                 "': expected none, norm, mlp or all");
+  STRATA_REQUIRE(recompute_mode == Recompute::kNone || device == "cuda", "--recompute ", recompute,
+                 ": activation recomputation is a CUDA-backend option (--device cuda); the CPU backend "
+                 "keeps every activation");
   STRATA_REQUIRE(steps >= 0 && tokens >= 0 && flops >= 0,
                  "--steps, --tokens and --flops must not be negative");
   STRATA_REQUIRE(steps > 0 || tokens > 0 || flops > 0, "give the run length: --steps, --tokens or --flops");
@@ -75,17 +83,13 @@ void TrainConfig::finalize() {
     profile_first = a;
     profile_last = b;
   }
-  // The CUDA backend keeps its gradients on the device; G_learn's phase and G_random's masked phase work on host
-  // gradients (engine/train_backend.h).
-  if (device == "cuda")
+  // G_learn's phase on the GPU reads the whole reduced gradient and writes whole master weights: under ranks,
+  // ZeRO-0 (replicated state) only.
+  if (device == "cuda" && world > 1 && zero_stage == 1)
     for (const growth::Stage& st : grow)
-      STRATA_REQUIRE(st.op != growth::Op::kLearn && st.op != growth::Op::kRandom, "--grow '", st.text,
-                     "': --device cuda does not run G_learn or G_random (its masked phase) yet; use --device cpu");
-  // G_learn's phase steps its mixing matrices on one rank's gradients.
-  if (world > 1)
-    for (const growth::Stage& st : grow)
-      STRATA_REQUIRE(st.op != growth::Op::kLearn, "--grow '", st.text, "': G_learn does not run under ", world,
-                     " ranks yet (its learn phase is single-process); run it without mpirun");
+      STRATA_REQUIRE(st.op != growth::Op::kLearn, "--grow '", st.text, "': G_learn on --device cuda under ", world,
+                     " ranks needs --zero 0 (its mixing step reads the whole reduced gradient and writes whole "
+                     "master weights, which ZeRO-1 shards)");
 }
 
 void TrainConfig::resolve_growth() {

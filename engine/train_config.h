@@ -7,6 +7,7 @@
 #include <string>
 
 #include "engine/optim.h"
+#include "engine/recompute.h"
 #include "engine/schedule.h"
 #include "growth/spec.h"
 #include "models/model_config.h"
@@ -68,6 +69,14 @@ struct TrainConfig {
   int world = 1;
   int zero_stage = 1;
   double comm_timeout = 600.0;
+  // --nccl-loopback (--device cuda, one process): run the data-parallel path anyway, on a world of one (NCCL's
+  // loopback; ZeRO-0's layer-by-layer all-reduce on the communication stream), so its cost beside a plain run
+  // is measurable on one GPU. The same numbers as without it.
+  bool nccl_loopback = false;
+  // Activation recomputation on the CUDA backend (engine/recompute.h): none | norm | mlp | all. Bitwise the
+  // same run, less memory: not part of the run's definition either (a run may resume with another mode).
+  std::string recompute = "none";
+  Recompute recompute_mode = Recompute::kNone;  // resolved from `recompute` by finalize()
 
   // Resolved by finalize(): one point per growth stage.
   std::vector<GrowthPoint> growth_points;

@@ -362,7 +362,7 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
                                     resume_info ? resume_info->step : -1);
   std::unique_ptr<TrainBackend> backend =
       make_backend(cfg.device, start_arch, cfg.batch_size, cfg.seq_len, cfg.adamw, cfg.seed,
-                   DataParallelSetup{&comm, cfg.zero_stage});
+                   DataParallelSetup{&comm, cfg.zero_stage, cfg.nccl_loopback}, cfg.recompute_mode);
   TrainBackend& be = *backend;
   long step = 0;
   double flops = 0.0, elapsed_before = 0.0;
@@ -435,6 +435,9 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
   if (world > 1) check_same_weights_on_every_rank(comm, be.host_params(), -1);
   be.upload_from_host();
   if (resume_info) be.load_checkpoint_extras(resume_ckpt, *resume_info);
+  // A growth phase the checkpoint is in: the backend's side of it (the weights are the checkpoint's already).
+  if (mask.active(step)) be.set_growth_mask(mask);
+  if (learned) be.begin_learned_depth(*learned);
   std::optional<MetricsLog> metrics;
   if (lead) {
     if (resume_ckpt.empty() && overwrite) {
@@ -463,7 +466,9 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
                      : (device_name.empty() ? "none on the CPU backend (give --peak-tflops to report MFU)"
                                             : "unknown for this device (give --peak-tflops to report MFU)"));
     std::printf("  %-22s %s\n", "ranks",
-                world == 1 ? "1 (no launcher)"
+                world == 1 ? (cfg.nccl_loopback ? "1, data-parallel path on NCCL's loopback (ZeRO-0's overlapped "
+                                                  "all-reduce; --nccl-loopback)"
+                                                : "1 (no launcher)")
                            : cat(world, " (", comm.kind(), ", hosts ", comm.hosts(), "), ZeRO-", cfg.zero_stage,
                                  cfg.zero_stage == 1 ? ": AdamW state and master weights sharded"
                                                      : ": replicated state, gradient all-reduce",
@@ -515,8 +520,8 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
   };
   auto do_eval = [&] {
     if (!val_loader) return;
-    const bool masked = mask.active(step);  // evaluate the function the next step trains (CPU only)
-    if (masked) mask.begin(be.host_params(), step);
+    const bool masked = mask.active(step);  // evaluate the function the next step trains
+    if (masked) be.mask_begin(step);
     comm.set_activity(cat("evaluating at step ", step));
     last_eval = evaluate_batches(
         be.batch(), be.seq_len(), *val_loader, cfg.eval_batches, tok,
@@ -534,7 +539,7 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
       last_eval.loss = last_eval.tokens ? sums[0] / sums[1] : 0.0;
       last_eval.bits_per_byte = last_eval.bytes ? sums[0] / std::log(2.0) / sums[2] : 0.0;
     }
-    if (masked) mask.end(be.host_params(), nullptr);
+    if (masked) be.mask_end(false);
     have_eval = true;
     if (!lead) return;
     metrics->write({{"type", "eval"},
@@ -602,12 +607,20 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
     rec.to = plan.to;
     rec.params_before = models::count_parameters(plan.from).total();
     rec.params_after = models::count_parameters(plan.to).total();
-    if (st.op == growth::Op::kLearn)
+    if (st.op == growth::Op::kLearn) {
+      be.download_to_host();  // the small model's weights, frozen for the phase
       learned = std::make_unique<growth::LearnedDepth>(plan, be.host_params(), cfg.adamw.beta1,
                                                        cfg.adamw.beta2, cfg.adamw.eps);
+    }
     be.grow(plan, cfg.seed ^ (0x9E3779B97F4A7C15ull * (k + 1)));
-    if (learned) learned->materialise(be.host_params());
-    if (st.op == growth::Op::kRandom) mask = growth::GrowthMask(plan.masks, step, st.mask_steps);
+    if (learned) {
+      be.begin_learned_depth(*learned);
+      be.materialise_learned_depth(*learned);
+    }
+    if (st.op == growth::Op::kRandom) {
+      mask = growth::GrowthMask(plan.masks, step, st.mask_steps);
+      be.set_growth_mask(mask);
+    }
     rec.wall_s = seconds_since(g0);
     flops_per_token = models::train_flops_per_token(be.config(), cfg.seq_len);
     ++next_stage;
@@ -635,7 +648,7 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
     const double comm_before = comm.counters().bulk();
     be.zero_grad();
     const bool masked = mask.active(step);
-    if (masked) mask.begin(be.host_params(), step);
+    if (masked) be.mask_begin(step);
     double loss = 0.0;
     for (int k = 0; k < accum; ++k) {
       loader.next(in.data(), tg.data());
@@ -644,16 +657,19 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
       loss += be.train_micro_batch(in.data(), tg.data(), 1.0f / static_cast<float>(accum * world));
     }
     loss /= accum;
-    if (masked) mask.end(be.host_params(), be.host_grads());
+    if (masked) be.mask_end(true);
     const double norm = be.grad_norm();
     double lr = 0.0;
     if (learned) {
       // G_learn phase: only the mixing matrices train; the grown layers are re-materialised from them.
       const size_t k = next_stage - 1;
       lr = cfg.grow[k].learn_lr;
-      learned->step(*be.host_grads(), lr);
-      learned->materialise(be.host_params());
-      if (step + 1 >= cfg.growth_points[k].phase_end) learned.reset();
+      be.learned_depth_step(*learned, lr);
+      be.materialise_learned_depth(*learned);
+      if (step + 1 >= cfg.growth_points[k].phase_end) {
+        be.end_learned_depth();
+        learned.reset();
+      }
     } else {
       lr = cfg.lr_at(step);
       be.adamw_step(lr, clip_scale(norm, cfg.grad_clip));

@@ -162,7 +162,7 @@ bool GrowthMask::active(long steps_done) const {
 
 void GrowthMask::begin(ParamBuffer& params, long steps_done) {
   STRATA_CHECK(!applied_, "GrowthMask::begin twice");
-  c_ = mask_factor(steps_done - growth_step_, mask_steps_);
+  c_ = factor(steps_done);
   raw_.clear();
   float* p = params.data();
   for (const MaskSlice& s : slices_)
@@ -230,10 +230,13 @@ void LearnedDepth::materialise(ParamBuffer& grown) const {
 }
 
 void LearnedDepth::step(const ParamBuffer& grown_grads, double lr) {
-  ++t_;
-  const double bc1 = 1.0 - std::pow(beta1_, static_cast<double>(t_));
-  const double bc2 = 1.0 - std::pow(beta2_, static_cast<double>(t_));
-  for (Kind& k : kinds_) {
+  step_from_dots(dots(grown_grads), lr);
+}
+
+std::vector<double> LearnedDepth::dots(const ParamBuffer& grown_grads) const {
+  std::vector<double> out;
+  out.reserve(kinds_.size() * static_cast<size_t>(L2_) * L_);
+  for (const Kind& k : kinds_) {
     const float* g = grown_grads.tensor(k.name);
     STRATA_CHECK(g != nullptr, "grown gradients lack ", k.name);
     for (int l = 0; l < L2_; ++l)
@@ -243,11 +246,27 @@ void LearnedDepth::step(const ParamBuffer& grown_grads, double lr) {
         double dot = 0.0;
 #pragma omp parallel for reduction(+ : dot) schedule(static)
         for (int64_t i = 0; i < k.per_layer; ++i) dot += static_cast<double>(gl[i]) * w[i];
-        const size_t at = static_cast<size_t>(l) * L_ + j;
-        k.m[at] = static_cast<float>(beta1_ * k.m[at] + (1.0 - beta1_) * dot);
-        k.v[at] = static_cast<float>(beta2_ * k.v[at] + (1.0 - beta2_) * dot * dot);
-        k.D[at] -= static_cast<float>(lr * (k.m[at] / bc1) / (std::sqrt(k.v[at] / bc2) + eps_));
+        out.push_back(dot);
       }
+  }
+  return out;
+}
+
+void LearnedDepth::step_from_dots(const std::vector<double>& dots, double lr) {
+  const size_t per_kind = static_cast<size_t>(L2_) * L_;
+  STRATA_CHECK(dots.size() == kinds_.size() * per_kind, "G_learn: ", dots.size(), " mixing gradients for ",
+               kinds_.size(), " kinds of ", L2_, " x ", L_);
+  ++t_;
+  const double bc1 = 1.0 - std::pow(beta1_, static_cast<double>(t_));
+  const double bc2 = 1.0 - std::pow(beta2_, static_cast<double>(t_));
+  for (size_t k = 0; k < kinds_.size(); ++k) {
+    Kind& kd = kinds_[k];
+    for (size_t at = 0; at < per_kind; ++at) {
+      const double dot = dots[k * per_kind + at];
+      kd.m[at] = static_cast<float>(beta1_ * kd.m[at] + (1.0 - beta1_) * dot);
+      kd.v[at] = static_cast<float>(beta2_ * kd.v[at] + (1.0 - beta2_) * dot * dot);
+      kd.D[at] -= static_cast<float>(lr * (kd.m[at] / bc1) / (std::sqrt(kd.v[at] / bc2) + eps_));
+    }
   }
 }
 

@@ -42,6 +42,10 @@ class GrowthMask {
   // grads may be null (an evaluation between steps).
   void end(ParamBuffer& params, ParamBuffer* grads);
   long growth_step() const { return growth_step_; }
+  // The factor c of the step after `steps_done` optimizer steps, and the masked slices: what a backend that
+  // masks its own buffers (the CUDA backend's device weights) needs.
+  float factor(long steps_done) const { return mask_factor(steps_done - growth_step_, mask_steps_); }
+  const std::vector<MaskSlice>& slices() const { return slices_; }
 
  private:
   std::vector<MaskSlice> slices_;
@@ -62,11 +66,27 @@ class LearnedDepth {
   LearnedDepth(const GrowthPlan& plan, const ParamBuffer& small, double beta1, double beta2, double eps);
   // Writes W' = D W into the per-layer tensors of `grown` (global tensors are left as they are).
   void materialise(ParamBuffer& grown) const;
-  // One Adam step on every D from the grown model's gradients.
+  // One Adam step on every D from the grown model's gradients: step_from_dots(dots(grown_grads), lr).
   void step(const ParamBuffer& grown_grads, double lr);
+  // dL/dD from the grown model's gradients, (kinds, L', L) in kind order: dots[(k L' + l) L + j] =
+  // <dL/dW'_l, W_j> of kind k, summed in double.
+  std::vector<double> dots(const ParamBuffer& grown_grads) const;
+  // One Adam step on every D (t advances first) from dots laid out as dots() returns them, wherever they were
+  // computed (the CUDA backend sums them on the device).
+  void step_from_dots(const std::vector<double>& dots, double lr);
   long t() const { return t_; }
   // D of kind `name` (L' x L, row-major).
   const std::vector<float>& mixing(const std::string& name) const;
+
+  // The per-layer tensor kinds in layout order (the order of dots()): name, elements per layer, the frozen
+  // small-model weights (L, per_layer) and D (L', L).
+  int kind_count() const { return static_cast<int>(kinds_.size()); }
+  const std::string& kind_name(int k) const { return kinds_.at(static_cast<size_t>(k)).name; }
+  int64_t kind_numel_per_layer(int k) const { return kinds_.at(static_cast<size_t>(k)).per_layer; }
+  const std::vector<float>& source(int k) const { return kinds_.at(static_cast<size_t>(k)).src; }
+  const std::vector<float>& mixing(int k) const { return kinds_.at(static_cast<size_t>(k)).D; }
+  int from_layers() const { return L_; }
+  int to_layers() const { return L2_; }
 
   // Checkpoint form: "D.<kind>", "mD.<kind>", "vD.<kind>" (L' x L) and "src.<kind>" (L, ...) tensors; the
   // views point into this object.

@@ -175,6 +175,76 @@ TEST_F(CudaDistTrain, Zero1AndZero0TrainLikeTheCpuBackendAndResumeBitIdentically
   }
 }
 
+// The growth phases under ranks on the GPU, against the CPU backend's run on as many ranks: G_random (its
+// masked gradients are reduced after mask_end scales them, not during the backward pass) under both ZeRO
+// stages, and G_learn under ZeRO-0 (replicated state; refused under ZeRO-1).
+TEST_F(CudaDistTrain, GrowthPhasesTrainLikeTheCpuBackend) {
+  STRATA_SKIP_WITHOUT_GPU();
+  struct Case {
+    const char* name;
+    const char* spec;
+    int zero;
+  };
+  for (const Case& k : {Case{"random_z1", "at=5 steps,op=random,g=2,mask_steps=3", 1},
+                        Case{"random_z0", "at=5 steps,op=random,g=2,mask_steps=3", 0},
+                        Case{"learn_z0", "at=5 steps,op=learn,g=2,learn_steps=3", 0}}) {
+    const std::string cpu_run = std::string("cpu_") + k.name, gpu_run = std::string("gpu_") + k.name;
+    for (const auto& [run, device] : {std::pair{cpu_run, "cpu"}, std::pair{gpu_run, "cuda"}}) {
+      TrainConfig c = config(run, device, k.zero);
+      c.grow[0] = growth::parse_stage(k.spec);
+      c.ckpt_every = 0;
+      c.sample_tokens = 0;
+      ASSERT_EQ(train(c), 0) << k.name << " on " << device;
+    }
+    world().barrier();
+    if (world().rank() != 0) continue;
+    const auto cpu = steps(cpu_run), gpu = steps(gpu_run);
+    ASSERT_EQ(cpu.size(), 10u);
+    ASSERT_EQ(gpu.size(), 10u);
+    // The gradient norm too: AdamW hardly sees a masked gradient left unscaled (its update is scale-free), but
+    // the norm of the reduced gradient does.
+    for (size_t i = 0; i < cpu.size(); ++i) {
+      const double c = cpu[i]["loss"].get<double>(), n = cpu[i]["grad_norm"].get<double>();
+      std::printf("%s step %zu loss cpu %.5f cuda %.5f, grad norm cpu %.5f cuda %.5f\n", k.name, i + 1, c,
+                  gpu[i]["loss"].get<double>(), n, gpu[i]["grad_norm"].get<double>());
+      EXPECT_NEAR(gpu[i]["loss"].get<double>(), c, kRunnerStepLossTol * c) << k.name << " step " << i + 1;
+      EXPECT_NEAR(gpu[i]["grad_norm"].get<double>(), n, kRunnerStepLossTol * n) << k.name << " step " << i + 1;
+    }
+  }
+}
+
+// --nccl-loopback: one process runs the data-parallel path anyway (NCCL on a world of one, ZeRO-0's
+// layer-by-layer all-reduce on the communication stream). A world of one's all-reduce is the identity, so the
+// run is bit-identical to a plain one (the point of the flag is the time it costs on a GPU); the flag is refused
+// with the CPU backend. ctest runs this without mpirun.
+TEST_F(CudaDistTrain, NcclLoopbackTrainsTheSameBitsAsOneProcess) {
+  STRATA_SKIP_WITHOUT_GPU();
+  if (world().world() != 1) GTEST_SKIP() << "--nccl-loopback is for one process; ctest runs it without mpirun";
+  const int64_t calls0 = world().counters().calls;
+  ASSERT_EQ(train(config("plain", "cuda", 0)), 0);
+  const int64_t calls1 = world().counters().calls;
+  TrainConfig loop = config("loopback", "cuda", 0);
+  loop.nccl_loopback = true;
+  ASSERT_EQ(train(loop), 0);
+  // The NCCL collectives count into the host communicator: none in the plain run, one group per layer and
+  // one for the global tensors per step (its all-reduces counted one by one) in the loopback run.
+  EXPECT_EQ(calls1, calls0);
+  EXPECT_GE(world().counters().calls - calls1, 10 * 3);
+  const auto plain = steps("plain"), looped = steps("loopback");
+  ASSERT_EQ(plain.size(), 10u);
+  EXPECT_EQ(plain, looped);
+  for (const char* name : {"model.safetensors", "optimizer.safetensors", "weights_bf16.safetensors"})
+    EXPECT_TRUE(file("plain", 10, name) == file("loopback", 10, name)) << name;
+  TrainConfig cpu = config("cpu-loopback", "cpu", 0);
+  cpu.nccl_loopback = true;
+  try {
+    cpu.finalize();
+    ADD_FAILURE() << "--nccl-loopback with --device cpu was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--nccl-loopback"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace strata
 

@@ -1,13 +1,15 @@
 // The CUDA model runner (engine/cuda_model.h) against the CPU runner (engine/model.h), end to end: a small
 // LLaMA with grouped-query attention and a small GPT-2 start from the same weights (rounded to bf16, so both
 // runners see the same numbers) and are compared on the loss, every parameter gradient, and 10 AdamW steps on
-// the same batches; two identical CUDA runs give identical bits. Built twice (tests/CMakeLists.txt): on the
+// the same batches; two identical CUDA runs give identical bits, and so do runs with and without activation
+// recomputation (which plan less memory). Built twice (tests/CMakeLists.txt): on the
 // GPU (label gpu, skips without one) and on the CPU emulation (label cpu-emu), where the kernels' logic runs
 // on the host.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <vector>
 
 #include "engine/cuda_model.h"
@@ -193,7 +195,114 @@ TEST_P(CudaModelTest, MemoryIsPlannedBeforeAllocating) {
   EXPECT_EQ(plan.activations, gpu.activation_bytes());
   // 2^20 sequences of 64 tokens: terabytes of activations, on any device (the emulation's is 80 GiB).
   test::expect_one_line_error([&] { CudaModel huge(cfg, 1 << 20, 64); },
-                              {"GPU memory", "micro-batch 1048576 x 64", "GiB", "--batch-size"});
+                              {"GPU memory", "micro-batch 1048576 x 64", "GiB", "--batch-size",
+                               "--recompute all"});
+  // Recomputing everything already, the remedy left is the micro-batch.
+  CudaModelOptions all;
+  all.recompute = Recompute::kAll;
+  try {
+    CudaModel huge(cfg, 1 << 20, 64, all);
+    ADD_FAILURE() << "a terabyte plan was accepted";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("--batch-size"), std::string::npos) << msg;
+    EXPECT_EQ(msg.find("--recompute"), std::string::npos) << msg;
+  }
+}
+
+// Activation recomputation (engine/recompute.h) is the same computation: for every mode, the losses, the
+// accumulated gradients, and the weights (fp32 master and bf16) after a few AdamW steps with clipping are
+// bitwise those of no recomputation from the same weights and batches; the arena is what plan_memory says,
+// and smaller by what the mode no longer keeps.
+TEST_P(CudaModelTest, RecomputationGivesIdenticalBitsInLessMemory) {
+  STRATA_SKIP_WITHOUT_GPU();
+  const models::ModelConfig cfg = config(GetParam());
+  const int B = 2, T = 29, steps = 2, accum = 2;
+  const ParamBuffer w = bf16_weights(cfg, 17);
+  AdamWConfig ac;
+  ac.weight_decay = 0.1;
+  struct Run {
+    std::vector<float> losses;      // per micro-batch, then an evaluation after the last step
+    std::vector<float> grads;       // the first step's accumulated gradients
+    std::vector<float> params;      // the fp32 master weights at the end
+    std::vector<uint16_t> weights;  // the bf16 weights at the end
+    size_t activations = 0;
+  };
+  auto run = [&](Recompute r) {
+    CudaModelOptions opt;
+    opt.recompute = r;
+    CudaModel gpu(cfg, B, T, opt);
+    EXPECT_EQ(CudaModel::plan_memory(cfg, B, T, opt).activations, gpu.activation_bytes())
+        << recompute_name(r);
+    gpu.set_params(w);
+    Run out;
+    for (int s = 0; s < steps; ++s) {
+      gpu.zero_grad();
+      for (int k = 0; k < accum; ++k) {
+        const auto in = test::random_tokens(size_t(B) * T, cfg.vocab_size, 70 + 2 * (s * accum + k));
+        auto tg = test::random_tokens(in.size(), cfg.vocab_size, 71 + 2 * (s * accum + k));
+        tg[5] = kIgnoreIndex;
+        out.losses.push_back(gpu.forward(in.data(), tg.data(), 1.0f / accum));
+        gpu.backward();
+      }
+      if (s == 0) {
+        ParamBuffer g{gpu.layout()};
+        gpu.get_grads(g);
+        out.grads.assign(g.data(), g.data() + g.numel());
+      }
+      gpu.adamw_step(ac, s + 1, 3e-3, clip_scale(gpu.grad_norm(), 1.0), 21);
+    }
+    const auto in = test::random_tokens(size_t(B) * T, cfg.vocab_size, 99);
+    out.losses.push_back(gpu.evaluate(in.data(), in.data()));  // after the last step
+    ParamBuffer p{gpu.layout()};
+    gpu.get_params(p);
+    out.params.assign(p.data(), p.data() + p.numel());
+    out.weights = gpu.get_weights_bf16();
+    out.activations = gpu.activation_bytes();
+    return out;
+  };
+  const Run base = run(Recompute::kNone);
+  // The reference is not vacuous: finite non-zero losses and gradients, and weights that moved.
+  for (float l : base.losses) ASSERT_TRUE(std::isfinite(l) && l > 0.0f) << l;
+  double gsq = 0, moved = 0;
+  for (float g : base.grads) gsq += double(g) * g;
+  for (size_t i = 0; i < base.params.size(); ++i) moved += std::abs(double(base.params[i]) - w.data()[i]);
+  ASSERT_TRUE(std::isfinite(gsq) && gsq > 0) << gsq;
+  ASSERT_GT(moved, 0);
+
+  const bool llama = cfg.family == models::Family::kLlama;
+  const size_t N = size_t(B) * T, L = size_t(cfg.n_layer), C = size_t(cfg.d_model), F = size_t(cfg.d_ff);
+  const size_t H1 = llama ? 2 * F : F, stats = llama ? 1 : 2;  // the MLP's first product; per-row statistics
+  // What each mode no longer keeps, less its one-layer scratch; each array is 256-byte aligned, so the arena
+  // may differ from this by up to 256 bytes per array carved.
+  const double norm_saved = double(2 * L * N * C * 2) - double(N * C * 2 + stats * N * 4);
+  const double mlp_saved = double((L - 1) * N * (H1 + F) * 2);
+  std::map<Recompute, size_t> bytes{{Recompute::kNone, base.activations}};
+  for (Recompute r : {Recompute::kNorm, Recompute::kMlp, Recompute::kAll}) {
+    SCOPED_TRACE(recompute_name(r));
+    const Run rc = run(r);
+    bytes[r] = rc.activations;
+    ASSERT_EQ(rc.losses.size(), base.losses.size());
+    EXPECT_EQ(0, std::memcmp(rc.losses.data(), base.losses.data(), base.losses.size() * sizeof(float)));
+    ASSERT_EQ(rc.grads.size(), base.grads.size());
+    size_t differ = 0;
+    for (size_t i = 0; i < base.grads.size(); ++i)
+      differ += std::memcmp(&rc.grads[i], &base.grads[i], sizeof(float)) != 0;
+    EXPECT_EQ(differ, 0u) << "gradient elements that differ in their bits";
+    EXPECT_EQ(0, std::memcmp(rc.params.data(), base.params.data(), base.params.size() * sizeof(float)));
+    EXPECT_TRUE(rc.weights == base.weights) << "bf16 weights differ";
+    const double saved = double(base.activations) - double(rc.activations);
+    const double expected = (recomputes_norm(r) ? norm_saved : 0.0) + (recomputes_mlp(r) ? mlp_saved : 0.0);
+    EXPECT_NEAR(saved, expected, 256.0 * 8)
+        << "activation bytes " << rc.activations << " vs " << base.activations;
+  }
+  std::printf("%s activation bytes: none %zu, norm %zu, mlp %zu, all %zu\n", cfg.name.c_str(),
+              bytes[Recompute::kNone], bytes[Recompute::kNorm], bytes[Recompute::kMlp],
+              bytes[Recompute::kAll]);
+  EXPECT_GT(bytes[Recompute::kNone], bytes[Recompute::kNorm]);
+  EXPECT_GT(bytes[Recompute::kNone], bytes[Recompute::kMlp]);
+  EXPECT_GT(bytes[Recompute::kNorm], bytes[Recompute::kAll]);
+  EXPECT_GT(bytes[Recompute::kMlp], bytes[Recompute::kAll]);
 }
 
 TEST_P(CudaModelTest, BadTokensAndHeadDimsAreErrors) {
@@ -206,6 +315,36 @@ TEST_P(CudaModelTest, BadTokensAndHeadDimsAreErrors) {
   cfg.d_model = 96;  // head dim 48
   cfg.n_kv_head = cfg.n_head;
   EXPECT_THROW(CudaModel(cfg, 1, 4), Error);
+}
+
+// The plan of a real configuration, GPT-2 124M at a micro-batch of 16 x 1024 (no device needed): each mode
+// saves what it no longer keeps, to within the 256-byte alignment of the arrays carved.
+TEST(CudaModelPlan, RecomputationShrinksGpt2_124mActivations) {
+  const models::ModelConfig cfg = models::preset("gpt2-124m");
+  const int B = 16, T = 1024;
+  const double N = double(B) * T, L = cfg.n_layer, C = cfg.d_model, F = cfg.d_ff;  // GPT-2: H1 = F
+  auto plan = [&](Recompute r) {
+    CudaModelOptions opt;
+    opt.recompute = r;
+    return CudaModel::plan_memory(cfg, B, T, opt);
+  };
+  const CudaMemoryPlan none = plan(Recompute::kNone);
+  std::printf("gpt2-124m B=16 T=1024: model state %.3f GiB; activations", double(none.weights + none.grads +
+              none.master + none.moments) / double(1 << 30));
+  for (Recompute r : {Recompute::kNone, Recompute::kNorm, Recompute::kMlp, Recompute::kAll}) {
+    const CudaMemoryPlan p = plan(r);
+    std::printf(" %s %zu (%.3f GiB)", recompute_name(r), p.activations,
+                double(p.activations) / double(1 << 30));
+    // Recomputation changes the arena only.
+    EXPECT_EQ(p.total() - p.activations, none.total() - none.activations);
+    const double expected = (recomputes_norm(r) ? 2 * L * N * C * 2 - (N * C * 2 + 2 * N * 4) : 0.0) +
+                            (recomputes_mlp(r) ? (L - 1) * N * (F + F) * 2 : 0.0);
+    EXPECT_NEAR(double(none.activations) - double(p.activations), expected, 256.0 * 8) << recompute_name(r);
+  }
+  std::printf("\n");
+  EXPECT_GT(plan(Recompute::kNone).activations, plan(Recompute::kNorm).activations);
+  EXPECT_GT(plan(Recompute::kNorm).activations, plan(Recompute::kMlp).activations);  // GPT-2's MLP is 8C wide
+  EXPECT_GT(plan(Recompute::kMlp).activations, plan(Recompute::kAll).activations);
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, CudaModelTest,

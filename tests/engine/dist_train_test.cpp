@@ -147,15 +147,31 @@ TEST_F(DistTrain, TwoRanksMatchOneRankAndZero1EqualsZero0) {
   for (const Json& r : rows_of(z0, "step")) EXPECT_EQ(r.at("comm_bytes").get<double>(), want0);
 }
 
+// Every growth operator with a phase of its own runs under ranks too: G_random's mask applies to every rank's
+// replicated weights; G_learn's mixing gradient dL/dD is summed from the ranks' reduced gradients (ZeRO-0: the
+// all-reduced whole; ZeRO-1: each rank's shard, gathered exactly and summed in rank order), so every rank takes
+// the same Adam step on D.
 TEST_F(DistTrain, GrowthUnderTwoRanksMatchesOneRank) {
-  const std::string grow = " --grow \"at=3 steps,op=stack,g=2\"";
-  std::string out;
-  ASSERT_EQ(run_strata(args("g_one") + grow, &out), 0) << out;
-  ASSERT_EQ(run_shell(mpirun(2) + strata_bin() + args("g_two") + grow, &out), 0) << out;
-  const std::vector<Json> one = metrics("g_one"), two = metrics("g_two");
-  ASSERT_EQ(rows_of(two, "growth").size(), 1u);
-  EXPECT_EQ(rows_of(two, "growth")[0]["to"]["n_layer"], 4);
-  expect_close(one, two, kRankCountTol);
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"stack", " --grow \"at=3 steps,op=stack,g=2\""},
+      {"random", " --grow \"at=3 steps,op=random,g=2,mask_steps=3\""},
+      {"learn", " --grow \"at=3 steps,op=learn,g=2,learn_steps=3\""},
+  };
+  for (const auto& [name, grow] : cases)
+    for (const char* zero : {"1", "0"}) {
+      if (name == "stack" && std::string(zero) == "0") continue;  // ZeRO-0 equals ZeRO-1 (the test above)
+      std::string out;
+      const std::string one_dir = "g_one_" + name, two_dir = "g_two_" + name + "_z" + zero;
+      if (std::string(zero) == "1") {
+        ASSERT_EQ(run_strata(args(one_dir) + grow, &out), 0) << out;
+      }
+      ASSERT_EQ(run_shell(mpirun(2) + strata_bin() + args(two_dir) + grow + " --zero " + zero, &out), 0) << out;
+      const std::vector<Json> one = metrics(one_dir), two = metrics(two_dir);
+      ASSERT_EQ(rows_of(two, "growth").size(), 1u) << name;
+      EXPECT_EQ(rows_of(two, "growth")[0]["to"]["n_layer"], 4) << name;
+      SCOPED_TRACE(name + " under ZeRO-" + zero);
+      expect_close(one, two, kRankCountTol);
+    }
 }
 
 TEST_F(DistTrain, ShardedCheckpointResumesBitIdenticallyAndOnOtherRankCounts) {

@@ -235,6 +235,9 @@ TEST_F(TrainCli, BadInputIsOneLineAndOverwritesNothing) {
   // Without a GPU (or a CUDA build) --device cuda is one clear error, whichever of the two this build lacks.
   expect_error(base_args("x") + " --device cuda", {"--device cuda"});
   expect_error(base_args("x") + " --device tpu", {"--device", "tpu"});
+  expect_error(base_args("x") + " --device cuda --recompute lots",
+               {"--recompute 'lots'", "none, norm, mlp or all"});
+  expect_error(base_args("x") + " --recompute mlp", {"--recompute mlp", "CUDA-backend option"});
   const std::string bad_cfg = (root_ / "bad.toml").string();
   strata::write_file_atomic(bad_cfg, "[train]\nweight-decay = \"lots\"\n");
   expect_error("--config " + bad_cfg + " " + base_args("x"), {"weight-decay"});

@@ -1,0 +1,275 @@
+// kernels/cuda/growth_ops.cu: G_random's mask and G_learn's depth mixing on device buffers (growth_ops.h).
+// Host reference: growth/apply.cpp (GrowthMask::begin/end, LearnedDepth::materialise/dots).
+//
+// growth_mask_begin / growth_mask_end, per masked element e (k-th overall):
+//   begin: saved[k] = w[e]; w[e] = bf16_rn(c w[e])          w (P) bf16, saved (total) bf16 `=`
+//   end:   w[e] = saved[k]; g[e] = bf16_rn(c g[e])          (the chain rule through the factor)
+// The regions (a device table uploaded once per growth) are found by binary search on their `first`, and
+// element k of a region maps to (row, col) in closed form: the masked rows first, whole, then the masked
+// columns of the other rows. Each element is independent, so the grid is any size: grid-stride, at most
+// kMaskBlocks blocks of 256 threads. 4-6 bytes per masked element; the masked elements are the new layers'
+// residual outputs (depth) or the new rows/columns (width), at most about half the model: ~0.1 ms for 124M.
+//
+// depth_mix_materialise, per kind k, grown layer l < L', element i < n:
+//   master[l, i] = sum_{j: D[k,l,j] != 0} D[k,l,j] src[j, i]  (fp32, j ascending, product and sum each
+//   rounded,
+//                                                              no FMA: the host's LearnedDepth::materialise)
+//   weights[l, i] = bf16_rn(master[l, i])                      master (L', n) fp32, weights (L', n) bf16 `=`
+// Grid (kMixBlocks, L'): block (b, l) walks every kind's layer l grid-stride; D is read from a device array
+// (the same L values by every thread: broadcast). Napkin math: per grown layer 4 L bytes read (the non-zero D
+// terms) and 6 bytes written per element; at G_stack's start D has one non-zero per row, later L: for 124M
+// (7M elements per layer, 12 -> 24 layers) at most 24 x 7M x (48 + 6) B = 9 GB, ~3 ms at 3 TB/s, once per
+// G_learn step (which runs a whole forward and backward of the grown model besides).
+//
+// depth_mix_dots, per kind k, grown layer l, small layer j: dots[(k L' + l) L + j] = sum_i g[l, i] src[j, i].
+// Grid (kDotBlocks, L'): block (b, l) takes the elements b*256 + t + m*kDotBlocks*256 of every kind's layer
+// l; for kJ small layers at a time each thread sums its products in order in fp32 (g widened from bf16), the
+// block reduces them in a fixed tree (block_sums) and writes one partial per (k, l, j, b) to the workspace; a
+// second kernel, one thread per (k, l, j), sums the kDotBlocks partials in order in fp64. The grid depends
+// only on L', never on the device, so the dots are the same bits on every GPU and every run. Reads g L / kJ
+// times (L1/L2 hits after the first) and src L' times: ~the materialisation's traffic.
+#include "kernels/cuda/growth_ops.h"
+
+#include <algorithm>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/nvtx.h"
+
+namespace strata::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;  // 8 warps per block for every kernel here
+constexpr int kJ = 8;          // small layers per pass of depth_mix_dots: 8 fp32 accumulators per thread
+// Grids. The CPU emulation runs blocks one after another with a fiber per CUDA thread (~20 ms per block), so
+// it uses small grids: the same code, more grid-stride iterations per thread.
+#if defined(STRATA_CUDA_EMU)
+constexpr int kMaskBlocks = 4;
+constexpr int kMixBlocks = 2;
+constexpr int kDotBlocks = 2;
+#else
+constexpr int kMaskBlocks = 1024;  // ~8 resident blocks x 132 SMs: one wave
+constexpr int kMixBlocks = 64;     // per grown layer: 64 L' blocks, over a wave from L' = 16 on
+constexpr int kDotBlocks = 64;     // per grown layer; fixed (the reduction order depends on it)
+#endif
+
+// ---- mask
+// -----------------------------------------------------------------------------------------------------
+__host__ __device__ __forceinline__ int64_t region_numel(const MaskRegion& r) {
+  const int64_t full_rows = r.row_end - r.row_begin;
+  return full_rows * r.cols + (r.rows - full_rows) * (r.col_end - r.col_begin);
+}
+
+// The flat index of masked element k (< region_numel) of region r.
+__device__ __forceinline__ int64_t region_element(const MaskRegion& r, int64_t k) {
+  const int64_t full = (r.row_end - r.row_begin) * r.cols;
+  if (k < full) return r.base + (r.row_begin + k / r.cols) * r.cols + k % r.cols;
+  k -= full;
+  const int64_t w = r.col_end - r.col_begin;
+  int64_t row = k / w;  // among the rows outside [row_begin, row_end)
+  if (row >= r.row_begin) row += r.row_end - r.row_begin;
+  return r.base + row * r.cols + r.col_begin + k % w;
+}
+
+// The region holding masked element k: the largest i with regions[i].first <= k.
+__device__ __forceinline__ int find_region(const MaskRegion* regions, int count, int64_t k) {
+  int lo = 0, hi = count - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (regions[mid].first <= k)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  return lo;
+}
+
+__global__ void __launch_bounds__(kThreads)
+    mask_begin_kernel(bf16* weights, bf16* saved, const MaskRegion* regions, int count, int64_t total,
+                      float c) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < total; k += stride) {
+    const MaskRegion& r = regions[find_region(regions, count, k)];
+    const int64_t e = region_element(r, k - r.first);
+    const bf16 w = weights[e];
+    saved[k] = w;
+    weights[e] = __float2bfloat16_rn(c * to_float(w));
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    mask_end_kernel(bf16* weights, bf16* grads, const bf16* saved, const MaskRegion* regions, int count,
+                    int64_t total, float c) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < total; k += stride) {
+    const MaskRegion& r = regions[find_region(regions, count, k)];
+    const int64_t e = region_element(r, k - r.first);
+    weights[e] = saved[k];
+    if (grads) grads[e] = __float2bfloat16_rn(c * to_float(grads[e]));
+  }
+}
+
+// Grid-stride over the masked elements: at most kMaskBlocks blocks, fewer when there is less work.
+int mask_blocks(const void* weights, const void* saved, const MaskRegion* regions, int count, int64_t total,
+                const char* op) {
+  STRATA_CHECK(total >= 0 && count >= 0 && (total == 0 || (count > 0 && regions && weights && saved)), op,
+               ": ", count, " regions of ", total, " elements (or a null pointer)");
+  return static_cast<int>(std::min<int64_t>(kMaskBlocks, ceil_div(total, int64_t{kThreads})));
+}
+
+// ---- depth mixing
+// ---------------------------------------------------------------------------------------------
+struct MixTable {
+  DepthMixKind k[kDepthMixMaxKinds];
+  int count;
+};
+static_assert(sizeof(MixTable) <= 4096, "a small kernel parameter");
+
+// o + d w with the product and the sum each rounded to fp32 (no FMA), as the host computes it.
+__device__ __forceinline__ float add_product(float o, float d, float w) {
+#if defined(STRATA_CUDA_EMU)
+  return o + d * w;  // x86-64 baseline code has no FMA instruction to contract into
+#else
+  return __fadd_rn(o, __fmul_rn(d, w));
+#endif
+}
+
+__global__ void __launch_bounds__(kThreads)
+    materialise_kernel(MixTable table, const float* D, int L2, int L) {
+  const int l = blockIdx.y;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int k = 0; k < table.count; ++k) {
+    const DepthMixKind& t = table.k[k];
+    const float* d = D + (static_cast<int64_t>(k) * L2 + l) * L;  // row l of kind k's D
+    float* master = t.master + l * t.n;
+    bf16* weights = t.weights + l * t.n;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < t.n; i += stride) {
+      float o = 0.0f;
+      for (int j = 0; j < L; ++j) {
+        const float dj = d[j];
+        if (dj != 0.0f) o = add_product(o, dj, t.src[j * t.n + i]);
+      }
+      master[i] = o;
+      weights[i] = __float2bfloat16_rn(o);
+    }
+  }
+}
+
+// Sums each of v[0..nj) over the block (blockDim.x a multiple of 32) in a fixed order: warp sums, then warp 0
+// adds the warps' sums; the results are valid in warp 0. One pair of barriers for all nj values.
+__device__ __forceinline__ void block_sums(float (&v)[kJ], int nj, float (*scratch)[kWarpSize]) {
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int nwarps = blockDim.x / kWarpSize;
+  for (int q = 0; q < nj; ++q) v[q] = warp_sum(v[q]);
+  __syncthreads();  // the previous call's reads of scratch are done
+  if (lane == 0)
+    for (int q = 0; q < nj; ++q) scratch[q][warp] = v[q];
+  __syncthreads();
+  if (warp == 0)
+    for (int q = 0; q < nj; ++q) v[q] = warp_sum(lane < nwarps ? scratch[q][lane] : 0.0f);
+}
+
+// partials[((k L' + l) L + j) kDotBlocks + b] = block b's share of <g_l, src_j> of kind k.
+__global__ void __launch_bounds__(kThreads)
+    dots_partials_kernel(MixTable table, int L2, int L, float* partials) {
+  __shared__ float scratch[kJ][kWarpSize];
+  const int l = blockIdx.y;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int k = 0; k < table.count; ++k) {
+    const DepthMixKind& t = table.k[k];
+    const bf16* g = t.grads + l * t.n;
+    for (int j0 = 0; j0 < L; j0 += kJ) {
+      const int nj = L - j0 < kJ ? L - j0 : kJ;  // the same for every thread: block_sums below is uniform
+      float acc[kJ];
+#pragma unroll
+      for (int q = 0; q < kJ; ++q) acc[q] = 0.0f;
+      for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < t.n; i += stride) {
+        const float gi = to_float(g[i]);
+        const float* w = t.src + j0 * t.n + i;
+#pragma unroll
+        for (int q = 0; q < kJ; ++q)
+          if (q < nj) acc[q] += gi * w[q * t.n];
+      }
+      block_sums(acc, nj, scratch);
+      if (threadIdx.x == 0)
+        for (int q = 0; q < nj; ++q)
+          partials[((static_cast<int64_t>(k) * L2 + l) * L + j0 + q) * gridDim.x + blockIdx.x] = acc[q];
+    }
+  }
+}
+
+// dots[p] = the kDotBlocks partials of pair p summed in order, in fp64.
+__global__ void __launch_bounds__(kThreads)
+    dots_final_kernel(const float* partials, int64_t pairs, double* dots) {
+  const int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (p >= pairs) return;
+  double s = 0.0;
+  for (int b = 0; b < kDotBlocks; ++b) s += static_cast<double>(partials[p * kDotBlocks + b]);
+  dots[p] = s;
+}
+
+MixTable make_table(const DepthMixKind* kinds, int count, int L2, int L, bool need_grads, const char* op) {
+  STRATA_CHECK(count >= 1 && count <= kDepthMixMaxKinds && kinds, op, ": ", count, " kinds (1 to ",
+               kDepthMixMaxKinds, ")");
+  STRATA_CHECK(L >= 1 && L2 >= 1 && L2 <= 65535, op, ": L=", L, " L'=", L2);
+  MixTable t{};
+  t.count = count;
+  for (int k = 0; k < count; ++k) {
+    const DepthMixKind& d = kinds[k];
+    STRATA_CHECK(d.n >= 0 && d.src && (need_grads ? d.grads != nullptr : (d.master && d.weights)), op,
+                 ": kind ", k, " has n=", d.n, " or a null pointer");
+    t.k[k] = d;
+  }
+  return t;
+}
+
+}  // namespace
+
+int64_t mask_region_numel(const MaskRegion& r) {
+  return region_numel(r);
+}
+
+void growth_mask_begin(bf16* weights, bf16* saved, const MaskRegion* regions, int count, int64_t total,
+                       float c, cudaStream_t stream) {
+  const int blocks = mask_blocks(weights, saved, regions, count, total, "growth_mask_begin");
+  if (total == 0) return;
+  NvtxRange range("growth mask begin");
+  launch(mask_begin_kernel, dim3(blocks), dim3(kThreads), 0, stream, weights, saved, regions, count, total,
+         c);
+}
+
+void growth_mask_end(bf16* weights, bf16* grads, const bf16* saved, const MaskRegion* regions, int count,
+                     int64_t total, float c, cudaStream_t stream) {
+  const int blocks = mask_blocks(weights, saved, regions, count, total, "growth_mask_end");
+  if (total == 0) return;
+  NvtxRange range("growth mask end");
+  launch(mask_end_kernel, dim3(blocks), dim3(kThreads), 0, stream, weights, grads, saved, regions, count,
+         total, c);
+}
+
+void depth_mix_materialise(const DepthMixKind* kinds, int count, const float* D, int L2, int L,
+                           cudaStream_t stream) {
+  const MixTable table = make_table(kinds, count, L2, L, false, "depth_mix_materialise");
+  STRATA_CHECK(D != nullptr, "depth_mix_materialise: null D");
+  NvtxRange range("depth mix materialise");
+  launch(materialise_kernel, dim3(kMixBlocks, L2), dim3(kThreads), 0, stream, table, D, L2, L);
+}
+
+size_t depth_mix_dots_workspace_bytes(int count, int L2, int L) {
+  return static_cast<size_t>(count) * L2 * L * kDotBlocks * sizeof(float);
+}
+
+void depth_mix_dots(const DepthMixKind* kinds, int count, int L2, int L, float* workspace,
+                    size_t workspace_bytes, double* dots, cudaStream_t stream) {
+  const MixTable table = make_table(kinds, count, L2, L, true, "depth_mix_dots");
+  STRATA_CHECK(dots && workspace && workspace_bytes >= depth_mix_dots_workspace_bytes(count, L2, L),
+               "depth_mix_dots: workspace of ", workspace_bytes, " bytes, needs ",
+               depth_mix_dots_workspace_bytes(count, L2, L));
+  NvtxRange range("depth mix dots");
+  launch(dots_partials_kernel, dim3(kDotBlocks, L2), dim3(kThreads), 0, stream, table, L2, L, workspace);
+  const int64_t pairs = int64_t{count} * L2 * L;
+  launch(dots_final_kernel, dim3(static_cast<unsigned>(ceil_div(pairs, int64_t{kThreads}))), dim3(kThreads),
+         0, stream, workspace, pairs, dots);
+}
+
+}  // namespace strata::cuda

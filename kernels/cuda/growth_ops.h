@@ -1,0 +1,74 @@
+// kernels/cuda/growth_ops.h: the device work of the growth phases that change how a step trains
+// (growth/apply.h): G_random's mask on the bf16 weights and gradients, and G_learn's depth mixing W' = D W
+// and its gradient dD = <dL/dW', W>. The host reference is growth/apply.cpp (GrowthMask, LearnedDepth); the
+// caller is engine/cuda_growth.cpp. Built for the GPU (nvcc, strata_cuda) and for the CPU emulation
+// (strata_cuda_emu).
+//
+// Shapes: L small-model layers, L' grown-model layers, n elements per layer of one per-layer tensor kind.
+#pragma once
+
+#if defined(STRATA_CUDA_EMU)
+#include "kernels/cuda/emu/emu.h"
+#else
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#endif
+
+#include <cstddef>
+#include <cstdint>
+
+namespace strata::cuda {
+
+// ---- G_random's mask
+// ------------------------------------------------------------------------------------------ One masked slice
+// as the kernels see it: in the row-major (rows, cols) matrix at element `base` of a flat buffer, the
+// elements whose row is in [row_begin, row_end) or whose column is in [col_begin, col_end) (growth/plan.h's
+// MaskSlice). `first` is the number of masked elements of the regions before it: masked element k of the
+// region is element first + k of the saved array. Regions must not overlap.
+struct MaskRegion {
+  int64_t base = 0, rows = 0, cols = 0;
+  int64_t row_begin = 0, row_end = 0, col_begin = 0, col_end = 0;
+  int64_t first = 0;
+};
+// The region's masked elements: (row_end - row_begin) whole rows plus col_end - col_begin of every other row.
+int64_t mask_region_numel(const MaskRegion& r);
+
+// For every masked element e (k-th overall) of the `count` regions (a device array, `first` ascending and
+// total = the regions' masked elements):
+//   growth_mask_begin: saved[k] = weights[e]; weights[e] = bf16_rn(c * weights[e])     saved (total) `=`
+//   growth_mask_end:   weights[e] = saved[k]; grads[e] = bf16_rn(c * grads[e]) (grads may be null)
+// weights, grads: bf16, the flat parameter layout.
+void growth_mask_begin(__nv_bfloat16* weights, __nv_bfloat16* saved, const MaskRegion* regions, int count,
+                       int64_t total, float c, cudaStream_t stream);
+void growth_mask_end(__nv_bfloat16* weights, __nv_bfloat16* grads, const __nv_bfloat16* saved,
+                     const MaskRegion* regions, int count, int64_t total, float c, cudaStream_t stream);
+
+// ---- G_learn's depth mixing
+// --------------------------------------------------------------------------------- One per-layer tensor kind
+// (device pointers).
+struct DepthMixKind {
+  const float* src = nullptr;            // (L, n) fp32: the frozen small-model layers
+  float* master = nullptr;               // (L', n) fp32: the grown model's master weights
+  __nv_bfloat16* weights = nullptr;      // (L', n) bf16: the weights the kernels read
+  const __nv_bfloat16* grads = nullptr;  // (L', n) bf16: the step's gradients
+  int64_t n = 0;
+};
+constexpr int kDepthMixMaxKinds = 32;  // kinds per call (a model has at most 12 per-layer kinds)
+
+// For every kind k, layer l < L' and element i < n:
+//   master[l, i] = sum_{j < L, D[k, l, j] != 0} D[k, l, j] * src[j, i]   (j ascending, each product and sum
+//                                                                         rounded: LearnedDepth::materialise)
+//   weights[l, i] = bf16_rn(master[l, i])                                 master, weights `=`
+// D: device (count, L', L) fp32.
+void depth_mix_materialise(const DepthMixKind* kinds, int count, const float* D, int L2, int L,
+                           cudaStream_t stream);
+
+// dots[(k L' + l) L + j] = sum_i grads[l, i] * src[j, i] for every kind k: the mixing gradient dL/dD[k, l, j]
+// (LearnedDepth::dots). dots: device (count, L', L) fp64 `=`. Deterministic: a fixed grid, each thread's
+// elements summed in order in fp32, each block's in a fixed tree, the blocks' partials (workspace) in order
+// in fp64.
+void depth_mix_dots(const DepthMixKind* kinds, int count, int L2, int L, float* workspace,
+                    size_t workspace_bytes, double* dots, cudaStream_t stream);
+size_t depth_mix_dots_workspace_bytes(int count, int L2, int L);
+
+}  // namespace strata::cuda

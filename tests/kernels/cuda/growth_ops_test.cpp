@@ -1,0 +1,257 @@
+// tests/kernels/cuda/growth_ops_test.cpp: G_random's mask and G_learn's depth mixing on device buffers
+// (kernels/cuda/growth_ops.cu) against host references written here from growth/apply.cpp's definitions
+// (GrowthMask::begin/end, LearnedDepth::materialise/dots):
+//
+//   - the mask over regions of every shape (whole rows, column ranges, both, 1-D tensors, ranges reaching the
+//     tensor's edge) scales exactly the masked bf16 weights by c and nothing else, end() restores every
+//     weight bit for bit and scales exactly the masked gradients (or none, without gradients); c = 0 and c =
+//     0.375;
+//   - W' = D W into fp32 master and bf16 weights, bit for bit the host's (same order, no FMA), with zero D
+//     entries skipped, and nothing outside the kinds' layers written;
+//   - dD = <g_l, W_j> against a double reference, over more small layers than one pass takes (8), and bitwise
+//     equal over two calls.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "kernels/cuda/growth_ops.h"
+#include "tests/kernels/cuda/cuda_test_util.h"
+#include "tests/tolerances.h"
+
+namespace strata::test {
+namespace {
+
+uint16_t bits(bf16 x) {
+  uint16_t b;
+  std::memcpy(&b, &x, 2);
+  return b;
+}
+uint32_t bits(float x) {
+  uint32_t b;
+  std::memcpy(&b, &x, 4);
+  return b;
+}
+
+// Whether element (r, c) of region g is masked: growth/apply.cpp's for_each_masked predicate.
+bool masked(const cuda::MaskRegion& g, int64_t r, int64_t c) {
+  return (r >= g.row_begin && r < g.row_end) || (c >= g.col_begin && c < g.col_end);
+}
+
+// Regions over a flat buffer with gaps between them (elements no region covers).
+std::vector<cuda::MaskRegion> test_regions(int64_t* total, int64_t* numel) {
+  std::vector<cuda::MaskRegion> out;
+  int64_t base = 5;
+  *total = 0;
+  auto add = [&](int64_t rows, int64_t cols, int64_t rb, int64_t re, int64_t cb, int64_t ce) {
+    cuda::MaskRegion g;
+    g.base = base, g.rows = rows, g.cols = cols;
+    g.row_begin = rb, g.row_end = re, g.col_begin = cb, g.col_end = ce;
+    g.first = *total;
+    *total += cuda::mask_region_numel(g);
+    out.push_back(g);
+    base += rows * cols + 7;
+  };
+  add(24, 40, 0, 24, 0, 0);     // every row: a new layer's output projection
+  add(33, 17, 20, 33, 0, 0);    // trailing rows
+  add(19, 29, 0, 0, 21, 29);    // trailing columns (an embedding)
+  add(37, 45, 30, 37, 40, 45);  // new rows and new columns of the rest
+  add(51, 1, 48, 51, 0, 0);     // a 1-D tensor (a bias), its new tail
+  add(9, 300, 3, 4, 299, 300);  // one row in the middle, the last column
+  *numel = base;
+  return out;
+}
+
+void check_mask(float c) {
+  int64_t total = 0, numel = 0;
+  const std::vector<cuda::MaskRegion> regions = test_regions(&total, &numel);
+  std::vector<bool> is_masked(static_cast<size_t>(numel), false);
+  int64_t count = 0;
+  for (const cuda::MaskRegion& g : regions)
+    for (int64_t r = 0; r < g.rows; ++r)
+      for (int64_t col = 0; col < g.cols; ++col)
+        if (masked(g, r, col)) is_masked[static_cast<size_t>(g.base + r * g.cols + col)] = true, ++count;
+  ASSERT_EQ(count, total) << "mask_region_numel disagrees with the predicate";
+  ASSERT_GT(total, 0);
+
+  const std::vector<bf16> w0 = to_bf16(random_bf16_values(static_cast<size_t>(numel), 1));
+  const std::vector<bf16> g0 = to_bf16(random_bf16_values(static_cast<size_t>(numel), 2, -3.0f, 3.0f));
+  DeviceBuffer<bf16> w(w0), g(g0), saved(static_cast<size_t>(total));
+  DeviceBuffer<cuda::MaskRegion> table(regions.size());
+  CUDA_CHECK(cudaMemcpy(table.get(), regions.data(), regions.size() * sizeof(cuda::MaskRegion),
+                        cudaMemcpyHostToDevice));
+
+  // begin: c * w on the masked elements (one fp32 product, one rounding: exact), the rest untouched.
+  cuda::growth_mask_begin(w.get(), saved.get(), table.get(), static_cast<int>(regions.size()), total, c,
+                          nullptr);
+  std::vector<bf16> got = w.download();
+  int64_t wrong = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const bf16 want = is_masked[i] ? float_to_bf16(c * bf16_to_float(w0[i])) : w0[i];
+    if (bits(got[i]) != bits(want) && ++wrong <= 5)
+      ADD_FAILURE() << "c=" << c << ": weight " << i << (is_masked[i] ? " (masked)" : "") << " is "
+                    << bf16_to_float(got[i]) << ", expected " << bf16_to_float(want);
+  }
+  EXPECT_EQ(wrong, 0);
+
+  // end with gradients: the raw weights back, c * g on the masked gradients.
+  cuda::growth_mask_end(w.get(), g.get(), saved.get(), table.get(), static_cast<int>(regions.size()), total,
+                        c, nullptr);
+  got = w.download();
+  const std::vector<bf16> gg = g.download();
+  wrong = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const bf16 want_g = is_masked[i] ? float_to_bf16(c * bf16_to_float(g0[i])) : g0[i];
+    if ((bits(got[i]) != bits(w0[i]) || bits(gg[i]) != bits(want_g)) && ++wrong <= 5)
+      ADD_FAILURE() << "c=" << c << ": element " << i << (is_masked[i] ? " (masked)" : "") << ": weight "
+                    << bf16_to_float(got[i]) << " (raw " << bf16_to_float(w0[i]) << "), gradient "
+                    << bf16_to_float(gg[i]) << " (expected " << bf16_to_float(want_g) << ")";
+  }
+  EXPECT_EQ(wrong, 0);
+
+  // An evaluation: begin and end without gradients leave both buffers as they were.
+  cuda::growth_mask_begin(w.get(), saved.get(), table.get(), static_cast<int>(regions.size()), total, c,
+                          nullptr);
+  cuda::growth_mask_end(w.get(), nullptr, saved.get(), table.get(), static_cast<int>(regions.size()), total,
+                        c, nullptr);
+  got = w.download();
+  const std::vector<bf16> g2 = g.download();
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_EQ(bits(got[i]), bits(w0[i])) << "weight " << i << " after begin/end without gradients";
+    ASSERT_EQ(bits(g2[i]), bits(gg[i])) << "gradient " << i << " changed without gradients";
+  }
+}
+
+TEST(GrowthMask, ScalesExactlyTheMaskedElementsAndRestoresThem) {
+  STRATA_SKIP_WITHOUT_GPU();
+  check_mask(0.375f);
+  check_mask(0.0f);  // the first masked step
+}
+
+// ---- depth mixing
+// ---------------------------------------------------------------------------------------------
+
+// Kinds of n elements per layer laid out one after another in a flat grown buffer, with gaps.
+struct MixCase {
+  int L = 0, L2 = 0;
+  std::vector<int64_t> n, offset;  // per kind: elements per layer, offset of layer 0 in the flat buffer
+  int64_t numel = 0;
+  std::vector<std::vector<float>> src;  // per kind (L, n)
+  std::vector<float> D;                 // (kinds, L', L)
+};
+
+MixCase make_case(int L, int L2, std::vector<int64_t> n, uint64_t seed) {
+  MixCase m;
+  m.L = L, m.L2 = L2, m.n = std::move(n);
+  int64_t at = 3;
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> uni(-1.0f, 1.0f);
+  for (size_t k = 0; k < m.n.size(); ++k) {
+    m.offset.push_back(at);
+    at += L2 * m.n[k] + 11;
+    m.src.push_back(random_bf16_values(static_cast<size_t>(L * m.n[k]), seed + 10 + k));
+    for (float& x : m.src.back()) x += 1e-3f * uni(rng);  // full fp32 values
+  }
+  m.numel = at;
+  m.D.resize(m.n.size() * static_cast<size_t>(L2) * L);
+  for (float& d : m.D) d = uni(rng) < -0.3f ? 0.0f : uni(rng);  // about a third zeros: skipped terms
+  for (int j = 0; j < L; ++j) m.D[static_cast<size_t>(j)] = j == 0 ? 1.0f : 0.0f;  // a G_stack row
+  return m;
+}
+
+std::vector<cuda::DepthMixKind> device_kinds(const MixCase& m, std::vector<DeviceBuffer<float>>& src,
+                                             float* master, bf16* weights, const bf16* grads) {
+  std::vector<cuda::DepthMixKind> kinds;
+  for (size_t k = 0; k < m.n.size(); ++k) {
+    if (src.size() < m.n.size()) src.emplace_back(m.src[k]);
+    cuda::DepthMixKind t;
+    t.src = src[k].get();
+    t.master = master ? master + m.offset[k] : nullptr;
+    t.weights = weights ? weights + m.offset[k] : nullptr;
+    t.grads = grads ? grads + m.offset[k] : nullptr;
+    t.n = m.n[k];
+    kinds.push_back(t);
+  }
+  return kinds;
+}
+
+void check_materialise(const MixCase& m) {
+  // The host's LearnedDepth::materialise, into a buffer whose other elements keep a marker value.
+  constexpr float kMarker = 12345.0f;
+  std::vector<float> ref(static_cast<size_t>(m.numel), kMarker);
+  for (size_t k = 0; k < m.n.size(); ++k)
+    for (int l = 0; l < m.L2; ++l) {
+      float* o = ref.data() + m.offset[k] + l * m.n[k];
+      std::fill(o, o + m.n[k], 0.0f);
+      for (int j = 0; j < m.L; ++j) {
+        const float d = m.D[(k * m.L2 + static_cast<size_t>(l)) * m.L + static_cast<size_t>(j)];
+        if (d == 0.0f) continue;
+        const float* w = m.src[k].data() + j * m.n[k];
+        for (int64_t i = 0; i < m.n[k]; ++i) o[i] += d * w[i];
+      }
+    }
+  DeviceBuffer<float> master(std::vector<float>(static_cast<size_t>(m.numel), kMarker)), D(m.D);
+  DeviceBuffer<bf16> weights(std::vector<bf16>(static_cast<size_t>(m.numel), float_to_bf16(kMarker)));
+  std::vector<DeviceBuffer<float>> src;
+  const auto kinds = device_kinds(m, src, master.get(), weights.get(), nullptr);
+  cuda::depth_mix_materialise(kinds.data(), static_cast<int>(kinds.size()), D.get(), m.L2, m.L, nullptr);
+  const std::vector<float> got = master.download();
+  const std::vector<bf16> got_w = weights.download();
+  double max_ref = 0.0;
+  int64_t wrong = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    if (ref[i] != kMarker) max_ref = std::max(max_ref, std::abs(static_cast<double>(ref[i])));
+    // Bit for bit: each term is one rounded product and one rounded sum, in the same order, on both sides.
+    if ((bits(got[i]) != bits(ref[i]) || bits(got_w[i]) != bits(float_to_bf16(ref[i]))) && ++wrong <= 5)
+      ADD_FAILURE() << "L=" << m.L << " L'=" << m.L2 << ": element " << i << ": master " << got[i] << " bf16 "
+                    << bf16_to_float(got_w[i]) << ", expected " << ref[i];
+  }
+  EXPECT_EQ(wrong, 0);
+  EXPECT_GT(max_ref, 0.0) << "vacuous: every mixed weight is zero";
+}
+
+void check_dots(const MixCase& m) {
+  const std::vector<bf16> g = to_bf16(random_bf16_values(static_cast<size_t>(m.numel), 99, -2.0f, 2.0f));
+  std::vector<double> ref;
+  for (size_t k = 0; k < m.n.size(); ++k)
+    for (int l = 0; l < m.L2; ++l)
+      for (int j = 0; j < m.L; ++j) {
+        double s = 0.0;
+        for (int64_t i = 0; i < m.n[k]; ++i)
+          s += static_cast<double>(bf16_to_float(g[static_cast<size_t>(m.offset[k] + l * m.n[k] + i)])) *
+               static_cast<double>(m.src[k][static_cast<size_t>(j * m.n[k] + i)]);
+        ref.push_back(s);
+      }
+  DeviceBuffer<bf16> grads(g);
+  std::vector<DeviceBuffer<float>> src;
+  const auto kinds = device_kinds(m, src, nullptr, nullptr, grads.get());
+  const int count = static_cast<int>(kinds.size());
+  const size_t ws = cuda::depth_mix_dots_workspace_bytes(count, m.L2, m.L);
+  DeviceBuffer<float> workspace(ws / sizeof(float));
+  DeviceBuffer<double> dots(ref.size());
+  cuda::depth_mix_dots(kinds.data(), count, m.L2, m.L, workspace.get(), ws, dots.get(), nullptr);
+  const std::vector<double> got = dots.download();
+  // fp32 sums of up to ~1000 products against a double sum (tests/tolerances.h's float-vs-double rule).
+  STRATA_EXPECT_CLOSE(got, ref, kTolFloatVsDouble, "mixing gradients L=" << m.L << " L'=" << m.L2);
+  dots.poison();
+  cuda::depth_mix_dots(kinds.data(), count, m.L2, m.L, workspace.get(), ws, dots.get(), nullptr);
+  const std::vector<double> again = dots.download();
+  EXPECT_EQ(0, std::memcmp(got.data(), again.data(), got.size() * sizeof(double))) << "not deterministic";
+}
+
+TEST(DepthMix, MaterialiseIsTheHostsBitForBit) {
+  STRATA_SKIP_WITHOUT_GPU();
+  check_materialise(make_case(3, 5, {1000, 37, 129}, 1));
+  check_materialise(make_case(10, 2, {513, 1}, 2));  // more small layers than one dots pass takes
+}
+
+TEST(DepthMix, DotsMatchADoubleReferenceAndRepeat) {
+  STRATA_SKIP_WITHOUT_GPU();
+  check_dots(make_case(3, 5, {1000, 37, 129}, 3));
+  check_dots(make_case(10, 2, {513, 1}, 4));
+}
+
+}  // namespace
+}  // namespace strata::test
