@@ -475,11 +475,16 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
                                  ", collective timeout ", cfg.comm_timeout, " s")
                                  .c_str());
     if (world > 1) {
-      // What each step sends, by the ring formula (growth/comm_cost.h) over the flat buffers (fp32 on the
-      // CPU, bf16 gradients and weights on the GPU); the metrics' comm_bytes is what the communicators
+      // What each step sends, by the ring formula (growth/comm_cost.h): over the flat buffer on the CPU (fp32;
+      // its shards are contiguous ranges, alignment gaps included), over the tensors' bf16 elements on the
+      // GPU (its layer-wise shards leave the gaps out); the metrics' comm_bytes is what the communicators
       // counted.
-      const double n = static_cast<double>(be.host_params().numel());
       const bool gpu = std::string(be.name()) == "cuda";
+      double n = static_cast<double>(be.host_params().numel());
+      if (gpu) {
+        n = 0;
+        for (const ParamEntry& e : be.host_params().layout().entries()) n += static_cast<double>(e.numel());
+      }
       std::printf("  %-22s %s\n", "communication",
                   cat(human(growth::dp_bytes_per_rank(n, world, cfg.zero_stage, gpu ? 2 : 4, gpu ? 2 : 4).total()),
                       "B sent per rank per step (", cfg.zero_stage == 1 ? "reduce-scatter + all-gather" : "all-reduce",
