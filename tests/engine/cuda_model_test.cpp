@@ -320,6 +320,7 @@ TEST_P(CudaModelTest, BadTokensAndHeadDimsAreErrors) {
 // The plan of a real configuration, GPT-2 124M at a micro-batch of 16 x 1024 (no device needed): each mode
 // saves what it no longer keeps, to within the 256-byte alignment of the arrays carved.
 TEST(CudaModelPlan, RecomputationShrinksGpt2_124mActivations) {
+  STRATA_SKIP_WITHOUT_GPU();  // the plan asks CUB for its sort's scratch size, which needs a device
   const models::ModelConfig cfg = models::preset("gpt2-124m");
   const int B = 16, T = 1024;
   const double N = double(B) * T, L = cfg.n_layer, C = cfg.d_model, F = cfg.d_ff;  // GPT-2: H1 = F
