@@ -115,6 +115,17 @@ Communicator::Guard::~Guard() {
   c_.watchdog_->op = nullptr;
 }
 
+std::vector<double> Communicator::sum_in_rank_order(const std::vector<double>& mine) {
+  const size_t n = mine.size();
+  std::vector<double> all(n * static_cast<size_t>(world_), 0.0);
+  std::copy(mine.begin(), mine.end(), all.begin() + static_cast<std::ptrdiff_t>(n * static_cast<size_t>(rank_)));
+  all_reduce_small(all.data(), static_cast<int>(all.size()), ReduceOp::kSum);
+  std::vector<double> sum(n, 0.0);
+  for (int r = 0; r < world_; ++r)
+    for (size_t i = 0; i < n; ++i) sum[i] += all[static_cast<size_t>(r) * n + i];
+  return sum;
+}
+
 void Communicator::set_activity(const std::string& what) {
   if (!watchdog_) return;
   std::lock_guard<std::mutex> lock(watchdog_->mu);

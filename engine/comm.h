@@ -77,6 +77,10 @@ class Communicator {
   virtual void all_reduce_small(double* data, int n, ReduceOp op) = 0;
   virtual std::vector<std::string> all_gather_strings(const std::string& mine) = 0;
   virtual void barrier() = 0;
+  // The element-wise sum over the ranks of each rank's `mine` (the same length on every rank), added in rank
+  // order starting from 0.0, so every rank gets the same bits whatever order MPI reduces in: the values are
+  // gathered exactly (an all_reduce_small of per-rank slots, zeros elsewhere), then summed here.
+  std::vector<double> sum_in_rank_order(const std::vector<double>& mine);
 
   // The watchdog: what the run is doing (printed if a collective times out), and the timeout.
   void set_activity(const std::string& what);

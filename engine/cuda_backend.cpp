@@ -130,18 +130,12 @@ class CudaBackend final : public TrainBackend {
       // Data parallel: the ranks' gradients (each scaled by 1 / (micro-batches x world)) summed over the
       // ranks by NCCL on the runner's stream: all of them (ZeRO-0), or this rank's shard (ZeRO-1); the norm
       // is the sum of the ranks' shard sums of squares, in rank order.
-      const int R = nccl_->world();
       // The watchdog covers the wait for the device collective (the norm's download synchronises).
       const Communicator::Guard watch(nccl_->host(), zero_ == 0 ? "NCCL all-reduce" : "NCCL reduce-scatter",
                                       gpu_->layout().numel() * 2, /*count=*/false);
       if (!reduced_) finish_reduction({});  // no micro-batch was marked last: reduce everything now
       if (zero_ == 0) return gpu_->grad_norm();
-      std::vector<double> partial(static_cast<size_t>(R), 0.0);
-      partial[static_cast<size_t>(nccl_->rank())] = gpu_->grad_sum_squares();
-      nccl_->host().all_reduce_small(partial.data(), R, ReduceOp::kSum);
-      double total = 0.0;
-      for (double p : partial) total += p;
-      return std::sqrt(total);
+      return std::sqrt(nccl_->host().sum_in_rank_order({gpu_->grad_sum_squares()})[0]);
     }
 #endif
     return gpu_->grad_norm();
@@ -177,12 +171,11 @@ class CudaBackend final : public TrainBackend {
   std::vector<CheckpointExtra> rank_checkpoint_files() override {
     if (!optimizer_sharded()) return {};
     ensure_host();  // download_to_host() ran for this checkpoint: the mirrors hold every element
-    shard_m_.clear();
-    shard_v_.clear();
-    for (const ShardPiece& p : gpu_->shards().pieces()) {
-      shard_m_.insert(shard_m_.end(), host_opt_->m().data() + p.begin, host_opt_->m().data() + p.end);
-      shard_v_.insert(shard_v_.end(), host_opt_->v().data() + p.begin, host_opt_->v().data() + p.end);
-    }
+    const LayerShards& sh = gpu_->shards();
+    shard_m_.resize(static_cast<size_t>(sh.owned()));
+    shard_v_.resize(shard_m_.size());
+    pack_dense(sh.pieces(), host_opt_->m().data(), shard_m_.data());
+    pack_dense(sh.pieces(), host_opt_->v().data(), shard_v_.data());
     return {optimizer_shard_extra(gpu_->layout(), gpu_->shards().ranges(), shard_m_.data(), shard_v_.data(),
                                   nccl_rank(), nccl_world())};
   }
@@ -192,12 +185,8 @@ class CudaBackend final : public TrainBackend {
     const LayerShards& sh = gpu_->shards();
     std::vector<float> m(static_cast<size_t>(sh.owned())), v(m.size());
     load_checkpoint_moments(info, gpu_->layout(), sh.ranges(), m.data(), v.data());
-    size_t at = 0;
-    for (const ShardPiece& p : sh.pieces()) {
-      std::copy(m.begin() + at, m.begin() + at + p.size(), host_opt_->m().data() + p.begin);
-      std::copy(v.begin() + at, v.begin() + at + p.size(), host_opt_->v().data() + p.begin);
-      at += static_cast<size_t>(p.size());
-    }
+    unpack_dense(sh.pieces(), m.data(), host_opt_->m().data());
+    unpack_dense(sh.pieces(), v.data(), host_opt_->v().data());
     host_opt_->set_t(t);
   }
 
@@ -213,9 +202,9 @@ class CudaBackend final : public TrainBackend {
     host_opt_->set_t(t_);
 #if defined(STRATA_HAVE_NCCL)
     if (optimizer_sharded()) {  // each rank read its pieces: the host gathers the rest (host memory, MPI)
-      gather_pieces(*host_params_);
-      gather_pieces(host_opt_->m());
-      gather_pieces(host_opt_->v());
+      all_gather_pieces(*host_params_);
+      all_gather_pieces(host_opt_->m());
+      all_gather_pieces(host_opt_->v());
     }
 #endif
   }
@@ -377,33 +366,22 @@ class CudaBackend final : public TrainBackend {
   }
   // ZeRO-1: every rank's pieces of a host buffer (each rank holds its own) to every rank, over the host
   // communicator: each rank's pieces packed into an equal slot, all-gathered, unpacked.
-  void gather_pieces(ParamBuffer& buf) {
+  void all_gather_pieces(ParamBuffer& buf) {
     const LayerShards& sh = gpu_->shards();
     const int R = sh.world();
     std::vector<std::vector<ShardPiece>> pieces(static_cast<size_t>(R));
     int64_t slot = 0;
     for (int r = 0; r < R; ++r) {
       pieces[size_t(r)] = sh.pieces_of(r);
-      int64_t n = 0;
-      for (const ShardPiece& p : pieces[size_t(r)]) n += p.size();
-      slot = std::max(slot, n);
+      slot = std::max(slot, pieces_size(pieces[size_t(r)]));
     }
     slot = (slot + 15) / 16 * 16;  // shard_range(R x slot, R, r) is then exactly slot r
     std::vector<float> all(static_cast<size_t>(slot * R), 0.0f);
-    const auto pack = [&](int r, bool in) {
-      float* at = all.data() + static_cast<size_t>(r) * static_cast<size_t>(slot);
-      for (const ShardPiece& p : pieces[size_t(r)]) {
-        if (in)
-          std::copy(buf.data() + p.begin, buf.data() + p.end, at);
-        else
-          std::copy(at, at + p.size(), buf.data() + p.begin);
-        at += p.size();
-      }
-    };
-    pack(sh.rank(), true);
+    const auto at = [&](int r) { return all.data() + static_cast<size_t>(r) * static_cast<size_t>(slot); };
+    pack_dense(sh.pieces(), buf.data(), at(sh.rank()));
     nccl_->host().all_gather(all.data(), slot * R);
     for (int r = 0; r < R; ++r)
-      if (r != sh.rank()) pack(r, false);
+      if (r != sh.rank()) unpack_dense(pieces[size_t(r)], at(r), buf.data());
   }
   // Reduces the layers not in `issued` (all of them when it is empty), then the global tensors; the runner's
   // stream then waits for the communication stream.

@@ -21,20 +21,6 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 
-void* device_alloc(size_t bytes, const char* what) {
-  void* p = nullptr;
-  const cudaError_t err = cudaMalloc(&p, std::max<size_t>(bytes, 1));
-  if (err != cudaSuccess) {
-    cudaGetLastError();
-    STRATA_REQUIRE(false, "GPU memory: cannot allocate ", static_cast<double>(bytes) / (1 << 20), " MiB for ",
-                   what, " (", cudaGetErrorString(err), ")");
-  }
-  return p;
-}
-void device_free(void* p) {
-  if (p) (void)cudaFree(p);  // no errors from a destructor
-}
-
 cudaStream_t stream_of(const CudaModel& m) {
   return static_cast<cudaStream_t>(m.stream());
 }
@@ -85,32 +71,25 @@ CudaGrowthMask::CudaGrowthMask(CudaModel& model, const growth::GrowthMask& mask)
   // master weights and moments only).
   const std::vector<cuda::MaskRegion> regions = mask_regions(model.layout(), mask.slices(), &total_);
   count_ = static_cast<int>(regions.size());
-  regions_ = device_alloc(regions.size() * sizeof(cuda::MaskRegion), "the G_random mask's regions");
-  saved_ = device_alloc(static_cast<size_t>(total_) * sizeof(bf16), "the G_random mask's raw weights");
-  CUDA_CHECK(cudaMemcpy(regions_, regions.data(), regions.size() * sizeof(cuda::MaskRegion),
+  regions_ = DeviceBuffer(regions.size() * sizeof(cuda::MaskRegion), "the G_random mask's regions");
+  saved_ = DeviceBuffer(static_cast<size_t>(total_) * sizeof(bf16), "the G_random mask's raw weights");
+  CUDA_CHECK(cudaMemcpy(regions_.ptr, regions.data(), regions.size() * sizeof(cuda::MaskRegion),
                         cudaMemcpyHostToDevice));
-}
-
-CudaGrowthMask::~CudaGrowthMask() {
-  device_free(regions_);
-  device_free(saved_);
 }
 
 void CudaGrowthMask::begin(long steps_done) {
   STRATA_CHECK(!applied_, "CudaGrowthMask::begin twice");
   c_ = mask_.factor(steps_done);
-  cuda::growth_mask_begin(static_cast<bf16*>(model_.weights_device()), static_cast<bf16*>(saved_),
-                          static_cast<const cuda::MaskRegion*>(regions_), count_, total_, c_,
-                          stream_of(model_));
+  cuda::growth_mask_begin(static_cast<bf16*>(model_.weights_device()), saved_.as<bf16>(),
+                          regions_.as<const cuda::MaskRegion>(), count_, total_, c_, stream_of(model_));
   applied_ = true;
 }
 
 void CudaGrowthMask::end(bool grads) {
   STRATA_CHECK(applied_, "CudaGrowthMask::end without begin");
   cuda::growth_mask_end(static_cast<bf16*>(model_.weights_device()),
-                        grads ? static_cast<bf16*>(model_.grads_device()) : nullptr,
-                        static_cast<const bf16*>(saved_), static_cast<const cuda::MaskRegion*>(regions_),
-                        count_, total_, c_, stream_of(model_));
+                        grads ? static_cast<bf16*>(model_.grads_device()) : nullptr, saved_.as<const bf16>(),
+                        regions_.as<const cuda::MaskRegion>(), count_, total_, c_, stream_of(model_));
   applied_ = false;
 }
 
@@ -135,21 +114,13 @@ CudaLearnedDepth::CudaLearnedDepth(CudaModel& model, const growth::LearnedDepth&
     const std::vector<float>& src = ld.source(k);
     STRATA_CHECK(static_cast<int64_t>(src.size()) == int64_t{L_} * per_.back(), "G_learn: source of ",
                  ld.kind_name(k));
-    src_.push_back(device_alloc(src.size() * sizeof(float), "G_learn's frozen small-model weights"));
-    CUDA_CHECK(cudaMemcpy(src_.back(), src.data(), src.size() * sizeof(float), cudaMemcpyHostToDevice));
+    src_.emplace_back(src.size() * sizeof(float), "G_learn's frozen small-model weights");
+    CUDA_CHECK(cudaMemcpy(src_.back().ptr, src.data(), src.size() * sizeof(float), cudaMemcpyHostToDevice));
   }
   const size_t pairs = static_cast<size_t>(kinds_) * L2_ * L_;
-  D_ = device_alloc(pairs * sizeof(float), "G_learn's mixing matrices");
-  dots_ = device_alloc(pairs * sizeof(double), "G_learn's mixing gradients");
-  workspace_bytes_ = cuda::depth_mix_dots_workspace_bytes(kinds_, L2_, L_);
-  workspace_ = device_alloc(workspace_bytes_, "G_learn's partial sums");
-}
-
-CudaLearnedDepth::~CudaLearnedDepth() {
-  for (void* p : src_) device_free(p);
-  device_free(D_);
-  device_free(dots_);
-  device_free(workspace_);
+  D_ = DeviceBuffer(pairs * sizeof(float), "G_learn's mixing matrices");
+  dots_ = DeviceBuffer(pairs * sizeof(double), "G_learn's mixing gradients");
+  workspace_ = DeviceBuffer(cuda::depth_mix_dots_workspace_bytes(kinds_, L2_, L_), "G_learn's partial sums");
 }
 
 void CudaLearnedDepth::check_matches(const growth::LearnedDepth& ld) const {
@@ -163,16 +134,16 @@ void CudaLearnedDepth::materialise(const growth::LearnedDepth& ld) {
   std::vector<float> D(per_kind * static_cast<size_t>(kinds_));
   for (int k = 0; k < kinds_; ++k) std::copy_n(ld.mixing(k).data(), per_kind, D.data() + k * per_kind);
   const cudaStream_t stream = stream_of(model_);
-  CUDA_CHECK(cudaMemcpyAsync(D_, D.data(), D.size() * sizeof(float), cudaMemcpyHostToDevice, stream));
+  CUDA_CHECK(cudaMemcpyAsync(D_.ptr, D.data(), D.size() * sizeof(float), cudaMemcpyHostToDevice, stream));
   std::vector<cuda::DepthMixKind> kinds(static_cast<size_t>(kinds_));
   for (int k = 0; k < kinds_; ++k) {
     cuda::DepthMixKind& t = kinds[static_cast<size_t>(k)];
-    t.src = static_cast<const float*>(src_[static_cast<size_t>(k)]);
+    t.src = src_[static_cast<size_t>(k)].as<const float>();
     t.master = static_cast<float*>(model_.master_device()) + offset_[static_cast<size_t>(k)];
     t.weights = static_cast<bf16*>(model_.weights_device()) + offset_[static_cast<size_t>(k)];
     t.n = per_[static_cast<size_t>(k)];
   }
-  cuda::depth_mix_materialise(kinds.data(), kinds_, static_cast<const float*>(D_), L2_, L_, stream);
+  cuda::depth_mix_materialise(kinds.data(), kinds_, D_.as<const float>(), L2_, L_, stream);
   CUDA_CHECK(cudaStreamSynchronize(stream));  // D's host copy goes out of scope
 }
 
@@ -180,15 +151,16 @@ std::vector<double> CudaLearnedDepth::dots() {
   std::vector<cuda::DepthMixKind> kinds(static_cast<size_t>(kinds_));
   for (int k = 0; k < kinds_; ++k) {
     cuda::DepthMixKind& t = kinds[static_cast<size_t>(k)];
-    t.src = static_cast<const float*>(src_[static_cast<size_t>(k)]);
+    t.src = src_[static_cast<size_t>(k)].as<const float>();
     t.grads = static_cast<const bf16*>(model_.grads_device()) + offset_[static_cast<size_t>(k)];
     t.n = per_[static_cast<size_t>(k)];
   }
   const cudaStream_t stream = stream_of(model_);
-  cuda::depth_mix_dots(kinds.data(), kinds_, L2_, L_, static_cast<float*>(workspace_), workspace_bytes_,
-                       static_cast<double*>(dots_), stream);
+  cuda::depth_mix_dots(kinds.data(), kinds_, L2_, L_, workspace_.as<float>(), workspace_.bytes,
+                       dots_.as<double>(), stream);
   std::vector<double> out(static_cast<size_t>(kinds_) * L2_ * L_);
-  CUDA_CHECK(cudaMemcpyAsync(out.data(), dots_, out.size() * sizeof(double), cudaMemcpyDeviceToHost, stream));
+  CUDA_CHECK(
+      cudaMemcpyAsync(out.data(), dots_.ptr, out.size() * sizeof(double), cudaMemcpyDeviceToHost, stream));
   CUDA_CHECK(cudaStreamSynchronize(stream));
   return out;
 }

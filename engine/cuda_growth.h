@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "engine/cuda_model.h"
+#include "engine/device_buffer.h"
 #include "growth/apply.h"
 
 namespace strata {
@@ -24,9 +25,6 @@ class CudaGrowthMask {
  public:
   // `model` must outlive this object (the backend drops it when the model is replaced).
   CudaGrowthMask(CudaModel& model, const growth::GrowthMask& mask);
-  ~CudaGrowthMask();
-  CudaGrowthMask(const CudaGrowthMask&) = delete;
-  CudaGrowthMask& operator=(const CudaGrowthMask&) = delete;
 
   void begin(long steps_done);
   void end(bool grads);
@@ -35,8 +33,8 @@ class CudaGrowthMask {
  private:
   CudaModel& model_;
   growth::GrowthMask mask_;
-  void* regions_ = nullptr;  // device cuda::MaskRegion[count_]
-  void* saved_ = nullptr;    // device bf16[total_]
+  DeviceBuffer regions_;  // cuda::MaskRegion[count_]
+  DeviceBuffer saved_;    // bf16[total_]
   int count_ = 0;
   int64_t total_ = 0;
   float c_ = 1.0f;
@@ -50,9 +48,6 @@ class CudaGrowthMask {
 class CudaLearnedDepth {
  public:
   CudaLearnedDepth(CudaModel& model, const growth::LearnedDepth& ld);
-  ~CudaLearnedDepth();
-  CudaLearnedDepth(const CudaLearnedDepth&) = delete;
-  CudaLearnedDepth& operator=(const CudaLearnedDepth&) = delete;
 
   void materialise(const growth::LearnedDepth& ld);
   std::vector<double> dots();
@@ -63,11 +58,10 @@ class CudaLearnedDepth {
   CudaModel& model_;
   int L_ = 0, L2_ = 0, kinds_ = 0;
   std::vector<int64_t> offset_, per_;  // per kind: its offset in the layout, elements per layer
-  std::vector<void*> src_;             // per kind: device fp32 (L, per)
-  void* D_ = nullptr;                  // device fp32 (kinds, L', L)
-  void* dots_ = nullptr;               // device fp64 (kinds, L', L)
-  void* workspace_ = nullptr;
-  size_t workspace_bytes_ = 0;
+  std::vector<DeviceBuffer> src_;      // per kind: fp32 (L, per)
+  DeviceBuffer D_;                     // fp32 (kinds, L', L)
+  DeviceBuffer dots_;                  // fp64 (kinds, L', L)
+  DeviceBuffer workspace_;
 };
 
 }  // namespace strata

@@ -18,12 +18,28 @@
 #include <vector>
 
 #include "engine/check.h"
+#include "engine/device_buffer.h"
 #include "engine/model.h"  // kIgnoreIndex
 #include "engine/model_tensors.h"
 #include "kernels/cuda/workspace.h"
 #include "kernels/ops.h"
 
 namespace strata {
+
+DeviceBuffer::DeviceBuffer(size_t n, const char* what) : bytes(n) {
+  const cudaError_t err = cudaMalloc(&ptr, std::max<size_t>(n, 1));
+  if (err != cudaSuccess) {
+    ptr = nullptr;
+    cudaGetLastError();
+    STRATA_REQUIRE(false, "GPU memory: cannot allocate ", static_cast<double>(n) / (1 << 20), " MiB for ",
+                   what, " (", cudaGetErrorString(err), ")");
+  }
+}
+
+DeviceBuffer::~DeviceBuffer() {
+  if (ptr) (void)cudaFree(ptr);
+}
+
 namespace {
 
 using bf16 = __nv_bfloat16;
@@ -31,40 +47,6 @@ using Stat = float;
 // The padded logits' value (a bias on zero weights): exp(kPadLogit - max) is 0 in fp32, and it is finite, so
 // the classifier's online max/sum never meets inf - inf.
 constexpr float kPadLogit = -1e30f;
-
-// One device allocation; a failure names what it was for and how much, and clears the runtime's error.
-void* device_alloc(size_t bytes, const char* what) {
-  void* p = nullptr;
-  const cudaError_t err = cudaMalloc(&p, std::max<size_t>(bytes, 1));
-  if (err != cudaSuccess) {
-    cudaGetLastError();
-    STRATA_REQUIRE(false, "GPU memory: cannot allocate ", static_cast<double>(bytes) / (1 << 20), " MiB for ",
-                   what, " (", cudaGetErrorString(err), ")");
-  }
-  return p;
-}
-
-struct DeviceBuffer {
-  void* ptr = nullptr;
-  size_t bytes = 0;
-  DeviceBuffer() = default;
-  DeviceBuffer(size_t n, const char* what) : ptr(device_alloc(n, what)), bytes(n) {}
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr(o.ptr), bytes(o.bytes) { o.ptr = nullptr, o.bytes = 0; }
-  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
-    std::swap(ptr, o.ptr);
-    std::swap(bytes, o.bytes);
-    return *this;
-  }
-  ~DeviceBuffer() {
-    if (ptr) cudaFree(ptr);
-  }
-  template <class T>
-  T* as() const {
-    return static_cast<T*>(ptr);
-  }
-};
 
 void upload(void* dst, const void* src, size_t bytes) {
   CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));

@@ -32,21 +32,17 @@ double HostDataParallel::reduce_gradients(ParamBuffer& grads) {
                layout_.numel());
   const int64_t n = layout_.numel();
   const int R = comm_.world();
-  std::vector<double> partial(static_cast<size_t>(R), 0.0);
-  if (zero_stage_ == 0) {
-    comm_.all_reduce(grads.data(), n, ReduceOp::kSum);
-    for (int r = 0; r < R; ++r) {
-      const ShardRange s = shard_range(n, R, r);
-      partial[static_cast<size_t>(r)] = sum_squares(grads.data() + s.begin, s.size());
-    }
-  } else {
+  if (zero_stage_ == 1) {
     comm_.reduce_scatter(grads.data(), grad_shard_.data(), n);
-    // Every slot but this rank's is 0 on this rank, so the sum over ranks is an exact gather of the partials.
-    partial[static_cast<size_t>(comm_.rank())] = sum_squares(grad_shard_.data(), range_.size());
-    comm_.all_reduce_small(partial.data(), R, ReduceOp::kSum);
+    return std::sqrt(comm_.sum_in_rank_order({sum_squares(grad_shard_.data(), range_.size())})[0]);
   }
+  // ZeRO-0: every shard's sum of squares here, added as sum_in_rank_order adds ZeRO-1's.
+  comm_.all_reduce(grads.data(), n, ReduceOp::kSum);
   double total = 0.0;
-  for (double p : partial) total += p;
+  for (int r = 0; r < R; ++r) {
+    const ShardRange s = shard_range(n, R, r);
+    total += sum_squares(grads.data() + s.begin, s.size());
+  }
   return std::sqrt(total);
 }
 

@@ -64,10 +64,25 @@ std::vector<ShardPiece> LayerShards::pieces_of(int rank) const {
   return out;
 }
 
-int64_t LayerShards::owned() const {
+int64_t pieces_size(const std::vector<ShardPiece>& pieces) {
   int64_t n = 0;
-  for (const ShardPiece& p : pieces_) n += p.size();
+  for (const ShardPiece& p : pieces) n += p.size();
   return n;
+}
+
+void pack_dense(const std::vector<ShardPiece>& pieces, const float* flat, float* dense) {
+  for (const ShardPiece& p : pieces) dense = std::copy(flat + p.begin, flat + p.end, dense);
+}
+
+void unpack_dense(const std::vector<ShardPiece>& pieces, const float* dense, float* flat) {
+  for (const ShardPiece& p : pieces) {
+    std::copy(dense, dense + p.size(), flat + p.begin);
+    dense += p.size();
+  }
+}
+
+int64_t LayerShards::owned() const {
+  return pieces_size(pieces_);
 }
 
 std::vector<ShardRange> LayerShards::ranges() const {

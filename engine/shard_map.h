@@ -42,6 +42,12 @@ struct ShardPiece {
   int64_t size() const { return end - begin; }
 };
 
+// The elements of `pieces` in a flat buffer, one after another without gaps (what a shard file holds, and
+// what a rank sends when the host gathers every rank's pieces); their count; and the way back.
+int64_t pieces_size(const std::vector<ShardPiece>& pieces);
+void pack_dense(const std::vector<ShardPiece>& pieces, const float* flat, float* dense);
+void unpack_dense(const std::vector<ShardPiece>& pieces, const float* dense, float* flat);
+
 class LayerShards {
  public:
   LayerShards() = default;
@@ -61,7 +67,8 @@ class LayerShards {
   // The layout's numel.
   int64_t numel() const { return numel_; }
 
-  // flat (numel) -> compact (compact_size(); gaps left as they are), and back (only the pieces are written).
+  // flat (numel) -> compact (compact_size(); the alignment gaps left as they are), and back (only the pieces
+  // are written).
   void pack(const float* flat, float* compact) const;
   void unpack(const float* compact, float* flat) const;
 

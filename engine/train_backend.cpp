@@ -67,15 +67,7 @@ class CpuBackend final : public TrainBackend {
     const ShardRange r = dp_->range();
     ParamBuffer mine(model_.params().layout());
     std::copy(dp_->grad_shard(), dp_->grad_shard() + r.size(), mine.data() + r.begin);
-    const std::vector<double> part = ld.dots(mine);
-    const int R = dp_->comm().world(), me = dp_->comm().rank();
-    std::vector<double> all(part.size() * static_cast<size_t>(R), 0.0);
-    std::copy(part.begin(), part.end(), all.begin() + static_cast<std::ptrdiff_t>(part.size() * size_t(me)));
-    dp_->comm().all_reduce_small(all.data(), static_cast<int>(all.size()), ReduceOp::kSum);
-    std::vector<double> sum(part.size(), 0.0);
-    for (int q = 0; q < R; ++q)
-      for (size_t i = 0; i < sum.size(); ++i) sum[i] += all[size_t(q) * sum.size() + i];
-    ld.step_from_dots(sum, lr);
+    ld.step_from_dots(dp_->comm().sum_in_rank_order(ld.dots(mine)), lr);
   }
 
   bool optimizer_sharded() const override { return dp_ && dp_->zero_stage() == 1; }

@@ -96,6 +96,13 @@ ncclResult_t check_comm(const char* fn, ncclComm_t comm) {
   return comm != nullptr ? ncclSuccess : fail(ncclInvalidArgument, fn, "null communicator");
 }
 
+// A root rank of the communicator (after check_comm).
+ncclResult_t check_root(const char* fn, ncclComm_t comm, int root) {
+  return root >= 0 && root < comm->world
+             ? ncclSuccess
+             : fail(ncclInvalidArgument, fn, "root " + std::to_string(root) + " of " + std::to_string(comm->world));
+}
+
 #if defined(STRATA_HAVE_MPI)
 
 // n elements of type t at src (fp32 or bf16), as floats.
@@ -379,8 +386,7 @@ ncclResult_t ncclReduce(const void* sendbuff, void* recvbuff, size_t count, nccl
   const char* fn = "ncclReduce";
   if (ncclResult_t r = check_comm(fn, comm); r != ncclSuccess) return r;
   if (ncclResult_t r = check_reduction(fn, datatype, op); r != ncclSuccess) return r;
-  if (root < 0 || root >= comm->world)
-    return fail(ncclInvalidArgument, fn, "root " + std::to_string(root) + " of " + std::to_string(comm->world));
+  if (ncclResult_t r = check_root(fn, comm, root); r != ncclSuccess) return r;
   if (count == 0) return ncclSuccess;
   if (sendbuff == nullptr || (comm->rank == root && recvbuff == nullptr))
     return fail(ncclInvalidArgument, fn, "null buffer");
@@ -427,8 +433,7 @@ ncclResult_t ncclBroadcast(const void* sendbuff, void* recvbuff, size_t count, n
   const size_t es = type_size(datatype);
   if (es == 0)
     return fail(ncclInvalidArgument, fn, "unknown data type " + std::to_string(static_cast<int>(datatype)));
-  if (root < 0 || root >= comm->world)
-    return fail(ncclInvalidArgument, fn, "root " + std::to_string(root) + " of " + std::to_string(comm->world));
+  if (ncclResult_t r = check_root(fn, comm, root); r != ncclSuccess) return r;
   if (count == 0) return ncclSuccess;
   if (recvbuff == nullptr || (comm->rank == root && sendbuff == nullptr))
     return fail(ncclInvalidArgument, fn, "null buffer");
