@@ -38,28 +38,33 @@
 //     buffer would cost 18/34 KB for a wait that each block's other warps and the SM's other block already cover).
 //     Q fragments are re-read from smem per tile (holding them would take 32/64 more registers).
 //   backward, deterministic (the default; no atomics): (1) delta = rowsum(dout * out), HS/8 lanes per row;
-//     (2) block = (KV head, batch, key tile: 128 keys, 32 per warp at HS 64; 64 keys, 16 per warp at HS 128):
-//     dK, dV in registers while looping over the query heads of the group and the 32-query tiles at or after the
-//     diagonal (Q, dO double-buffered): S^T = K Q^T, P^T = exp2(S^T - lse), dP^T = V dO^T,
-//     dS^T = P^T (dP^T - delta), dV += P^T dO, dK += dS^T Q; each element is written once, so the group's sum has
-//     a fixed order (32 keys per warp at HS 128 would need 256 registers of fp32 dK, dV alone); (3) block = (head,
-//     batch, query tile: 128 queries, 32 per warp at HS 64; 64, 16 per warp at HS 128): dQ in registers over
-//     32-key tiles (K, V double-buffered), recomputing S and dP. 7 products per (query, key) pair: the price of
-//     bitwise-reproducible gradients.
+//     (2) block = (KV head, batch, 64-key tile), 16 keys per warp: dK, dV in registers while looping over the
+//     query heads of the group and the query tiles (64 queries at HS 64, 32 at HS 128) at or after the diagonal
+//     (Q, dO double-buffered): S^T = K Q^T, P^T = exp2(S^T - lse), dP^T = V dO^T, dS^T = P^T (dP^T - delta),
+//     dV += P^T dO, dK += dS^T Q; each element is written once, so the group's sum has a fixed order (32 keys per
+//     warp at HS 128 would need 256 registers of fp32 dK, dV alone); (3) block = (head, batch, 64-query tile), 16
+//     queries per warp: dQ in registers over key tiles (64 keys at HS 64, 32 at HS 128; K, V double-buffered),
+//     recomputing S and dP. 7 products per (query, key) pair: the price of bitwise-reproducible gradients. These
+//     are run 1's tiles: run 2 gave the HS 64 backward 32 rows per warp (128-row tiles, 32-wide inner tiles,
+//     rolled k-loops at 255 registers, 2 blocks per SM), which measured 3-4% slower on an H200 (see Measured), so
+//     HS 64 is back at 16 rows per warp; the kMTiles machinery stays generic (kernels take the tiles' kMTiles).
 //   backward, atomic (deterministic == false; FlashAttention-2's scheme, 5 products per pair): (1) delta, and the
 //     same threads zero the fp32 dQ accumulator; (2) kernel (2) above, which also writes each item's dS^T (bf16,
 //     the value the dK product uses) to smem and, after a barrier, computes dQ = dS K for the item's query tile
-//     (each warp 16 queries x HS/2 dims) and adds it with fp32 atomics (8-byte red.global.add.v2.f32 on sm_90);
+//     (each warp 16 queries x 64 dims) and adds it with fp32 atomics (8-byte red.global.add.v2.f32 on sm_90);
 //     (3) a pass converts the accumulator to bf16 dQ (scaled). The dK, dV code is shared with the deterministic
 //     path. Run to run, dQ may differ in the last bits (the atomics' order).
-//   Resources (ptxas -v, CUDA 12, sm_90 / sm_80 registers; no spills), smem per block, min blocks per SM
+//   Resources (ptxas -v of CUDA 13.0, sm_90 / sm_80 registers; no spills), smem per block, min blocks per SM
 //   (sm_90 / sm_80):
-//     HS 64:  forward 255/232 regs, 36.0 KB, 2/2; dK/dV 255/255, 54.5 KB, 2/2 (atomic: 254/255, 64.5 KB, 2/2);
-//             dQ 211/216, 54.0 KB, 2/2; delta 26; dQ conversion 24.
-//     HS 128: forward 255/254, 68.0 KB, 2/2; dK/dV 244/244, 68.5 KB, 2/2 (atomic: 250/250, 73.5 KB, 2/2);
+//     HS 64:  forward 255/232 regs, 36.0 KB, 2/2; dK/dV 168/198, 55.0 KB, 3/2 (atomic: 168/210, 64.0 KB, 3/2);
+//             dQ 156/152, 54.0 KB, 3/2; delta 26; dQ conversion 24.
+//     HS 128: forward 255/254, 68.0 KB, 2/2; dK/dV 245/238, 68.5 KB, 2/2 (atomic: 245/240, 73.5 KB, 2/2);
 //             dQ 166/164, 68.0 KB, 3/2. (> 48 KB: opted in.)
-//     (With 16 rows per warp the forward was 126/127 and 168/167 registers at 4 and 3 blocks; dK/dV at HS 64
-//     168/198 at 3/2; dQ at HS 64 156/152 at 3/2. 32 rows per warp cannot fit 168 registers: 3 blocks/SM spill.)
+//     The backward's numbers are run 1's again (run 1's code gives the same under CUDA 13.0). Run 2's HS 64
+//     backward (32 rows per warp) took dK/dV 255/255 (atomic 254/255) and dQ 211/216 registers at 2/2 blocks; its
+//     per-element mask bounds also gave HS 128 dK/dV 244/244 (atomic 250/250). With 16 rows per warp the forward
+//     was 126/127 and 168/167 registers at 4 and 3 blocks; 32 rows per warp cannot fit 168 registers (3
+//     blocks/SM spill).
 //
 // Work (causal half counted): a product is HS T^2 flops per (b, h); forward 2 products, backward 7 (deterministic)
 // or 5 (atomic; FlashAttention's convention counts 5, 2.5x the forward, whichever runs). B=8, T=2048, NH=16,
@@ -69,24 +74,28 @@
 // per ~1.5 clk per SM (~2/3 of the dense peak). Shared-memory clocks per mma, counting A fragments and the
 // staging stores, were (16 rows per warp) forward 2.75, dK/dV 2.5, dQ 2.67, atomic dK/dV/dQ 2.6: smem bound, a
 // forward ceiling of ~360 TFLOP/s; measured on an H200 148-197 TFLOP/s (fwd, B=8, T=1024-2048), 1.09-1.43x
-// the time of FlashAttention-2. With 32 rows per warp, per warp and tile:
+// the time of FlashAttention-2. With 32 rows per warp (the forward since run 2; the HS 64 backward in run 2 only,
+// now back at 16 rows and 2.5 / 2.67 / 2.6 clk), per warp and tile:
 //   forward, 64 keys x 32 rows: S reads 2 A x4 (1 KB) + 8 B x2 (2 KB) per k-step for 16 mma; P V 256 B per 2
 //     mma: 160 B/mma at HS 64 and 128, + 32 B/mma staging K, V = 1.5 clk/mma (was 2.75): level with the mma issue
 //     rate, so the ceiling moves from ~360 to ~660 TFLOP/s, co-bound by issue. Softmax beside it, per warp-tile:
 //     2048 exp2f = 128 MUFU clk (16/clk/SM) against 384 mma clk at HS 128 but 192 at HS 64, plus ~8 ALU
 //     instructions per score: at HS 64 issue and MUFU nearly bind too, so HS 64 gains less.
-//   dK/dV at HS 64, 32 keys x 32 queries: S^T and dP^T each 4 KB A + 4 KB B for 32 mma, dV and dK 4 KB B for 32:
-//     192 B/mma + 16 staging = 1.63 clk (was 2.5); atomic, with the dQ product (384 B/mma: A re-read per 32 dims)
-//     and the dS^T stores, 2.0 (was 2.6), and half the fp32 atomics per (query, key) (one per 128 keys, not 64).
-//   dQ at HS 64, 32 queries x 32 keys: 213 B/mma + 21 staging = 1.83 clk (was 2.67).
+//   run 2's dK/dV at HS 64, 32 keys x 32 queries: S^T and dP^T each 4 KB A + 4 KB B for 32 mma, dV and dK 4 KB B
+//     for 32: 192 B/mma + 16 staging = 1.63 clk (was 2.5); atomic, with the dQ product (384 B/mma: A re-read per 32
+//     dims) and the dS^T stores, 2.0 (was 2.6), and half the fp32 atomics per (query, key) (one per 128 keys).
+//   run 2's dQ at HS 64, 32 queries x 32 keys: 213 B/mma + 21 staging = 1.83 clk (was 2.67).
 //   HS 128 backward: unchanged tiles (the registers), only the grid order.
+//   The model missed the HS 64 backward (measured slower, below): it charges shared-memory bytes, not the latency
+//   a warp exposes when, at 255 registers with rolled k-loops, it cannot load the next step's fragments early.
 // Longest-first order: the old x-fastest order could start a head's longest tile (16 of 136 tile-units at T=1024,
 // 64-row tiles) in the last wave, with ~44-66 units per block slot at B=8: up to ~25-35% tail at T=1024, ~12-19%
 // at T=2048; longest-first leaves a tail of the shortest tiles (1-2 units).
 // Measured (H200, bench/KERNELS.md run 2) against the predictions below: forward 1.30x at HS 128 (T=2048 0.696 ->
 // 0.536 ms, T=1024 0.211 -> 0.161), 1.09-1.10x at HS 64 (0.793 -> 0.730, 0.232 -> 0.210); the deterministic
 // backward at HS 64 3-4% slower (2.309 -> 2.406 ms, 0.662 -> 0.679: the rolled k-loops at 255 registers cost
-// more than the halved shared-memory traffic saved), at HS 128 1.03-1.10x. To revisit: the HS 64 backward.
+// more than the halved shared-memory traffic saved), at HS 128 1.03-1.10x. The HS 64 backward is therefore back
+// at run 1's tiles (kept with run 2's longest-first grid); its prediction is the last paragraph here.
 // Predictions (written before measuring; bench/kernel_bench.cu's attention rows check them, B=8, H200):
 // forward 1.4-1.8x
 // at HS 128 (T=2048: 0.70 -> 0.39-0.50 ms, FlashAttention-2 0.52; T=1024: 0.21 -> 0.12-0.15), 1.2-1.5x at HS 64
@@ -96,8 +105,15 @@
 // at 255 registers); the forward and dK/dV at HS 64 sit at 254-255 registers, so a compiler change can spill
 // (check ptxas -v); dK/dV at HS 64 keeps its S^T, dP^T k-step loops rolled (else 255 registers spill on sm_90),
 // so a warp cannot prefetch the next step's fragments; and it has half as many blocks (B KVH T/128: 512 at B=8,
-// KVH=8, T=1024), under two waves of 264 slots for small B KVH. Next steps: dK/dV with 32 keys per warp at HS 128
-// (dK, dV split over more warps to fit the registers), and a wgmma/TMA path for sm_90.
+// KVH=8, T=1024), under two waves of 264 slots for small B KVH. (The HS 64 backward measured slower; it is
+// reverted, see below.) Next steps: dK/dV with 32 keys per warp at HS 128 (dK, dV split over more warps to fit the
+// registers), and a wgmma/TMA path for sm_90.
+// Prediction for the revert of the HS 64 backward to run 1's tiles (NOT YET MEASURED: nothing in this change ran
+// on a GPU; the CPU emulation's tests check its results only): the deterministic backward at B=8 back at run 1's
+// 0.662 ms (T=1024) and 2.309 ms (T=2048), or slightly faster from the longest-first grid order, which alone gave
+// the HS 128 backward (tiles unchanged) 1.03-1.10x in run 2: 0.60-0.66 and 2.20-2.31 ms. The atomic backward
+// likewise at or under run 1's 0.622 / 2.131 ms. The HS 128 backward should stay at run 2's 0.630 / 2.267 ms (its
+// tiles and blocks per SM unchanged; its dK/dV registers moved by 1-10, see Resources). The forward is untouched.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -149,10 +165,13 @@ struct ForwardTiles {  // Q, one K tile, one V tile; 32 query rows (two m16 tile
   static constexpr int kLd = HS + 8;
   static constexpr size_t kSmemBytes = size_t(kBlockQ + 2 * kBlockK) * kLd * sizeof(bf16);
 };
+// The backward runs 16 rows per warp (kMTiles 1) at both head sizes: at HS 64, 32 rows per warp (run 2) measured
+// 3-4% slower on an H200 than these tiles (run 1), whose 3 blocks per SM on sm_90 fit in 168 registers unrolled.
 template <int HS, bool kAtomicDq>
 struct KvTiles {  // backward dK/dV (and dQ by atomics): 16 kMTiles keys per warp; K, V, two stages of (Q, dO, lse,
-                 // delta). HS 128: 16 keys per warp (the fp32 dK, dV accumulators of 32 keys would not fit).
-  static constexpr int kMTiles = HS == 64 ? 2 : 1, kBlockK = 4 * 16 * kMTiles, kBlockQ = 32;
+                 // delta). HS 128: 32-query tiles (the fp32 dK, dV accumulators alone take 128 registers).
+  static constexpr int kMTiles = 1, kBlockK = 4 * 16 * kMTiles, kBlockQ = HS == 64 ? 64 : 32;
+  static constexpr int kMinBlocks = HS == 64 ? 3 : 2;  // registers: see the header's Resources
   static constexpr int kLd = HS + 8;
   static constexpr int kLdS = kBlockQ + 8;  // dS^T (kBlockK, kLdS), atomic variant only
   static constexpr size_t kSmemBytes = size_t(2 * kBlockK + 4 * kBlockQ) * kLd * sizeof(bf16) +
@@ -161,24 +180,27 @@ struct KvTiles {  // backward dK/dV (and dQ by atomics): 16 kMTiles keys per war
 };
 template <int HS>
 struct QTiles {  // backward dQ: 16 kMTiles queries per warp; Q, dO, two stages of (K, V)
-  static constexpr int kMTiles = HS == 64 ? 2 : 1, kBlockQ = 4 * 16 * kMTiles, kBlockK = 32;
-  static constexpr int kMinBlocks = HS == 64 ? 2 : 3;  // registers: see the header's Resources
+  static constexpr int kMTiles = 1, kBlockQ = 4 * 16 * kMTiles, kBlockK = HS == 64 ? 64 : 32;
+  static constexpr int kMinBlocks = 3;  // registers: see the header's Resources
   static constexpr int kLd = HS + 8;
   static constexpr size_t kSmemBytes = size_t(2 * kBlockQ + 4 * kBlockK) * kLd * sizeof(bf16);
 };
 static_assert(ForwardTiles<64>::kBlockQ == 4 * 16 * ForwardTiles<64>::kMTiles &&
+                  ForwardTiles<128>::kBlockQ == 4 * 16 * ForwardTiles<128>::kMTiles &&
                   QTiles<64>::kBlockQ == 4 * 16 * QTiles<64>::kMTiles &&
-                  KvTiles<64, false>::kBlockK == 4 * 16 * KvTiles<64, false>::kMTiles,
+                  QTiles<128>::kBlockQ == 4 * 16 * QTiles<128>::kMTiles &&
+                  KvTiles<64, false>::kBlockK == 4 * 16 * KvTiles<64, false>::kMTiles &&
+                  KvTiles<128, false>::kBlockK == 4 * 16 * KvTiles<128, false>::kMTiles,
               "a warp owns kMTiles x 16 rows of the block's tile");
 static_assert(ForwardTiles<128>::kSmemBytes <= 80 * 1024 && KvTiles<128, true>::kSmemBytes <= 80 * 1024 &&
                   QTiles<128>::kSmemBytes <= 80 * 1024,
               "at least two blocks per SM on sm_80 (164 KB) and sm_90 (228 KB)");
 
-// The min-blocks of __launch_bounds__: `want` (3, or 2 for a kernel whose warps own 32 rows: its accumulators
-// need more than the 168 registers of 3 blocks) where the SM's shared memory holds that many blocks (plus the 1 KB
-// each reserves), else as many as it holds, at least 2. Asking sm_80 for three of the 54-68 KB kernels would cap
-// them at 168 registers (and spill) for an occupancy its shared memory never allows. (dK/dV asks for 2
-// everywhere: its fp32 dK, dV accumulators alone take 128 registers.)
+// The min-blocks of __launch_bounds__: `want` (3, or 2 for a kernel whose accumulators need more than the 168
+// registers of 3 blocks: the forward, whose warps own 32 rows, and dK/dV at HS 128, whose fp32 dK, dV alone take
+// 128) where the SM's shared memory holds that many blocks (plus the 1 KB each reserves), else as many as it holds,
+// at least 2. Asking sm_80 for three of the 54-68 KB kernels would cap them at 168 registers (and spill) for an
+// occupancy its shared memory never allows: the HS 64 backward gets 3 blocks on sm_90, 2 on sm_80.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
 constexpr size_t kSmemPerSm = 164 * 1024;
 #else
@@ -299,7 +321,8 @@ STRATA_UNROLL
 // D (16M x N) += A (16M x K, row-major smem rows of this warp, M m16 tiles) * M^T, M an (N, K) row-major smem
 // tile. Each B fragment feeds the M tiles' products: with M = 2 a 16-byte row of B serves 2 mma's. kRolled keeps
 // the k-step loop a loop (its index only moves addresses), so ptxas cannot hoist the next step's fragments: the
-// dK/dV kernel at HS 64 otherwise spills at 255 registers (sm_90).
+// dK/dV kernel asks for it with more than one m-tile per warp (at HS 64 with 32 keys per warp it spilled at 255
+// registers on sm_90 without it); with one m-tile, as now at both head sizes, the loop is unrolled.
 template <int M, int N, int K, bool kRolled = false>
 __device__ __forceinline__ void mma_rows_smem(float (&d)[M][N / 8][4], const bf16* a_rows, int lda, const bf16* m,
                                               int ldm, int lane) {
@@ -555,19 +578,21 @@ STRATA_UNROLL
   }
 }
 
-// dK, dV of one key tile of KV head g: grid (KVH, B, ceil(T/BK)), block 128, 16 kMTiles keys per warp (BK = 128
-// at HS 64, 64 at HS 128). The key tile is the slowest grid index and tile 0 (the most query tiles) comes first:
-// longest-first over the whole grid. With kAtomicDq
+// dK, dV of one key tile of KV head g: grid (KVH, B, ceil(T/BK)), block 128, 16 kMTiles keys per warp (BK = 64,
+// 16 keys per warp, at both head sizes; query tiles of BQ = 64 at HS 64, 32 at HS 128). The key tile is the slowest
+// grid index and tile 0 (the most query tiles) comes first: longest-first over the whole grid. With kAtomicDq
 // (FlashAttention-2's backward) the block also computes dQ = dS K for every query tile it visits and adds it
 // (unscaled) into dq_accum (B,T,NH,HS fp32) with atomics; otherwise dq_accum is unused and dQ is left to
 // flash_backward_dq_kernel.
 template <int HS, bool kAtomicDq>
-__global__ void __launch_bounds__(kThreads, 2)
+__global__ void __launch_bounds__(kThreads,
+                                  min_blocks(KvTiles<HS, kAtomicDq>::kSmemBytes, KvTiles<HS, kAtomicDq>::kMinBlocks))
     flash_backward_dkdv_kernel(bf16* dqkv, float* dq_accum, const bf16* dout, const bf16* qkv, const float* lse,
                                const float* delta, int T, int NH, int KVH, float scale, float scale_log2) {
   using Tiles = KvTiles<HS, kAtomicDq>;
   constexpr int BK = Tiles::kBlockK, BQ = Tiles::kBlockQ, kLd = Tiles::kLd, kLdS = Tiles::kLdS;
   constexpr int MT = Tiles::kMTiles, kRowsW = 16 * MT;  // m16 tiles and keys per warp
+  static_assert(BK == 4 * kRowsW && BQ % 16 == 0 && BQ <= kThreads, "4 warps of kRowsW keys; one thread per query");
   STRATA_DYNAMIC_SMEM(bf16, smem);
   bf16* k_s = smem;                    // (BK, kLd)
   bf16* v_s = k_s + BK * kLd;          // (BK, kLd)
@@ -620,7 +645,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   stage_item(0);  // K, V and item 0 in one group
   if (n_items > 1) fetch_stats(1);
 
-  const int key_w = k0 + warp * kRowsW;  // this warp's first key; m-tile mt, row half r: key key_w + 16 mt + 8 r + gr
+  const int key_w = k0 + warp * kRowsW;  // this warp's first key
   const bf16* k_w = k_s + warp * kRowsW * kLd;
   const bf16* v_w = v_s + warp * kRowsW * kLd;
   float dk[MT][HS / 8][4] = {}, dv[MT][HS / 8][4] = {};
@@ -651,17 +676,21 @@ __global__ void __launch_bounds__(kThreads, 2)
       const bool masked = qs < key_w + kRowsW - 1 || qs + BQ > T;
       const int end = T - qs;  // tile queries [first, end) see the key
 STRATA_UNROLL
-      for (int mt = 0; mt < MT; ++mt)
+      for (int mt = 0; mt < MT; ++mt) {
+        // first per m-tile and row half, outside the element loops: written per element (key_w + 16 mt + 8 (i/2)
+        // + gr - qs), ptxas spills 52 bytes at HS 64's 168 registers (sm_90, CUDA 13.0).
+        const int first[2] = {key_w + 16 * mt + gr - qs, key_w + 16 * mt + 8 + gr - qs};
 STRATA_UNROLL
         for (int j = 0; j < BQ / 8; ++j)
 STRATA_UNROLL
           for (int i = 0; i < 4; ++i) {
-            const int ql = 8 * j + 2 * tq + (i & 1), first = key_w + 16 * mt + 8 * (i / 2) + gr - qs;
+            const int ql = 8 * j + 2 * tq + (i & 1);
             float p = exp2f(pt[mt][j][i] * scale_log2 - lse_t[ql]);
-            if (masked && (ql < first || ql >= end)) p = 0.0f;
+            if (masked && (ql < first[i / 2] || ql >= end)) p = 0.0f;
             pt[mt][j][i] = p;
             dst[mt][j][i] = p * (dst[mt][j][i] - delta_t[ql]);  // dS^T without the scale (applied once at the end)
           }
+      }
       uint32_t pa[MT][BQ / 16][4];  // P^T, then dS^T, as bf16 A fragments
 STRATA_UNROLL
       for (int mt = 0; mt < MT; ++mt) pack_a<BQ>(pa[mt], pt[mt]);
@@ -686,11 +715,13 @@ STRATA_UNROLL
 
     if constexpr (kAtomicDq) {
       // dQ (BQ x HS) += dS (BQ x BK) K (BK x HS): warp w takes 16 query rows (w % kRowGroups) and kDqDims head
-      // dims (w / kRowGroups), reading dS^T transposed (ldmatrix.trans) and K through .trans. Key chunk c (the
-      // rows of warp c) is read only when warp c was active for this item, i.e. for c < n_chunks (skipped warps
-      // leave stale rows: chunks 2w, 2w+1 at HS 64); later chunks hold no key <= the tile's last query anyway.
-      constexpr int kRowGroups = BQ / 16, kDqDims = HS / (4 / kRowGroups);
-      static_assert(kRowGroups * (HS / kDqDims) == 4, "the 4 warps tile dQ");
+      // dims (w / kRowGroups), reading dS^T transposed (ldmatrix.trans) and K through .trans. Key chunk c (16
+      // keys, rows of warp c / MT) is read only when its warp was active for this item, i.e. for c < n_chunks
+      // (skipped warps leave stale rows: chunks MT w .. MT w + MT - 1); later chunks hold no key <= the tile's
+      // last query anyway.
+      constexpr int kRowGroups = BQ / 16;
+      static_assert(4 % kRowGroups == 0, "the 4 warps tile dQ (BQ 16, 32 or 64)");
+      constexpr int kDqDims = HS / (4 / kRowGroups);
       __syncthreads();  // every warp's dS^T rows are in ds_s (the next write is after the next item's barrier)
       const int rg = warp % kRowGroups, d0 = (warp / kRowGroups) * kDqDims;
       const int n_chunks = cuda::ceil_div(qs + BQ - k0, 16);  // >= 1 since qs + BQ > k0
@@ -755,14 +786,16 @@ STRATA_UNROLL
   o.store(dqkv + (row / NH) * R + (row % NH) * HS + col);
 }
 
-// dQ of one query tile of head h: grid (NH, B, ceil(T/BQ)), block 128, 16 kMTiles queries per warp (BQ = 128 at
-// HS 64, 64 at HS 128); query tiles slowest and counted down (longest-first, as the forward).
+// dQ of one query tile of head h: grid (NH, B, ceil(T/BQ)), block 128, 16 kMTiles queries per warp (BQ = 64, 16
+// queries per warp, at both head sizes; key tiles of BK = 64 at HS 64, 32 at HS 128); query tiles slowest and
+// counted down (longest-first, as the forward).
 template <int HS>
 __global__ void __launch_bounds__(kThreads, min_blocks(QTiles<HS>::kSmemBytes, QTiles<HS>::kMinBlocks))
     flash_backward_dq_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* delta,
                              int T, int NH, int KVH, float scale, float scale_log2) {
   using Tiles = QTiles<HS>;
   constexpr int BQ = Tiles::kBlockQ, BK = Tiles::kBlockK, kLd = Tiles::kLd, MT = Tiles::kMTiles;
+  static_assert(BQ == 4 * 16 * MT && BK % 16 == 0, "4 warps of 16 MT queries; whole k-steps of keys");
   STRATA_DYNAMIC_SMEM(bf16, smem);
   bf16* q_s = smem;              // (BQ, kLd)
   bf16* do_s = q_s + BQ * kLd;   // (BQ, kLd)
