@@ -294,8 +294,10 @@ class CudaBackend final : public TrainBackend {
   void grow(const growth::GrowthPlan& plan, uint64_t seed) override {
     mask_.reset();  // both address the old runner
     learned_.reset();
-    // Sharded (ZeRO-1): gather, grow on the host, re-shard (the new runner takes its shard on upload).
-    if (!optimizer_sharded() && CudaModel::device_growable(plan)) {  // layer copies: device to device, no host round trip
+    // Layer copies (G_stack, interpolation, G_zero): device to device, no host round trip; sharded (ZeRO-1)
+    // too, as each rank owns the same parts of a copied layer and of its source (CudaModel::grown). Anything
+    // else: gather, grow on the host, re-shard (the new runner takes its shard on upload).
+    if (CudaModel::device_growable(plan)) {
       const bool map = plan.stage.optimizer == growth::OptimizerPolicy::kMap;
       std::unique_ptr<CudaModel> next = gpu_->grown(plan, map);
       gpu_ = std::move(next);

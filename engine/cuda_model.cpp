@@ -555,6 +555,42 @@ void CudaModel::backward() {
   ops::embedding_backward(dev, g.tok_embedding, g.pos_embedding, s.dx, s.inputs, B, T, C);
 }
 
+namespace {
+
+struct PieceCopy {
+  int64_t dst = 0, src = 0, count = 0;  // compact offsets and elements
+};
+
+// Where the fp32 state (master weights, moments) of a copied layer lives in the compact buffers: unsharded,
+// the flat ranges themselves (compact == flat); sharded (ZeRO-1), this rank's pieces of the destination
+// segment (entry de, layer l of the grown layout) and of its source (entry se, layer src). The growth keeps
+// the per-layer size and the world, so both segments split alike (same chunk, same tail) and this rank owns
+// the same parts of both: the copies never cross ranks. from / to / per: the flat ranges (per elements).
+std::vector<PieceCopy> piece_copies(const LayerShards& old_sh, const ParamEntry& se, int src_layer,
+                                    const LayerShards& new_sh, const ParamEntry& de, int dst_layer, int64_t from,
+                                    int64_t to, int64_t per) {
+  if (old_sh.world() == 1) return {{to, from, per}};
+  auto find = [](const LayerShards& sh, int64_t offset) -> const ShardSegment& {
+    const auto& segs = sh.segments();
+    const auto it = std::lower_bound(segs.begin(), segs.end(), offset,
+                                     [](const ShardSegment& g, int64_t o) { return g.offset < o; });
+    STRATA_CHECK(it != segs.end() && it->offset == offset, "growth: no shard segment at flat offset ", offset);
+    return *it;
+  };
+  const ShardSegment& a = find(old_sh, from);
+  const ShardSegment& b = find(new_sh, to);
+  STRATA_CHECK(a.numel == per && b.numel == per && a.chunk == b.chunk && a.body == b.body &&
+                   a.layer == (se.spec.per_layer ? src_layer : -1) &&
+                   b.layer == (de.spec.per_layer ? dst_layer : -1),
+               "growth: the shard segments of ", de.spec.name, " layer ", dst_layer, " do not match its source");
+  std::vector<PieceCopy> out;
+  if (b.chunk > 0) out.push_back({b.body_compact, a.body_compact, b.chunk});
+  if (b.tail() > 0 && b.tail_compact >= 0) out.push_back({b.tail_compact, a.tail_compact, b.tail()});
+  return out;
+}
+
+}  // namespace
+
 bool CudaModel::device_growable(const growth::GrowthPlan& plan) {
   if (plan.stage.noise > 0) return false;
   for (const growth::TensorRule& r : plan.tensors) {
@@ -567,14 +603,14 @@ bool CudaModel::device_growable(const growth::GrowthPlan& plan) {
 
 std::unique_ptr<CudaModel> CudaModel::grown(const growth::GrowthPlan& plan, bool map_moments) {
   STRATA_CHECK(device_growable(plan), "CudaModel::grown: the plan needs the host");
-  STRATA_CHECK(!sharded(), "CudaModel::grown: a sharded runner grows through the host (gather, grow, re-shard)");
   Impl& s = *impl_;
   s.arena = DeviceBuffer();  // activations and gradients go first: old and new state then fit where they did
   s.grads = DeviceBuffer();
+  s.grad_shard = DeviceBuffer();
   auto next = std::make_unique<CudaModel>(plan.to, B_, T_, opt_);  // zero weights and master weights
   Impl& n = *next->impl_;
   const bool moments = map_moments && s.m.ptr != nullptr;
-  const size_t P = static_cast<size_t>(next->layout_.numel());
+  const size_t P = static_cast<size_t>(next->shards_.compact_size());  // the layout's numel unsharded
   if (moments) {
     n.m = DeviceBuffer(P * sizeof(float), "the AdamW first moments");
     n.v = DeviceBuffer(P * sizeof(float), "the AdamW second moments");
@@ -596,11 +632,15 @@ std::unique_ptr<CudaModel> CudaModel::grown(const growth::GrowthPlan& plan, bool
       if (lr.fill == growth::LayerFill::kZero) continue;  // the new runner's state starts at zero
       STRATA_CHECK(lr.src >= 0 && lr.src < se->layers, "growth: source layer ", lr.src, " of ", r.name);
       const int64_t from = se->offset + lr.src * per, to = de->offset + static_cast<int64_t>(l) * per;
-      copy(n.master.as<float>() + to, s.master.as<float>() + from, size_t(per) * sizeof(float));
-      copy(n.weights.as<bf16>() + to, s.weights.as<bf16>() + from, size_t(per) * sizeof(bf16));
-      if (moments) {
-        copy(n.m.as<float>() + to, s.m.as<float>() + from, size_t(per) * sizeof(float));
-        copy(n.v.as<float>() + to, s.v.as<float>() + from, size_t(per) * sizeof(float));
+      copy(n.weights.as<bf16>() + to, s.weights.as<bf16>() + from, size_t(per) * sizeof(bf16));  // whole
+      // The fp32 state: this rank's pieces of the destination segment, from its pieces of the source segment.
+      for (const auto& [dst, src, count] :
+           piece_copies(shards_, *se, lr.src, next->shards_, *de, static_cast<int>(l), from, to, per)) {
+        copy(n.master.as<float>() + dst, s.master.as<float>() + src, size_t(count) * sizeof(float));
+        if (moments) {
+          copy(n.m.as<float>() + dst, s.m.as<float>() + src, size_t(count) * sizeof(float));
+          copy(n.v.as<float>() + dst, s.v.as<float>() + src, size_t(count) * sizeof(float));
+        }
       }
     }
   }

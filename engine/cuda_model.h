@@ -140,8 +140,9 @@ class CudaModel {
   // width change (G_stack, G_zero, interpolation in depth), so the grown state is device-to-device copies of
   // this one (what growth/apply.h computes on the host, bit for bit). grown() then returns the runner of
   // plan.to with the copied fp32 master weights, bf16 weights and, with map_moments, moments (else none: the
-  // optimizer restarts). It frees this runner's activations and gradients first; this runner is not usable
-  // afterwards.
+  // optimizer restarts). Sharded (ZeRO-1), each rank copies its own pieces: the grown layout keeps every
+  // per-layer size and the world, so a copied layer's segment splits as its source's does and no data crosses
+  // ranks. It frees this runner's activations and gradients first; this runner is not usable afterwards.
   static bool device_growable(const growth::GrowthPlan& plan);
   std::unique_ptr<CudaModel> grown(const growth::GrowthPlan& plan, bool map_moments);
 

@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <sstream>
 
@@ -20,10 +21,13 @@
 #include "engine/checkpoint.h"
 #include "engine/comm.h"
 #include "engine/cuda_backend.h"
+#include "engine/cuda_model.h"
 #include "engine/fileio.h"
+#include "engine/params.h"
 #include "engine/train_backend.h"
 #include "engine/trainer.h"
 #include "growth/comm_cost.h"
+#include "growth/plan.h"
 #include "growth/spec.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
 #include "tests/test_util.h"
@@ -211,6 +215,166 @@ TEST_F(CudaDistTrain, GrowthPhasesTrainLikeTheCpuBackend) {
       EXPECT_NEAR(gpu[i]["grad_norm"].get<double>(), n, kRunnerStepLossTol * n) << k.name << " step " << i + 1;
     }
   }
+}
+
+// Growth of a ZeRO-1 runner on the device: each rank copies its own pieces of the copied layers' fp32 state (no
+// data crosses ranks; engine/cuda_model.h, CudaModel::grown). From the same full state on every rank, the state
+// the ranks gather afterwards is the CPU backend's grown state bit for bit (master weights, moments mapped or
+// reset, t), the bf16 weights of each copied layer are its source's, and the grown sharded runner trains.
+// Under 3 ranks the segments have tails (owned by the last rank).
+TEST_F(CudaDistTrain, Zero1GrowthOnTheDeviceProducesTheCpuBackendsState) {
+  STRATA_SKIP_WITHOUT_GPU();
+  const TrainConfig c = config("unused", "cuda", 1);
+  DataParallelSetup dp;
+  dp.comm = &world();
+  dp.zero_stage = 1;
+  for (const std::string spec : {"at=1 steps,op=stack,g=2,optimizer=map", "at=1 steps,op=stack,g=2",
+                                  "at=1 steps,op=interpolate,g=2", "at=1 steps,op=zero,g=2"}) {
+    SCOPED_TRACE(spec);
+    const growth::GrowthPlan plan = growth::make_plan(c.model, growth::parse_stage(spec));
+    ASSERT_TRUE(CudaModel::device_growable(plan));
+    auto cpu = make_cpu_backend(c.model, 2, 16, c.adamw);  // one process's reference, on every rank
+    auto cuda = make_cuda_backend(c.model, 2, 16, c.adamw, 7, dp);
+    ASSERT_EQ(cuda->optimizer_sharded(), world().world() > 1);
+    const size_t bytes = size_t(cpu->host_params().numel()) * sizeof(float);
+    init_params(cpu->host_params(), 3);
+    init_params(cpu->host_optimizer().m(), 4);
+    init_params(cpu->host_optimizer().v(), 5);
+    for (int64_t i = 0; i < cpu->host_params().numel(); ++i)
+      cpu->host_optimizer().v().data()[i] = std::abs(cpu->host_optimizer().v().data()[i]);
+    cpu->host_optimizer().set_t(3);
+    std::memcpy(cuda->host_params().data(), cpu->host_params().data(), bytes);
+    std::memcpy(cuda->host_optimizer().m().data(), cpu->host_optimizer().m().data(), bytes);
+    std::memcpy(cuda->host_optimizer().v().data(), cpu->host_optimizer().v().data(), bytes);
+    cuda->host_optimizer().set_t(3);
+    cuda->upload_from_host();  // each rank takes its pieces
+    const auto before = cuda->checkpoint_extras();
+    const auto* old_data = static_cast<const uint16_t*>(before[0].tensors[0].data);
+    const std::vector<uint16_t> old_bits(old_data, old_data + before[0].tensors[0].shape[0]);
+    cpu->grow(plan, 99);
+    cuda->grow(plan, 99);
+    cuda->download_to_host();  // the ranks gather every piece
+    ASSERT_EQ(cuda->config().n_layer, plan.to.n_layer);
+    ASSERT_EQ(cuda->host_params().numel(), cpu->host_params().numel());
+    const size_t grown = size_t(cpu->host_params().numel()) * sizeof(float);
+    EXPECT_EQ(0, std::memcmp(cuda->host_params().data(), cpu->host_params().data(), grown));
+    EXPECT_EQ(0, std::memcmp(cuda->host_optimizer().m().data(), cpu->host_optimizer().m().data(), grown));
+    EXPECT_EQ(0, std::memcmp(cuda->host_optimizer().v().data(), cpu->host_optimizer().v().data(), grown));
+    EXPECT_EQ(cuda->optimizer_t(), cpu->optimizer_t());
+    const auto after = cuda->checkpoint_extras();
+    const auto* bits = static_cast<const uint16_t*>(after[0].tensors[0].data);
+    const ParamLayout from(plan.from), to(plan.to);
+    for (const growth::TensorRule& r : plan.tensors) {
+      const ParamEntry *se = from.find(r.name), *de = to.find(r.name);
+      const int64_t per = de->spec.numel_per_layer();
+      for (size_t l = 0; l < r.layers.size(); ++l) {
+        if (r.layers[l].fill != growth::LayerFill::kCopy) continue;
+        EXPECT_EQ(0, std::memcmp(bits + de->offset + int64_t(l) * per,
+                                 old_bits.data() + se->offset + r.layers[l].src * per, size_t(per) * 2))
+            << r.name << " layer " << l;
+      }
+    }
+    // The grown sharded runner trains like the CPU backend: every rank takes the same batch at 1 / R (the
+    // reduced gradient is the batch's), three steps, then the loss on another batch (one growth: the emulation
+    // is slow).
+    if (spec.find("map") == std::string::npos) continue;
+    const auto in = test::random_tokens(32, c.model.vocab_size, 1),
+               tg = test::random_tokens(32, c.model.vocab_size, 2),
+               in2 = test::random_tokens(32, c.model.vocab_size, 3),
+               tg2 = test::random_tokens(32, c.model.vocab_size, 4);
+    for (int k = 0; k < 3; ++k) {
+      cuda->zero_grad();
+      cpu->zero_grad();
+      const float loss = cuda->train_micro_batch(in.data(), tg.data(), 1.0f / float(world().world()));
+      const float ref = cpu->train_micro_batch(in.data(), tg.data(), 1.0f);
+      EXPECT_NEAR(loss, ref, kRunnerStepLossTol * ref) << "step " << k + 1;
+      const double norm = cuda->grad_norm(), ref_norm = cpu->grad_norm();
+      EXPECT_NEAR(norm, ref_norm, kRunnerStepLossTol * ref_norm) << "step " << k + 1;
+      cuda->adamw_step(1e-3, 1.0f);  // small: a reset optimizer's first steps are sign(g) x lr
+      cpu->adamw_step(1e-3, 1.0f);
+    }
+    int64_t n = 0;
+    const float eval = cuda->evaluate(in2.data(), tg2.data(), &n);
+    const float ref_eval = cpu->evaluate(in2.data(), tg2.data(), &n);
+    EXPECT_NEAR(eval, ref_eval, kRunnerStepLossTol * ref_eval);
+    double worst = eval, least = eval;  // and the ranks agree exactly
+    world().all_reduce_small(&worst, 1, ReduceOp::kMax);
+    world().all_reduce_small(&least, 1, ReduceOp::kMin);
+    EXPECT_EQ(worst, least);
+  }
+}
+
+// G_learn under ZeRO-1 on the GPU (each rank sums its pieces' share of the mixing gradient, the shares are
+// added in rank order; every rank writes all the bf16 weights W' = D W and the master weights of its pieces):
+// the same steps as ZeRO-0 on the GPU and as the CPU backend's ZeRO-1 on as many ranks (losses and gradient
+// norms within bf16 precision), and the mixing matrices checkpointed inside the phase (after 2 of its 3
+// steps) those of ZeRO-0: each step moves an entry of D by about learn_lr (Adam, whose first steps follow
+// the gradient's sign), so a mixing gradient summed wrongly (a rank's share missing) moves many entries the
+// other way, a difference of 2 learn_lr. Under 3 ranks the segments have tails (a second run of pieces per
+// kind on the last rank).
+TEST_F(CudaDistTrain, GLearnUnderZero1TrainsLikeZero0AndTheCpuBackend) {
+  STRATA_SKIP_WITHOUT_GPU();
+  const growth::Stage stage = growth::parse_stage("at=5 steps,op=learn,g=2,learn_steps=3");
+  struct Run {
+    const char* name;
+    const char* device;
+    int zero;
+  };
+  for (const Run& r :
+       {Run{"learn_cpu_z1", "cpu", 1}, Run{"learn_gpu_z1", "cuda", 1}, Run{"learn_gpu_z0", "cuda", 0}}) {
+    TrainConfig c = config(r.name, r.device, r.zero);
+    c.grow[0] = stage;
+    c.ckpt_every = 7;  // inside the phase (steps 6-8): the checkpoint carries D
+    c.sample_tokens = 0;
+    ASSERT_EQ(train(c), 0) << r.name;
+  }
+  world().barrier();
+  if (world().rank() != 0) return;
+  const auto cpu = steps("learn_cpu_z1"), z1 = steps("learn_gpu_z1"), z0 = steps("learn_gpu_z0");
+  ASSERT_EQ(cpu.size(), 10u);
+  ASSERT_EQ(z1.size(), 10u);
+  ASSERT_EQ(z0.size(), 10u);
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    const double c = cpu[i]["loss"].get<double>(), n = cpu[i]["grad_norm"].get<double>();
+    const double a = z1[i]["loss"].get<double>(), b = z0[i]["loss"].get<double>();
+    const double na = z1[i]["grad_norm"].get<double>(), nb = z0[i]["grad_norm"].get<double>();
+    std::printf(
+        "G_learn step %zu loss cpu %.5f cuda zero-1 %.5f zero-0 %.5f, grad norm cpu %.5f zero-1 %.5f "
+        "zero-0 %.5f\n",
+        i + 1, c, a, b, n, na, nb);
+    EXPECT_NEAR(a, b, kRunnerStepLossTol * b) << "step " << i + 1;
+    EXPECT_NEAR(a, c, kRunnerStepLossTol * c) << "step " << i + 1;
+    EXPECT_NEAR(na, nb, kRunnerStepLossTol * nb) << "step " << i + 1;
+    EXPECT_NEAR(na, n, kRunnerStepLossTol * n) << "step " << i + 1;
+  }
+  // D after 2 of the phase's 3 steps, ZeRO-1 against ZeRO-0. The runs' weights already differ slightly (from
+  // step 2 on: the optimizer's stochastic rounding), so a mixing gradient near 0 may take the other sign on
+  // one of them (that entry then differs by about 2 learn_lr): measured on the emulation, 1 (2 ranks) and 2
+  // (3 ranks) of 48 entries. A wrongly summed gradient flips many: each rank stepping on its own share alone
+  // gave 18 of 48 (2 ranks), while the losses stayed within their tolerance.
+  const SafetensorsFile f1 = open_checkpoint_file((root_ / "learn_gpu_z1" / "ckpt-00000007").string(),
+                                                  "growth.safetensors"),
+                        f0 = open_checkpoint_file((root_ / "learn_gpu_z0" / "ckpt-00000007").string(),
+                                                  "growth.safetensors");
+  size_t entries = 0, differ = 0;
+  double moved = 0.0;
+  for (const std::string& name : f0.names()) {
+    if (name.rfind("D.", 0) != 0) continue;
+    const std::vector<float> a = f1.to_f32(name), b = f0.to_f32(name);
+    ASSERT_EQ(a.size(), b.size()) << name;
+    size_t off = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      off += std::abs(double(a[i]) - double(b[i])) > 0.5 * stage.learn_lr;
+      moved = std::max(moved, std::abs(double(b[i]) - std::round(double(b[i]))));  // off G_stack's 0 / 1
+    }
+    std::printf("G_learn %s after 2 steps: %zu of %zu entries of D differ by more than learn_lr / 2\n",
+                name.c_str(), off, a.size());
+    entries += a.size();
+    differ += off;
+  }
+  EXPECT_GT(entries, 0u) << "no mixing matrix in the checkpoint";
+  EXPECT_LE(differ * 4, entries) << "more than a quarter of D differs between ZeRO-1 and ZeRO-0";
+  EXPECT_GT(moved, 0.5 * stage.learn_lr) << "vacuous: D did not move";
 }
 
 // --nccl-loopback: one process runs the data-parallel path anyway (NCCL on a world of one, ZeRO-0's
