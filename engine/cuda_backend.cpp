@@ -54,6 +54,8 @@ class CudaBackend final : public TrainBackend {
     (void)cudaStreamSynchronize(comm_stream_);  // no errors from a destructor
     (void)cudaEventDestroy(grads_ready_);
     (void)cudaEventDestroy(reduced_event_);
+    (void)cudaEventDestroy(updated_event_);
+    for (cudaEvent_t e : gathered_) (void)cudaEventDestroy(e);
     (void)cudaStreamDestroy(comm_stream_);
   }
 
@@ -98,7 +100,7 @@ class CudaBackend final : public TrainBackend {
     last_micro_ = last;
   }
   float train_micro_batch(const int32_t* inputs, const int32_t* targets, float grad_scale) override {
-    const float loss = gpu_->forward(inputs, targets, grad_scale);
+    const float loss = forward_after_gather(inputs, targets, grad_scale);
 #if defined(STRATA_HAVE_NCCL)
     if (nccl_ && last_micro_ && !masked_) {
       // Each layer's gradients are reduced on the communication stream as soon as the backward pass has
@@ -120,6 +122,7 @@ class CudaBackend final : public TrainBackend {
     return loss;
   }
   float evaluate(const int32_t* inputs, const int32_t* targets, int64_t* n_valid) override {
+    settle_gather();
     const float loss = gpu_->evaluate(inputs, targets);
     *n_valid = gpu_->num_valid_targets();
     return loss;
@@ -141,25 +144,11 @@ class CudaBackend final : public TrainBackend {
     return gpu_->grad_norm();
   }
   void adamw_step(double lr, float grad_scale) override {
+    settle_gather();
     ++t_;
     gpu_->adamw_step(adamw_, t_, lr, grad_scale, seed_);
 #if defined(STRATA_HAVE_NCCL)
-    // ZeRO-1: each rank updated the bf16 weights of its pieces; every rank gets every piece: each segment's
-    // body all-gathered in place, its tail broadcast from the last rank (one NCCL group).
-    if (nccl_ && zero_ == 1) {
-      const Communicator::Guard watch(nccl_->host(), "NCCL all-gather", gpu_->layout().numel() * 2,
-                                      /*count=*/false);
-      auto* w = static_cast<uint16_t*>(gpu_->weights_device());  // bf16 elements
-      auto* stream = static_cast<CUstream_st*>(gpu_->stream());
-      const int R = nccl_->world();
-      nccl_->group_start();
-      for (const ShardSegment& g : gpu_->shards().segments()) {
-        nccl_->all_gather(w + g.offset, g.chunk, DeviceDType::kBF16, stream);
-        nccl_->broadcast(w + g.offset + g.body, g.tail(), R - 1, DeviceDType::kBF16, stream);
-      }
-      nccl_->group_end();
-      CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(gpu_->stream())));
-    }
+    if (nccl_ && zero_ == 1) issue_gather();
 #endif
   }
   long optimizer_t() const override {
@@ -191,6 +180,7 @@ class CudaBackend final : public TrainBackend {
   }
 
   void download_to_host() override {
+    settle_gather();
     ensure_host();
     gpu_->get_params(*host_params_);
     if (gpu_->has_moments()) {
@@ -209,6 +199,7 @@ class CudaBackend final : public TrainBackend {
 #endif
   }
   void upload_from_host() override {
+    settle_gather();
     ensure_host();
     gpu_->set_params(*host_params_);
     gpu_->set_moments(host_opt_->m(), host_opt_->v());
@@ -233,6 +224,7 @@ class CudaBackend final : public TrainBackend {
     mask_ = std::make_unique<CudaGrowthMask>(*gpu_, mask);
   }
   void mask_begin(long steps_done) override {
+    settle_gather();
     STRATA_CHECK(mask_ != nullptr, "mask_begin: no growth mask set");
     mask_->begin(steps_done);
     masked_ = true;
@@ -250,6 +242,7 @@ class CudaBackend final : public TrainBackend {
     learned_.reset();
   }
   void materialise_learned_depth(const growth::LearnedDepth& ld) override {
+    settle_gather();
     STRATA_CHECK(learned_ != nullptr, "materialise_learned_depth: no G_learn phase begun");
     learned_->materialise(ld);
   }
@@ -270,6 +263,7 @@ class CudaBackend final : public TrainBackend {
 #endif
 
   std::vector<CheckpointExtra> checkpoint_extras() override {
+    settle_gather();
     weights_bits_ = gpu_->get_weights_bf16();
     CheckpointExtra e;
     e.file = kWeightsFile;
@@ -279,6 +273,7 @@ class CudaBackend final : public TrainBackend {
     return {e};
   }
   void load_checkpoint_extras(const std::string& ckpt_dir, const CheckpointInfo& info) override {
+    settle_gather();
     if (info.files.count(kWeightsFile) == 0)
       return;  // another backend's checkpoint: weights rounded to nearest
     const SafetensorsFile f = open_checkpoint_file(ckpt_dir, kWeightsFile);
@@ -292,6 +287,7 @@ class CudaBackend final : public TrainBackend {
   }
 
   void grow(const growth::GrowthPlan& plan, uint64_t seed) override {
+    settle_gather();
     mask_.reset();  // both address the old runner
     learned_.reset();
     // Layer copies (G_stack, interpolation, G_zero): device to device, no host round trip; sharded (ZeRO-1)
@@ -315,6 +311,82 @@ class CudaBackend final : public TrainBackend {
   }
 
  private:
+  // ZeRO-1's all-gather of the updated bf16 weights, overlapped with the next forward pass. adamw_step()
+  // leaves it on the communication stream as one NCCL group per stage of the forward pass, in its order (the
+  // global tensors stored before the layers: the embeddings; each layer; the global tensors after them: the
+  // final norm and an untied head), each followed by an event; the next forward pass waits for a stage's
+  // event just before it reads those weights (CudaModel::set_layer_forward_hook), so the later layers'
+  // gathers run under the earlier layers' work. Anything else that reads or writes the bf16 weights first
+  // makes the runner's stream wait for all of them (settle_gather).
+  void issue_gather() {
+#if defined(STRATA_HAVE_NCCL)
+    ensure_comm_stream();
+    const int L = gpu_->config().n_layer;
+    while (static_cast<int>(gathered_.size()) < L + 2) {
+      cudaEvent_t e = nullptr;
+      CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+      gathered_.push_back(e);
+    }
+    const auto main = static_cast<cudaStream_t>(gpu_->stream());
+    CUDA_CHECK(cudaEventRecord(updated_event_, main));  // the optimizer wrote this rank's pieces
+    CUDA_CHECK(cudaStreamWaitEvent(comm_stream_, updated_event_, 0));
+    auto* w = static_cast<uint16_t*>(gpu_->weights_device());  // bf16 elements
+    const int R = nccl_->world();
+    const std::vector<ShardSegment>& segments = gpu_->shards().segments();
+    int64_t first_layer = gpu_->layout().numel();  // where the per-layer kinds start in the flat layout
+    for (const ShardSegment& g : segments)
+      if (g.layer >= 0) first_layer = std::min(first_layer, g.offset);
+    const auto stage = [&](const ShardSegment& g) {
+      return g.layer >= 0 ? g.layer : g.offset < first_layer ? -1 : L;
+    };
+    for (int l = -1; l <= L; ++l) {
+      // Each segment's body all-gathered in place, its tail broadcast from the last rank.
+      nccl_->group_start();
+      for (const ShardSegment& g : segments) {
+        if (stage(g) != l) continue;
+        nccl_->all_gather(w + g.offset, g.chunk, DeviceDType::kBF16, comm_stream_);
+        nccl_->broadcast(w + g.offset + g.body, g.tail(), R - 1, DeviceDType::kBF16, comm_stream_);
+      }
+      nccl_->group_end();
+      CUDA_CHECK(cudaEventRecord(gathered_[static_cast<size_t>(l + 1)], comm_stream_));
+    }
+    gather_layers_ = L;
+#endif
+  }
+  // The runner's stream waits for the whole pending all-gather (nothing when none is pending).
+  void settle_gather() {
+    if (gather_layers_ < 0) return;
+    CUDA_CHECK(cudaStreamWaitEvent(static_cast<cudaStream_t>(gpu_->stream()),
+                                   gathered_[static_cast<size_t>(gather_layers_ + 1)], 0));
+    gather_layers_ = -1;
+  }
+  // forward() with the pending all-gather's waits placed layer by layer. The watchdog covers the wait for the
+  // gathers: the forward's loss download synchronises with them.
+  float forward_after_gather(const int32_t* inputs, const int32_t* targets, float grad_scale) {
+#if defined(STRATA_HAVE_NCCL)
+    if (gather_layers_ >= 0 && gather_layers_ == gpu_->config().n_layer) {
+      const Communicator::Guard watch(nccl_->host(), "NCCL all-gather", gpu_->layout().numel() * 2,
+                                      /*count=*/false);
+      const auto main = static_cast<cudaStream_t>(gpu_->stream());
+      gpu_->set_layer_forward_hook([&](int l) {
+        CUDA_CHECK(cudaStreamWaitEvent(main, gathered_[static_cast<size_t>(l + 1)], 0));
+      });
+      float loss = 0.0f;
+      try {
+        loss = gpu_->forward(inputs, targets, grad_scale);
+      } catch (...) {
+        gpu_->set_layer_forward_hook(nullptr);
+        throw;
+      }
+      gpu_->set_layer_forward_hook(nullptr);
+      settle_gather();  // every layer waited already; this clears the pending state
+      return loss;
+    }
+#endif
+    settle_gather();
+    return gpu_->forward(inputs, targets, grad_scale);
+  }
+
   // Host mirrors in the current layout, allocated at first use (grow() replaces them with the grown ones).
   void ensure_host() {
     if (host_params_) return;
@@ -333,6 +405,7 @@ class CudaBackend final : public TrainBackend {
     CUDA_CHECK(cudaStreamCreateWithFlags(&comm_stream_, cudaStreamNonBlocking));
     CUDA_CHECK(cudaEventCreateWithFlags(&grads_ready_, cudaEventDisableTiming));
     CUDA_CHECK(cudaEventCreateWithFlags(&reduced_event_, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventCreateWithFlags(&updated_event_, cudaEventDisableTiming));
   }
   // Reduces, on the communication stream once the runner's stream has reached this point, layer l's slice of
   // every per-layer tensor kind, or with l < 0 every global tensor, in one NCCL group. ZeRO-0 all-reduces
@@ -426,7 +499,9 @@ class CudaBackend final : public TrainBackend {
   bool last_micro_ = true, reduced_ = false;
   bool masked_ = false;  // between mask_begin() and mask_end()
   cudaStream_t comm_stream_ = nullptr;
-  cudaEvent_t grads_ready_ = nullptr, reduced_event_ = nullptr;
+  cudaEvent_t grads_ready_ = nullptr, reduced_event_ = nullptr, updated_event_ = nullptr;
+  std::vector<cudaEvent_t> gathered_;  // ZeRO-1: the all-gather's event per stage (-1, 0..L-1, L) at l + 1
+  int gather_layers_ = -1;             // a pending all-gather's layer count; -1: none pending
 #if defined(STRATA_HAVE_NCCL)
   std::unique_ptr<NcclCommunicator> nccl_;
 #endif

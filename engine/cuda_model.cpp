@@ -411,7 +411,9 @@ float CudaModel::run_forward(const int32_t* inputs, const int32_t* targets, floa
   auto ln1_at = [&](int l) { return s.ln1 ? s.ln1 + l * NC : s.rc_ln; };
   auto ln2_at = [&](int l) { return s.ln2 ? s.ln2 + l * NC : s.rc_ln; };
 
+  if (forward_hook_) forward_hook_(-1);
   ops::embedding_forward(dev, s.resid, s.inputs, w.tok_embedding, w.pos_embedding, B, T, C);
+  if (forward_hook_) forward_hook_(0);  // layer l's weights are read from its attention norm on
   norm_forward(dev, d.llama, ln1_at(0), lmean(s.ln1_mean, 0), s.ln1_rstd, s.resid, w.attn_norm,
                w.attn_norm_bias, N, C, eps);
   for (int l = 0; l < d.L; ++l) {
@@ -438,6 +440,7 @@ float CudaModel::run_forward(const int32_t* inputs, const int32_t* targets, floa
                    layer_at(w.mlp_in_bias, l, d.H1), N);
     ops::matmul_forward(dev, s.branch, act, layer_at(w.mlp_down, l, int64_t{C} * d.Fd),
                         layer_at(w.mlp_down_bias, l, C), N, d.Fd, C);
+    if (forward_hook_) forward_hook_(l + 1);  // layer l+1 from its attention norm on; L: the final norm, head
     if (l + 1 < d.L)
       residual_norm(x + NC, ln1_at(l + 1), lmean(s.ln1_mean, l + 1), s.ln1_rstd + size_t(l + 1) * N, xm,
                     layer_at(w.attn_norm, l + 1, C), layer_at(w.attn_norm_bias, l + 1, C));

@@ -115,6 +115,11 @@ class CudaModel {
   // all when the batch has no valid target): the data-parallel backend starts reducing layer l on its own
   // stream while the backward pass goes on. Null: none.
   void set_layer_backward_hook(std::function<void(int layer)> hook) { layer_hook_ = std::move(hook); }
+  // Called during forward() and evaluate() before the first op that reads layer l's weights is enqueued on
+  // stream() (l = 0 up to L-1, from the layer's attention norm on), with l = -1 before the embedding and l = L
+  // before the final norm and the LM head: ZeRO-1 makes the stream wait there for the all-gather of those
+  // weights, so the gathers of the later layers overlap the forward pass of the earlier ones. Null: none.
+  void set_layer_forward_hook(std::function<void(int layer)> hook) { forward_hook_ = std::move(hook); }
   void zero_grad();
   // Global L2 norm of the gradients (fp32 partial sums in a fixed order: bitwise reproducible); sharded, the
   // norm of the reduce-scattered gradient shard.
@@ -162,7 +167,7 @@ class CudaModel {
   std::unique_ptr<Impl> impl_;
   int64_t n_valid_ = 0;
   LayerShards shards_;
-  std::function<void(int)> layer_hook_;
+  std::function<void(int)> layer_hook_, forward_hook_;
   bool sharded() const { return opt_.shard_world > 1; }
   void allocate_moments();  // zero moments as long as the master weights
   bool have_grad_ = false;

@@ -16,6 +16,7 @@ constexpr double kGiga = 1e9;
 constexpr double kTera = 1e12;
 constexpr double kMicro = 1e-6;
 constexpr double kBackwardShare = 2.0 / 3.0;  // backward = 2x forward: 2/3 of the training FLOPs
+constexpr double kForwardShare = 1.0 / 3.0;
 constexpr double kTargetEfficiency = 0.9;
 constexpr int kMinTableGpus = 64;
 // The 90% search: bisection in log(bandwidth) over [1e-9, 1e12] Gbit/s, far beyond any interconnect.
@@ -73,8 +74,8 @@ std::string num(double x, int digits = 4) {
 }
 
 // The model at `gpus` GPUs and bottleneck bandwidth `gbps`, for a validated input.
-StepEstimate estimate_step(const CommCostInput& in, double n_params, double flops_per_token, int gpus,
-                           double gbps) {
+StepEstimate estimate_step(const CommCostInput& in, double n_params, double front_share, double flops_per_token,
+                           int gpus, double gbps) {
   StepEstimate e;
   e.gpus = gpus;
   e.inter_node = inter_node(in, gpus);
@@ -93,6 +94,8 @@ StepEstimate estimate_step(const CommCostInput& in, double n_params, double flop
   }
   e.compute_s = flops_per_token * in.global_batch_tokens / (gpus * in.peak_tflops * kTera * in.mfu);
   e.hidden_s = in.overlap ? std::min(e.grad_comm_s, kBackwardShare * e.compute_s) : 0.0;
+  e.gather_hidden_s =
+      in.overlap ? std::min((1.0 - front_share) * e.gather_comm_s, kForwardShare * e.compute_s) : 0.0;
   e.step_s = e.compute_s + e.exposed_s();
   e.tokens_per_s = in.global_batch_tokens / e.step_s;
   e.efficiency = e.compute_s / e.step_s;
@@ -161,11 +164,17 @@ CommCostPlan make_comm_cost_plan(const CommCostInput& in) {
   p.input.seq_len = resolved_seq_len(in);
   p.n_params = static_cast<double>(models::count_parameters(in.model).total());
   p.flops_per_token = models::train_flops_per_token(in.model, p.input.seq_len);
+  double front = 0.0;  // the global tensors stored before the first per-layer kind
+  for (const models::TensorSpec& t : models::tensor_table(in.model)) {
+    if (t.per_layer) break;
+    front += static_cast<double>(t.numel_per_layer());
+  }
+  p.front_share = front / p.n_params;
   const CommCostInput& c = p.input;
 
   auto bandwidth_at = [&](int gpus) { return inter_node(c, gpus) ? *c.link_gbps : c.intra_gbps; };
   auto at = [&](int gpus, double gbps) {
-    return estimate_step(c, p.n_params, p.flops_per_token, gpus, gbps);
+    return estimate_step(c, p.n_params, p.front_share, p.flops_per_token, gpus, gbps);
   };
   static_cast<StepEstimate&>(p) = at(c.gpus, bandwidth_at(c.gpus));
 
@@ -263,7 +272,11 @@ std::string format_comm_cost(const CommCostPlan& p) {
   if (z1)
     item("all-gather", ms(p.gather_comm_s),
          single ? std::string("no communication")
-                : cat(c.gpus - 1, " hops; not overlapped (after the optimizer step)"));
+                : cat(c.gpus - 1, " hops; ",
+                      c.overlap ? cat("overlaps the next forward pass (", ms(kForwardShare * p.compute_s),
+                                      ") after its first stage (the embeddings, ", percent(p.front_share),
+                                      " of N): ", ms(p.gather_hidden_s), " hidden")
+                                : std::string("not overlapped (--no-overlap)")));
   item("compute", ms(p.compute_s), cat(num(c.peak_tflops), " TFLOP/s peak x MFU ", percent(c.mfu)));
   item("step", ms(p.step_s), cat("compute + exposed communication (", ms(p.exposed_s()), ")"));
   item("throughput", human_number(p.tokens_per_s), "tokens/s");

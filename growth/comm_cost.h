@@ -18,11 +18,15 @@
 //   Compute: t_compute = F * tokens / (R * peak * mfu), F = models::train_flops_per_token at seq_len, tokens
 //     the global batch; backward = 2/3 t_compute.
 //   Overlap: the gradient reduction (all-reduce or reduce-scatter) runs during the backward pass: hidden =
-//     min(t_grad, backward), exposed = t_grad - hidden. The ZeRO-1 parameter all-gather does not overlap
-//     (it follows the optimizer step). Without overlap nothing is hidden.
-//     The overlap is an upper bound with gradient accumulation: a reduction issued during the last
-//     micro-batch's backward can hide only behind that micro-batch.
-//   Step: t_step = t_compute + exposed + t_all_gather; tokens/s = tokens / t_step.
+//     min(t_grad, backward), exposed = t_grad - hidden. The ZeRO-1 parameter all-gather, issued after the
+//     optimizer step stage by stage in the forward pass's order (engine/cuda_backend.cpp), runs during the
+//     next forward pass (forward = 1/3 t_compute), except its first stage, the global tensors stored before
+//     the first layer (the embeddings: a share f of N), which the forward pass waits for before it starts:
+//     gather_hidden = min((1 - f) t_gather, forward). Without overlap nothing is hidden.
+//     The overlap is an upper bound: with gradient accumulation a reduction issued during the last
+//     micro-batch's backward can hide only behind that micro-batch (and the all-gather only behind the first
+//     micro-batch's forward), and a stage's collective cannot start before the optimizer step ends.
+//   Step: t_step = t_compute + exposed (both collectives); tokens/s = tokens / t_step.
 //   Efficiency = (t_compute of the same global batch on 1 GPU / R) / t_step = t_compute / t_step (compute is
 //     taken to scale perfectly; only communication costs).
 // Not modelled: the optimizer step's own time, hierarchical (tree / NVLS) collectives, contention.
@@ -65,7 +69,8 @@ struct CommCostInput {
   double peak_tflops = 989.4;  // H100 SXM dense bf16 (engine/peak_flops.h)
   double mfu = 0.45;           // single-GPU model FLOPs utilisation assumed
   double latency_us = 10.0;    // per ring hop (--latency-us)
-  bool overlap = true;         // the gradient reduction overlaps the backward pass (--no-overlap: false)
+  bool overlap = true;         // the gradient reduction overlaps the backward pass and the ZeRO-1 all-gather
+                               // the next forward pass (--no-overlap: false)
 };
 
 // One point of the model: R GPUs at bottleneck bandwidth B.
@@ -78,17 +83,19 @@ struct StepEstimate {
   double gather_comm_s = 0.0;   // ZeRO-1 parameter all-gather, latency included (0 for ZeRO-0)
   double compute_s = 0.0;       // t_compute at this R
   double hidden_s = 0.0;        // the part of grad_comm_s hidden behind the backward pass
+  double gather_hidden_s = 0.0; // the part of gather_comm_s hidden behind the next forward pass
   double step_s = 0.0;
   double tokens_per_s = 0.0;
   double efficiency = 1.0;
   double comm_s() const { return grad_comm_s + gather_comm_s; }
-  double exposed_s() const { return comm_s() - hidden_s; }
+  double exposed_s() const { return comm_s() - hidden_s - gather_hidden_s; }
 };
 
 struct CommCostPlan : StepEstimate {
   CommCostInput input;           // as given, seq_len resolved
   double n_params = 0.0;         // models::count_parameters(model).total()
   double flops_per_token = 0.0;  // models::train_flops_per_token(model, seq_len)
+  double front_share = 0.0;      // f: the share of N in global tensors stored before the first layer
   // The bottleneck bandwidth (inter-node link when inter_node, else intra-node) at which efficiency reaches
   // 90% at these gpus. Absent at 1 GPU (no communication) and when latency alone keeps efficiency below 90%.
   std::optional<double> gbps_for_90;

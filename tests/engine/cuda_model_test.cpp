@@ -7,6 +7,7 @@
 // on the host.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -181,6 +182,53 @@ TEST_P(CudaModelTest, IdenticalRunsGiveIdenticalBits) {
   run(&l2, &p2);
   EXPECT_EQ(0, std::memcmp(l1.data(), l2.data(), l1.size() * sizeof(float)));
   EXPECT_EQ(0, std::memcmp(p1.data(), p2.data(), size_t(p1.numel()) * sizeof(float)));
+}
+
+// The forward hook (what ZeRO-1's overlapped all-gather waits on) fires once per stage, in order: -1 before
+// the embedding, each layer l before its attention norm, L before the final norm and the head, each before the
+// first op that reads those weights. Checked by starting from NaN weights and writing each stage's true bf16
+// weights only when its hook fires: the forward then computes exactly the loss of the true weights (a read of
+// a stage before its hook would see NaN).
+TEST_P(CudaModelTest, ForwardHookFiresBeforeEachStageReadsItsWeights) {
+  STRATA_SKIP_WITHOUT_GPU();
+  const models::ModelConfig cfg = config(GetParam());
+  const int B = 2, T = 45;
+  CudaModel gpu(cfg, B, T);
+  gpu.set_params(bf16_weights(cfg, 5));
+  const std::vector<uint16_t> truth = gpu.get_weights_bf16();
+  const auto in = test::random_tokens(size_t(B) * T, cfg.vocab_size, 50);
+  const auto tg = test::random_tokens(in.size(), cfg.vocab_size, 60);
+  const float want = gpu.evaluate(in.data(), tg.data());
+  ASSERT_TRUE(std::isfinite(want));
+
+  const ParamLayout& layout = gpu.layout();
+  int64_t first_layer = layout.numel();
+  for (const ParamEntry& e : layout.entries())
+    if (e.spec.per_layer) first_layer = std::min(first_layer, e.offset);
+  std::vector<uint16_t> now(truth.size(), 0x7FC0);  // bf16 NaN
+  std::vector<int> fired;
+  gpu.set_layer_forward_hook([&](int l) {
+    fired.push_back(l);
+    for (const ParamEntry& e : layout.entries()) {
+      const int64_t per = e.spec.numel_per_layer();
+      int64_t begin = -1;
+      if (e.spec.per_layer && l >= 0 && l < cfg.n_layer) begin = e.offset + l * per;
+      if (!e.spec.per_layer && (e.offset < first_layer ? l == -1 : l == cfg.n_layer)) begin = e.offset;
+      if (begin >= 0) std::copy_n(truth.begin() + begin, per, now.begin() + begin);
+    }
+    gpu.set_weights_bf16(now.data());
+  });
+  for (int pass = 0; pass < 2; ++pass) {  // evaluate, then forward with gradients
+    std::fill(now.begin(), now.end(), uint16_t{0x7FC0});
+    gpu.set_weights_bf16(now.data());
+    fired.clear();
+    const float got = pass == 0 ? gpu.evaluate(in.data(), tg.data()) : gpu.forward(in.data(), tg.data());
+    EXPECT_EQ(got, want) << (pass == 0 ? "evaluate" : "forward");
+    std::vector<int> order;
+    for (int l = -1; l <= cfg.n_layer; ++l) order.push_back(l);
+    EXPECT_EQ(fired, order);
+  }
+  EXPECT_EQ(now, truth);  // every stage was written
 }
 
 // The memory plan made before allocating is what the runner then holds, and a configuration larger than the
