@@ -35,6 +35,9 @@ struct Cuda {
   // deterministic whatever this says, except flash_attention_backward, which may then accumulate dQ with
   // atomics.
   bool deterministic = true;
+  // Benchmarks and tests only: an alternative implementation of an op that has some (0: the default one; the
+  // op names its variants), so kernel_bench can measure candidates side by side before one becomes the default.
+  int variant = 0;
 };
 
 // The type of saved statistics (norm mean/rstd, attention log-sum-exp, per-row losses): fp32 for float and bf16

@@ -23,6 +23,11 @@
 // Measured on an H200 (bench/KERNELS.md): 0.608 ms, 64% of copy bandwidth. A variant that cached the row in
 // shared memory for pass 2 (cp.async, 100 KB per block, 2 blocks per SM) measured 0.746 ms on the same card:
 // the occupancy it cost outweighed the second read it saved, so this kernel stays.
+// Candidates for the next measurement (ops::Cuda::variant, kernel_bench's rows): with one 16-byte load in
+// flight per thread and 4 blocks of 512 threads per SM, ~32 KB per SM are in flight, near what Little's law asks
+// of an H200 (~4.8 TB/s x ~0.7 us / 132 SMs = ~25 KB) with no slack for the block-wide merge between the passes.
+// Variant 1 loads 2 vectors before using the first (40 registers: 3 blocks, ~48 KB in flight), variant 2 loads 4
+// (64 registers: 2 blocks, ~64 KB). Prediction: 70-80% of copy bandwidth for either (NOT YET MEASURED).
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
@@ -90,7 +95,11 @@ struct RowSplit {
   __device__ int scalar_at(int s) const { return s < head ? s : tail_start + (s - head); }
 };
 
-__global__ void __launch_bounds__(kMaxThreads)
+// kUnroll: the vectors each thread loads before it uses the first (bytes in flight per thread); kMinBlocks: the
+// blocks per SM its registers must allow (ptxas, sm_90: 1 / 4 -> 32 registers, 2 / 3 -> 40, 4 / 2 -> 64,
+// no spills; 4 / 3 spills).
+template <int kUnroll, int kMinBlocks>
+__global__ void __launch_bounds__(kMaxThreads, kMinBlocks)
     softmax_cross_entropy_kernel(bf16* logits, float* losses, const int32_t* targets, int V,
                                  int32_t ignore_index, float dloss) {
   __shared__ float scratch[2 * kWarpSize];
@@ -114,13 +123,22 @@ __global__ void __launch_bounds__(kMaxThreads)
   const bool valid = y >= 0 && y < V;
   const float xy = valid ? to_float(x[y]) : 0.0f;  // before the barrier below: pass 2 overwrites the row
 
-  // Pass 1: online max and sum of exponentials.
+  // Pass 1: online max and sum of exponentials, kUnroll vectors loaded before the first is used.
   MaxSum acc{kLowest, 0.0f};
-  for (int v = tid; v < split.nv; v += nt) {
-    const Vec16<bf16> in = Vec16<bf16>::load(x + split.head + v * kVec);
-    float f[kVec];
-    for (int k = 0; k < kVec; ++k) f[k] = to_float(in.v[k]);
-    accumulate(acc, f);
+  for (int v0 = tid; v0 < split.nv; v0 += kUnroll * nt) {
+    Vec16<bf16> in[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int v = v0 + u * nt;
+      if (v < split.nv) in[u] = Vec16<bf16>::load(x + split.head + v * kVec);
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (v0 + u * nt >= split.nv) break;
+      float f[kVec];
+      for (int k = 0; k < kVec; ++k) f[k] = to_float(in[u].v[k]);
+      accumulate(acc, f);
+    }
   }
   if (tid < split.scalars) {
     const float f[1] = {to_float(x[split.scalar_at(tid)])};
@@ -132,16 +150,25 @@ __global__ void __launch_bounds__(kMaxThreads)
 
   // Pass 2: dlogits = dloss * softmax - dloss * onehot(y), in place.
   const float scale = dloss / total.s, poison = valid ? 0.0f : NAN;
-  for (int v = tid; v < split.nv; v += nt) {
-    bf16* p = x + split.head + v * kVec;
-    const Vec16<bf16> in = Vec16<bf16>::load(p);
-    Vec16<bf16> out;
-    const int c0 = split.head + v * kVec;
-    for (int k = 0; k < kVec; ++k) {
-      const float d = scale * __expf(to_float(in.v[k]) - total.m) - (c0 + k == y ? dloss : 0.0f);
-      out.v[k] = from_float<bf16>(d + poison);
+  for (int v0 = tid; v0 < split.nv; v0 += kUnroll * nt) {
+    Vec16<bf16> in[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int v = v0 + u * nt;
+      if (v < split.nv) in[u] = Vec16<bf16>::load(x + split.head + v * kVec);
     }
-    out.store(p);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int v = v0 + u * nt;
+      if (v >= split.nv) break;
+      Vec16<bf16> out;
+      const int c0 = split.head + v * kVec;
+      for (int k = 0; k < kVec; ++k) {
+        const float d = scale * __expf(to_float(in[u].v[k]) - total.m) - (c0 + k == y ? dloss : 0.0f);
+        out.v[k] = from_float<bf16>(d + poison);
+      }
+      out.store(x + c0);
+    }
   }
   if (tid < split.scalars) {
     const int c = split.scalar_at(tid);
@@ -166,10 +193,23 @@ void softmax_cross_entropy(const Dev& dev, F* logits, Stat<F>* losses, const int
   STRATA_CHECK(N > 0 && V > 0, "softmax_cross_entropy: N=", N, " V=", V);
   STRATA_CHECK(reinterpret_cast<uintptr_t>(logits) % sizeof(bf16) == 0,
                "softmax_cross_entropy: misaligned logits");
+  STRATA_CHECK(dev.variant >= 0 && dev.variant <= 2, "softmax_cross_entropy: variant ", dev.variant,
+               " (0, 1 or 2)");
   const int threads =
       std::clamp(ceil_div(ceil_div(V, 2 * kVec), kWarpSize) * kWarpSize, kWarpSize, kMaxThreads);
-  launch(softmax_cross_entropy_kernel, dim3(static_cast<unsigned>(N)), dim3(static_cast<unsigned>(threads)),
-         0, static_cast<cudaStream_t>(dev.stream), logits, losses, targets, V, ignore_index, dloss);
+  const dim3 grid(static_cast<unsigned>(N)), block(static_cast<unsigned>(threads));
+  const auto stream = static_cast<cudaStream_t>(dev.stream);
+  // Variant 0 is the kernel measured in bench/KERNELS.md; 1 and 2 keep 2 or 4 vectors per thread in flight
+  // (at 3 or 2 blocks per SM) for kernel_bench to compare in the same run.
+  if (dev.variant == 1)
+    launch(softmax_cross_entropy_kernel<2, 3>, grid, block, 0, stream, logits, losses, targets, V, ignore_index,
+           dloss);
+  else if (dev.variant == 2)
+    launch(softmax_cross_entropy_kernel<4, 2>, grid, block, 0, stream, logits, losses, targets, V, ignore_index,
+           dloss);
+  else
+    launch(softmax_cross_entropy_kernel<1, 4>, grid, block, 0, stream, logits, losses, targets, V, ignore_index,
+           dloss);
 }
 
 template void softmax_cross_entropy<Cuda, bf16>(const Cuda&, bf16*, float*, const int32_t*, int, int, int32_t,

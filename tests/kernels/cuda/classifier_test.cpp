@@ -50,49 +50,60 @@ std::vector<float> logits_for(int N, int V, uint64_t seed) {
   return x;
 }
 
+// Every variant (ops::Cuda::variant: 0 the default kernel, 1 and 2 with 2 and 4 vectors per thread in
+// flight).
 TEST(CudaClassifier, LossAndGradientMatchCpu) {
   STRATA_SKIP_WITHOUT_GPU();
-  for (const Case& k : kCases) {
-    SCOPED_TRACE("N=" + std::to_string(k.N) + " V=" + std::to_string(k.V));
-    const auto tg = targets_for(k.N, k.V, 1);
-    const auto x = logits_for(k.N, k.V, 2);
-    auto ref_grad = x;
-    std::vector<float> ref_loss(size_t(k.N));
-    ops::softmax_cross_entropy(kCpu, ref_grad.data(), ref_loss.data(), tg.data(), k.N, k.V, kIgnore, kDloss);
+  for (int variant = 0; variant <= 2; ++variant)
+    for (const Case& k : kCases) {
+      SCOPED_TRACE("variant " + std::to_string(variant) + " N=" + std::to_string(k.N) +
+                   " V=" + std::to_string(k.V));
+      const auto tg = targets_for(k.N, k.V, 1);
+      const auto x = logits_for(k.N, k.V, 2);
+      auto ref_grad = x;
+      std::vector<float> ref_loss(size_t(k.N));
+      ops::softmax_cross_entropy(kCpu, ref_grad.data(), ref_loss.data(), tg.data(), k.N, k.V, kIgnore,
+                                 kDloss);
 
-    DeviceBuffer<bf16> dx(to_bf16(x));
-    DeviceBuffer<float> dloss(size_t(k.N));
-    DeviceBuffer<int32_t> dtg(tg);
-    ops::softmax_cross_entropy(ops::Cuda{}, dx.get(), dloss.get(), dtg.get(), k.N, k.V, kIgnore, kDloss);
-    const auto loss = dloss.download();
-    STRATA_EXPECT_CLOSE(loss, ref_loss, kTolFp32Stat, "losses");
-    STRATA_EXPECT_CLOSE(to_float(dx.download()), ref_grad, kTolBf16Elementwise, "dlogits");
-    if (k.N > 1) {
-      EXPECT_EQ(loss[1], 0.0f) << "an ignored row's loss";
+      DeviceBuffer<bf16> dx(to_bf16(x));
+      DeviceBuffer<float> dloss(size_t(k.N));
+      DeviceBuffer<int32_t> dtg(tg);
+      ops::Cuda dev;
+      dev.variant = variant;
+      ops::softmax_cross_entropy(dev, dx.get(), dloss.get(), dtg.get(), k.N, k.V, kIgnore, kDloss);
+      const auto loss = dloss.download();
+      STRATA_EXPECT_CLOSE(loss, ref_loss, kTolFp32Stat, "losses");
+      STRATA_EXPECT_CLOSE(to_float(dx.download()), ref_grad, kTolBf16Elementwise, "dlogits");
+      if (k.N > 1) {
+        EXPECT_EQ(loss[1], 0.0f) << "an ignored row's loss";
+      }
     }
-  }
 }
 
 TEST(CudaClassifier, LossOnlyLeavesLogitsUnchanged) {
   STRATA_SKIP_WITHOUT_GPU();
-  for (const Case& k : kCases) {
-    SCOPED_TRACE("N=" + std::to_string(k.N) + " V=" + std::to_string(k.V));
-    const auto tg = targets_for(k.N, k.V, 3);
-    const auto x = logits_for(k.N, k.V, 4);
-    auto cpu_x = x;
-    std::vector<float> ref_loss(size_t(k.N));
-    ops::softmax_cross_entropy(kCpu, cpu_x.data(), ref_loss.data(), tg.data(), k.N, k.V, kIgnore, 0.0f);
+  for (int variant = 0; variant <= 2; ++variant)
+    for (const Case& k : kCases) {
+      SCOPED_TRACE("variant " + std::to_string(variant) + " N=" + std::to_string(k.N) +
+                   " V=" + std::to_string(k.V));
+      const auto tg = targets_for(k.N, k.V, 3);
+      const auto x = logits_for(k.N, k.V, 4);
+      auto cpu_x = x;
+      std::vector<float> ref_loss(size_t(k.N));
+      ops::softmax_cross_entropy(kCpu, cpu_x.data(), ref_loss.data(), tg.data(), k.N, k.V, kIgnore, 0.0f);
 
-    const auto in = to_bf16(x);
-    DeviceBuffer<bf16> dx(in);
-    DeviceBuffer<float> dloss(size_t(k.N));
-    DeviceBuffer<int32_t> dtg(tg);
-    ops::softmax_cross_entropy(ops::Cuda{}, dx.get(), dloss.get(), dtg.get(), k.N, k.V, kIgnore, 0.0f);
-    STRATA_EXPECT_CLOSE(dloss.download(), ref_loss, kTolFp32Stat, "losses");
-    const auto after = dx.download();
-    EXPECT_EQ(std::memcmp(after.data(), in.data(), in.size() * sizeof(bf16)), 0)
-        << "logits changed with dloss = 0";
-  }
+      const auto in = to_bf16(x);
+      DeviceBuffer<bf16> dx(in);
+      DeviceBuffer<float> dloss(size_t(k.N));
+      DeviceBuffer<int32_t> dtg(tg);
+      ops::Cuda dev;
+      dev.variant = variant;
+      ops::softmax_cross_entropy(dev, dx.get(), dloss.get(), dtg.get(), k.N, k.V, kIgnore, 0.0f);
+      STRATA_EXPECT_CLOSE(dloss.download(), ref_loss, kTolFp32Stat, "losses");
+      const auto after = dx.download();
+      EXPECT_EQ(std::memcmp(after.data(), in.data(), in.size() * sizeof(bf16)), 0)
+          << "logits changed with dloss = 0";
+    }
 }
 
 // Deterministic run to run (fixed reduction order): two runs give the same bits.
