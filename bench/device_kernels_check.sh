@@ -32,7 +32,7 @@ rows=()
 #    test host-side checks, no kernel) and so are the flash-attention test's two long sequences and its
 #    bitwise-repeat case (every code path is in the short shapes). The matmul test calls cuBLASLt and the device
 #    test no kernel of ours, and the model runner's test is every kernel again: memcheck only. The trainer's test
-#    (whole training runs) runs without the sanitizers.
+#    and the data-parallel test (whole training runs) run without the sanitizers.
 have_sanitizer=$(command -v compute-sanitizer)
 jobs_run=()
 # The trainer's tests run the carried strata executable on this checkout's data (test_util.h).
@@ -42,7 +42,7 @@ for t in "$w"/tests/kernels_cuda_*_test "$w"/tests/engine_cuda_*_test "$w"/tests
   name=$(basename "$t" _test)
   ( run timeout 120 "$t" --gtest_brief=1 >"$logs/$name.test.log" 2>&1; echo $? >"$logs/$name.test.rc" ) &
   jobs_run+=("$name.test")
-  [[ -n $have_sanitizer && $name != engine_cuda_train ]] || continue
+  [[ -n $have_sanitizer && $name != engine_cuda_train && $name != engine_cuda_dist_train ]] || continue
   tools="memcheck racecheck"
   [[ $name == kernels_cuda_matmul || $name == kernels_cuda_device || $name == engine_cuda_model ||
      $name == engine_nccl_comm ]] && tools=memcheck
