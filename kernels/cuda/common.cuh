@@ -13,6 +13,8 @@
 
 #include <cstdint>
 #include <cstring>
+#include <tuple>
+#include <type_traits>
 
 #include "engine/check.h"
 
@@ -27,8 +29,11 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem_bytes, 
             Args&&... args) {
   static_assert(sizeof...(KArgs) == sizeof...(Args), "launch: wrong number of kernel arguments");
 #if defined(STRATA_CUDA_EMU)
-  (void)stream;
-  emu::launch(grid, block, smem_bytes, [&] { kernel(static_cast<KArgs>(args)...); });
+  // The arguments are taken by value now, as a launch does: the stream may run the kernel later (emu.h).
+  emu::on_stream(stream, [kernel, grid, block, smem_bytes,
+                          a = std::tuple<std::decay_t<KArgs>...>(static_cast<KArgs>(args)...)] {
+    emu::launch(grid, block, smem_bytes, [&] { std::apply(kernel, a); });
+  });
 #else
   kernel<<<grid, block, smem_bytes, stream>>>(static_cast<KArgs>(args)...);
 #endif

@@ -139,13 +139,15 @@ size_t sort_scratch_bytes(int N) {
 void sort_tokens(int32_t* keys, int32_t* pos, int32_t* iota, void* scratch, size_t scratch_bytes,
                  const int32_t* tokens, int N, cudaStream_t stream) {
 #if defined(STRATA_CUDA_EMU)
-  (void)iota, (void)scratch, (void)scratch_bytes, (void)stream;
-  std::vector<std::pair<int32_t, int32_t>> pairs(static_cast<size_t>(N));
-  for (int n = 0; n < N; ++n) pairs[static_cast<size_t>(n)] = {tokens[n], n};
-  std::stable_sort(pairs.begin(), pairs.end(),
-                   [](const auto& a, const auto& b) { return a.first < b.first; });
-  for (int n = 0; n < N; ++n)
-    keys[n] = pairs[static_cast<size_t>(n)].first, pos[n] = pairs[static_cast<size_t>(n)].second;
+  (void)iota, (void)scratch, (void)scratch_bytes;
+  emu::on_stream(stream, [keys, pos, tokens, N] {  // an operation of the stream, like the library's sort
+    std::vector<std::pair<int32_t, int32_t>> pairs(static_cast<size_t>(N));
+    for (int n = 0; n < N; ++n) pairs[static_cast<size_t>(n)] = {tokens[n], n};
+    std::stable_sort(pairs.begin(), pairs.end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (int n = 0; n < N; ++n)
+      keys[n] = pairs[static_cast<size_t>(n)].first, pos[n] = pairs[static_cast<size_t>(n)].second;
+  });
 #else
   launch(iota_kernel, dim3(static_cast<unsigned>(ceil_div(N, kThreads))), dim3(kThreads), 0, stream, iota, N);
   CUDA_CHECK(cub::DeviceRadixSort::SortPairs(scratch, scratch_bytes, tokens, keys, iota, pos, N, 0,

@@ -6,6 +6,10 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
@@ -244,6 +248,118 @@ void launch(dim3 grid, dim3 block, size_t dynamic_smem_bytes, const std::functio
   munmap(stacks, stack_total);
 }
 
+// ---- streams (emu.h): queues under STRATA_EMU_STREAMS ----------------------------------------------------------
+
+namespace {
+
+enum class Order { kEager, kLateOthers, kLateLegacy };
+
+Order stream_order() {
+  static const Order order = [] {
+    const char* env = std::getenv("STRATA_EMU_STREAMS");
+    const std::string v = env ? env : "";
+    if (v.empty() || v == "eager") return Order::kEager;
+    if (v == "late-others") return Order::kLateOthers;
+    if (v == "late-legacy") return Order::kLateLegacy;
+    std::fprintf(stderr, "strata emulation: STRATA_EMU_STREAMS=%s (eager, late-others or late-legacy)\n",
+                 v.c_str());
+    std::abort();
+  }();
+  return order;
+}
+
+bool lazy(cudaStream_t s) {
+  switch (stream_order()) {
+    case Order::kLateOthers: return s != nullptr;
+    case Order::kLateLegacy: return s == nullptr;
+    default: return false;
+  }
+}
+
+struct QueuedOp {
+  uint64_t seq = 0;
+  std::function<void()> op;
+};
+// Where an event was last recorded: its stream and the sequence number of its marker (0: already reached).
+struct EventMark {
+  cudaStream_t stream = nullptr;
+  uint64_t seq = 0;
+};
+
+std::recursive_mutex g_streams_mu;
+std::map<cudaStream_t, std::deque<QueuedOp>> g_queues;
+std::map<cudaEvent_t, EventMark> g_events;
+uint64_t g_seq = 0;
+
+// Runs the queued operations of `s` with sequence numbers up to `seq`, in order (an operation may flush
+// another stream: a wait).
+void flush_until(cudaStream_t s, uint64_t seq) {
+  std::lock_guard<std::recursive_mutex> lock(g_streams_mu);
+  auto it = g_queues.find(s);
+  if (it == g_queues.end()) return;
+  std::deque<QueuedOp>& q = it->second;
+  while (!q.empty() && q.front().seq <= seq) {
+    QueuedOp next = std::move(q.front());
+    q.pop_front();
+    next.op();
+  }
+}
+
+}  // namespace
+
+void on_stream(cudaStream_t stream, std::function<void()> op) {
+  if (!lazy(stream)) {
+    op();
+    return;
+  }
+  std::lock_guard<std::recursive_mutex> lock(g_streams_mu);
+  g_queues[stream].push_back({++g_seq, std::move(op)});
+}
+
+void flush_stream(cudaStream_t stream) {
+  flush_until(stream, UINT64_MAX);
+}
+
+void flush_all_streams() {
+  std::lock_guard<std::recursive_mutex> lock(g_streams_mu);
+  for (bool any = true; any;) {
+    any = false;
+    for (auto& [s, q] : g_queues)
+      if (!q.empty()) {
+        flush_until(s, UINT64_MAX);
+        any = true;
+      }
+  }
+}
+
+void record_event(cudaEvent_t e, cudaStream_t s) {
+  std::lock_guard<std::recursive_mutex> lock(g_streams_mu);
+  if (!lazy(s)) {
+    g_events[e] = {s, 0};
+    return;
+  }
+  const uint64_t seq = ++g_seq;
+  g_queues[s].push_back({seq, [] {}});
+  g_events[e] = {s, seq};
+}
+
+void wait_event(cudaStream_t s, cudaEvent_t e) {
+  std::lock_guard<std::recursive_mutex> lock(g_streams_mu);
+  const auto it = g_events.find(e);
+  if (it == g_events.end()) return;  // never recorded: nothing to wait for (as CUDA)
+  const EventMark mark = it->second;  // the record current now, not a later one
+  on_stream(s, [mark] { flush_until(mark.stream, mark.seq); });
+}
+
+void forget(cudaStream_t s, cudaEvent_t e) {
+  std::lock_guard<std::recursive_mutex> lock(g_streams_mu);
+  if (s != nullptr) {
+    flush_until(s, UINT64_MAX);
+    g_queues.erase(s);
+  }
+  if (e != nullptr) g_events.erase(e);
+}
+
 }  // namespace strata::emu
 
 // ---- the CUDA runtime calls used by the kernels and their tests, on host memory --------------------------------
@@ -259,46 +375,82 @@ cudaError_t cudaMalloc(void** ptr, size_t bytes) {
   return cudaSuccess;
 }
 cudaError_t cudaFree(void* ptr) {
+  strata::emu::flush_all_streams();  // cudaFree synchronises the device: no queued operation outlives a buffer
   std::free(ptr);
   return cudaSuccess;
 }
-cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind) {
-  if (n) std::memmove(dst, src, n);
+// Host-to-device copies take their source now (pageable host memory may be reused on return); device-to-host
+// copies wait for their stream and complete before they return.
+static cudaError_t emu_copy(void* dst, const void* src, size_t n, cudaMemcpyKind kind, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  if (kind == cudaMemcpyHostToDevice) {
+    auto staged = std::make_shared<std::vector<unsigned char>>(static_cast<const unsigned char*>(src),
+                                                               static_cast<const unsigned char*>(src) + n);
+    strata::emu::on_stream(stream, [dst, staged] { std::memcpy(dst, staged->data(), staged->size()); });
+  } else if (kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDefault) {
+    strata::emu::flush_stream(stream);
+    std::memmove(dst, src, n);
+  } else {
+    strata::emu::on_stream(stream, [dst, src, n] { std::memmove(dst, src, n); });
+  }
   return cudaSuccess;
 }
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind, cudaStream_t) {
-  if (n) std::memmove(dst, src, n);
-  return cudaSuccess;
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind kind) {
+  // Synchronous: ordered on the legacy stream and complete before it returns.
+  const cudaError_t e = emu_copy(dst, src, n, kind, nullptr);
+  strata::emu::flush_stream(nullptr);
+  return e;
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind kind, cudaStream_t stream) {
+  return emu_copy(dst, src, n, kind, stream);
 }
 cudaError_t cudaMemset(void* dst, int value, size_t n) {
-  std::memset(dst, value, n);
+  strata::emu::on_stream(nullptr, [dst, value, n] { std::memset(dst, value, n); });
   return cudaSuccess;
 }
-cudaError_t cudaMemsetAsync(void* dst, int value, size_t n, cudaStream_t) {
-  std::memset(dst, value, n);
+cudaError_t cudaMemsetAsync(void* dst, int value, size_t n, cudaStream_t stream) {
+  strata::emu::on_stream(stream, [dst, value, n] { std::memset(dst, value, n); });
   return cudaSuccess;
 }
 cudaError_t cudaGetLastError(void) { return cudaSuccess; }
 cudaError_t cudaPeekAtLastError(void) { return cudaSuccess; }
-cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-// Streams and events: every emulated call completes before it returns, so there is nothing to order; the
-// handles are distinct non-null tokens so code that checks them behaves as on a GPU.
-static char g_emu_handles[64];
+cudaError_t cudaDeviceSynchronize(void) {
+  strata::emu::flush_all_streams();
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  strata::emu::flush_stream(stream);
+  return cudaSuccess;
+}
+// Streams and events: distinct non-null tokens, so code that checks them behaves as on a GPU; their order is
+// STRATA_EMU_STREAMS's (emu.h).
+static char g_emu_handles[4096];
 static std::atomic<int> g_emu_next_handle{0};
-static char* emu_handle() { return &g_emu_handles[g_emu_next_handle.fetch_add(1) % 64]; }
+static char* emu_handle() { return &g_emu_handles[g_emu_next_handle.fetch_add(1) % 4096]; }
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) {
   *stream = reinterpret_cast<cudaStream_t>(emu_handle());
   return cudaSuccess;
 }
-cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  strata::emu::forget(stream, nullptr);  // its queued work still completes, as CUDA's does
+  return cudaSuccess;
+}
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int) {
   *event = reinterpret_cast<cudaEvent_t>(emu_handle());
   return cudaSuccess;
 }
-cudaError_t cudaEventDestroy(cudaEvent_t) { return cudaSuccess; }
-cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned int) { return cudaSuccess; }
+cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  strata::emu::forget(nullptr, event);
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
+  strata::emu::record_event(event, stream);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int) {
+  strata::emu::wait_event(stream, event);
+  return cudaSuccess;
+}
 const char* cudaGetErrorString(cudaError_t err) { return err == cudaSuccess ? "no error" : "emulated CUDA error"; }
 cudaError_t cudaFuncSetAttribute(const void*, cudaFuncAttribute, int) { return cudaSuccess; }
 // The emulated device's memory: STRATA_EMU_DEVICE_BYTES (a byte count) when set, else 80 GiB, all of it free.

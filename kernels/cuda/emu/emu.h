@@ -9,8 +9,9 @@
 //   - __syncthreads (a barrier over the block's threads that have not returned; a block whose threads wait at
 //     a barrier the others never reach is reported as deadlocked and aborts), warp shuffles and __syncwarp (a
 //     barrier per warp), atomics, the float intrinsics;
-//   - the runtime calls the kernels and tests use (cudaMalloc, cudaMemcpyAsync, ...) on host memory: each call
-//     completes before it returns, as if every stream were synchronised after every call.
+//   - the runtime calls the kernels and tests use (cudaMalloc, cudaMemcpyAsync, ...) on host memory: by default
+//     each call completes before it returns, as if every stream were synchronised after every call (see
+//     "Streams" below for the adversarial orders).
 // The order of the fibers between barriers is STRATA_EMU_SCHEDULE (emu.cpp); ctest runs every emulated test
 // under two orders, so a missing barrier is caught whichever of the two threads it involves comes first.
 // What it does not model: timing, the memory model of a real GPU (threads interleave only at barriers, so a kernel
@@ -47,6 +48,29 @@ struct ThreadState {
 // serialised and all fibers run on the launching OS thread; thread_local would add nothing and, under
 // AddressSanitizer, its lookup from a fiber stack came back null).
 extern ThreadState tls;
+
+// Streams. By default every call completes before it returns (above), which hides a missing wait between
+// streams. STRATA_EMU_STREAMS picks an adversarial order instead, so such a bug changes the results:
+//   eager        (default) every operation runs when it is called;
+//   late-others  the legacy stream (0) runs at once, every other stream's operations wait in its queue until
+//                something needs them: a cudaStreamWaitEvent that runs, a synchronize, cudaFree, or a copy to
+//                the host from that stream. A consumer on the legacy stream that forgot to wait reads stale data;
+//   late-legacy  the reverse: the legacy stream's operations are queued and every other stream runs at once
+//                (after the waits it was given): a side stream that reads the legacy stream's results without
+//                waiting for them, or overwrites data the legacy stream has yet to read, is caught.
+// cudaMemcpy / cudaMemset without a stream are the legacy stream's; a host-to-device copy takes its source
+// when called (pageable memory), a device-to-host copy synchronises its stream first, as CUDA does.
+// on_stream runs `op` as an operation of `stream` under that order (kernel launches, the emulated library
+// calls and NCCL collectives go through it); flush_stream / flush_all_streams run what is queued.
+void on_stream(cudaStream_t stream, std::function<void()> op);
+void flush_stream(cudaStream_t stream);
+void flush_all_streams();
+// The runtime's event calls (emu.cpp): a record is a marker in its stream's queue; a wait, when it runs, runs
+// the recorded stream up to the marker current at the time of the wait call; forget drops a destroyed stream
+// (after running its queue) or event.
+void record_event(cudaEvent_t event, cudaStream_t stream);
+void wait_event(cudaStream_t stream, cudaEvent_t event);
+void forget(cudaStream_t stream, cudaEvent_t event);
 
 // Runs body once per (block, thread) of the launch, blocks in order, threads of a block concurrently.
 // dynamic_smem bytes are visible through dynamic_smem() (poisoned with 0xFF at the start of each launch).

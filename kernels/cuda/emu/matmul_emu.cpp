@@ -5,6 +5,8 @@
 // (dweight, dbias) add the previous bf16 value in fp32 before that rounding (cuBLASLt's beta = 1). So the
 // model runner built on the emulation (engine/cuda_model.*) runs end to end here. It is not a test of
 // matmul.cu: that is tests/kernels/cuda/matmul_test.cpp, on a GPU.
+#include "kernels/cuda/emu/emu.h"
+
 #include <cuda_bf16.h>
 
 #include <vector>
@@ -33,45 +35,51 @@ void check_sizes(const char* op, int N, int IC, int OC) {
 }  // namespace
 
 template <>
-void matmul_forward<Cuda, bf16>(const Cuda&, bf16* out, const bf16* inp, const bf16* weight, const bf16* bias,
+void matmul_forward<Cuda, bf16>(const Cuda& dev, bf16* out, const bf16* inp, const bf16* weight, const bf16* bias,
                                 int N, int IC, int OC) {
   check_sizes("matmul_forward", N, IC, OC);
-  const size_t n = size_t(N), ic = size_t(IC), oc = size_t(OC);
-  std::vector<float> o(n * oc);
-  const std::vector<float> x = widen(inp, n * ic), w = widen(weight, oc * ic);
-  const std::vector<float> b = bias ? widen(bias, oc) : std::vector<float>();
-  ops::matmul_forward(kCpu, o.data(), x.data(), w.data(), bias ? b.data() : nullptr, N, IC, OC);
-  narrow(out, o);
+  emu::on_stream(static_cast<cudaStream_t>(dev.stream), [=] {
+    const size_t n = size_t(N), ic = size_t(IC), oc = size_t(OC);
+    std::vector<float> o(n * oc);
+    const std::vector<float> x = widen(inp, n * ic), w = widen(weight, oc * ic);
+    const std::vector<float> b = bias ? widen(bias, oc) : std::vector<float>();
+    ops::matmul_forward(kCpu, o.data(), x.data(), w.data(), bias ? b.data() : nullptr, N, IC, OC);
+    narrow(out, o);
+  });
 }
 
 template <>
-void matmul_gelu_forward<Cuda, bf16>(const Cuda&, bf16* out, bf16* pre, const bf16* inp, const bf16* weight,
+void matmul_gelu_forward<Cuda, bf16>(const Cuda& dev, bf16* out, bf16* pre, const bf16* inp, const bf16* weight,
                                      const bf16* bias, int N, int IC, int OC) {
   check_sizes("matmul_gelu_forward", N, IC, OC);
-  const size_t n = size_t(N), ic = size_t(IC), oc = size_t(OC);
-  std::vector<float> o(n * oc), p(n * oc);
-  const std::vector<float> x = widen(inp, n * ic), w = widen(weight, oc * ic);
-  const std::vector<float> b = bias ? widen(bias, oc) : std::vector<float>();
-  ops::matmul_gelu_forward(kCpu, o.data(), p.data(), x.data(), w.data(), bias ? b.data() : nullptr, N, IC,
-                           OC);
-  narrow(out, o);
-  narrow(pre, p);
+  emu::on_stream(static_cast<cudaStream_t>(dev.stream), [=] {
+    const size_t n = size_t(N), ic = size_t(IC), oc = size_t(OC);
+    std::vector<float> o(n * oc), p(n * oc);
+    const std::vector<float> x = widen(inp, n * ic), w = widen(weight, oc * ic);
+    const std::vector<float> b = bias ? widen(bias, oc) : std::vector<float>();
+    ops::matmul_gelu_forward(kCpu, o.data(), p.data(), x.data(), w.data(), bias ? b.data() : nullptr, N, IC,
+                             OC);
+    narrow(out, o);
+    narrow(pre, p);
+  });
 }
 
 template <>
-void matmul_backward<Cuda, bf16>(const Cuda&, bf16* dinp, bf16* dweight, bf16* dbias, const bf16* dout,
+void matmul_backward<Cuda, bf16>(const Cuda& dev, bf16* dinp, bf16* dweight, bf16* dbias, const bf16* dout,
                                  const bf16* inp, const bf16* weight, int N, int IC, int OC) {
   check_sizes("matmul_backward", N, IC, OC);
   STRATA_CHECK(dweight != nullptr, "matmul_backward: dweight is required");
-  const size_t n = size_t(N), ic = size_t(IC), oc = size_t(OC);
-  const std::vector<float> dy = widen(dout, n * oc), x = widen(inp, n * ic), w = widen(weight, oc * ic);
-  std::vector<float> dx(dinp ? n * ic : 0), dw = widen(dweight, oc * ic);
-  std::vector<float> db = dbias ? widen(dbias, oc) : std::vector<float>();
-  ops::matmul_backward(kCpu, dinp ? dx.data() : nullptr, dw.data(), dbias ? db.data() : nullptr, dy.data(),
-                       x.data(), w.data(), N, IC, OC);
-  if (dinp) narrow(dinp, dx);
-  narrow(dweight, dw);
-  if (dbias) narrow(dbias, db);
+  emu::on_stream(static_cast<cudaStream_t>(dev.stream), [=] {
+    const size_t n = size_t(N), ic = size_t(IC), oc = size_t(OC);
+    const std::vector<float> dy = widen(dout, n * oc), x = widen(inp, n * ic), w = widen(weight, oc * ic);
+    std::vector<float> dx(dinp ? n * ic : 0), dw = widen(dweight, oc * ic);
+    std::vector<float> db = dbias ? widen(dbias, oc) : std::vector<float>();
+    ops::matmul_backward(kCpu, dinp ? dx.data() : nullptr, dw.data(), dbias ? db.data() : nullptr, dy.data(),
+                         x.data(), w.data(), N, IC, OC);
+    if (dinp) narrow(dinp, dx);
+    narrow(dweight, dw);
+    if (dbias) narrow(dbias, db);
+  });
 }
 
 }  // namespace strata::ops

@@ -6,9 +6,9 @@
 //     world_communicator(), and the NCCL communicator is a duplicate of MPI_COMM_WORLD (its own message
 //     space, like a real NCCL communicator beside the host one); NCCL rank r must be MPI rank r. A build
 //     without MPI (STRATA_HAVE_MPI undefined) refuses N > 1 with ncclInvalidUsage.
-// Streams: the emulation completes every call before it returns (emu.h), so a collective runs on the calling
-// thread before it returns and the stream argument is ignored; ncclGroupStart / ncclGroupEnd only check their
-// nesting (the collectives inside a group have already run when ncclGroupEnd is called). MPI was initialised
+// Streams: a collective is an operation of its stream (emu.h): by default it runs on the calling thread before
+// it returns; under STRATA_EMU_STREAMS it may wait in the stream's queue, in call order. ncclGroupStart /
+// ncclGroupEnd only check their nesting (the collectives inside a group are issued when called). MPI was initialised
 // with MPI_THREAD_FUNNELED: call these from the thread that initialised it.
 //
 // Numerics of the sums (ncclSum, fp32 and bf16): every element is summed in fp32 over the ranks in rank order
@@ -24,10 +24,13 @@
 #include <cuda_bf16.h>
 #include <nccl.h>
 
+#include "kernels/cuda/emu/emu.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -253,6 +256,7 @@ ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId commId,
 
 ncclResult_t ncclCommDestroy(ncclComm_t comm) {
   if (comm == nullptr) return ncclSuccess;
+  strata::emu::flush_all_streams();  // no queued collective outlives its communicator
 #if defined(STRATA_HAVE_MPI)
   if (comm->mpi != MPI_COMM_NULL) {
     int finalized = 0;
@@ -264,7 +268,7 @@ ncclResult_t ncclCommDestroy(ncclComm_t comm) {
   return ncclSuccess;
 }
 
-ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype,
+static ncclResult_t run_ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype,
                            ncclRedOp_t op, ncclComm_t comm, cudaStream_t) {
   const char* fn = "ncclAllReduce";
   if (ncclResult_t r = check_comm(fn, comm); r != ncclSuccess) return r;
@@ -300,7 +304,7 @@ ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, n
 #endif
 }
 
-ncclResult_t ncclReduceScatter(const void* sendbuff, void* recvbuff, size_t recvcount,
+static ncclResult_t run_ncclReduceScatter(const void* sendbuff, void* recvbuff, size_t recvcount,
                                ncclDataType_t datatype, ncclRedOp_t op, ncclComm_t comm, cudaStream_t) {
   const char* fn = "ncclReduceScatter";
   if (ncclResult_t r = check_comm(fn, comm); r != ncclSuccess) return r;
@@ -342,7 +346,7 @@ ncclResult_t ncclReduceScatter(const void* sendbuff, void* recvbuff, size_t recv
 #endif
 }
 
-ncclResult_t ncclAllGather(const void* sendbuff, void* recvbuff, size_t sendcount, ncclDataType_t datatype,
+static ncclResult_t run_ncclAllGather(const void* sendbuff, void* recvbuff, size_t sendcount, ncclDataType_t datatype,
                            ncclComm_t comm, cudaStream_t) {
   const char* fn = "ncclAllGather";
   if (ncclResult_t r = check_comm(fn, comm); r != ncclSuccess) return r;
@@ -381,7 +385,7 @@ ncclResult_t ncclAllGather(const void* sendbuff, void* recvbuff, size_t sendcoun
 #endif
 }
 
-ncclResult_t ncclReduce(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype,
+static ncclResult_t run_ncclReduce(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype,
                         ncclRedOp_t op, int root, ncclComm_t comm, cudaStream_t) {
   const char* fn = "ncclReduce";
   if (ncclResult_t r = check_comm(fn, comm); r != ncclSuccess) return r;
@@ -426,7 +430,7 @@ ncclResult_t ncclReduce(const void* sendbuff, void* recvbuff, size_t count, nccl
 #endif
 }
 
-ncclResult_t ncclBroadcast(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype, int root,
+static ncclResult_t run_ncclBroadcast(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype, int root,
                            ncclComm_t comm, cudaStream_t) {
   const char* fn = "ncclBroadcast";
   if (ncclResult_t r = check_comm(fn, comm); r != ncclSuccess) return r;
@@ -451,6 +455,56 @@ ncclResult_t ncclBroadcast(const void* sendbuff, void* recvbuff, size_t count, n
 #else
   return fail(ncclInvalidUsage, fn, "a world of more than one rank without MPI");
 #endif
+}
+
+}  // extern "C"
+
+namespace {
+// The collectives as operations of their stream (kernels/cuda/emu/emu.h): run at once by default; under
+// STRATA_EMU_STREAMS they may wait in the stream's queue, and a queued collective that fails ends the process
+// (its error was printed; a real NCCL reports it asynchronously).
+template <class F>
+ncclResult_t on_stream(cudaStream_t stream, F body) {
+  auto result = std::make_shared<int>(-1);  // -1: queued
+  auto queued = std::make_shared<bool>(false);
+  strata::emu::on_stream(stream, [result, queued, body] {
+    *result = static_cast<int>(body());
+    if (*queued && *result != ncclSuccess) {
+      std::fprintf(stderr, "strata: emulated NCCL: a queued collective failed\n");
+      std::abort();
+    }
+  });
+  if (*result >= 0) return static_cast<ncclResult_t>(*result);
+  *queued = true;
+  return ncclSuccess;
+}
+
+}  // namespace
+
+extern "C" {
+
+ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype,
+                           ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream) {
+  return on_stream(stream, [=] { return run_ncclAllReduce(sendbuff, recvbuff, count, datatype, op, comm, stream); });
+}
+ncclResult_t ncclReduceScatter(const void* sendbuff, void* recvbuff, size_t recvcount, ncclDataType_t datatype,
+                               ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream) {
+  return on_stream(stream,
+                   [=] { return run_ncclReduceScatter(sendbuff, recvbuff, recvcount, datatype, op, comm, stream); });
+}
+ncclResult_t ncclAllGather(const void* sendbuff, void* recvbuff, size_t sendcount, ncclDataType_t datatype,
+                           ncclComm_t comm, cudaStream_t stream) {
+  return on_stream(stream, [=] { return run_ncclAllGather(sendbuff, recvbuff, sendcount, datatype, comm, stream); });
+}
+ncclResult_t ncclReduce(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype,
+                        ncclRedOp_t op, int root, ncclComm_t comm, cudaStream_t stream) {
+  return on_stream(stream,
+                   [=] { return run_ncclReduce(sendbuff, recvbuff, count, datatype, op, root, comm, stream); });
+}
+ncclResult_t ncclBroadcast(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype, int root,
+                           ncclComm_t comm, cudaStream_t stream) {
+  return on_stream(stream,
+                   [=] { return run_ncclBroadcast(sendbuff, recvbuff, count, datatype, root, comm, stream); });
 }
 
 ncclResult_t ncclGroupStart() {
