@@ -95,6 +95,18 @@ struct RowSplit {
   __device__ int scalar_at(int s) const { return s < head ? s : tail_start + (s - head); }
 };
 
+// This thread's vectors v0, v0 + nt, ... (kUnroll of them, those below split.nv) of row x, all loads issued
+// before any is used.
+template <int kUnroll>
+__device__ __forceinline__ void load_vectors(Vec16<bf16> (&in)[kUnroll], const bf16* x, const RowSplit& split,
+                                             int v0, int nt) {
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const int v = v0 + u * nt;
+    if (v < split.nv) in[u] = Vec16<bf16>::load(x + split.head + v * kVec);
+  }
+}
+
 // kUnroll: the vectors each thread loads before it uses the first (bytes in flight per thread); kMinBlocks: the
 // blocks per SM its registers must allow (ptxas, sm_90: 1 / 4 -> 32 registers, 2 / 3 -> 40, 4 / 2 -> 64,
 // no spills; 4 / 3 spills).
@@ -127,11 +139,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks)
   MaxSum acc{kLowest, 0.0f};
   for (int v0 = tid; v0 < split.nv; v0 += kUnroll * nt) {
     Vec16<bf16> in[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int v = v0 + u * nt;
-      if (v < split.nv) in[u] = Vec16<bf16>::load(x + split.head + v * kVec);
-    }
+    load_vectors(in, x, split, v0, nt);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       if (v0 + u * nt >= split.nv) break;
@@ -152,11 +160,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks)
   const float scale = dloss / total.s, poison = valid ? 0.0f : NAN;
   for (int v0 = tid; v0 < split.nv; v0 += kUnroll * nt) {
     Vec16<bf16> in[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int v = v0 + u * nt;
-      if (v < split.nv) in[u] = Vec16<bf16>::load(x + split.head + v * kVec);
-    }
+    load_vectors(in, x, split, v0, nt);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int v = v0 + u * nt;
