@@ -248,7 +248,16 @@ class CudaBackend final : public TrainBackend {
   }
   void learned_depth_step(growth::LearnedDepth& ld, double lr) override {
     STRATA_CHECK(learned_ != nullptr, "learned_depth_step: no G_learn phase begun");
-    ld.step_from_dots(learned_->dots(), lr);
+#if defined(STRATA_HAVE_NCCL)
+    if (nccl_ && !reduced_) finish_reduction({});  // grad_norm() not called: the mixing reads reduced gradients
+#endif
+    std::vector<double> dots = learned_->dots();
+#if defined(STRATA_HAVE_NCCL)
+    // ZeRO-1: each rank summed its pieces' share of the reduced gradient; the shares are gathered exactly and
+    // added in rank order (as the CPU backend does), so every rank takes the same step on D.
+    if (optimizer_sharded()) dots = nccl_->host().sum_in_rank_order(dots);
+#endif
+    ld.step_from_dots(dots, lr);
   }
 
 #if !defined(STRATA_CUDA_EMU)

@@ -25,10 +25,11 @@ cudaStream_t stream_of(const CudaModel& m) {
   return static_cast<cudaStream_t>(m.stream());
 }
 
-// G_learn's kernels address the master weights by the layout's offsets: the runner must hold all of them.
-void require_unsharded(const CudaModel& m, const char* what) {
-  STRATA_REQUIRE(m.shards().world() == 1, what,
-                 " on the CUDA backend needs the whole model on one GPU (this runner holds a ZeRO-1 shard)");
+// Calls f(first, count) over n kernel entries in order, at most kDepthMixMaxKinds at a time.
+template <class F>
+void in_batches(size_t n, F&& f) {
+  for (size_t b = 0; b < n; b += cuda::kDepthMixMaxKinds)
+    f(b, static_cast<int>(std::min<size_t>(cuda::kDepthMixMaxKinds, n - b)));
 }
 
 // The regions of `slices` in `layout`, in order, each range clipped to its tensor (the host's
@@ -98,17 +99,18 @@ void CudaGrowthMask::end(bool grads) {
 
 CudaLearnedDepth::CudaLearnedDepth(CudaModel& model, const growth::LearnedDepth& ld)
     : model_(model), L_(ld.from_layers()), L2_(ld.to_layers()), kinds_(ld.kind_count()) {
-  require_unsharded(model, "G_learn");
   STRATA_REQUIRE(model.config().n_layer == L2_, "G_learn: the model has ", model.config().n_layer,
                  " layers, the mixing state grows to ", L2_);
-  STRATA_REQUIRE(kinds_ >= 1 && kinds_ <= cuda::kDepthMixMaxKinds, "G_learn: ", kinds_,
-                 " per-layer tensor kinds (the CUDA kernels take 1 to ", cuda::kDepthMixMaxKinds, ")");
+  STRATA_REQUIRE(kinds_ >= 1, "G_learn: the mixing state has no per-layer tensor kind");
+  const std::vector<ParamEntry>& entries = model.layout().entries();
+  std::vector<int> kind_of(entries.size(), -1);  // layout entry -> kind
   for (int k = 0; k < kinds_; ++k) {
     const ParamEntry* e = model.layout().find(ld.kind_name(k));
     STRATA_REQUIRE(e != nullptr && e->spec.per_layer && e->layers == L2_ &&
                        e->spec.numel_per_layer() == ld.kind_numel_per_layer(k),
                    "G_learn: tensor '", ld.kind_name(k),
                    "' of the mixing state does not match the model's layout");
+    kind_of[static_cast<size_t>(e - entries.data())] = k;
     offset_.push_back(e->offset);
     per_.push_back(e->spec.numel_per_layer());
     const std::vector<float>& src = ld.source(k);
@@ -117,10 +119,49 @@ CudaLearnedDepth::CudaLearnedDepth(CudaModel& model, const growth::LearnedDepth&
     src_.emplace_back(src.size() * sizeof(float), "G_learn's frozen small-model weights");
     CUDA_CHECK(cudaMemcpy(src_.back().ptr, src.data(), src.size() * sizeof(float), cudaMemcpyHostToDevice));
   }
-  const size_t pairs = static_cast<size_t>(kinds_) * L2_ * L_;
-  D_ = DeviceBuffer(pairs * sizeof(float), "G_learn's mixing matrices");
-  dots_ = DeviceBuffer(pairs * sizeof(double), "G_learn's mixing gradients");
-  workspace_ = DeviceBuffer(cuda::depth_mix_dots_workspace_bytes(kinds_, L2_, L_), "G_learn's partial sums");
+  if (!sharded()) {  // whole layers at the layout's offsets (compact == flat)
+    for (int k = 0; k < kinds_; ++k) {
+      const size_t kk = static_cast<size_t>(k);
+      runs_.push_back({k, 0, per_[kk], offset_[kk], per_[kk], 0, L2_});
+    }
+  } else {
+    // This rank's pieces (engine/shard_map.h: each within one layer of a per-layer kind), grouped into runs:
+    // a piece extends a run of its kind at the same place in the layer above, evenly spaced in the compact
+    // buffers. The split gives every layer of a kind the same chunk (and the last rank the same tail), so a
+    // rank has one or two runs per kind.
+    for (const ShardPiece& p : model.shards().pieces()) {
+      const int k = kind_of[static_cast<size_t>(p.entry)];
+      if (k < 0) continue;  // a global tensor: frozen during G_learn
+      const size_t kk = static_cast<size_t>(k);
+      const int64_t rel = p.begin - offset_[kk];
+      const int l = static_cast<int>(rel / per_[kk]);
+      const int64_t begin = rel - int64_t{l} * per_[kk];
+      STRATA_CHECK(begin + p.size() <= per_[kk], "G_learn: a ZeRO-1 piece of ", ld.kind_name(k),
+                   " spans two layers");
+      auto extends = [&](const Run& r) {
+        const int64_t stride = r.layer_end - r.layer_begin == 1 ? p.compact - r.compact : r.stride;
+        return r.kind == k && r.begin == begin && r.n == p.size() && r.layer_end == l && stride >= r.n &&
+               p.compact == r.compact + int64_t{l - r.layer_begin} * stride;
+      };
+      const auto it = std::find_if(runs_.begin(), runs_.end(), extends);
+      if (it == runs_.end()) {
+        runs_.push_back({k, begin, p.size(), p.compact, p.size(), l, l + 1});
+      } else {
+        if (it->layer_end - it->layer_begin == 1) it->stride = p.compact - it->compact;
+        it->layer_end = l + 1;
+      }
+    }
+  }
+  // materialise's entries: unsharded the runs (master and bf16 weights); sharded every kind's whole bf16
+  // weights, then the runs' master weights.
+  const size_t pairs = static_cast<size_t>(L2_) * L_;
+  const size_t mix = runs_.size() + (sharded() ? static_cast<size_t>(kinds_) : 0);
+  D_ = DeviceBuffer(mix * pairs * sizeof(float), "G_learn's mixing matrices");
+  dots_ =
+      DeviceBuffer(std::max<size_t>(runs_.size(), 1) * pairs * sizeof(double), "G_learn's mixing gradients");
+  const int batch =
+      static_cast<int>(std::min<size_t>(std::max<size_t>(runs_.size(), 1), cuda::kDepthMixMaxKinds));
+  workspace_ = DeviceBuffer(cuda::depth_mix_dots_workspace_bytes(batch, L2_, L_), "G_learn's partial sums");
 }
 
 void CudaLearnedDepth::check_matches(const growth::LearnedDepth& ld) const {
@@ -128,40 +169,88 @@ void CudaLearnedDepth::check_matches(const growth::LearnedDepth& ld) const {
                "CudaLearnedDepth: a different mixing state");
 }
 
+cuda::DepthMixKind CudaLearnedDepth::entry(const Run& r) const {
+  const size_t k = static_cast<size_t>(r.kind);
+  cuda::DepthMixKind t;
+  t.src = src_[k].as<const float>() + r.begin;
+  t.src_stride = per_[k];
+  t.n = r.n;
+  t.stride = r.stride;
+  t.layer_begin = r.layer_begin;
+  t.layer_end = r.layer_end;
+  return t;
+}
+
 void CudaLearnedDepth::materialise(const growth::LearnedDepth& ld) {
   check_matches(ld);
-  const size_t per_kind = static_cast<size_t>(L2_) * L_;
-  std::vector<float> D(per_kind * static_cast<size_t>(kinds_));
-  for (int k = 0; k < kinds_; ++k) std::copy_n(ld.mixing(k).data(), per_kind, D.data() + k * per_kind);
+  auto* master = static_cast<float*>(model_.master_device());
+  auto* weights = static_cast<bf16*>(model_.weights_device());
+  std::vector<cuda::DepthMixKind> entries;
+  std::vector<int> kind;  // each entry's kind: whose D it mixes by
+  if (sharded()) {
+    // The bf16 weights are whole on every rank: each writes all of them (the same bits everywhere).
+    for (int k = 0; k < kinds_; ++k) {
+      const size_t kk = static_cast<size_t>(k);
+      cuda::DepthMixKind t = entry({k, 0, per_[kk], offset_[kk], per_[kk], 0, L2_});
+      t.weights = weights + offset_[kk];
+      entries.push_back(t);
+      kind.push_back(k);
+    }
+  }
+  for (const Run& r : runs_) {
+    cuda::DepthMixKind t = entry(r);
+    t.master = master + r.compact;
+    if (!sharded()) t.weights = weights + r.compact;  // compact == flat
+    entries.push_back(t);
+    kind.push_back(r.kind);
+  }
+  const size_t pairs = static_cast<size_t>(L2_) * L_;
+  std::vector<float> D(entries.size() * pairs);
+  for (size_t e = 0; e < entries.size(); ++e)
+    std::copy_n(ld.mixing(kind[e]).data(), pairs, D.data() + e * pairs);
   const cudaStream_t stream = stream_of(model_);
   CUDA_CHECK(cudaMemcpyAsync(D_.ptr, D.data(), D.size() * sizeof(float), cudaMemcpyHostToDevice, stream));
-  std::vector<cuda::DepthMixKind> kinds(static_cast<size_t>(kinds_));
-  for (int k = 0; k < kinds_; ++k) {
-    cuda::DepthMixKind& t = kinds[static_cast<size_t>(k)];
-    t.src = src_[static_cast<size_t>(k)].as<const float>();
-    t.master = static_cast<float*>(model_.master_device()) + offset_[static_cast<size_t>(k)];
-    t.weights = static_cast<bf16*>(model_.weights_device()) + offset_[static_cast<size_t>(k)];
-    t.n = per_[static_cast<size_t>(k)];
-  }
-  cuda::depth_mix_materialise(kinds.data(), kinds_, D_.as<const float>(), L2_, L_, stream);
+  in_batches(entries.size(), [&](size_t first, int count) {
+    cuda::depth_mix_materialise(entries.data() + first, count, D_.as<const float>() + first * pairs, L2_, L_,
+                                stream);
+  });
   CUDA_CHECK(cudaStreamSynchronize(stream));  // D's host copy goes out of scope
 }
 
 std::vector<double> CudaLearnedDepth::dots() {
-  std::vector<cuda::DepthMixKind> kinds(static_cast<size_t>(kinds_));
-  for (int k = 0; k < kinds_; ++k) {
-    cuda::DepthMixKind& t = kinds[static_cast<size_t>(k)];
-    t.src = src_[static_cast<size_t>(k)].as<const float>();
-    t.grads = static_cast<const bf16*>(model_.grads_device()) + offset_[static_cast<size_t>(k)];
-    t.n = per_[static_cast<size_t>(k)];
+  // Unsharded the whole gradient (the layout's offsets); sharded this rank's reduced pieces (compact).
+  const auto* grads =
+      static_cast<const bf16*>(sharded() ? model_.grad_shard_device() : model_.grads_device());
+  std::vector<cuda::DepthMixKind> entries;
+  for (const Run& r : runs_) {
+    cuda::DepthMixKind t = entry(r);
+    t.grads = grads + r.compact;
+    entries.push_back(t);
   }
+  const size_t pairs = static_cast<size_t>(L2_) * L_;
+  std::vector<double> out(static_cast<size_t>(kinds_) * pairs, 0.0);
+  if (entries.empty()) return out;  // a rank without pieces of any per-layer kind: no share
   const cudaStream_t stream = stream_of(model_);
-  cuda::depth_mix_dots(kinds.data(), kinds_, L2_, L_, workspace_.as<float>(), workspace_.bytes,
-                       dots_.as<double>(), stream);
-  std::vector<double> out(static_cast<size_t>(kinds_) * L2_ * L_);
-  CUDA_CHECK(
-      cudaMemcpyAsync(out.data(), dots_.ptr, out.size() * sizeof(double), cudaMemcpyDeviceToHost, stream));
+  in_batches(entries.size(), [&](size_t first, int count) {
+    cuda::depth_mix_dots(entries.data() + first, count, L2_, L_, workspace_.as<float>(), workspace_.bytes,
+                         dots_.as<double>() + first * pairs, stream);
+  });
+  std::vector<double> per_run(entries.size() * pairs);
+  CUDA_CHECK(cudaMemcpyAsync(per_run.data(), dots_.ptr, per_run.size() * sizeof(double),
+                             cudaMemcpyDeviceToHost, stream));
   CUDA_CHECK(cudaStreamSynchronize(stream));
+  // Each kind's runs added in order (unsharded one run per kind: its dots as they are).
+  std::vector<bool> seen(static_cast<size_t>(kinds_), false);
+  for (size_t e = 0; e < runs_.size(); ++e) {
+    const size_t k = static_cast<size_t>(runs_[e].kind);
+    double* o = out.data() + k * pairs;
+    const double* d = per_run.data() + e * pairs;
+    if (!seen[k])
+      std::copy_n(d, pairs, o);
+    else
+      for (size_t i = 0; i < pairs; ++i) o[i] += d[i];
+    seen[k] = true;
+  }
   return out;
 }
 

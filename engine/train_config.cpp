@@ -83,13 +83,6 @@ void TrainConfig::finalize() {
     profile_first = a;
     profile_last = b;
   }
-  // G_learn's phase on the GPU reads the whole reduced gradient and writes whole master weights: under ranks,
-  // ZeRO-0 (replicated state) only.
-  if (device == "cuda" && world > 1 && zero_stage == 1)
-    for (const growth::Stage& st : grow)
-      STRATA_REQUIRE(st.op != growth::Op::kLearn, "--grow '", st.text, "': G_learn on --device cuda under ", world,
-                     " ranks needs --zero 0 (its mixing step reads the whole reduced gradient and writes whole "
-                     "master weights, which ZeRO-1 shards)");
 }
 
 void TrainConfig::resolve_growth() {

@@ -10,19 +10,23 @@
 // kMaskBlocks blocks of 256 threads. 4-6 bytes per masked element; the masked elements are the new layers'
 // residual outputs (depth) or the new rows/columns (width), at most about half the model: ~0.1 ms for 124M.
 //
-// depth_mix_materialise, per kind k, grown layer l < L', element i < n:
+// depth_mix_materialise, per entry k (a kind's layers, or a range of each, growth_ops.h), grown layer l it
+// covers, element i < n:
 //   master[l, i] = sum_{j: D[k,l,j] != 0} D[k,l,j] src[j, i]  (fp32, j ascending, product and sum each
 //   rounded,
 //                                                              no FMA: the host's LearnedDepth::materialise)
 //   weights[l, i] = bf16_rn(master[l, i])                      master (L', n) fp32, weights (L', n) bf16 `=`
-// Grid (kMixBlocks, L'): block (b, l) walks every kind's layer l grid-stride; D is read from a device array
-// (the same L values by every thread: broadcast). Napkin math: per grown layer 4 L bytes read (the non-zero D
-// terms) and 6 bytes written per element; at G_stack's start D has one non-zero per row, later L: for 124M
-// (7M elements per layer, 12 -> 24 layers) at most 24 x 7M x (48 + 6) B = 9 GB, ~3 ms at 3 TB/s, once per
-// G_learn step (which runs a whole forward and backward of the grown model besides).
+// (either may be null: ZeRO-1 writes the whole bf16 weights and only its own pieces' master weights)
+// Grid (kMixBlocks, L'): block (b, l) walks the layer l of every entry that covers it grid-stride; D is read
+// from a device array (the same L values by every thread: broadcast). Napkin math: per grown layer 4 L bytes
+// read (the non-zero D terms) and 6 bytes written per element; at G_stack's start D has one non-zero per row,
+// later L: for 124M (7M elements per layer, 12 -> 24 layers) at most 24 x 7M x (48 + 6) B = 9 GB, ~3 ms at
+// 3 TB/s, once per G_learn step (which runs a whole forward and backward of the grown model besides). Under
+// ZeRO-1 the master weights of a rank's pieces are a second pass over 1/R of the elements.
 //
-// depth_mix_dots, per kind k, grown layer l, small layer j: dots[(k L' + l) L + j] = sum_i g[l, i] src[j, i].
-// Grid (kDotBlocks, L'): block (b, l) takes the elements b*256 + t + m*kDotBlocks*256 of every kind's layer
+// depth_mix_dots, per entry k, grown layer l, small layer j: dots[(k L' + l) L + j] = sum_i g[l, i] src[j, i]
+// (0 for a layer the entry does not cover: block (b, l) writes zero partials for it).
+// Grid (kDotBlocks, L'): block (b, l) takes the elements b*256 + t + m*kDotBlocks*256 of every entry's layer
 // l; for kJ small layers at a time each thread sums its products in order in fp32 (g widened from bf16), the
 // block reduces them in a fixed tree (block_sums) and writes one partial per (k, l, j, b) to the workspace; a
 // second kernel, one thread per (k, l, j), sums the kDotBlocks partials in order in fp64. The grid depends
@@ -139,18 +143,20 @@ __global__ void __launch_bounds__(kThreads)
   const int l = blockIdx.y;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int k = 0; k < table.count; ++k) {
-    const DepthMixKind& t = table.k[k];
-    const float* d = D + (static_cast<int64_t>(k) * L2 + l) * L;  // row l of kind k's D
-    float* master = t.master + l * t.n;
-    bf16* weights = t.weights + l * t.n;
+    const DepthMixKind& t = table.k[k];  // strides and layer range resolved by make_table
+    if (l < t.layer_begin || l >= t.layer_end) continue;
+    const float* d = D + (static_cast<int64_t>(k) * L2 + l) * L;  // row l of entry k's D
+    const int64_t at = (l - t.layer_begin) * t.stride;
+    float* master = t.master ? t.master + at : nullptr;
+    bf16* weights = t.weights ? t.weights + at : nullptr;
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < t.n; i += stride) {
       float o = 0.0f;
       for (int j = 0; j < L; ++j) {
         const float dj = d[j];
-        if (dj != 0.0f) o = add_product(o, dj, t.src[j * t.n + i]);
+        if (dj != 0.0f) o = add_product(o, dj, t.src[j * t.src_stride + i]);
       }
-      master[i] = o;
-      weights[i] = __float2bfloat16_rn(o);
+      if (master) master[i] = o;
+      if (weights) weights[i] = __float2bfloat16_rn(o);
     }
   }
 }
@@ -169,15 +175,22 @@ __device__ __forceinline__ void block_sums(float (&v)[kJ], int nj, float (*scrat
     for (int q = 0; q < nj; ++q) v[q] = warp_sum(lane < nwarps ? scratch[q][lane] : 0.0f);
 }
 
-// partials[((k L' + l) L + j) kDotBlocks + b] = block b's share of <g_l, src_j> of kind k.
+// partials[((k L' + l) L + j) kDotBlocks + b] = block b's share of <g_l, src_j> of entry k (0 when the
+// entry does not cover layer l).
 __global__ void __launch_bounds__(kThreads)
     dots_partials_kernel(MixTable table, int L2, int L, float* partials) {
   __shared__ float scratch[kJ][kWarpSize];
   const int l = blockIdx.y;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int k = 0; k < table.count; ++k) {
-    const DepthMixKind& t = table.k[k];
-    const bf16* g = t.grads + l * t.n;
+    const DepthMixKind& t = table.k[k];  // strides and layer range resolved by make_table
+    float* out = partials + (static_cast<int64_t>(k) * L2 + l) * L * gridDim.x + blockIdx.x;
+    if (l < t.layer_begin || l >= t.layer_end) {  // uniform over the block: no barrier skipped by some
+      if (threadIdx.x == 0)
+        for (int j = 0; j < L; ++j) out[static_cast<int64_t>(j) * gridDim.x] = 0.0f;
+      continue;
+    }
+    const bf16* g = t.grads + (l - t.layer_begin) * t.stride;
     for (int j0 = 0; j0 < L; j0 += kJ) {
       const int nj = L - j0 < kJ ? L - j0 : kJ;  // the same for every thread: block_sums below is uniform
       float acc[kJ];
@@ -185,15 +198,14 @@ __global__ void __launch_bounds__(kThreads)
       for (int q = 0; q < kJ; ++q) acc[q] = 0.0f;
       for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < t.n; i += stride) {
         const float gi = to_float(g[i]);
-        const float* w = t.src + j0 * t.n + i;
+        const float* w = t.src + j0 * t.src_stride + i;
 #pragma unroll
         for (int q = 0; q < kJ; ++q)
-          if (q < nj) acc[q] += gi * w[q * t.n];
+          if (q < nj) acc[q] += gi * w[q * t.src_stride];
       }
       block_sums(acc, nj, scratch);
       if (threadIdx.x == 0)
-        for (int q = 0; q < nj; ++q)
-          partials[((static_cast<int64_t>(k) * L2 + l) * L + j0 + q) * gridDim.x + blockIdx.x] = acc[q];
+        for (int q = 0; q < nj; ++q) out[static_cast<int64_t>(j0 + q) * gridDim.x] = acc[q];
     }
   }
 }
@@ -208,16 +220,25 @@ __global__ void __launch_bounds__(kThreads)
   dots[p] = s;
 }
 
+// The entries with their defaults resolved: strides n, layer_end L'.
 MixTable make_table(const DepthMixKind* kinds, int count, int L2, int L, bool need_grads, const char* op) {
-  STRATA_CHECK(count >= 1 && count <= kDepthMixMaxKinds && kinds, op, ": ", count, " kinds (1 to ",
+  STRATA_CHECK(count >= 1 && count <= kDepthMixMaxKinds && kinds, op, ": ", count, " entries (1 to ",
                kDepthMixMaxKinds, ")");
   STRATA_CHECK(L >= 1 && L2 >= 1 && L2 <= 65535, op, ": L=", L, " L'=", L2);
   MixTable t{};
   t.count = count;
   for (int k = 0; k < count; ++k) {
-    const DepthMixKind& d = kinds[k];
-    STRATA_CHECK(d.n >= 0 && d.src && (need_grads ? d.grads != nullptr : (d.master && d.weights)), op,
-                 ": kind ", k, " has n=", d.n, " or a null pointer");
+    DepthMixKind d = kinds[k];
+    if (d.src_stride == 0) d.src_stride = d.n;
+    if (d.stride == 0) d.stride = d.n;
+    if (d.layer_end == -1) d.layer_end = L2;
+    STRATA_CHECK(d.n >= 0 && d.src && (need_grads ? d.grads != nullptr : (d.master || d.weights)), op,
+                 ": entry ", k, " has n=", d.n, " or a null pointer");
+    // Strides below n would make the layers' ranges overlap (racing writes).
+    STRATA_CHECK(d.src_stride >= d.n && d.stride >= d.n, op, ": entry ", k, " has strides ", d.src_stride,
+                 " (src) and ", d.stride, " below n=", d.n);
+    STRATA_CHECK(d.layer_begin >= 0 && d.layer_begin <= d.layer_end && d.layer_end <= L2, op, ": entry ", k,
+                 " covers grown layers [", d.layer_begin, ", ", d.layer_end, ") of L'=", L2);
     t.k[k] = d;
   }
   return t;

@@ -4,7 +4,8 @@
 // caller is engine/cuda_growth.cpp. Built for the GPU (nvcc, strata_cuda) and for the CPU emulation
 // (strata_cuda_emu).
 //
-// Shapes: L small-model layers, L' grown-model layers, n elements per layer of one per-layer tensor kind.
+// Shapes: L small-model layers, L' grown-model layers, n elements per layer of one per-layer tensor kind (or
+// of the range of each layer an entry addresses).
 #pragma once
 
 #if defined(STRATA_CUDA_EMU)
@@ -44,29 +45,39 @@ void growth_mask_end(__nv_bfloat16* weights, __nv_bfloat16* grads, const __nv_bf
                      const MaskRegion* regions, int count, int64_t total, float c, cudaStream_t stream);
 
 // ---- G_learn's depth mixing
-// --------------------------------------------------------------------------------- One per-layer tensor kind
-// (device pointers).
+// --------------------------------------------------------------------------------- One entry: n elements
+// of every layer of one per-layer tensor kind, or of a range of its grown layers (device pointers). By
+// default an entry is the kind's whole layers, one after another: src (L, n), master / weights / grads
+// (L', n). The strides and the layer range let an entry address a sub-range of each layer and a subset of
+// the grown layers, as a rank's ZeRO-1 pieces are (engine/shard_map.h): small layer j's elements are src[j *
+// src_stride + i], grown layer l's (layer_begin <= l < layer_end) are master / weights / grads[(l -
+// layer_begin) * stride + i], i < n.
 struct DepthMixKind {
-  const float* src = nullptr;            // (L, n) fp32: the frozen small-model layers
-  float* master = nullptr;               // (L', n) fp32: the grown model's master weights
-  __nv_bfloat16* weights = nullptr;      // (L', n) bf16: the weights the kernels read
-  const __nv_bfloat16* grads = nullptr;  // (L', n) bf16: the step's gradients
+  const float* src = nullptr;            // fp32: the frozen small-model layers
+  float* master = nullptr;               // fp32: the grown model's master weights
+  __nv_bfloat16* weights = nullptr;      // bf16: the weights the kernels read
+  const __nv_bfloat16* grads = nullptr;  // bf16: the step's gradients
   int64_t n = 0;
+  int64_t src_stride = 0;  // elements from one small layer to the next in src; 0: n
+  int64_t stride = 0;      // elements from one grown layer to the next in master, weights, grads; 0: n
+  int layer_begin = 0;     // the grown layers covered, [layer_begin, layer_end); layer_end -1: L'
+  int layer_end = -1;
 };
-constexpr int kDepthMixMaxKinds = 32;  // kinds per call (a model has at most 12 per-layer kinds)
+constexpr int kDepthMixMaxKinds = 32;  // entries per call (callers with more call again)
 
-// For every kind k, layer l < L' and element i < n:
+// For every entry k, grown layer l it covers and element i < n:
 //   master[l, i] = sum_{j < L, D[k, l, j] != 0} D[k, l, j] * src[j, i]   (j ascending, each product and sum
 //                                                                         rounded: LearnedDepth::materialise)
 //   weights[l, i] = bf16_rn(master[l, i])                                 master, weights `=`
-// D: device (count, L', L) fp32.
+// Either of master and weights may be null (not written); nothing else is written. D: device (count, L', L)
+// fp32, one matrix per entry.
 void depth_mix_materialise(const DepthMixKind* kinds, int count, const float* D, int L2, int L,
                            cudaStream_t stream);
 
-// dots[(k L' + l) L + j] = sum_i grads[l, i] * src[j, i] for every kind k: the mixing gradient dL/dD[k, l, j]
-// (LearnedDepth::dots). dots: device (count, L', L) fp64 `=`. Deterministic: a fixed grid, each thread's
-// elements summed in order in fp32, each block's in a fixed tree, the blocks' partials (workspace) in order
-// in fp64.
+// dots[(k L' + l) L + j] = sum_i grads[l, i] * src[j, i] for every entry k and grown layer l it covers (0 for
+// the layers it does not): the entry's share of the mixing gradient dL/dD[l, j] (LearnedDepth::dots). dots:
+// device (count, L', L) fp64 `=`. Deterministic: a fixed grid, each thread's elements summed in order in
+// fp32, each block's in a fixed tree, the blocks' partials (workspace) in order in fp64.
 void depth_mix_dots(const DepthMixKind* kinds, int count, int L2, int L, float* workspace,
                     size_t workspace_bytes, double* dots, cudaStream_t stream);
 size_t depth_mix_dots_workspace_bytes(int count, int L2, int L);

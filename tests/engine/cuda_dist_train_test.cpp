@@ -8,9 +8,12 @@
 //     against one process in dist_train_test.cpp), within bf16 precision, with a G_stack growth mid-run;
 //   - a ZeRO-1 run stopped at a sharded checkpoint and resumed by as many ranks, bit-identical to an
 //     uninterrupted one (step rows, weights, every optimizer shard, the bf16 weights);
-//   - the bytes each step sends against the ring formula over the bf16 tensors.
+//   - the bytes each step sends against the ring formula over the bf16 tensors;
+//   - the growth phases against the CPU backend, and G_learn under ZeRO-1 against ZeRO-0 (losses, gradient
+//     norms, the mixing matrices inside the phase).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -181,7 +184,8 @@ TEST_F(CudaDistTrain, Zero1AndZero0TrainLikeTheCpuBackendAndResumeBitIdentically
 
 // The growth phases under ranks on the GPU, against the CPU backend's run on as many ranks: G_random (its
 // masked gradients are reduced after mask_end scales them, not during the backward pass) under both ZeRO
-// stages, and G_learn under ZeRO-0 (replicated state; refused under ZeRO-1).
+// stages, and G_learn under ZeRO-0 (replicated state; ZeRO-1 is the next test, which ctest also runs on 3
+// ranks).
 TEST_F(CudaDistTrain, GrowthPhasesTrainLikeTheCpuBackend) {
   STRATA_SKIP_WITHOUT_GPU();
   struct Case {

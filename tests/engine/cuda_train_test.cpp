@@ -5,7 +5,8 @@
 // interrupted and resumed (with another --recompute mode) is bit-identical to an uninterrupted one, as is a
 // run that recomputes every activation it can (--recompute all);
 // checkpoints move between the backends; G_random's masked phase and G_learn's phase follow the CPU backend
-// and resume bit-identically from inside the phase. Built twice (tests/CMakeLists.txt): on the GPU (label
+// and resume bit-identically from inside the phase; G_learn on ZeRO-1 shards of the runner gives the host's
+// weights and mixing gradient. Built twice (tests/CMakeLists.txt): on the GPU (label
 // gpu) and on the CPU emulation (label cpu-emu).
 #include <gtest/gtest.h>
 
@@ -13,11 +14,13 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <random>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "engine/cuda_backend.h"
+#include "engine/cuda_growth.h"
 #include "engine/cuda_model.h"
 #include "engine/fileio.h"
 #include "engine/train_backend.h"
@@ -454,23 +457,104 @@ TEST_P(CudaTrain, ResumeInsideAGrowthPhaseIsBitIdentical) {
   }
 }
 
-// Under ranks the GPU runs G_random with either ZeRO stage and G_learn with ZeRO-0 (replicated state); G_learn
-// under ZeRO-1 is refused with one line (its mixing step needs the whole gradient and master weights).
-TEST_P(CudaTrain, GLearnUnderZero1RanksIsRefused) {
-  TrainConfig c = config(GetParam(), "refused", "cuda");
-  c.world = 2;
-  c.zero_stage = 1;
-  c.grow.push_back(growth::parse_stage("at=5 steps,op=learn,g=2,learn_steps=2"));
-  test::expect_one_line_error([&] { c.finalize(); },
-                              {"--grow 'at=5 steps,op=learn", "G_learn", "2 ranks", "--zero 0"});
-  c.zero_stage = 0;
-  EXPECT_NO_THROW(c.finalize());
-  c.zero_stage = 1;
-  c.world = 1;  // one GPU
-  EXPECT_NO_THROW(c.finalize());
-  c.world = 2;
-  c.grow[0] = growth::parse_stage("at=5 steps,op=random,g=2,mask_steps=2");
-  EXPECT_NO_THROW(c.finalize());
+// G_learn on ZeRO-1 shards of the grown runner (engine/cuda_growth.h), every rank of 2 and 3 built in this
+// process (no collectives: the test plays the reduction), against the host's LearnedDepth and the whole
+// runner: from a dense D, materialise() writes every bf16 weight of every rank as the host's W' = D W rounded
+// to nearest (the whole runner's bits), and each rank's fp32 master weights of its pieces exactly as the
+// host's (the ranks' pieces together give the host's buffer bit for bit); dots() from each rank's compact
+// reduced-gradient pieces, added in rank order, give the host's double mixing gradient within fp32 summation.
+// Under 3 ranks the segments have tails (a second run per kind on the last rank), and GPT-2's 12 kinds then
+// need two kernel calls for materialise (more than kDepthMixMaxKinds entries).
+TEST_P(CudaTrain, LearnedDepthOnZero1ShardsMatchesTheHostAndTheWholeRunner) {
+  STRATA_SKIP_WITHOUT_GPU();
+  const TrainConfig c = config(GetParam(), "unused", "cuda");
+  const growth::GrowthPlan plan =
+      growth::make_plan(c.model, growth::parse_stage("at=1 steps,op=learn,g=2,learn_steps=2"));
+  ParamBuffer small{ParamLayout(plan.from)};
+  const std::vector<float> w = test::random_bf16_values(size_t(small.numel()), 3);
+  for (int64_t i = 0; i < small.numel(); ++i) small.data()[i] = w[size_t(i)] * 0.5f + 1e-4f * float(i % 7);
+  growth::LearnedDepth ld(plan, small, 0.0, 0.0, 1.0);
+  const int L = ld.from_layers(), L2 = ld.to_layers(), K = ld.kind_count();
+  const size_t pairs = size_t(L2) * size_t(L);
+  {  // a dense D: one Adam step with betas 0 and eps 1 from random mixing gradients moves every entry
+    std::vector<double> g(size_t(K) * pairs);
+    std::mt19937_64 rng(5);
+    std::uniform_real_distribution<double> uni(-1.0, 1.0);
+    for (double& x : g) x = uni(rng);
+    ld.step_from_dots(g, 0.3);
+  }
+  const ParamLayout layout(plan.to);
+  ParamBuffer start(layout), ref(layout);
+  init_params(start, 4);  // the global tensors keep these
+  std::memcpy(ref.data(), start.data(), size_t(layout.numel()) * sizeof(float));
+  ld.materialise(ref);
+  // The reduced gradient every rank would hold after the reduction: bf16 values; the host's mixing gradient.
+  const std::vector<float> gv = test::random_bf16_values(size_t(layout.numel()), 6, -2.0f, 2.0f);
+  const std::vector<test::bf16> gb = test::to_bf16(gv);
+  ParamBuffer grads(layout);
+  std::memcpy(grads.data(), gv.data(), gv.size() * sizeof(float));
+  const std::vector<double> ref_dots = ld.dots(grads);
+
+  std::vector<double> whole_dots;
+  for (const int R : {1, 2, 3}) {
+    SCOPED_TRACE("ranks " + std::to_string(R));
+    ParamBuffer gathered(layout);  // every rank's master pieces
+    std::fill(gathered.data(), gathered.data() + gathered.numel(), std::nanf(""));
+    std::vector<double> dots(size_t(K) * pairs, 0.0);
+    for (int r = 0; r < R; ++r) {
+      CudaModelOptions o;
+      o.shard_world = R;
+      o.shard_rank = r;
+      CudaModel gpu(plan.to, 2, 16, o);
+      gpu.set_params(start);
+      CudaLearnedDepth cl(gpu, ld);
+      cl.materialise(ld);
+      const std::vector<uint16_t> bits = gpu.get_weights_bf16();
+      int64_t wrong = 0;
+      for (int64_t i = 0; i < layout.numel(); ++i) {
+        const test::bf16 want = test::float_to_bf16(ref.data()[i]);
+        uint16_t want_bits;
+        std::memcpy(&want_bits, &want, 2);
+        if (bits[size_t(i)] != want_bits && ++wrong <= 3)
+          ADD_FAILURE() << "rank " << r << ": bf16 weight " << i << " differs from the host's W' = D W";
+      }
+      EXPECT_EQ(wrong, 0) << "rank " << r;
+      ParamBuffer mine(layout);
+      std::fill(mine.data(), mine.data() + mine.numel(), std::nanf(""));
+      gpu.get_params(mine);  // the pieces only
+      for (const ShardPiece& p : gpu.shards().pieces())
+        std::copy(mine.data() + p.begin, mine.data() + p.end, gathered.data() + p.begin);
+      // The reduced gradient as the reduction leaves it: the whole buffer (one rank) or this rank's pieces,
+      // compact.
+      if (R == 1) {
+        CUDA_CHECK(cudaMemcpy(gpu.grads_device(), gb.data(), gb.size() * sizeof(test::bf16),
+                              cudaMemcpyHostToDevice));
+      } else {
+        std::vector<test::bf16> compact(size_t(gpu.shards().compact_size()), test::float_to_bf16(0.0f));
+        for (const ShardPiece& p : gpu.shards().pieces())
+          std::copy(gb.begin() + p.begin, gb.begin() + p.end, compact.begin() + p.compact);
+        CUDA_CHECK(cudaMemcpy(gpu.grad_shard_device(), compact.data(), compact.size() * sizeof(test::bf16),
+                              cudaMemcpyHostToDevice));
+      }
+      const std::vector<double> share = cl.dots();
+      ASSERT_EQ(share.size(), dots.size());
+      for (size_t i = 0; i < dots.size(); ++i) dots[i] += share[i];  // rank order, as sum_in_rank_order
+    }
+    EXPECT_EQ(0, std::memcmp(gathered.data(), ref.data(), size_t(layout.numel()) * sizeof(float)))
+        << "the ranks' master pieces together differ from the host's W' = D W";
+    for (int k = 0; k < K; ++k) {
+      const auto part = [&](const std::vector<double>& v) {
+        return std::vector<double>(v.begin() + k * std::ptrdiff_t(pairs),
+                                   v.begin() + (k + 1) * std::ptrdiff_t(pairs));
+      };
+      STRATA_EXPECT_CLOSE(part(dots), part(ref_dots), test::kTolFloatVsDouble, ld.kind_name(k));
+    }
+    if (R == 1)
+      whole_dots = dots;
+    else
+      STRATA_EXPECT_CLOSE(dots, whole_dots, test::kTolFloatVsDouble,
+                          "the shards' mixing gradient vs the whole runner's");
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, CudaTrain,

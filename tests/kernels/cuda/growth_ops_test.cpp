@@ -9,7 +9,11 @@
 //   - W' = D W into fp32 master and bf16 weights, bit for bit the host's (same order, no FMA), with zero D
 //     entries skipped, and nothing outside the kinds' layers written;
 //   - dD = <g_l, W_j> against a double reference, over more small layers than one pass takes (8), and bitwise
-//     equal over two calls.
+//     equal over two calls;
+//   - entries that address a sub-range of each layer (a src row stride other than n, grown layers spaced by a
+//     stride with gaps, a range of grown layers: ZeRO-1's compact pieces), with master or weights left null:
+//     materialise bit for bit the host's on exactly the addressed elements, dots against a double reference
+//     and 0 for the layers an entry does not cover; a layer split into pieces sums to the whole layer's dots.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -251,6 +255,195 @@ TEST(DepthMix, DotsMatchADoubleReferenceAndRepeat) {
   STRATA_SKIP_WITHOUT_GPU();
   check_dots(make_case(3, 5, {1000, 37, 129}, 3));
   check_dots(make_case(10, 2, {513, 1}, 4));
+}
+
+// ---- entries addressing sub-ranges of layers (ZeRO-1's pieces)
+// ----------------------------------------------------------
+
+// One entry of a sub-range case: elements [a, a + n) of every layer in [lb, le) of kind `kind`, held at
+// base + (l - lb) * stride of a flat buffer (stride 0: n); master / weights: whether the entry writes them.
+struct SubEntry {
+  int kind = 0;
+  int64_t a = 0, n = 0, stride = 0;
+  int lb = 0, le = -1;
+  bool master = true, weights = true;
+  int64_t base = 0;  // set by make_sub_case
+};
+
+struct SubCase {
+  int L = 0, L2 = 0;
+  std::vector<int64_t> per;             // per kind: elements per layer
+  std::vector<std::vector<float>> src;  // per kind (L, per)
+  std::vector<SubEntry> entries;
+  std::vector<float> D;  // (entries, L', L)
+  int64_t numel = 0;
+  int64_t stride(const SubEntry& e) const { return e.stride == 0 ? e.n : e.stride; }
+  int layer_end(const SubEntry& e) const { return e.le == -1 ? L2 : e.le; }
+};
+
+SubCase make_sub_case(int L, int L2, std::vector<int64_t> per, std::vector<SubEntry> entries, uint64_t seed) {
+  SubCase m;
+  m.L = L, m.L2 = L2, m.per = std::move(per), m.entries = std::move(entries);
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> uni(-1.0f, 1.0f);
+  for (size_t k = 0; k < m.per.size(); ++k) {
+    m.src.push_back(random_bf16_values(static_cast<size_t>(L * m.per[k]), seed + 10 + k));
+    for (float& x : m.src.back()) x += 1e-3f * uni(rng);
+  }
+  int64_t at = 2;  // each entry's own region of the flat buffer, gaps between (never written)
+  for (SubEntry& e : m.entries) {
+    e.base = at;
+    at += (m.layer_end(e) - e.lb) * m.stride(e) + 5;
+  }
+  m.numel = at;
+  m.D.resize(m.entries.size() * static_cast<size_t>(L2) * L);
+  for (float& d : m.D) d = uni(rng) < -0.3f ? 0.0f : uni(rng);
+  return m;
+}
+
+std::vector<cuda::DepthMixKind> sub_kinds(const SubCase& m, std::vector<DeviceBuffer<float>>& src,
+                                          float* master, bf16* weights, const bf16* grads) {
+  for (size_t k = src.size(); k < m.per.size(); ++k) src.emplace_back(m.src[k]);
+  std::vector<cuda::DepthMixKind> out;
+  for (const SubEntry& e : m.entries) {
+    cuda::DepthMixKind t;
+    const size_t k = static_cast<size_t>(e.kind);
+    t.src = src[k].get() + e.a;
+    t.src_stride = m.per[k];
+    t.n = e.n;
+    t.stride = e.stride;
+    t.layer_begin = e.lb;
+    t.layer_end = e.le;
+    t.master = master && e.master ? master + e.base : nullptr;
+    t.weights = weights && e.weights ? weights + e.base : nullptr;
+    t.grads = grads ? grads + e.base : nullptr;
+    out.push_back(t);
+  }
+  return out;
+}
+
+// Entries of two kinds: kind 0 (1000 per layer) split as ZeRO-1 splits it over 3 ranks (chunks of 328, a tail
+// of 16 for the last rank, the last rank's body and tail interleaved in its compact buffer), a whole-layer
+// entry writing only bf16 weights, a partial range of grown layers writing only master weights; kind 1 (37
+// per layer) with the defaults (the original whole-kind semantics).
+std::vector<SubEntry> zero1_like_entries() {
+  std::vector<SubEntry> out;
+  const int64_t c = 328, tail = 16;
+  for (int r = 0; r < 3; ++r) out.push_back({0, r * c, c, r == 2 ? c + tail : c, 0, -1, true, true});
+  out.push_back({0, 3 * c, tail, c + tail, 0, -1, true, true});  // the tail, after the last rank's body
+  out.push_back({0, 0, 1000, 0, 0, -1, false, true});            // every bf16 weight, no master
+  out.push_back({0, 5, 100, 120, 1, 4, true, false});            // grown layers 1-3 only, master only
+  out.push_back({1, 0, 37, 0, 0, -1, true, true});
+  out.push_back({1, 30, 7, 0, 4, 5, true, true});  // one grown layer's last elements
+  return out;
+}
+
+TEST(DepthMix, SubRangeEntriesMaterialiseTheHostsBitsOnTheirElementsOnly) {
+  STRATA_SKIP_WITHOUT_GPU();
+  const SubCase m = make_sub_case(10, 5, {1000, 37}, zero1_like_entries(), 5);
+  constexpr float kMarker = 12345.0f;
+  std::vector<float> ref(static_cast<size_t>(m.numel), kMarker);
+  std::vector<bool> has_master(ref.size(), false), has_weights(ref.size(), false);
+  for (size_t e = 0; e < m.entries.size(); ++e) {
+    const SubEntry& s = m.entries[e];
+    const std::vector<float>& src = m.src[static_cast<size_t>(s.kind)];
+    const int64_t per = m.per[static_cast<size_t>(s.kind)];
+    for (int l = s.lb; l < m.layer_end(s); ++l)
+      for (int64_t i = 0; i < s.n; ++i) {
+        float o = 0.0f;  // LearnedDepth::materialise's order: j ascending, zero D terms skipped
+        for (int j = 0; j < m.L; ++j) {
+          const float d =
+              m.D[(e * static_cast<size_t>(m.L2) + static_cast<size_t>(l)) * m.L + static_cast<size_t>(j)];
+          if (d != 0.0f) o += d * src[static_cast<size_t>(j * per + s.a + i)];
+        }
+        const size_t at = static_cast<size_t>(s.base + (l - s.lb) * m.stride(s) + i);
+        ref[at] = o;
+        has_master[at] = s.master;
+        has_weights[at] = s.weights;
+      }
+  }
+  DeviceBuffer<float> master(std::vector<float>(ref.size(), kMarker)), D(m.D);
+  DeviceBuffer<bf16> weights(std::vector<bf16>(ref.size(), float_to_bf16(kMarker)));
+  std::vector<DeviceBuffer<float>> src;
+  const auto kinds = sub_kinds(m, src, master.get(), weights.get(), nullptr);
+  cuda::depth_mix_materialise(kinds.data(), static_cast<int>(kinds.size()), D.get(), m.L2, m.L, nullptr);
+  const std::vector<float> got = master.download();
+  const std::vector<bf16> got_w = weights.download();
+  int64_t wrong = 0, mixed = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const float want = has_master[i] ? ref[i] : kMarker;
+    const bf16 want_w = float_to_bf16(has_weights[i] ? ref[i] : kMarker);
+    mixed += has_master[i] || has_weights[i];
+    if ((bits(got[i]) != bits(want) || bits(got_w[i]) != bits(want_w)) && ++wrong <= 5)
+      ADD_FAILURE() << "element " << i << ": master " << got[i] << " (expected " << want << "), bf16 "
+                    << bf16_to_float(got_w[i]) << " (expected " << bf16_to_float(want_w) << ")";
+  }
+  EXPECT_EQ(wrong, 0);
+  EXPECT_GT(mixed, 5000) << "vacuous: the entries address almost nothing";
+}
+
+TEST(DepthMix, SubRangeEntriesDotsMatchADoubleReferenceAndSumToTheWholeLayers) {
+  STRATA_SKIP_WITHOUT_GPU();
+  const SubCase m = make_sub_case(10, 5, {1000, 37}, zero1_like_entries(), 6);
+  const std::vector<bf16> g = to_bf16(random_bf16_values(static_cast<size_t>(m.numel), 98, -2.0f, 2.0f));
+  const size_t pairs = static_cast<size_t>(m.L2) * m.L;
+  std::vector<double> ref(m.entries.size() * pairs, 0.0);  // 0 for the layers an entry does not cover
+  for (size_t e = 0; e < m.entries.size(); ++e) {
+    const SubEntry& s = m.entries[e];
+    const std::vector<float>& src = m.src[static_cast<size_t>(s.kind)];
+    const int64_t per = m.per[static_cast<size_t>(s.kind)];
+    for (int l = s.lb; l < m.layer_end(s); ++l)
+      for (int j = 0; j < m.L; ++j) {
+        double sum = 0.0;
+        for (int64_t i = 0; i < s.n; ++i)
+          sum += static_cast<double>(
+                     bf16_to_float(g[static_cast<size_t>(s.base + (l - s.lb) * m.stride(s) + i)])) *
+                 static_cast<double>(src[static_cast<size_t>(j * per + s.a + i)]);
+        ref[e * pairs + static_cast<size_t>(l) * m.L + static_cast<size_t>(j)] = sum;
+      }
+  }
+  DeviceBuffer<bf16> grads(g);
+  std::vector<DeviceBuffer<float>> src;
+  const auto kinds = sub_kinds(m, src, nullptr, nullptr, grads.get());
+  const int count = static_cast<int>(kinds.size());
+  const size_t ws = cuda::depth_mix_dots_workspace_bytes(count, m.L2, m.L);
+  DeviceBuffer<float> workspace(ws / sizeof(float));
+  DeviceBuffer<double> dots(ref.size());
+  cuda::depth_mix_dots(kinds.data(), count, m.L2, m.L, workspace.get(), ws, dots.get(), nullptr);
+  const std::vector<double> got = dots.download();
+  STRATA_EXPECT_CLOSE(got, ref, kTolFloatVsDouble, "sub-range mixing gradients");
+  for (size_t e = 0; e < m.entries.size(); ++e) {
+    const SubEntry& s = m.entries[e];
+    for (int l = 0; l < m.L2; ++l) {
+      if (l >= s.lb && l < m.layer_end(s)) continue;
+      for (int j = 0; j < m.L; ++j) {
+        EXPECT_EQ(got[e * pairs + static_cast<size_t>(l) * m.L + static_cast<size_t>(j)], 0.0)
+            << "entry " << e << " does not cover grown layer " << l;
+      }
+    }
+  }
+
+  // The first four entries split kind 0's layers as the ranks' pieces do; with the gradient of each piece
+  // copied into one whole-layer buffer, the whole-layer dots are the pieces' sums (within fp32 summation).
+  std::vector<bf16> whole(static_cast<size_t>(m.L2 * m.per[0]));
+  for (size_t e = 0; e < 4; ++e) {
+    const SubEntry& s = m.entries[e];
+    for (int l = 0; l < m.L2; ++l)
+      for (int64_t i = 0; i < s.n; ++i)
+        whole[static_cast<size_t>(l * m.per[0] + s.a + i)] =
+            g[static_cast<size_t>(s.base + l * m.stride(s) + i)];
+  }
+  DeviceBuffer<bf16> whole_g(whole);
+  cuda::DepthMixKind t;
+  t.src = src[0].get();
+  t.grads = whole_g.get();
+  t.n = m.per[0];
+  DeviceBuffer<double> whole_dots(pairs);
+  cuda::depth_mix_dots(&t, 1, m.L2, m.L, workspace.get(), ws, whole_dots.get(), nullptr);
+  std::vector<double> summed(pairs, 0.0);
+  for (size_t e = 0; e < 4; ++e)
+    for (size_t p = 0; p < pairs; ++p) summed[p] += got[e * pairs + p];
+  STRATA_EXPECT_CLOSE(whole_dots.download(), summed, kTolFloatVsDouble, "whole layers vs the pieces' sums");
 }
 
 }  // namespace
