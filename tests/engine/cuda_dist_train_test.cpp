@@ -32,6 +32,7 @@
 #include "growth/comm_cost.h"
 #include "growth/plan.h"
 #include "growth/spec.h"
+#include "tests/engine/growth_state_check.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
 #include "tests/test_util.h"
 #include "tests/tolerances.h"
@@ -240,44 +241,12 @@ TEST_F(CudaDistTrain, Zero1GrowthOnTheDeviceProducesTheCpuBackendsState) {
     auto cpu = make_cpu_backend(c.model, 2, 16, c.adamw);  // one process's reference, on every rank
     auto cuda = make_cuda_backend(c.model, 2, 16, c.adamw, 7, dp);
     ASSERT_EQ(cuda->optimizer_sharded(), world().world() > 1);
-    const size_t bytes = size_t(cpu->host_params().numel()) * sizeof(float);
-    init_params(cpu->host_params(), 3);
-    init_params(cpu->host_optimizer().m(), 4);
-    init_params(cpu->host_optimizer().v(), 5);
-    for (int64_t i = 0; i < cpu->host_params().numel(); ++i)
-      cpu->host_optimizer().v().data()[i] = std::abs(cpu->host_optimizer().v().data()[i]);
-    cpu->host_optimizer().set_t(3);
-    std::memcpy(cuda->host_params().data(), cpu->host_params().data(), bytes);
-    std::memcpy(cuda->host_optimizer().m().data(), cpu->host_optimizer().m().data(), bytes);
-    std::memcpy(cuda->host_optimizer().v().data(), cpu->host_optimizer().v().data(), bytes);
-    cuda->host_optimizer().set_t(3);
-    cuda->upload_from_host();  // each rank takes its pieces
-    const auto before = cuda->checkpoint_extras();
-    const auto* old_data = static_cast<const uint16_t*>(before[0].tensors[0].data);
-    const std::vector<uint16_t> old_bits(old_data, old_data + before[0].tensors[0].shape[0]);
+    test::seed_growth_state(*cpu, *cuda);  // each rank takes its pieces
+    const std::vector<uint16_t> old_bits = test::bf16_weight_bits(*cuda);
     cpu->grow(plan, 99);
     cuda->grow(plan, 99);
-    cuda->download_to_host();  // the ranks gather every piece
-    ASSERT_EQ(cuda->config().n_layer, plan.to.n_layer);
-    ASSERT_EQ(cuda->host_params().numel(), cpu->host_params().numel());
-    const size_t grown = size_t(cpu->host_params().numel()) * sizeof(float);
-    EXPECT_EQ(0, std::memcmp(cuda->host_params().data(), cpu->host_params().data(), grown));
-    EXPECT_EQ(0, std::memcmp(cuda->host_optimizer().m().data(), cpu->host_optimizer().m().data(), grown));
-    EXPECT_EQ(0, std::memcmp(cuda->host_optimizer().v().data(), cpu->host_optimizer().v().data(), grown));
-    EXPECT_EQ(cuda->optimizer_t(), cpu->optimizer_t());
-    const auto after = cuda->checkpoint_extras();
-    const auto* bits = static_cast<const uint16_t*>(after[0].tensors[0].data);
-    const ParamLayout from(plan.from), to(plan.to);
-    for (const growth::TensorRule& r : plan.tensors) {
-      const ParamEntry *se = from.find(r.name), *de = to.find(r.name);
-      const int64_t per = de->spec.numel_per_layer();
-      for (size_t l = 0; l < r.layers.size(); ++l) {
-        if (r.layers[l].fill != growth::LayerFill::kCopy) continue;
-        EXPECT_EQ(0, std::memcmp(bits + de->offset + int64_t(l) * per,
-                                 old_bits.data() + se->offset + r.layers[l].src * per, size_t(per) * 2))
-            << r.name << " layer " << l;
-      }
-    }
+    test::expect_same_grown_state(*cuda, *cpu, plan.to.n_layer);  // the ranks gather every piece
+    test::expect_copied_layer_bits(plan, old_bits, test::bf16_weight_bits(*cuda));
     // The grown sharded runner trains like the CPU backend: every rank takes the same batch at 1 / R (the
     // reduced gradient is the batch's), three steps, then the loss on another batch (one growth: the emulation
     // is slow).
