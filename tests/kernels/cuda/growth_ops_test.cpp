@@ -128,6 +128,17 @@ void check_mask(float c) {
   }
 }
 
+
+// depth_mix_dots over `kinds` into `dots` (a workspace of the size it asks for), downloaded.
+std::vector<double> run_dots(const std::vector<cuda::DepthMixKind>& kinds, int L2, int L,
+                             DeviceBuffer<double>& dots) {
+  const int count = static_cast<int>(kinds.size());
+  const size_t ws = cuda::depth_mix_dots_workspace_bytes(count, L2, L);
+  DeviceBuffer<float> workspace(ws / sizeof(float));
+  cuda::depth_mix_dots(kinds.data(), count, L2, L, workspace.get(), ws, dots.get(), nullptr);
+  return dots.download();
+}
+
 TEST(GrowthMask, ScalesExactlyTheMaskedElementsAndRestoresThem) {
   STRATA_SKIP_WITHOUT_GPU();
   check_mask(0.375f);
@@ -231,17 +242,12 @@ void check_dots(const MixCase& m) {
   DeviceBuffer<bf16> grads(g);
   std::vector<DeviceBuffer<float>> src;
   const auto kinds = device_kinds(m, src, nullptr, nullptr, grads.get());
-  const int count = static_cast<int>(kinds.size());
-  const size_t ws = cuda::depth_mix_dots_workspace_bytes(count, m.L2, m.L);
-  DeviceBuffer<float> workspace(ws / sizeof(float));
   DeviceBuffer<double> dots(ref.size());
-  cuda::depth_mix_dots(kinds.data(), count, m.L2, m.L, workspace.get(), ws, dots.get(), nullptr);
-  const std::vector<double> got = dots.download();
+  const std::vector<double> got = run_dots(kinds, m.L2, m.L, dots);
   // fp32 sums of up to ~1000 products against a double sum (tests/tolerances.h's float-vs-double rule).
   STRATA_EXPECT_CLOSE(got, ref, kTolFloatVsDouble, "mixing gradients L=" << m.L << " L'=" << m.L2);
   dots.poison();
-  cuda::depth_mix_dots(kinds.data(), count, m.L2, m.L, workspace.get(), ws, dots.get(), nullptr);
-  const std::vector<double> again = dots.download();
+  const std::vector<double> again = run_dots(kinds, m.L2, m.L, dots);
   EXPECT_EQ(0, std::memcmp(got.data(), again.data(), got.size() * sizeof(double))) << "not deterministic";
 }
 
@@ -405,12 +411,8 @@ TEST(DepthMix, SubRangeEntriesDotsMatchADoubleReferenceAndSumToTheWholeLayers) {
   DeviceBuffer<bf16> grads(g);
   std::vector<DeviceBuffer<float>> src;
   const auto kinds = sub_kinds(m, src, nullptr, nullptr, grads.get());
-  const int count = static_cast<int>(kinds.size());
-  const size_t ws = cuda::depth_mix_dots_workspace_bytes(count, m.L2, m.L);
-  DeviceBuffer<float> workspace(ws / sizeof(float));
   DeviceBuffer<double> dots(ref.size());
-  cuda::depth_mix_dots(kinds.data(), count, m.L2, m.L, workspace.get(), ws, dots.get(), nullptr);
-  const std::vector<double> got = dots.download();
+  const std::vector<double> got = run_dots(kinds, m.L2, m.L, dots);
   STRATA_EXPECT_CLOSE(got, ref, kTolFloatVsDouble, "sub-range mixing gradients");
   for (size_t e = 0; e < m.entries.size(); ++e) {
     const SubEntry& s = m.entries[e];
@@ -439,11 +441,11 @@ TEST(DepthMix, SubRangeEntriesDotsMatchADoubleReferenceAndSumToTheWholeLayers) {
   t.grads = whole_g.get();
   t.n = m.per[0];
   DeviceBuffer<double> whole_dots(pairs);
-  cuda::depth_mix_dots(&t, 1, m.L2, m.L, workspace.get(), ws, whole_dots.get(), nullptr);
+  const std::vector<double> whole_got = run_dots({t}, m.L2, m.L, whole_dots);
   std::vector<double> summed(pairs, 0.0);
   for (size_t e = 0; e < 4; ++e)
     for (size_t p = 0; p < pairs; ++p) summed[p] += got[e * pairs + p];
-  STRATA_EXPECT_CLOSE(whole_dots.download(), summed, kTolFloatVsDouble, "whole layers vs the pieces' sums");
+  STRATA_EXPECT_CLOSE(whole_got, summed, kTolFloatVsDouble, "whole layers vs the pieces' sums");
 }
 
 }  // namespace
