@@ -373,7 +373,7 @@ class CudaBackend final : public TrainBackend {
   // gathers: the forward's loss download synchronises with them.
   float forward_after_gather(const int32_t* inputs, const int32_t* targets, float grad_scale) {
 #if defined(STRATA_HAVE_NCCL)
-    if (gather_layers_ >= 0 && gather_layers_ == gpu_->config().n_layer) {
+    if (gather_layers_ >= 0) {  // grow() settles first: the pending stages are this runner's
       const Communicator::Guard watch(nccl_->host(), "NCCL all-gather", gpu_->layout().numel() * 2,
                                       /*count=*/false);
       const auto main = static_cast<cudaStream_t>(gpu_->stream());

@@ -7,11 +7,11 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <deque>
 #include <map>
 #include <memory>
-#include <cstdio>
-#include <cstdlib>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -268,14 +268,6 @@ Order stream_order() {
   return order;
 }
 
-bool lazy(cudaStream_t s) {
-  switch (stream_order()) {
-    case Order::kLateOthers: return s != nullptr;
-    case Order::kLateLegacy: return s == nullptr;
-    default: return false;
-  }
-}
-
 struct QueuedOp {
   uint64_t seq = 0;
   std::function<void()> op;
@@ -307,8 +299,16 @@ void flush_until(cudaStream_t s, uint64_t seq) {
 
 }  // namespace
 
+bool deferred(cudaStream_t s) {
+  switch (stream_order()) {
+    case Order::kLateOthers: return s != nullptr;
+    case Order::kLateLegacy: return s == nullptr;
+    default: return false;
+  }
+}
+
 void on_stream(cudaStream_t stream, std::function<void()> op) {
-  if (!lazy(stream)) {
+  if (!deferred(stream)) {
     op();
     return;
   }
@@ -334,7 +334,7 @@ void flush_all_streams() {
 
 void record_event(cudaEvent_t e, cudaStream_t s) {
   std::lock_guard<std::recursive_mutex> lock(g_streams_mu);
-  if (!lazy(s)) {
+  if (!deferred(s)) {
     g_events[e] = {s, 0};
     return;
   }
@@ -383,7 +383,7 @@ cudaError_t cudaFree(void* ptr) {
 // copies wait for their stream and complete before they return.
 static cudaError_t emu_copy(void* dst, const void* src, size_t n, cudaMemcpyKind kind, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  if (kind == cudaMemcpyHostToDevice) {
+  if (kind == cudaMemcpyHostToDevice && strata::emu::deferred(stream)) {
     auto staged = std::make_shared<std::vector<unsigned char>>(static_cast<const unsigned char*>(src),
                                                                static_cast<const unsigned char*>(src) + n);
     strata::emu::on_stream(stream, [dst, staged] { std::memcpy(dst, staged->data(), staged->size()); });
@@ -422,11 +422,11 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   strata::emu::flush_stream(stream);
   return cudaSuccess;
 }
-// Streams and events: distinct non-null tokens, so code that checks them behaves as on a GPU; their order is
-// STRATA_EMU_STREAMS's (emu.h).
-static char g_emu_handles[4096];
-static std::atomic<int> g_emu_next_handle{0};
-static char* emu_handle() { return &g_emu_handles[g_emu_next_handle.fetch_add(1) % 4096]; }
+// Streams and events: distinct non-null tokens, never reused (the stream queues and event marks are keyed by
+// them), so code that checks them behaves as on a GPU; their order is STRATA_EMU_STREAMS's (emu.h). Opaque:
+// nothing dereferences them.
+static std::atomic<uintptr_t> g_emu_next_handle{1};
+static void* emu_handle() { return reinterpret_cast<void*>(g_emu_next_handle.fetch_add(1)); }
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) {
   *stream = reinterpret_cast<cudaStream_t>(emu_handle());
   return cudaSuccess;

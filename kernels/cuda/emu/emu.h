@@ -63,6 +63,8 @@ extern ThreadState tls;
 // on_stream runs `op` as an operation of `stream` under that order (kernel launches, the emulated library
 // calls and NCCL collectives go through it); flush_stream / flush_all_streams run what is queued.
 void on_stream(cudaStream_t stream, std::function<void()> op);
+// Whether STRATA_EMU_STREAMS queues `stream`'s operations (else on_stream runs them at once).
+bool deferred(cudaStream_t stream);
 void flush_stream(cudaStream_t stream);
 void flush_all_streams();
 // The runtime's event calls (emu.cpp): a record is a marker in its stream's queue; a wait, when it runs, runs

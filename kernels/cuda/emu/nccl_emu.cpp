@@ -30,7 +30,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -465,17 +464,12 @@ namespace {
 // (its error was printed; a real NCCL reports it asynchronously).
 template <class F>
 ncclResult_t on_stream(cudaStream_t stream, F body) {
-  auto result = std::make_shared<int>(-1);  // -1: queued
-  auto queued = std::make_shared<bool>(false);
-  strata::emu::on_stream(stream, [result, queued, body] {
-    *result = static_cast<int>(body());
-    if (*queued && *result != ncclSuccess) {
-      std::fprintf(stderr, "strata: emulated NCCL: a queued collective failed\n");
-      std::abort();
-    }
+  if (!strata::emu::deferred(stream)) return body();
+  strata::emu::on_stream(stream, [body] {
+    if (body() == ncclSuccess) return;
+    std::fprintf(stderr, "strata: emulated NCCL: a queued collective failed\n");
+    std::abort();
   });
-  if (*result >= 0) return static_cast<ncclResult_t>(*result);
-  *queued = true;
   return ncclSuccess;
 }
 
@@ -485,7 +479,8 @@ extern "C" {
 
 ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype,
                            ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream) {
-  return on_stream(stream, [=] { return run_ncclAllReduce(sendbuff, recvbuff, count, datatype, op, comm, stream); });
+  return on_stream(stream,
+                   [=] { return run_ncclAllReduce(sendbuff, recvbuff, count, datatype, op, comm, stream); });
 }
 ncclResult_t ncclReduceScatter(const void* sendbuff, void* recvbuff, size_t recvcount, ncclDataType_t datatype,
                                ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream) {
@@ -494,7 +489,8 @@ ncclResult_t ncclReduceScatter(const void* sendbuff, void* recvbuff, size_t recv
 }
 ncclResult_t ncclAllGather(const void* sendbuff, void* recvbuff, size_t sendcount, ncclDataType_t datatype,
                            ncclComm_t comm, cudaStream_t stream) {
-  return on_stream(stream, [=] { return run_ncclAllGather(sendbuff, recvbuff, sendcount, datatype, comm, stream); });
+  return on_stream(stream,
+                   [=] { return run_ncclAllGather(sendbuff, recvbuff, sendcount, datatype, comm, stream); });
 }
 ncclResult_t ncclReduce(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype,
                         ncclRedOp_t op, int root, ncclComm_t comm, cudaStream_t stream) {
