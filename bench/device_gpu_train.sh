@@ -5,10 +5,10 @@
 # median tokens/s and MFU of the steps after the first 3 (warm-up), read from metrics.jsonl, and the wall time of
 # a growth. Runs: gpt2-124m at T=1024 with micro-batches 16 and 32; llama-1.1b's layer shape at T=2048 with 4 of
 # its 24 layers (a whole 1.1B model's checkpoint, 15 GB, would take most of the call to write); a llama-1.1b-
-# shaped G_stack growth from 2 to 6 layers. Beside each (not the growth) the PyTorch baseline of the same model and
-# batch (bench/torch_gpu_train_bench.py: torch.compile, SDPA flash, bf16 autocast, fused AdamW). Prints one table
-# last. Logs go to $OUT (or /tmp/strata_device). ONLY=<substring> runs the matching runs alone; NO_TORCH=1 skips
-# the PyTorch baselines.
+# shaped G_stack growth from 2 to 6 layers and a G_direct widening to its layer width. Beside each (not the
+# growths) the PyTorch baseline of the same model and batch (bench/torch_gpu_train_bench.py: torch.compile, SDPA
+# flash, bf16 autocast, fused AdamW). Prints one table last. Logs go to $OUT (or /tmp/strata_device).
+# ONLY=<substring> runs the matching runs alone; NO_TORCH=1 skips the PyTorch baselines.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/strata_device}
@@ -77,6 +77,11 @@ train llama-1.1b-L4_b4 "--model llama-1.1b --layers 4 --vocab 32000 --batch 4 --
   --model llama-1.1b --n-layer 4 --vocab-size 32000 --batch-size 4 --seq-len 2048 --steps 15 --lr 3e-4
 train llama-1.1b-grow2to6 - --model llama-1.1b --n-layer 2 --vocab-size 32000 --batch-size 2 --seq-len 2048 \
   --steps 6 --lr 3e-4 --grow "at=3 steps,op=stack,g=3"
+# Width growth on the device (G_direct's split neurons: the plan's row and column gathers run as kernels):
+# a half-width 4-layer llama widened to llama-1.1b's layer width.
+train llama-1.1b-widen - --model llama-1.1b --n-layer 4 --d-model 1024 --n-head 16 --n-kv-head 2 --d-ff 2816 \
+  --vocab-size 32000 --batch-size 2 --seq-len 2048 --steps 6 --lr 3e-4 \
+  --grow "at=3 steps,op=direct,d_model=2048,n_head=32,n_kv_head=4,d_ff=5632"
 
 echo
 echo "MFU against the H200 / H100 SXM datasheet bf16 peak (989.4 TFLOP/s), model FLOPs (6 N_matmul + 12 L C T)."

@@ -299,12 +299,13 @@ class CudaBackend final : public TrainBackend {
     settle_gather();
     mask_.reset();  // both address the old runner
     learned_.reset();
-    // Layer copies (G_stack, interpolation, G_zero): device to device, no host round trip; sharded (ZeRO-1)
-    // too, as each rank owns the same parts of a copied layer and of its source (CudaModel::grown). Anything
-    // else: gather, grow on the host, re-shard (the new runner takes its shard on upload).
-    if (CudaModel::device_growable(plan)) {
+    // On the device (CudaModel::grown): any plan on one runner or under ZeRO-0; under ZeRO-1 the plans
+    // made of layer copies (G_stack, interpolation, G_zero), as each rank owns the same parts of a copied
+    // layer and of its source. A sharded runner widening (or drawing new layers, or adding noise): gather, grow on the
+    // host, re-shard (the new runner takes its shard on upload).
+    if (gpu_->can_grow(plan)) {
       const bool map = plan.stage.optimizer == growth::OptimizerPolicy::kMap;
-      std::unique_ptr<CudaModel> next = gpu_->grown(plan, map);
+      std::unique_ptr<CudaModel> next = gpu_->grown(plan, map, seed);
       gpu_ = std::move(next);
       host_params_.reset();  // the host mirrors are re-made in the new layout at the next download
       host_opt_.reset();

@@ -21,6 +21,9 @@
 #include "engine/device_buffer.h"
 #include "engine/model.h"  // kIgnoreIndex
 #include "engine/model_tensors.h"
+#include "engine/parallel.h"
+#include "growth/apply.h"
+#include "kernels/cuda/growth_ops.h"
 #include "kernels/cuda/workspace.h"
 #include "kernels/ops.h"
 
@@ -594,7 +597,7 @@ std::vector<PieceCopy> piece_copies(const LayerShards& old_sh, const ParamEntry&
 
 }  // namespace
 
-bool CudaModel::device_growable(const growth::GrowthPlan& plan) {
+bool CudaModel::layer_copies_only(const growth::GrowthPlan& plan) {
   if (plan.stage.noise > 0) return false;
   for (const growth::TensorRule& r : plan.tensors) {
     if (!r.rows.is_identity() || !r.cols.is_identity()) return false;
@@ -604,8 +607,8 @@ bool CudaModel::device_growable(const growth::GrowthPlan& plan) {
   return true;
 }
 
-std::unique_ptr<CudaModel> CudaModel::grown(const growth::GrowthPlan& plan, bool map_moments) {
-  STRATA_CHECK(device_growable(plan), "CudaModel::grown: the plan needs the host");
+std::unique_ptr<CudaModel> CudaModel::grown(const growth::GrowthPlan& plan, bool map_moments, uint64_t seed) {
+  STRATA_CHECK(can_grow(plan), "CudaModel::grown: a ZeRO-1 runner grows on the device by layer copies only");
   Impl& s = *impl_;
   s.arena = DeviceBuffer();  // activations and gradients go first: old and new state then fit where they did
   s.grads = DeviceBuffer();
@@ -620,13 +623,24 @@ std::unique_ptr<CudaModel> CudaModel::grown(const growth::GrowthPlan& plan, bool
     CUDA_CHECK(cudaMemset(n.m.ptr, 0, n.m.bytes));
     CUDA_CHECK(cudaMemset(n.v.ptr, 0, n.v.bytes));
   }
+  if (layer_copies_only(plan))
+    copy_layers_into(plan, moments, *next);
+  else
+    run_rules_into(plan, moments, seed, *next);
+  CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(s.dev.stream)));
+  return next;
+}
+
+void CudaModel::copy_layers_into(const growth::GrowthPlan& plan, bool moments, CudaModel& next) {
+  Impl& s = *impl_;
+  Impl& n = *next.impl_;
   const cudaStream_t stream = static_cast<cudaStream_t>(s.dev.stream);
   auto copy = [&](void* dst, const void* src, size_t bytes) {
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream));
   };
   for (const growth::TensorRule& r : plan.tensors) {
     const ParamEntry* se = layout_.find(r.name);
-    const ParamEntry* de = next->layout_.find(r.name);
+    const ParamEntry* de = next.layout_.find(r.name);
     STRATA_CHECK(se && de && se->spec.numel_per_layer() == de->spec.numel_per_layer(), "growth: tensor ",
                  r.name);
     const int64_t per = de->spec.numel_per_layer();
@@ -638,7 +652,7 @@ std::unique_ptr<CudaModel> CudaModel::grown(const growth::GrowthPlan& plan, bool
       copy(n.weights.as<bf16>() + to, s.weights.as<bf16>() + from, size_t(per) * sizeof(bf16));  // whole
       // The fp32 state: this rank's pieces of the destination segment, from its pieces of the source segment.
       for (const auto& [dst, src, count] :
-           piece_copies(shards_, *se, lr.src, next->shards_, *de, static_cast<int>(l), from, to, per)) {
+           piece_copies(shards_, *se, lr.src, next.shards_, *de, static_cast<int>(l), from, to, per)) {
         copy(n.master.as<float>() + dst, s.master.as<float>() + src, size_t(count) * sizeof(float));
         if (moments) {
           copy(n.m.as<float>() + dst, s.m.as<float>() + src, size_t(count) * sizeof(float));
@@ -647,8 +661,152 @@ std::unique_ptr<CudaModel> CudaModel::grown(const growth::GrowthPlan& plan, bool
       }
     }
   }
-  CUDA_CHECK(cudaStreamSynchronize(stream));
-  return next;
+}
+
+// Unsharded, so the compact fp32 buffers are the flat layout. Per tensor rule: the axis maps uploaded once;
+// the random draws of all its layers made on the host in parallel (serial streams per layer, as apply_params
+// makes them), then per target layer an upload of its draws into a one-layer device scratch (stream-ordered:
+// the next upload waits for the kernel that reads it) and a gather, or a plain copy for a layer copied
+// unchanged. Then the noise, a layer at a time the same way, then the bf16 rounding. The host buffers of one
+// tensor's draws are reused only after a stream synchronisation.
+void CudaModel::run_rules_into(const growth::GrowthPlan& plan, bool moments, uint64_t seed, CudaModel& next) {
+  STRATA_CHECK(!sharded(), "growth: a ZeRO-1 runner runs a plan's rules on the host");
+  Impl& s = *impl_;
+  Impl& n = *next.impl_;
+  const cudaStream_t stream = static_cast<cudaStream_t>(s.dev.stream);
+  auto d2d = [&](void* dst, const void* src, size_t bytes) {
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream));
+  };
+  auto h2d = [&](void* dst, const void* src, size_t bytes) {
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream));
+  };
+  int64_t max_per = 1;
+  for (const ParamEntry& e : next.layout_.entries()) max_per = std::max(max_per, e.spec.numel_per_layer());
+  DeviceBuffer scratch(size_t(max_per) * sizeof(float), "the growth's random draws (one layer)");
+  float* const draws_dev = scratch.as<float>();
+  const bool noise = plan.stage.noise > 0;
+  // The flat (offset, count) ranges whose bf16 weights were copied from the source (layers copied unchanged).
+  std::vector<std::pair<int64_t, int64_t>> kept_bits;
+  std::vector<float> draws;
+  for (const growth::TensorRule& r : plan.tensors) {
+    const ParamEntry* se = layout_.find(r.name);
+    const ParamEntry* de = next.layout_.find(r.name);
+    STRATA_CHECK(se && de, "growth: tensor ", r.name, " is missing from a layout");
+    const int64_t per = de->spec.numel_per_layer(), sper = se->spec.numel_per_layer();
+    const bool two_d = !r.cols.src.empty();
+    const int64_t rows = r.rows.size(), cols = two_d ? r.cols.size() : 1;
+    const int64_t src_cols = se->spec.shape.size() == 2 ? se->spec.shape[1] : 1;
+    STRATA_CHECK(rows * cols == per && static_cast<int64_t>(r.layers.size()) == de->layers,
+                 "growth: the rule of ", r.name, " does not match its target layout");
+    const bool unchanged = r.rows.is_identity() && r.cols.is_identity() && per == sper;
+    // The axis maps, for the gathers.
+    DeviceBuffer maps;
+    int32_t *row_src = nullptr, *col_src = nullptr;
+    float *row_scale = nullptr, *col_scale = nullptr;
+    if (!unchanged) {
+      const size_t nr = size_t(rows), nc = two_d ? size_t(cols) : 0;
+      maps = DeviceBuffer((nr + nc) * (sizeof(int32_t) + sizeof(float)), "the growth's axis maps");
+      row_src = maps.as<int32_t>();
+      col_src = two_d ? row_src + nr : nullptr;
+      row_scale = reinterpret_cast<float*>(row_src + nr + nc);
+      col_scale = two_d ? row_scale + nr : nullptr;
+      h2d(row_src, r.rows.src.data(), nr * sizeof(int32_t));
+      if (r.rows.scale.empty())
+        row_scale = nullptr;
+      else
+        h2d(row_scale, r.rows.scale.data(), nr * sizeof(float));
+      if (two_d) {
+        h2d(col_src, r.cols.src.data(), nc * sizeof(int32_t));
+        if (r.cols.scale.empty())
+          col_scale = nullptr;
+        else
+          h2d(col_scale, r.cols.scale.data(), nc * sizeof(float));
+      }
+    }
+    // The draws of every layer, on the host (when any layer draws: an init-filled layer, or new elements
+    // filled from the init distribution).
+    const size_t L = r.layers.size();
+    const auto is_new = [](int32_t i) { return i < 0; };
+    bool any_draw = r.new_fill == growth::LayerFill::kInit &&
+                    (std::any_of(r.rows.src.begin(), r.rows.src.end(), is_new) ||
+                     std::any_of(r.cols.src.begin(), r.cols.src.end(), is_new));
+    for (const growth::LayerRule& lr : r.layers) any_draw = any_draw || lr.fill == growth::LayerFill::kInit;
+    std::vector<char> drew(L, 0);
+    if (any_draw) {
+      draws.resize(L * size_t(per));
+      parallel_for(L, 0, [&](size_t l) {
+        drew[l] = growth::layer_draws(r, *de, static_cast<int64_t>(l), seed, draws.data() + l * size_t(per));
+      });
+    }
+    for (size_t l = 0; l < L; ++l) {
+      const growth::LayerRule& lr = r.layers[l];
+      const int64_t to = de->offset + static_cast<int64_t>(l) * per;
+      float* master = n.master.as<float>() + to;
+      if (lr.fill == growth::LayerFill::kZero) continue;  // zero weights and moments, as constructed
+      if (lr.fill == growth::LayerFill::kInit) {         // the draws; moments 0
+        h2d(master, draws.data() + l * size_t(per), size_t(per) * sizeof(float));
+        continue;
+      }
+      STRATA_CHECK(lr.src >= 0 && lr.src < se->layers, "growth: source layer ", lr.src, " of ", r.name);
+      const int64_t from = se->offset + lr.src * sper;
+      if (unchanged) {
+        d2d(master, s.master.as<float>() + from, size_t(per) * sizeof(float));
+        if (moments) {
+          d2d(n.m.as<float>() + to, s.m.as<float>() + from, size_t(per) * sizeof(float));
+          d2d(n.v.as<float>() + to, s.v.as<float>() + from, size_t(per) * sizeof(float));
+        }
+        if (!noise) {
+          d2d(n.weights.as<bf16>() + to, s.weights.as<bf16>() + from, size_t(per) * sizeof(bf16));
+          kept_bits.emplace_back(to, per);
+        }
+        continue;
+      }
+      cuda::GrowthGather g;
+      g.src_cols = src_cols, g.rows = rows, g.cols = cols;
+      g.row_src = row_src, g.row_scale = row_scale, g.col_src = col_src, g.col_scale = col_scale;
+      if (drew[l]) {
+        h2d(draws_dev, draws.data() + l * size_t(per), size_t(per) * sizeof(float));
+        g.fresh = draws_dev;
+      }
+      g.dst = master, g.src = s.master.as<float>() + from;
+      cuda::growth_gather(g, stream);
+      if (moments) {
+        g.moments = true, g.fresh = nullptr;
+        g.dst = n.m.as<float>() + to, g.src = s.m.as<float>() + from;
+        cuda::growth_gather(g, stream);
+        g.dst = n.v.as<float>() + to, g.src = s.v.as<float>() + from;
+        cuda::growth_gather(g, stream);
+      }
+    }
+    CUDA_CHECK(cudaStreamSynchronize(stream));  // the maps and the host draws are released or reused
+  }
+  if (noise) {
+    const double a = plan.stage.noise;
+    for (const ParamEntry& de : next.layout_.entries()) {
+      if (!de.spec.per_layer) continue;
+      const int64_t per = de.spec.numel_per_layer();
+      draws.resize(size_t(de.layers) * size_t(per));
+      parallel_for(size_t(de.layers), 0, [&](size_t l) {
+        growth::noise_draws(de, static_cast<int64_t>(l), seed, draws.data() + l * size_t(per));
+      });
+      for (int64_t l = 0; l < de.layers; ++l) {
+        h2d(draws_dev, draws.data() + size_t(l) * size_t(per), size_t(per) * sizeof(float));
+        cuda::growth_noise(n.master.as<float>() + de.offset + l * per, draws_dev, per, 1.0 - a, a, stream);
+      }
+      CUDA_CHECK(cudaStreamSynchronize(stream));
+    }
+  }
+  // The bf16 weights: rounded from the grown master weights, between the ranges whose bits were copied.
+  std::sort(kept_bits.begin(), kept_bits.end());
+  int64_t at = 0;
+  auto round_range = [&](int64_t end) {
+    if (end > at) cuda::round_to_bf16(n.weights.as<bf16>() + at, n.master.as<float>() + at, end - at, stream);
+  };
+  for (const auto& [offset, count] : kept_bits) {
+    round_range(offset);
+    at = offset + count;
+  }
+  round_range(next.layout_.numel());
 }
 
 double CudaModel::grad_sum_squares() {

@@ -141,15 +141,23 @@ class CudaModel {
   void* master_device();      // fp32, compact (the layout unsharded); for growth on the device
   void* stream() const;
 
-  // Growth on the device: true when every tensor of `plan` is layer copies or zero layers, with no noise and no
-  // width change (G_stack, G_zero, interpolation in depth), so the grown state is device-to-device copies of
-  // this one (what growth/apply.h computes on the host, bit for bit). grown() then returns the runner of
-  // plan.to with the copied fp32 master weights, bf16 weights and, with map_moments, moments (else none: the
-  // optimizer restarts). Sharded (ZeRO-1), each rank copies its own pieces: the grown layout keeps every
-  // per-layer size and the world, so a copied layer's segment splits as its source's does and no data crosses
-  // ranks. It frees this runner's activations and gradients first; this runner is not usable afterwards.
-  static bool device_growable(const growth::GrowthPlan& plan);
-  std::unique_ptr<CudaModel> grown(const growth::GrowthPlan& plan, bool map_moments);
+  // Growth on the device: grown() returns the runner of plan.to holding the grown fp32 master weights, bf16
+  // weights and, with map_moments, the moments mapped with the weights (else none: the optimizer restarts),
+  // the state growth/apply.h's grow_state computes on the host, bit for bit. It frees this runner's
+  // activations and gradients first; this runner is not usable afterwards.
+  //  - layer_copies_only(plan) (G_stack, G_zero, interpolation in depth: layer copies or zero layers, no
+  //    noise, no width change): device-to-device copies, and each copied layer keeps its source's bf16
+  //    weights, so the grown model computes what the stacked original would. Sharded (ZeRO-1), each rank
+  //    copies its own pieces: the grown layout keeps every per-layer size and the world, so a copied layer's
+  //    segment splits as its source's does and no data crosses ranks.
+  //  - any other plan (widening, G_random's init-filled layers, noise), unsharded only (can_grow): the plan's
+  //    rules run on the device (kernels/cuda/growth_ops.h: a gather per target layer through the row and
+  //    column maps, the noise), with the random draws made on the host from apply_params' streams
+  //    (growth::layer_draws / noise_draws) and uploaded a layer at a time; the bf16 weights are the grown
+  //    master weights rounded to nearest, except layers copied unchanged, which keep their source's bits.
+  static bool layer_copies_only(const growth::GrowthPlan& plan);
+  bool can_grow(const growth::GrowthPlan& plan) const { return !sharded() || layer_copies_only(plan); }
+  std::unique_ptr<CudaModel> grown(const growth::GrowthPlan& plan, bool map_moments, uint64_t seed);
 
   // The per-position losses (B,T) of the last forward with targets, on the host.
   std::vector<float> losses() const;
@@ -170,6 +178,9 @@ class CudaModel {
   std::function<void(int)> layer_hook_, forward_hook_;
   bool sharded() const { return opt_.shard_world > 1; }
   void allocate_moments();  // zero moments as long as the master weights
+  // grown()'s two halves: a plan of layer copies (sharded or not), and any plan's rules (unsharded).
+  void copy_layers_into(const growth::GrowthPlan& plan, bool moments, CudaModel& next);
+  void run_rules_into(const growth::GrowthPlan& plan, bool moments, uint64_t seed, CudaModel& next);
   bool have_grad_ = false;
   float run_forward(const int32_t* inputs, const int32_t* targets, float dloss_scale, bool need_grad);
 };

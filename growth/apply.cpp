@@ -56,6 +56,28 @@ bool has_new(const TensorRule& r) {
   return false;
 }
 
+}  // namespace
+
+bool layer_draws(const TensorRule& r, const ParamEntry& de, int64_t l, uint64_t seed, float* out) {
+  const int64_t per = de.spec.numel_per_layer();
+  const LayerFill fill = r.layers.at(static_cast<size_t>(l)).fill;
+  if (fill == LayerFill::kInit) {
+    fill_init(de.spec.init, out, per, growth_stream(seed, "init", r.name, l));
+    return true;
+  }
+  if (fill == LayerFill::kCopy && r.new_fill == LayerFill::kInit && has_new(r)) {
+    fill_init(de.spec.init, out, per, growth_stream(seed, "new", r.name, l));
+    return true;
+  }
+  return false;
+}
+
+void noise_draws(const ParamEntry& de, int64_t l, uint64_t seed, float* out) {
+  fill_init(de.spec.init, out, de.spec.numel_per_layer(), growth_stream(seed, "noise", de.spec.name, l));
+}
+
+namespace {
+
 void run_plan(const GrowthPlan& plan, const ParamBuffer& src, ParamBuffer& dst, uint64_t seed, bool moments) {
   STRATA_CHECK(src.layout().config().n_layer == plan.from.n_layer &&
                    dst.layout().config().n_layer == plan.to.n_layer &&
@@ -77,13 +99,13 @@ void run_plan(const GrowthPlan& plan, const ParamBuffer& src, ParamBuffer& dst, 
         return;
       }
       if (lr.fill == LayerFill::kInit) {
-        fill_init(de.spec.init, out, per, growth_stream(seed, "init", r.name, l));
+        layer_draws(r, de, l, seed, out);
         return;
       }
       STRATA_CHECK(lr.src >= 0 && lr.src < se.layers, "growth: source layer ", lr.src, " of ", r.name);
       if (need_fresh) {
         fresh.resize(static_cast<size_t>(per));
-        fill_init(de.spec.init, fresh.data(), per, growth_stream(seed, "new", r.name, l));
+        layer_draws(r, de, l, seed, fresh.data());
       }
       gather(r, src.data() + se.offset + static_cast<int64_t>(lr.src) * sper, scols, out,
              need_fresh ? fresh.data() : nullptr, moments);
@@ -119,7 +141,7 @@ void apply_params(const GrowthPlan& plan, const ParamBuffer& src, ParamBuffer& d
       std::vector<float> e(static_cast<size_t>(per));
 #pragma omp for schedule(dynamic)
       for (int64_t l = 0; l < de.layers; ++l) {
-        fill_init(de.spec.init, e.data(), per, growth_stream(seed, "noise", de.spec.name, l));
+        noise_draws(de, l, seed, e.data());
         float* w = dst.data() + de.offset + l * per;
         for (int64_t i = 0; i < per; ++i)
           w[i] = static_cast<float>((1.0 - a) * w[i] + a * e[static_cast<size_t>(i)]);

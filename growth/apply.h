@@ -23,6 +23,15 @@ namespace strata::growth {
 // layers, noise) come from streams seeded by (seed, tensor, layer), so the result depends on nothing else.
 void apply_params(const GrowthPlan& plan, const ParamBuffer& src, ParamBuffer& dst, uint64_t seed);
 
+// The random draws apply_params makes, for a backend that runs the plan on its own buffers (the CUDA
+// backend's device growth) and must match apply_params bit for bit. layer_draws: what target layer l of rule
+// r draws (de: the target's entry), numel_per_layer values into out: an init-filled layer's values, or for a
+// copied layer with new elements filled from the init distribution a whole layer of draws, of which each
+// new element takes its own position's; returns false (out untouched) when the layer draws nothing.
+// noise_draws: the noise e of layer l of per-layer entry de (used when plan.stage.noise > 0).
+bool layer_draws(const TensorRule& r, const ParamEntry& de, int64_t l, uint64_t seed, float* out);
+void noise_draws(const ParamEntry& de, int64_t l, uint64_t seed, float* out);
+
 // Maps one AdamW moment buffer with the weights: copied elements keep their moment (no split factors, no
 // noise), new elements and init- or zero-filled layers get 0.
 void map_moments(const GrowthPlan& plan, const ParamBuffer& src, ParamBuffer& dst);

@@ -1,5 +1,13 @@
-// kernels/cuda/growth_ops.cu: G_random's mask and G_learn's depth mixing on device buffers (growth_ops.h).
-// Host reference: growth/apply.cpp (GrowthMask::begin/end, LearnedDepth::materialise/dots).
+// kernels/cuda/growth_ops.cu: a growth plan's rules, G_random's mask and G_learn's depth mixing on device
+// buffers (growth_ops.h). Host reference: growth/apply.cpp (run_plan, apply_params' noise,
+// GrowthMask::begin/end, LearnedDepth::materialise/dots).
+//
+// growth_gather / growth_noise / round_to_bf16: one thread per element, grid-stride (at most kGrowBlocks
+// blocks). The gather reads its source through the row and column maps (a source row is read by a warp's
+// consecutive columns: coalesced where the column map is the identity or a split copy of it) and writes its
+// target layer once; the noise reads w and e and writes w; the rounding reads 4 and writes 2 bytes per
+// element. Growth runs once per stage, so these are built to be exact (the host's bits: products and sums
+// rounded one by one, no FMA), not fast: a few ms for a billion-parameter model at copy bandwidth.
 //
 // growth_mask_begin / growth_mask_end, per masked element e (k-th overall):
 //   begin: saved[k] = w[e]; w[e] = bf16_rn(c w[e])          w (P) bf16, saved (total) bf16 `=`
@@ -48,14 +56,82 @@ constexpr int kJ = 8;          // small layers per pass of depth_mix_dots: 8 fp3
 // Grids. The CPU emulation runs blocks one after another with a fiber per CUDA thread (~20 ms per block), so
 // it uses small grids: the same code, more grid-stride iterations per thread.
 #if defined(STRATA_CUDA_EMU)
+constexpr int kGrowBlocks = 2;
 constexpr int kMaskBlocks = 4;
 constexpr int kMixBlocks = 2;
 constexpr int kDotBlocks = 2;
 #else
+constexpr int kGrowBlocks = 1024;  // grid-stride elementwise kernels of the growth itself: one wave
 constexpr int kMaskBlocks = 1024;  // ~8 resident blocks x 132 SMs: one wave
 constexpr int kMixBlocks = 64;     // per grown layer: 64 L' blocks, over a wave from L' = 16 on
 constexpr int kDotBlocks = 64;     // per grown layer; fixed (the reduction order depends on it)
 #endif
+
+// ---- growth by a plan's rules
+// --------------------------------------------------------------------------------
+// Grid-stride over the n elements: at most kGrowBlocks blocks, fewer when there is less work.
+int grow_blocks(int64_t n) {
+  return static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(kGrowBlocks, ceil_div(n, int64_t{kThreads}))));
+}
+
+// a * b and a + b rounded to fp32 / fp64 each (no FMA contraction), as the host computes them.
+__device__ __forceinline__ float mul_rn(float a, float b) {
+#if defined(STRATA_CUDA_EMU)
+  return a * b;  // x86-64 baseline code has no FMA instruction to contract into
+#else
+  return __fmul_rn(a, b);
+#endif
+}
+__device__ __forceinline__ double mul_rn(double a, double b) {
+#if defined(STRATA_CUDA_EMU)
+  return a * b;
+#else
+  return __dmul_rn(a, b);
+#endif
+}
+__device__ __forceinline__ double add_rn(double a, double b) {
+#if defined(STRATA_CUDA_EMU)
+  return a + b;
+#else
+  return __dadd_rn(a, b);
+#endif
+}
+
+__global__ void __launch_bounds__(kThreads) gather_kernel(GrowthGather g) {
+  const int64_t n = g.rows * g.cols;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n; k += stride) {
+    const int64_t r = k / g.cols, c = k - r * g.cols;
+    const int32_t sr = g.row_src[r];
+    const int32_t sc = g.col_src ? g.col_src[c] : 0;
+    float out;
+    if (sr < 0 || sc < 0) {
+      out = (g.moments || g.fresh == nullptr) ? 0.0f : g.fresh[k];
+    } else {
+      out = g.src[static_cast<int64_t>(sr) * g.src_cols + sc];
+      if (!g.moments) {
+        out = mul_rn(out, g.row_scale ? g.row_scale[r] : 1.0f);
+        if (g.col_src) out = mul_rn(out, g.col_scale ? g.col_scale[c] : 1.0f);
+      }
+    }
+    g.dst[k] = out;
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    noise_kernel(float* w, const float* e, int64_t n, double keep, double a) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+    w[i] = static_cast<float>(
+        add_rn(mul_rn(keep, static_cast<double>(w[i])), mul_rn(a, static_cast<double>(e[i]))));
+}
+
+__global__ void __launch_bounds__(kThreads) round_kernel(bf16* out, const float* in, int64_t n) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+    out[i] = __float2bfloat16_rn(in[i]);
+}
 
 // ---- mask
 // -----------------------------------------------------------------------------------------------------
@@ -274,6 +350,29 @@ void depth_mix_materialise(const DepthMixKind* kinds, int count, const float* D,
   STRATA_CHECK(D != nullptr, "depth_mix_materialise: null D");
   NvtxRange range("depth mix materialise");
   launch(materialise_kernel, dim3(kMixBlocks, L2), dim3(kThreads), 0, stream, table, D, L2, L);
+}
+
+void growth_gather(const GrowthGather& g, cudaStream_t stream) {
+  STRATA_CHECK(g.rows >= 0 && g.cols >= 1 && g.src_cols >= 1 && (g.col_src != nullptr || g.cols == 1),
+               "growth_gather: ", g.rows, " x ", g.cols, " from rows of ", g.src_cols);
+  if (g.rows == 0) return;
+  STRATA_CHECK(g.dst && g.src && g.row_src, "growth_gather: null dst, src or row map");
+  NvtxRange range("growth gather");
+  const int64_t n = g.rows * g.cols;
+  launch(gather_kernel, dim3(grow_blocks(n)), dim3(kThreads), 0, stream, g);
+}
+
+void growth_noise(float* w, const float* e, int64_t n, double keep, double a, cudaStream_t stream) {
+  STRATA_CHECK(n >= 0 && (n == 0 || (w && e)), "growth_noise: ", n, " elements (or a null pointer)");
+  if (n == 0) return;
+  NvtxRange range("growth noise");
+  launch(noise_kernel, dim3(grow_blocks(n)), dim3(kThreads), 0, stream, w, e, n, keep, a);
+}
+
+void round_to_bf16(bf16* out, const float* in, int64_t n, cudaStream_t stream) {
+  STRATA_CHECK(n >= 0 && (n == 0 || (out && in)), "round_to_bf16: ", n, " elements (or a null pointer)");
+  if (n == 0) return;
+  launch(round_kernel, dim3(grow_blocks(n)), dim3(kThreads), 0, stream, out, in, n);
 }
 
 size_t depth_mix_dots_workspace_bytes(int count, int L2, int L) {

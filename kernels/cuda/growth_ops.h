@@ -1,8 +1,9 @@
-// kernels/cuda/growth_ops.h: the device work of the growth phases that change how a step trains
-// (growth/apply.h): G_random's mask on the bf16 weights and gradients, and G_learn's depth mixing W' = D W
-// and its gradient dD = <dL/dW', W>. The host reference is growth/apply.cpp (GrowthMask, LearnedDepth); the
-// caller is engine/cuda_growth.cpp. Built for the GPU (nvcc, strata_cuda) and for the CPU emulation
-// (strata_cuda_emu).
+// kernels/cuda/growth_ops.h: the device work of growth (growth/apply.h): a growth plan's rules executed on
+// device buffers (the gather of each target layer through row and column maps, the stage's noise, the bf16
+// rounding of the result), and of the growth phases that change how a step trains: G_random's mask on the
+// bf16 weights and gradients, and G_learn's depth mixing W' = D W and its gradient dD = <dL/dW', W>. The host
+// reference is growth/apply.cpp (GrowthMask, LearnedDepth); the caller is engine/cuda_growth.cpp. Built for
+// the GPU (nvcc, strata_cuda) and for the CPU emulation (strata_cuda_emu).
 //
 // Shapes: L small-model layers, L' grown-model layers, n elements per layer of one per-layer tensor kind (or
 // of the range of each layer an entry addresses).
@@ -81,5 +82,36 @@ void depth_mix_materialise(const DepthMixKind* kinds, int count, const float* D,
 void depth_mix_dots(const DepthMixKind* kinds, int count, int L2, int L, float* workspace,
                     size_t workspace_bytes, double* dots, cudaStream_t stream);
 size_t depth_mix_dots_workspace_bytes(int count, int L2, int L);
+
+// ---- Growth by a plan's rules (growth/plan.h, host reference growth/apply.cpp's run_plan)
+// ------------------------------------------------------------------------------------------------------
+// One target layer of one tensor, rows x cols (1-D tensors: cols 1, col_src null):
+//   dst[r, c] = src[row_src[r], col_src[c]] * row_scale[r] * col_scale[c]    (each product rounded, in
+//                                                                             that order; a null scale is 1)
+//   dst[r, c] = fresh[r, c] (or 0 when fresh is null)                        where row_src[r] or col_src[c]
+//                                                                             is -1 (a new element)
+// `moments`: an AdamW moment mapped with the weights: copies without factors, new elements 0. src is the
+// source layer, row-major with src_cols columns; row_src, row_scale (rows), col_src, col_scale (cols) and
+// fresh (rows x cols) are device arrays. dst `=`.
+struct GrowthGather {
+  float* dst = nullptr;
+  const float* src = nullptr;
+  int64_t src_cols = 1;
+  int64_t rows = 0, cols = 1;
+  const int32_t* row_src = nullptr;
+  const float* row_scale = nullptr;
+  const int32_t* col_src = nullptr;
+  const float* col_scale = nullptr;
+  const float* fresh = nullptr;
+  bool moments = false;
+};
+void growth_gather(const GrowthGather& g, cudaStream_t stream);
+
+// The stage's noise: w[i] = fp32((1 - a) w[i] + a e[i]) computed in fp64 (keep = 1 - a from the host; each
+// product and the sum rounded, no FMA), as growth::apply_params does. w `=` (n), e (n).
+void growth_noise(float* w, const float* e, int64_t n, double keep, double a, cudaStream_t stream);
+
+// out[i] = bf16_rn(in[i]) for i < n: the bf16 weights of grown fp32 master weights. out `=`.
+void round_to_bf16(__nv_bfloat16* out, const float* in, int64_t n, cudaStream_t stream);
 
 }  // namespace strata::cuda

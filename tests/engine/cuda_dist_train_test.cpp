@@ -237,7 +237,7 @@ TEST_F(CudaDistTrain, Zero1GrowthOnTheDeviceProducesTheCpuBackendsState) {
                                   "at=1 steps,op=interpolate,g=2", "at=1 steps,op=zero,g=2"}) {
     SCOPED_TRACE(spec);
     const growth::GrowthPlan plan = growth::make_plan(c.model, growth::parse_stage(spec));
-    ASSERT_TRUE(CudaModel::device_growable(plan));
+    ASSERT_TRUE(CudaModel::layer_copies_only(plan));
     auto cpu = make_cpu_backend(c.model, 2, 16, c.adamw);  // one process's reference, on every rank
     auto cuda = make_cuda_backend(c.model, 2, 16, c.adamw, 7, dp);
     ASSERT_EQ(cuda->optimizer_sharded(), world().world() > 1);
@@ -246,7 +246,7 @@ TEST_F(CudaDistTrain, Zero1GrowthOnTheDeviceProducesTheCpuBackendsState) {
     cpu->grow(plan, 99);
     cuda->grow(plan, 99);
     test::expect_same_grown_state(*cuda, *cpu, plan.to.n_layer);  // the ranks gather every piece
-    test::expect_copied_layer_bits(plan, old_bits, test::bf16_weight_bits(*cuda));
+    test::expect_grown_bf16_weights(plan, old_bits, test::bf16_weight_bits(*cuda), cpu->host_params().data());
     // The grown sharded runner trains like the CPU backend: every rank takes the same batch at 1 / R (the
     // reduced gradient is the batch's), three steps, then the loss on another batch (one growth: the emulation
     // is slow).

@@ -154,17 +154,26 @@ TEST_P(CudaTrain, TrainsLikeTheCpuBackendWithAndWithoutGrowth) {
   }
 }
 
-// Growth on the CUDA backend, on the device (layer copies and zero layers: G_stack, interpolation, G_zero) or
-// through host copies (everything else, e.g. widening the MLP): from the same state the grown state is the
-// CPU backend's, bit for bit (fp32 weights, moments mapped or reset, t). On the device path the bf16 weights
-// of each copied layer are its source layer's, so the grown model computes what the stacked original would.
+// Growth on the CUDA backend, on the device (engine/cuda_model.h, CudaModel::grown): layer copies (G_stack,
+// interpolation, G_zero) and the plans whose rules run as kernels with host-drawn randoms: G_random's
+// init-filled layers, noise, widening by splitting neurons (G_direct: the row and column maps with their
+// factors), by zeros and by random new parts. From the same state the grown state is the CPU backend's, bit
+// for bit (fp32 weights, moments mapped or reset, t); the bf16 weights of a layer copied unchanged are its
+// source layer's (so the grown model computes what the stacked original would), all others the grown master
+// weights rounded to nearest. The grown model then trains a step on the device.
 TEST_P(CudaTrain, GrowthProducesTheCpuBackendsState) {
   STRATA_SKIP_WITHOUT_GPU();
   const TrainConfig c = config(GetParam(), "unused", "cuda");
+  const bool llama = GetParam() == models::Family::kLlama;
   for (const std::string spec :
        {"at=1 steps,op=stack,g=2,optimizer=map", "at=1 steps,op=interpolate,g=2", "at=1 steps,op=zero,g=2",
-        GetParam() == models::Family::kLlama ? "at=1 steps,op=direct,d_ff=352"
-                                             : "at=1 steps,op=direct,d_ff=1024"}) {
+        "at=1 steps,op=random,g=2", "at=1 steps,op=stack,g=2,noise=0.25,optimizer=map",
+        llama ? "at=1 steps,op=direct,d_ff=352" : "at=1 steps,op=direct,d_ff=1024",
+        llama ? "at=1 steps,op=direct,d_model=256,n_kv_head=2,optimizer=map"
+              : "at=1 steps,op=direct,d_model=256,optimizer=map",
+        llama ? "at=1 steps,op=zero,d_model=256,d_ff=256,optimizer=map"
+              : "at=1 steps,op=zero,d_model=192,optimizer=map",
+        "at=1 steps,op=random,d_model=256,noise=0.1"}) {
     SCOPED_TRACE(spec);
     const growth::GrowthPlan plan = growth::make_plan(c.model, growth::parse_stage(spec));
     auto cpu = make_cpu_backend(c.model, 2, 16, c.adamw);
@@ -174,8 +183,7 @@ TEST_P(CudaTrain, GrowthProducesTheCpuBackendsState) {
     cpu->grow(plan, 99);
     cuda->grow(plan, 99);
     test::expect_same_grown_state(*cuda, *cpu, plan.to.n_layer);
-    if (CudaModel::device_growable(plan))
-      test::expect_copied_layer_bits(plan, old_bits, test::bf16_weight_bits(*cuda));
+    test::expect_grown_bf16_weights(plan, old_bits, test::bf16_weight_bits(*cuda), cpu->host_params().data());
     // And the grown model trains on the device.
     const auto in = test::random_tokens(32, c.model.vocab_size, 1),
                tg = test::random_tokens(32, c.model.vocab_size, 2);

@@ -13,7 +13,12 @@
 //   - entries that address a sub-range of each layer (a src row stride other than n, grown layers spaced by a
 //     stride with gaps, a range of grown layers: ZeRO-1's compact pieces), with master or weights left null:
 //     materialise bit for bit the host's on exactly the addressed elements, dots against a double reference
-//     and 0 for the layers an entry does not cover; a layer split into pieces sums to the whole layer's dots.
+//     and 0 for the layers an entry does not cover; a layer split into pieces sums to the whole layer's dots;
+//   - a plan's gather of one target layer (growth_gather) through row and column maps with new (-1) indices,
+//     repeated (split) sources and factors, with and without fresh values, as weights (products in the host's
+//     order) and as moments (no factors, new elements 0), 2-D and 1-D, odd sizes, into poisoned outputs:
+//     bit for bit a host loop written here from growth/apply.cpp's gather; the noise (fp64, no FMA) and the
+//     bf16 rounding bit for bit the host's.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -446,6 +451,107 @@ TEST(DepthMix, SubRangeEntriesDotsMatchADoubleReferenceAndSumToTheWholeLayers) {
   for (size_t e = 0; e < 4; ++e)
     for (size_t p = 0; p < pairs; ++p) summed[p] += got[e * pairs + p];
   STRATA_EXPECT_CLOSE(whole_got, summed, kTolFloatVsDouble, "whole layers vs the pieces' sums");
+}
+
+// ---- a plan's rules --------------------------------------------------------------------------------------
+
+// growth/apply.cpp's gather for one layer, written out: dst[r, c] from src through the maps.
+std::vector<float> host_gather(const std::vector<float>& src, int64_t src_cols, const std::vector<int32_t>& rs,
+                               const std::vector<float>& rf, const std::vector<int32_t>& cs,
+                               const std::vector<float>& cf, const std::vector<float>* fresh, bool moments) {
+  const int64_t rows = int64_t(rs.size()), cols = cs.empty() ? 1 : int64_t(cs.size());
+  std::vector<float> out(size_t(rows * cols));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      const int32_t sr = rs[size_t(r)], sc = cs.empty() ? 0 : cs[size_t(c)];
+      float& o = out[size_t(r * cols + c)];
+      if (sr < 0 || sc < 0) {
+        o = (moments || fresh == nullptr) ? 0.0f : (*fresh)[size_t(r * cols + c)];
+      } else {
+        const float a = moments || rf.empty() ? 1.0f : rf[size_t(r)];
+        const float b = moments || cf.empty() || cs.empty() ? 1.0f : cf[size_t(c)];
+        o = src[size_t(sr * src_cols + sc)] * a * b;
+      }
+    }
+  return out;
+}
+
+// A map onto n target indices from m source ones: the identity on the first m, then n - m entries that are
+// either new (-1) or a repeat of a seeded source index, with factors (split neurons: 0.6 / 0.4) when scaled.
+void make_map(int64_t m, int64_t n, uint64_t seed, bool scaled, std::vector<int32_t>* src, std::vector<float>* f) {
+  std::mt19937_64 rng(seed);
+  src->clear();
+  f->clear();
+  for (int64_t i = 0; i < n; ++i) src->push_back(i < m ? int32_t(i) : (rng() % 3 == 0 ? -1 : int32_t(rng() % m)));
+  if (!scaled) return;
+  for (int64_t i = 0; i < n; ++i) f->push_back(i < m ? 0.6f : 0.4f + 0.01f * float(i % 7));
+}
+
+std::vector<uint32_t> float_bits(const std::vector<float>& v) {
+  std::vector<uint32_t> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = bits(v[i]);
+  return out;
+}
+
+TEST(GrowthRules, GatherIsTheHostsBitForBit) {
+  STRATA_SKIP_WITHOUT_GPU();
+  struct Case {
+    int64_t src_rows, src_cols, rows, cols;  // cols 0: a 1-D tensor
+    bool row_scaled, col_scaled, fresh;
+  };
+  for (const Case k : {Case{37, 29, 61, 45, true, true, true}, Case{37, 29, 61, 45, false, true, false},
+                       Case{64, 48, 64, 97, false, false, true}, Case{131, 0, 262, 0, true, false, true},
+                       Case{19, 0, 19, 0, false, false, false}, Case{5, 300, 9, 300, true, false, false}}) {
+    SCOPED_TRACE("src " + std::to_string(k.src_rows) + "x" + std::to_string(k.src_cols) + " -> " +
+                 std::to_string(k.rows) + "x" + std::to_string(k.cols));
+    const int64_t sc = k.src_cols ? k.src_cols : 1, cols = k.cols ? k.cols : 1;
+    std::vector<int32_t> rs, cs;
+    std::vector<float> rf, cf;
+    make_map(k.src_rows, k.rows, 11, k.row_scaled, &rs, &rf);
+    if (k.cols) make_map(k.src_cols, k.cols, 12, k.col_scaled, &cs, &cf);
+    const std::vector<float> src = random_bf16_values(size_t(k.src_rows * sc), 13);
+    std::vector<float> src_fp32(src);
+    for (size_t i = 0; i < src_fp32.size(); ++i) src_fp32[i] += 1e-5f * float(i % 11);  // fp32 bits below bf16
+    const std::vector<float> fresh = random_bf16_values(size_t(k.rows * cols), 14, -0.02f, 0.02f);
+    DeviceBuffer<float> d_src(src_fp32), d_fresh(fresh), d_rf(rf.empty() ? std::vector<float>{0} : rf),
+        d_cf(cf.empty() ? std::vector<float>{0} : cf);
+    DeviceBuffer<int32_t> d_rs(rs), d_cs(cs.empty() ? std::vector<int32_t>{0} : cs);
+    for (bool moments : {false, true}) {
+      SCOPED_TRACE(moments ? "moments" : "weights");
+      DeviceBuffer<float> out(size_t(k.rows * cols));  // poisoned
+      cuda::GrowthGather g;
+      g.dst = out.get(), g.src = d_src.get(), g.src_cols = sc, g.rows = k.rows, g.cols = cols;
+      g.row_src = d_rs.get(), g.row_scale = rf.empty() ? nullptr : d_rf.get();
+      g.col_src = k.cols ? d_cs.get() : nullptr, g.col_scale = cf.empty() ? nullptr : d_cf.get();
+      g.fresh = k.fresh ? d_fresh.get() : nullptr, g.moments = moments;
+      cuda::growth_gather(g, nullptr);
+      const std::vector<float> want =
+          host_gather(src_fp32, sc, rs, rf, cs, cf, k.fresh ? &fresh : nullptr, moments);
+      EXPECT_EQ(float_bits(out.download()), float_bits(want));
+    }
+  }
+}
+
+TEST(GrowthRules, NoiseAndRoundingAreTheHostsBitForBit) {
+  STRATA_SKIP_WITHOUT_GPU();
+  for (const int64_t n : {int64_t{1}, int64_t{1000}, int64_t{4099}}) {
+    SCOPED_TRACE("n " + std::to_string(n));
+    std::vector<float> w = random_bf16_values(size_t(n), 21), e = random_bf16_values(size_t(n), 22, -0.05f, 0.05f);
+    for (size_t i = 0; i < w.size(); ++i) w[i] += 3e-6f * float(i % 13);  // not on the bf16 grid
+    for (const double a : {0.1, 0.25, 0.7}) {
+      DeviceBuffer<float> d_w(w), d_e(e);
+      cuda::growth_noise(d_w.get(), d_e.get(), n, 1.0 - a, a, nullptr);
+      std::vector<float> want(w.size());
+      for (size_t i = 0; i < w.size(); ++i) want[i] = static_cast<float>((1.0 - a) * w[i] + a * e[i]);
+      const std::vector<float> got = d_w.download();
+      EXPECT_EQ(float_bits(got), float_bits(want)) << "a " << a;
+      DeviceBuffer<bf16> d_b(size_t(n) + 1);  // poisoned, one element past the end
+      cuda::round_to_bf16(d_b.get(), d_w.get(), n, nullptr);
+      const std::vector<bf16> b = d_b.download();
+      for (int64_t i = 0; i < n; ++i) ASSERT_EQ(bits(b[size_t(i)]), bits(float_to_bf16(got[size_t(i)]))) << i;
+      EXPECT_EQ(bits(b[size_t(n)]), 0xFFFF) << "written past the end";
+    }
+  }
 }
 
 }  // namespace
