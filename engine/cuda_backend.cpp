@@ -32,6 +32,11 @@ constexpr const char* kWeightsFile = "weights_bf16.safetensors";
 double gib(size_t bytes) {
   return static_cast<double>(bytes) / double(size_t{1} << 30);
 }
+std::string gib_text(size_t bytes) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.2f GiB", gib(bytes));
+  return b;
+}
 
 class CudaBackend final : public TrainBackend {
  public:
@@ -85,6 +90,22 @@ class CudaBackend final : public TrainBackend {
                   gib(p.total()), gib(p.weights + p.grads + p.master + p.moments), gib(p.activations),
                   recompute_name(recompute_), gib(free_bytes), gib(total_bytes));
     return b;
+  }
+  void check_growth_fits(const growth::GrowthPlan& plan, const std::string& what) const override {
+    const size_t peak = cuda_growth_peak_bytes(plan, B_, T_, model_options());
+    size_t free_bytes = 0, total_bytes = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    // This run's share of the device: what is free now and what the runner holds (replaced at growth).
+    const size_t usable = free_bytes + gpu_->state_bytes() + gpu_->activation_bytes();
+    const size_t margin = std::max<size_t>(size_t{256} << 20, total_bytes / 50);  // as CudaModel's check
+    const bool zero0_ranks = nccl_world() > 1 && zero_ == 0;
+    STRATA_REQUIRE(peak + margin <= usable, what, ": growing to ", plan.to.n_layer, " layers of width ",
+                   plan.to.d_model, " needs ", gib_text(peak),
+                   " of GPU memory at its peak (the old and the grown model's state side by side, then the grown "
+                   "model training) but this run has ",
+                   gib_text(usable), " of ", gib_text(total_bytes), ": use a smaller --batch-size",
+                   recompute_ == Recompute::kAll ? "" : ", --recompute all",
+                   zero0_ranks ? ", --zero 1" : "", " or a smaller growth");
   }
   int batch() const override {
     return B_;

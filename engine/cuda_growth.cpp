@@ -97,6 +97,41 @@ void CudaGrowthMask::end(bool grads) {
 // ---- CudaLearnedDepth
 // ---------------------------------------------------------------------------------------
 
+size_t CudaGrowthMask::device_bytes(const ParamLayout& layout, const std::vector<growth::MaskSlice>& slices) {
+  int64_t total = 0;
+  const std::vector<cuda::MaskRegion> regions = mask_regions(layout, slices, &total);
+  return regions.size() * sizeof(cuda::MaskRegion) + static_cast<size_t>(total) * sizeof(bf16);
+}
+
+size_t CudaLearnedDepth::device_bytes(const growth::GrowthPlan& plan, int shard_world) {
+  const ParamLayout from(plan.from);
+  size_t src = 0, kinds = 0;
+  for (const ParamEntry& e : from.entries())
+    if (e.spec.per_layer) src += static_cast<size_t>(e.numel()) * sizeof(float), ++kinds;
+  const size_t runs = shard_world > 1 ? 2 * kinds : kinds;
+  const size_t pairs = static_cast<size_t>(plan.to.n_layer) * static_cast<size_t>(plan.from.n_layer);
+  const size_t mix = runs + (shard_world > 1 ? kinds : 0);
+  const int batch = static_cast<int>(std::min<size_t>(std::max<size_t>(runs, 1), cuda::kDepthMixMaxKinds));
+  return src + mix * pairs * sizeof(float) + std::max<size_t>(runs, 1) * pairs * sizeof(double) +
+         cuda::depth_mix_dots_workspace_bytes(batch, plan.to.n_layer, plan.from.n_layer);
+}
+
+size_t cuda_growth_peak_bytes(const growth::GrowthPlan& plan, int B, int T, const CudaModelOptions& opt) {
+  const CudaMemoryPlan a = CudaModel::plan_memory(plan.from, B, T, opt);
+  const CudaMemoryPlan b = CudaModel::plan_memory(plan.to, B, T, opt);
+  size_t phase = 0;
+  if (plan.stage.op == growth::Op::kRandom) phase = CudaGrowthMask::device_bytes(ParamLayout(plan.to), plan.masks);
+  if (plan.stage.op == growth::Op::kLearn) phase = CudaLearnedDepth::device_bytes(plan, opt.shard_world);
+  const size_t after = b.total() + phase;
+  if (opt.shard_world > 1 && !CudaModel::layer_copies_only(plan)) return after;  // the old runner goes first
+  // During grown(): the old runner's state but its gradients, the grown runner as constructed (its moments
+  // only when mapped), the rules' scratch.
+  const bool map = plan.stage.optimizer == growth::OptimizerPolicy::kMap;
+  const size_t during = a.weights + a.master + a.moments + (b.total() - (map ? 0 : b.moments)) +
+                        CudaModel::growth_scratch_bytes(plan);
+  return std::max(during, after);
+}
+
 CudaLearnedDepth::CudaLearnedDepth(CudaModel& model, const growth::LearnedDepth& ld)
     : model_(model), L_(ld.from_layers()), L2_(ld.to_layers()), kinds_(ld.kind_count()) {
   STRATA_REQUIRE(model.config().n_layer == L2_, "G_learn: the model has ", model.config().n_layer,

@@ -26,6 +26,14 @@ namespace cuda {
 struct DepthMixKind;  // kernels/cuda/growth_ops.h
 }  // namespace cuda
 
+// The most device memory growing by `plan` takes at once, for runners of options `opt` at micro-batch B x T:
+// the larger of CudaModel::grown's peak (the old runner's weights, master weights and moments, the grown
+// runner with its mapped moments, and the rules' scratch; under ZeRO-1 a plan that is not layer copies goes
+// through the host, and the old runner is freed first) and the grown runner with all of its state plus the
+// growth phase's buffers (G_random's mask, G_learn's frozen small model and mixing state). What the CUDA
+// backend compares with the device's memory at startup, for every growth stage ahead.
+size_t cuda_growth_peak_bytes(const growth::GrowthPlan& plan, int B, int T, const CudaModelOptions& opt);
+
 // G_random on the device: begin() writes c * w into the bf16 weights of the masked elements (saving the raw
 // ones on the device), end() restores them and, with grads, scales the masked bf16 gradients by c. The fp32
 // master weights are never masked: the optimizer and checkpoints see raw weights, as on the CPU.
@@ -37,6 +45,8 @@ class CudaGrowthMask {
   void begin(long steps_done);
   void end(bool grads);
   int64_t masked_elements() const { return total_; }
+  // The device bytes a mask of these slices on a model of this layout allocates.
+  static size_t device_bytes(const ParamLayout& layout, const std::vector<growth::MaskSlice>& slices);
 
  private:
   CudaModel& model_;
@@ -58,6 +68,9 @@ class CudaGrowthMask {
 class CudaLearnedDepth {
  public:
   CudaLearnedDepth(CudaModel& model, const growth::LearnedDepth& ld);
+  // At most the device bytes the mixing state of `plan` (a depth op=learn plan) allocates on a runner of a
+  // world of `shard_world` ranks (sharded, a rank's pieces form at most two runs per kind).
+  static size_t device_bytes(const growth::GrowthPlan& plan, int shard_world);
 
   void materialise(const growth::LearnedDepth& ld);
   std::vector<double> dots();

@@ -607,6 +607,24 @@ bool CudaModel::layer_copies_only(const growth::GrowthPlan& plan) {
   return true;
 }
 
+namespace {
+// run_rules_into's one-layer scratch for the draws: the largest per-layer tensor of the grown layout.
+int64_t largest_layer(const ParamLayout& to) {
+  int64_t max_per = 1;
+  for (const ParamEntry& e : to.entries()) max_per = std::max(max_per, e.spec.numel_per_layer());
+  return max_per;
+}
+}  // namespace
+
+size_t CudaModel::growth_scratch_bytes(const growth::GrowthPlan& plan) {
+  if (layer_copies_only(plan)) return 0;
+  size_t maps = 0;  // one tensor's at a time
+  for (const growth::TensorRule& r : plan.tensors)
+    maps = std::max(maps, size_t(r.rows.size() + (r.cols.src.empty() ? 0 : r.cols.size())) *
+                              (sizeof(int32_t) + sizeof(float)));
+  return size_t(largest_layer(ParamLayout(plan.to))) * sizeof(float) + maps;
+}
+
 std::unique_ptr<CudaModel> CudaModel::grown(const growth::GrowthPlan& plan, bool map_moments, uint64_t seed) {
   STRATA_CHECK(can_grow(plan), "CudaModel::grown: a ZeRO-1 runner grows on the device by layer copies only");
   Impl& s = *impl_;
@@ -680,9 +698,8 @@ void CudaModel::run_rules_into(const growth::GrowthPlan& plan, bool moments, uin
   auto h2d = [&](void* dst, const void* src, size_t bytes) {
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream));
   };
-  int64_t max_per = 1;
-  for (const ParamEntry& e : next.layout_.entries()) max_per = std::max(max_per, e.spec.numel_per_layer());
-  DeviceBuffer scratch(size_t(max_per) * sizeof(float), "the growth's random draws (one layer)");
+  DeviceBuffer scratch(size_t(largest_layer(next.layout_)) * sizeof(float),
+                       "the growth's random draws (one layer)");
   float* const draws_dev = scratch.as<float>();
   const bool noise = plan.stage.noise > 0;
   // The flat (offset, count) ranges whose bf16 weights were copied from the source (layers copied unchanged).

@@ -156,6 +156,9 @@ class CudaModel {
   //    (growth::layer_draws / noise_draws) and uploaded a layer at a time; the bf16 weights are the grown
   //    master weights rounded to nearest, except layers copied unchanged, which keep their source's bits.
   static bool layer_copies_only(const growth::GrowthPlan& plan);
+  // The most device memory grown() allocates besides the two runners' buffers (the rules' one-layer scratch
+  // and a tensor's axis maps; 0 for layer copies).
+  static size_t growth_scratch_bytes(const growth::GrowthPlan& plan);
   bool can_grow(const growth::GrowthPlan& plan) const { return !sharded() || layer_copies_only(plan); }
   std::unique_ptr<CudaModel> grown(const growth::GrowthPlan& plan, bool map_moments, uint64_t seed);
 

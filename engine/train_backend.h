@@ -37,6 +37,10 @@ class TrainBackend {
   virtual const models::ModelConfig& config() const = 0;
   // What the backend's device memory holds, for the run's header (empty on the CPU).
   virtual std::string memory_summary() const { return {}; }
+  // Refuses, before any step, a growth whose peak device memory would not fit: a strata::Error naming `what`
+  // (the stage), the need and the remedies. The trainer calls it at startup for every growth stage still
+  // ahead, so a run does not fail at its growth point hours in. The CPU backend has nothing to check.
+  virtual void check_growth_fits(const growth::GrowthPlan& /*plan*/, const std::string& /*what*/) const {}
   virtual int batch() const = 0;
   virtual int seq_len() const = 0;
 

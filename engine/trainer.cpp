@@ -432,6 +432,11 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
                    ", or pass --overwrite to start over");
     init_params(be.host_params(), cfg.seed);
   }
+  // Every growth still ahead must fit the device's memory at its peak (the CUDA backend), checked before
+  // anything is written.
+  for (size_t k = next_stage; k < cfg.grow.size(); ++k)
+    be.check_growth_fits(growth::make_plan(cfg.growth_points[k].from, cfg.grow[k]),
+                         cat("--grow '", cfg.grow[k].text, "'"));
   if (world > 1) check_same_weights_on_every_rank(comm, be.host_params(), -1);
   be.upload_from_host();
   if (resume_info) be.load_checkpoint_extras(resume_ckpt, *resume_info);

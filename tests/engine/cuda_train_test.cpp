@@ -195,6 +195,80 @@ TEST_P(CudaTrain, GrowthProducesTheCpuBackendsState) {
   }
 }
 
+// The growth's memory plan (cuda_growth_peak_bytes, what the backend checks at startup) against what the
+// emulation's allocator counts: the most bytes held at once while the backend grows by the plan, installs the
+// growth phase (G_random's mask, G_learn's mixing state) and trains a step of the grown model. The plan
+// counts cuBLASLt's workspace, which the emulation does not allocate; beyond that it may only over-estimate,
+// by at most 1%.
+TEST_P(CudaTrain, GrowthPeakMemoryIsPlanned) {
+#if !defined(STRATA_CUDA_EMU)
+  GTEST_SKIP() << "counts allocations through the CPU emulation's allocator";
+#else
+  const TrainConfig c = config(GetParam(), "unused", "cuda");
+  for (const std::string spec :
+       {"at=1 steps,op=stack,g=3,optimizer=map", "at=1 steps,op=stack,g=2",
+        "at=1 steps,op=direct,d_model=256,optimizer=map", "at=1 steps,op=random,g=2,noise=0.1",
+        "at=1 steps,op=learn,g=2", "at=1 steps,op=random,d_ff=1024"}) {
+    SCOPED_TRACE(spec);
+    const growth::GrowthPlan plan = growth::make_plan(c.model, growth::parse_stage(spec));
+    const size_t planned = cuda_growth_peak_bytes(plan, 2, 16, CudaModelOptions{}) -
+                           CudaModel::plan_memory(plan.to, 2, 16).library;
+    const size_t before = emu::allocated_bytes();
+    {
+      auto cpu = make_cpu_backend(c.model, 2, 16, c.adamw);
+      auto cuda = make_cuda_backend(c.model, 2, 16, c.adamw, 7);
+      test::seed_growth_state(*cpu, *cuda);  // a step: the moments exist, as at a growth point
+      std::unique_ptr<growth::LearnedDepth> ld;
+      if (plan.stage.op == growth::Op::kLearn) {
+        cuda->download_to_host();
+        ld = std::make_unique<growth::LearnedDepth>(plan, cuda->host_params(), 0.9, 0.95, 1e-8);
+      }
+      emu::reset_peak_allocated();
+      cuda->grow(plan, 99);
+      if (ld) {
+        cuda->begin_learned_depth(*ld);
+        cuda->materialise_learned_depth(*ld);
+      }
+      if (plan.stage.op == growth::Op::kRandom)
+        cuda->set_growth_mask(growth::GrowthMask(plan.masks, 1, plan.stage.mask_steps));
+      const auto in = test::random_tokens(32, c.model.vocab_size, 1),
+                 tg = test::random_tokens(32, c.model.vocab_size, 2);
+      cuda->zero_grad();
+      cuda->train_micro_batch(in.data(), tg.data(), 1.0f);
+      cuda->adamw_step(1e-3, 1.0f);
+    }
+    const size_t measured = emu::peak_allocated_bytes() - before;
+    std::printf("%s: planned %zu bytes, measured peak %zu\n", spec.c_str(), planned, measured);
+    EXPECT_LE(measured, planned);
+    EXPECT_GE(double(measured), 0.99 * double(planned));
+  }
+#endif
+}
+
+// A growth that will not fit the device is refused at startup, before anything is written, with one line
+// naming the stage, the need and the remedies (the emulated device sized between the start's and the
+// growth's needs).
+TEST_P(CudaTrain, GrowthThatWillNotFitIsRefusedAtStartup) {
+#if !defined(STRATA_CUDA_EMU)
+  GTEST_SKIP() << "sizes the CPU emulation's device (STRATA_EMU_DEVICE_BYTES)";
+#else
+  TrainConfig c = config(GetParam(), family(GetParam()) + "_nofit", "cuda");
+  const std::string spec = "at=5 steps,op=stack,g=4";
+  c.grow.push_back(growth::parse_stage(spec));
+  const growth::GrowthPlan plan = growth::make_plan(c.model, growth::parse_stage(spec));
+  const size_t start = CudaModel::plan_memory(c.model, c.batch_size, c.seq_len).total();
+  const size_t peak = cuda_growth_peak_bytes(plan, c.batch_size, c.seq_len, CudaModelOptions{});
+  ASSERT_GT(peak, start);
+  const size_t device = (size_t{256} << 20) + (start + peak) / 2;  // the margin is 256 MiB at this size
+  ::setenv("STRATA_EMU_DEVICE_BYTES", std::to_string(device).c_str(), 1);
+  test::expect_one_line_error([&] { train(c); },
+                              {"--grow 'at=5 steps,op=stack,g=4'", "GPU memory", "GiB", "8 layers",
+                               "--batch-size", "--recompute all"});
+  ::unsetenv("STRATA_EMU_DEVICE_BYTES");
+  EXPECT_FALSE(fs::exists(root_ / (family(GetParam()) + "_nofit"))) << "the refused run wrote its folder";
+#endif
+}
+
 // Resume and determinism on the CUDA backend: an uninterrupted run, the same run again, and one stopped at
 // step 4 (a checkpoint) and resumed give identical step rows and identical final checkpoints (fp32 master
 // weights, moments and the bf16 weights). Checkpoints cross backends: the CUDA checkpoint of step 4 resumes

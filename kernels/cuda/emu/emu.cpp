@@ -14,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace strata::emu {
@@ -363,6 +364,35 @@ void forget(cudaStream_t s, cudaEvent_t e) {
 }  // namespace strata::emu
 
 // ---- the CUDA runtime calls used by the kernels and their tests, on host memory --------------------------------
+namespace strata::emu {
+namespace {
+struct Allocations {
+  std::mutex mu;
+  std::unordered_map<void*, size_t> sizes;
+  size_t now = 0, peak = 0;
+};
+Allocations& allocations() {
+  static Allocations a;
+  return a;
+}
+}  // namespace
+size_t allocated_bytes() {
+  Allocations& a = allocations();
+  std::lock_guard<std::mutex> lock(a.mu);
+  return a.now;
+}
+size_t peak_allocated_bytes() {
+  Allocations& a = allocations();
+  std::lock_guard<std::mutex> lock(a.mu);
+  return a.peak;
+}
+void reset_peak_allocated() {
+  Allocations& a = allocations();
+  std::lock_guard<std::mutex> lock(a.mu);
+  a.peak = a.now;
+}
+}  // namespace strata::emu
+
 extern "C" {
 
 // Exactly `bytes` (256-byte aligned like cudaMalloc), so AddressSanitizer reports a kernel that reads or writes
@@ -372,10 +402,24 @@ cudaError_t cudaMalloc(void** ptr, size_t bytes) {
     *ptr = nullptr;
     return cudaErrorMemoryAllocation;
   }
+  strata::emu::Allocations& a = strata::emu::allocations();
+  std::lock_guard<std::mutex> lock(a.mu);
+  a.sizes[*ptr] = bytes;
+  a.now += bytes;
+  a.peak = std::max(a.peak, a.now);
   return cudaSuccess;
 }
 cudaError_t cudaFree(void* ptr) {
   strata::emu::flush_all_streams();  // cudaFree synchronises the device: no queued operation outlives a buffer
+  if (ptr) {
+    strata::emu::Allocations& a = strata::emu::allocations();
+    std::lock_guard<std::mutex> lock(a.mu);
+    const auto it = a.sizes.find(ptr);
+    if (it != a.sizes.end()) {
+      a.now -= it->second;
+      a.sizes.erase(it);
+    }
+  }
   std::free(ptr);
   return cudaSuccess;
 }
@@ -453,11 +497,14 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned
 }
 const char* cudaGetErrorString(cudaError_t err) { return err == cudaSuccess ? "no error" : "emulated CUDA error"; }
 cudaError_t cudaFuncSetAttribute(const void*, cudaFuncAttribute, int) { return cudaSuccess; }
-// The emulated device's memory: STRATA_EMU_DEVICE_BYTES (a byte count) when set, else 80 GiB, all of it free.
+// The emulated device's memory: STRATA_EMU_DEVICE_BYTES (a byte count) when set, else 80 GiB; free is what
+// cudaMalloc has not handed out.
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
   const char* env = std::getenv("STRATA_EMU_DEVICE_BYTES");
   const size_t total = env && *env ? static_cast<size_t>(std::strtoull(env, nullptr, 10)) : size_t{80} << 30;
-  *free_bytes = *total_bytes = total;
+  const size_t used = strata::emu::allocated_bytes();
+  *total_bytes = total;
+  *free_bytes = total > used ? total - used : 0;
   return cudaSuccess;
 }
 cudaError_t cudaGetDevice(int* device) {

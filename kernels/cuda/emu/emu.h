@@ -74,6 +74,14 @@ void record_event(cudaEvent_t event, cudaStream_t stream);
 void wait_event(cudaStream_t stream, cudaEvent_t event);
 void forget(cudaStream_t stream, cudaEvent_t event);
 
+// Device memory. cudaMalloc / cudaFree keep count of the bytes allocated, and cudaMemGetInfo reports the
+// emulated device's size (STRATA_EMU_DEVICE_BYTES, a byte count, else 80 GiB) less them as free, as a GPU does.
+// The peak is the most bytes allocated at once since the last reset_peak_allocated(): what a test compares
+// with a memory plan.
+size_t allocated_bytes();
+size_t peak_allocated_bytes();
+void reset_peak_allocated();
+
 // Runs body once per (block, thread) of the launch, blocks in order, threads of a block concurrently.
 // dynamic_smem bytes are visible through dynamic_smem() (poisoned with 0xFF at the start of each launch).
 void launch(dim3 grid, dim3 block, size_t dynamic_smem_bytes, const std::function<void()>& body);
