@@ -99,13 +99,14 @@ class CudaBackend final : public TrainBackend {
     const size_t usable = free_bytes + gpu_->state_bytes() + gpu_->activation_bytes();
     const size_t margin = std::max<size_t>(size_t{256} << 20, total_bytes / 50);  // as CudaModel's check
     const bool zero0_ranks = nccl_world() > 1 && zero_ == 0;
-    STRATA_REQUIRE(peak + margin <= usable, what, ": growing to ", plan.to.n_layer, " layers of width ",
-                   plan.to.d_model, " needs ", gib_text(peak),
-                   " of GPU memory at its peak (the old and the grown model's state side by side, then the grown "
-                   "model training) but this run has ",
-                   gib_text(usable), " of ", gib_text(total_bytes), ": use a smaller --batch-size",
-                   recompute_ == Recompute::kAll ? "" : ", --recompute all",
-                   zero0_ranks ? ", --zero 1" : "", " or a smaller growth");
+    STRATA_REQUIRE(
+        peak + margin <= usable, what, ": growing to ", plan.to.n_layer, " layers of width ", plan.to.d_model,
+        " needs ", gib_text(peak),
+        " of GPU memory at its peak (the old and the grown model's state side by side, then the grown "
+        "model training) but this run has ",
+        gib_text(usable), " of ", gib_text(total_bytes), ": use a smaller --batch-size",
+        recompute_ == Recompute::kAll ? "" : ", --recompute all", zero0_ranks ? ", --zero 1" : "",
+        " or a smaller growth");
   }
   int batch() const override {
     return B_;
@@ -322,8 +323,8 @@ class CudaBackend final : public TrainBackend {
     learned_.reset();
     // On the device (CudaModel::grown): any plan on one runner or under ZeRO-0; under ZeRO-1 the plans
     // made of layer copies (G_stack, interpolation, G_zero), as each rank owns the same parts of a copied
-    // layer and of its source. A sharded runner widening (or drawing new layers, or adding noise): gather, grow on the
-    // host, re-shard (the new runner takes its shard on upload).
+    // layer and of its source. A sharded runner widening (or drawing new layers, or adding noise): gather,
+    // grow on the host, re-shard (the new runner takes its shard on upload).
     if (gpu_->can_grow(plan)) {
       const bool map = plan.stage.optimizer == growth::OptimizerPolicy::kMap;
       std::unique_ptr<CudaModel> next = gpu_->grown(plan, map, seed);

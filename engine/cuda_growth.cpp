@@ -120,7 +120,8 @@ size_t cuda_growth_peak_bytes(const growth::GrowthPlan& plan, int B, int T, cons
   const CudaMemoryPlan a = CudaModel::plan_memory(plan.from, B, T, opt);
   const CudaMemoryPlan b = CudaModel::plan_memory(plan.to, B, T, opt);
   size_t phase = 0;
-  if (plan.stage.op == growth::Op::kRandom) phase = CudaGrowthMask::device_bytes(ParamLayout(plan.to), plan.masks);
+  if (plan.stage.op == growth::Op::kRandom)
+    phase = CudaGrowthMask::device_bytes(ParamLayout(plan.to), plan.masks);
   if (plan.stage.op == growth::Op::kLearn) phase = CudaLearnedDepth::device_bytes(plan, opt.shard_world);
   const size_t after = b.total() + phase;
   if (opt.shard_world > 1 && !CudaModel::layer_copies_only(plan)) return after;  // the old runner goes first

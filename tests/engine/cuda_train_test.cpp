@@ -261,9 +261,8 @@ TEST_P(CudaTrain, GrowthThatWillNotFitIsRefusedAtStartup) {
   ASSERT_GT(peak, start);
   const size_t device = (size_t{256} << 20) + (start + peak) / 2;  // the margin is 256 MiB at this size
   ::setenv("STRATA_EMU_DEVICE_BYTES", std::to_string(device).c_str(), 1);
-  test::expect_one_line_error([&] { train(c); },
-                              {"--grow 'at=5 steps,op=stack,g=4'", "GPU memory", "GiB", "8 layers",
-                               "--batch-size", "--recompute all"});
+  test::expect_one_line_error([&] { train(c); }, {"--grow 'at=5 steps,op=stack,g=4'", "GPU memory", "GiB",
+                                                  "8 layers", "--batch-size", "--recompute all"});
   ::unsetenv("STRATA_EMU_DEVICE_BYTES");
   EXPECT_FALSE(fs::exists(root_ / (family(GetParam()) + "_nofit"))) << "the refused run wrote its folder";
 #endif

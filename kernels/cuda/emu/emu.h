@@ -75,7 +75,8 @@ void wait_event(cudaStream_t stream, cudaEvent_t event);
 void forget(cudaStream_t stream, cudaEvent_t event);
 
 // Device memory. cudaMalloc / cudaFree keep count of the bytes allocated, and cudaMemGetInfo reports the
-// emulated device's size (STRATA_EMU_DEVICE_BYTES, a byte count, else 80 GiB) less them as free, as a GPU does.
+// emulated device's size (STRATA_EMU_DEVICE_BYTES, a byte count, else 80 GiB) less them as free, as a GPU
+// does.
 // The peak is the most bytes allocated at once since the last reset_peak_allocated(): what a test compares
 // with a memory plan.
 size_t allocated_bytes();

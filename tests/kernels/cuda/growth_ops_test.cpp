@@ -456,9 +456,10 @@ TEST(DepthMix, SubRangeEntriesDotsMatchADoubleReferenceAndSumToTheWholeLayers) {
 // ---- a plan's rules --------------------------------------------------------------------------------------
 
 // growth/apply.cpp's gather for one layer, written out: dst[r, c] from src through the maps.
-std::vector<float> host_gather(const std::vector<float>& src, int64_t src_cols, const std::vector<int32_t>& rs,
-                               const std::vector<float>& rf, const std::vector<int32_t>& cs,
-                               const std::vector<float>& cf, const std::vector<float>* fresh, bool moments) {
+std::vector<float> host_gather(const std::vector<float>& src, int64_t src_cols,
+                               const std::vector<int32_t>& rs, const std::vector<float>& rf,
+                               const std::vector<int32_t>& cs, const std::vector<float>& cf,
+                               const std::vector<float>* fresh, bool moments) {
   const int64_t rows = int64_t(rs.size()), cols = cs.empty() ? 1 : int64_t(cs.size());
   std::vector<float> out(size_t(rows * cols));
   for (int64_t r = 0; r < rows; ++r)
@@ -478,11 +479,13 @@ std::vector<float> host_gather(const std::vector<float>& src, int64_t src_cols, 
 
 // A map onto n target indices from m source ones: the identity on the first m, then n - m entries that are
 // either new (-1) or a repeat of a seeded source index, with factors (split neurons: 0.6 / 0.4) when scaled.
-void make_map(int64_t m, int64_t n, uint64_t seed, bool scaled, std::vector<int32_t>* src, std::vector<float>* f) {
+void make_map(int64_t m, int64_t n, uint64_t seed, bool scaled, std::vector<int32_t>* src,
+              std::vector<float>* f) {
   std::mt19937_64 rng(seed);
   src->clear();
   f->clear();
-  for (int64_t i = 0; i < n; ++i) src->push_back(i < m ? int32_t(i) : (rng() % 3 == 0 ? -1 : int32_t(rng() % m)));
+  for (int64_t i = 0; i < n; ++i)
+    src->push_back(i < m ? int32_t(i) : (rng() % 3 == 0 ? -1 : int32_t(rng() % m)));
   if (!scaled) return;
   for (int64_t i = 0; i < n; ++i) f->push_back(i < m ? 0.6f : 0.4f + 0.01f * float(i % 7));
 }
@@ -511,7 +514,8 @@ TEST(GrowthRules, GatherIsTheHostsBitForBit) {
     if (k.cols) make_map(k.src_cols, k.cols, 12, k.col_scaled, &cs, &cf);
     const std::vector<float> src = random_bf16_values(size_t(k.src_rows * sc), 13);
     std::vector<float> src_fp32(src);
-    for (size_t i = 0; i < src_fp32.size(); ++i) src_fp32[i] += 1e-5f * float(i % 11);  // fp32 bits below bf16
+    for (size_t i = 0; i < src_fp32.size(); ++i)
+      src_fp32[i] += 1e-5f * float(i % 11);  // fp32 bits below bf16
     const std::vector<float> fresh = random_bf16_values(size_t(k.rows * cols), 14, -0.02f, 0.02f);
     DeviceBuffer<float> d_src(src_fp32), d_fresh(fresh), d_rf(rf.empty() ? std::vector<float>{0} : rf),
         d_cf(cf.empty() ? std::vector<float>{0} : cf);
@@ -536,7 +540,8 @@ TEST(GrowthRules, NoiseAndRoundingAreTheHostsBitForBit) {
   STRATA_SKIP_WITHOUT_GPU();
   for (const int64_t n : {int64_t{1}, int64_t{1000}, int64_t{4099}}) {
     SCOPED_TRACE("n " + std::to_string(n));
-    std::vector<float> w = random_bf16_values(size_t(n), 21), e = random_bf16_values(size_t(n), 22, -0.05f, 0.05f);
+    std::vector<float> w = random_bf16_values(size_t(n), 21),
+                       e = random_bf16_values(size_t(n), 22, -0.05f, 0.05f);
     for (size_t i = 0; i < w.size(); ++i) w[i] += 3e-6f * float(i % 13);  // not on the bf16 grid
     for (const double a : {0.1, 0.25, 0.7}) {
       DeviceBuffer<float> d_w(w), d_e(e);
