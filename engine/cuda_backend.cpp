@@ -97,7 +97,7 @@ class CudaBackend final : public TrainBackend {
     CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
     // This run's share of the device: what is free now and what the runner holds (replaced at growth).
     const size_t usable = free_bytes + gpu_->state_bytes() + gpu_->activation_bytes();
-    const size_t margin = std::max<size_t>(size_t{256} << 20, total_bytes / 50);  // as CudaModel's check
+    const size_t margin = CudaModel::memory_margin(total_bytes);
     const bool zero0_ranks = nccl_world() > 1 && zero_ == 0;
     STRATA_REQUIRE(
         peak + margin <= usable, what, ": growing to ", plan.to.n_layer, " layers of width ", plan.to.d_model,

@@ -239,6 +239,10 @@ CudaMemoryPlan CudaModel::plan_memory(const models::ModelConfig& cfg, int B, int
   return plan;
 }
 
+size_t CudaModel::memory_margin(size_t total_bytes) {
+  return std::max<size_t>(size_t{256} << 20, total_bytes / 50);
+}
+
 CudaModel::CudaModel(const models::ModelConfig& cfg, int B, int T, const CudaModelOptions& opt)
     : cfg_(cfg), B_(B), T_(T), opt_(opt), impl_(std::make_unique<Impl>()) {
   cfg_.validate();
@@ -257,8 +261,7 @@ CudaModel::CudaModel(const models::ModelConfig& cfg, int B, int T, const CudaMod
     const CudaMemoryPlan plan = plan_memory(cfg_, B, T, opt_);
     size_t free_bytes = 0, total_bytes = 0;
     CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-    // A margin for the CUDA context's own allocations and fragmentation: 2% of the card, at least 256 MiB.
-    const size_t margin = std::max<size_t>(size_t{256} << 20, total_bytes / 50);
+    const size_t margin = memory_margin(total_bytes);
     STRATA_REQUIRE(
         plan.total() + margin <= free_bytes, "GPU memory: ", cfg_.name, " at micro-batch ", B, " x ", T,
         " needs ", gib(plan.total()), " (weights, gradients, master weights and AdamW moments ",
@@ -743,13 +746,8 @@ void CudaModel::run_rules_into(const growth::GrowthPlan& plan, bool moments, uin
     // The draws of every layer, on the host (when any layer draws: an init-filled layer, or new elements
     // filled from the init distribution).
     const size_t L = r.layers.size();
-    const auto is_new = [](int32_t i) { return i < 0; };
-    bool any_draw = r.new_fill == growth::LayerFill::kInit &&
-                    (std::any_of(r.rows.src.begin(), r.rows.src.end(), is_new) ||
-                     std::any_of(r.cols.src.begin(), r.cols.src.end(), is_new));
-    for (const growth::LayerRule& lr : r.layers) any_draw = any_draw || lr.fill == growth::LayerFill::kInit;
     std::vector<char> drew(L, 0);
-    if (any_draw) {
+    if (growth::rule_draws(r)) {
       draws.resize(L * size_t(per));
       parallel_for(L, 0, [&](size_t l) {
         drew[l] = growth::layer_draws(r, *de, static_cast<int64_t>(l), seed, draws.data() + l * size_t(per));

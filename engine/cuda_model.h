@@ -76,6 +76,9 @@ class CudaModel {
   // --recompute).
   CudaModel(const models::ModelConfig& cfg, int B, int T, const CudaModelOptions& opt = {});
   static CudaMemoryPlan plan_memory(const models::ModelConfig& cfg, int B, int T, const CudaModelOptions& opt = {});
+  // The device memory a plan must leave free beside it, for the CUDA context's own allocations and
+  // fragmentation: 2% of the card, at least 256 MiB (the constructor's check and the growth check).
+  static size_t memory_margin(size_t total_bytes);
   ~CudaModel();
   CudaModel(const CudaModel&) = delete;
   CudaModel& operator=(const CudaModel&) = delete;

@@ -72,6 +72,12 @@ bool layer_draws(const TensorRule& r, const ParamEntry& de, int64_t l, uint64_t 
   return false;
 }
 
+bool rule_draws(const TensorRule& r) {
+  if (r.new_fill == LayerFill::kInit && has_new(r)) return true;
+  return std::any_of(r.layers.begin(), r.layers.end(),
+                     [](const LayerRule& lr) { return lr.fill == LayerFill::kInit; });
+}
+
 void noise_draws(const ParamEntry& de, int64_t l, uint64_t seed, float* out) {
   fill_init(de.spec.init, out, de.spec.numel_per_layer(), growth_stream(seed, "noise", de.spec.name, l));
 }

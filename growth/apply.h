@@ -30,6 +30,8 @@ void apply_params(const GrowthPlan& plan, const ParamBuffer& src, ParamBuffer& d
 // new element takes its own position's; returns false (out untouched) when the layer draws nothing.
 // noise_draws: the noise e of layer l of per-layer entry de (used when plan.stage.noise > 0).
 bool layer_draws(const TensorRule& r, const ParamEntry& de, int64_t l, uint64_t seed, float* out);
+// Whether layer_draws draws for any layer of rule r.
+bool rule_draws(const TensorRule& r);
 void noise_draws(const ParamEntry& de, int64_t l, uint64_t seed, float* out);
 
 // Maps one AdamW moment buffer with the weights: copied elements keep their moment (no split factors, no
