@@ -256,6 +256,28 @@ void bench_matmul(const ops::Cuda& dev) {
     for (void* p : {(void*)inp, (void*)w, (void*)bias, (void*)out, (void*)dout, (void*)dinp, (void*)dw, (void*)db})
       cudaFree(p);
   }
+  // GPT-2's MLP down-projection backward two ways, side by side: GELU's derivative in the product's epilogue
+  // (DGELU, the default) against variant 1, the product and then gelu_backward in place over it (the runner's
+  // way until 2026-11-27, with a separate d(act) buffer: the same bytes).
+  {
+    const int IC = 4 * C, OC = C;
+    bf16 *inp = random_bf16(int64_t{N} * IC), *w = random_bf16(int64_t{OC} * IC, 0.05f),
+         *pre = random_bf16(int64_t{N} * IC);
+    bf16 *dout = random_bf16(int64_t{N} * OC), *dpre = dalloc<bf16>(int64_t{N} * IC);
+    bf16 *dw = random_bf16(int64_t{OC} * IC), *db = random_bf16(OC);
+    const std::string s = dims({{"N", N}, {"IC", IC}, {"OC", OC}});
+    const double flops = 4.0 * N * double(IC) * OC;
+    ops::Cuda unfused = dev;
+    unfused.variant = 1;
+    compute_row("matmul bwd mlp down, then gelu bwd", s, flops, time_ms([&] {
+                  ops::matmul_backward_dgelu(unfused, dpre, dw, db, dout, inp, w, pre, N, IC, OC);
+                }));
+    compute_row("matmul bwd+dgelu mlp down (fused)", s, flops, time_ms([&] {
+                  ops::matmul_backward_dgelu(dev, dpre, dw, db, dout, inp, w, pre, N, IC, OC);
+                }));
+    for (void* p : {(void*)inp, (void*)w, (void*)pre, (void*)dout, (void*)dpre, (void*)dw, (void*)db})
+      cudaFree(p);
+  }
 }
 
 void bench_attention(const ops::Cuda& dev, int B, int T, int NH, int KVH, int HS) {

@@ -207,7 +207,7 @@ struct CudaModel::Impl {
     datty = c.take<bf16>(N * size_t(d.NH) * d.HS);
     dqkv = c.take<bf16>(N * d.QKV);
     dmlp_h = c.take<bf16>(N * d.H1);
-    dmlp_act = c.take<bf16>(N * d.Fd);
+    dmlp_act = d.llama ? c.take<bf16>(N * d.Fd) : nullptr;  // GPT-2's d(act) stays in the product's epilogue
     delta = c.take<Stat>(N * d.NH);
     norm_out = c.take<float>(1);
     workspace_bytes = std::max(
@@ -531,13 +531,18 @@ void CudaModel::backward() {
     const bf16* h = s.mlp_h ? s.mlp_h + size_t(l) * N * d.H1 : s.rc_h;
     const bf16* act = s.mlp_act ? s.mlp_act + size_t(l) * N * d.Fd : s.rc_act;
     // dx holds d(resid[l+1]); the residual passes it unchanged to resid_mid, and each branch adds its part.
-    ops::matmul_backward(dev, s.dmlp_act, layer_at(g.mlp_down, l, int64_t{C} * d.Fd),
-                         layer_at(g.mlp_down_bias, l, C), s.dx, act,
-                         layer_at(w.mlp_down, l, int64_t{C} * d.Fd), N, d.Fd, C);
-    if (d.llama)
+    // LLaMA: d(act), then SwiGLU's backward into d(h). GPT-2: d(h) directly, GELU's derivative applied in
+    // the product's epilogue (d(act) is never stored).
+    if (d.llama) {
+      ops::matmul_backward(dev, s.dmlp_act, layer_at(g.mlp_down, l, int64_t{C} * d.Fd),
+                           layer_at(g.mlp_down_bias, l, C), s.dx, act,
+                           layer_at(w.mlp_down, l, int64_t{C} * d.Fd), N, d.Fd, C);
       ops::swiglu_backward(dev, s.dmlp_h, s.dmlp_act, h, N, d.Fd);
-    else
-      ops::gelu_backward(dev, s.dmlp_h, s.dmlp_act, h, int64_t{N} * d.Fd);
+    } else {
+      ops::matmul_backward_dgelu(dev, s.dmlp_h, layer_at(g.mlp_down, l, int64_t{C} * d.Fd),
+                                 layer_at(g.mlp_down_bias, l, C), s.dx, act,
+                                 layer_at(w.mlp_down, l, int64_t{C} * d.Fd), h, N, d.Fd, C);
+    }
     ops::matmul_backward(dev, s.dln, layer_at(g.mlp_in, l, int64_t{d.H1} * C),
                          layer_at(g.mlp_in_bias, l, d.H1), s.dmlp_h, ln2,
                          layer_at(w.mlp_in, l, int64_t{d.H1} * C), N, C, d.H1);

@@ -154,6 +154,15 @@ void gelu_backward(const Dev&, F* dinp, const F* dout, const F* inp, int64_t n);
 template <class Dev, class F>
 void matmul_gelu_forward(const Dev&, F* out, F* pre, const F* inp, const F* weight, const F* bias, int N, int IC,
                          int OC);
+// The backward of out = gelu(pre) @ weight^T + bias, from dout (N,OC) to dpre (N,IC) `=`
+// gelu'(pre) * (dout @ weight): matmul_backward with GELU's derivative fused into the dinp product
+// (cuBLASLt's DGELU epilogue on CUDA: the derivative applied to the fp32 sums, one rounding of dpre), so the
+// gradient of the activation is never stored. pre (N,IC) as matmul_gelu_forward saved it; dweight and dbias
+// as in matmul_backward (`+=`, dbias may be null), inp (N,IC) = gelu(pre). CUDA variant 1: unfused (the
+// product, then gelu_backward in place).
+template <class Dev, class F>
+void matmul_backward_dgelu(const Dev&, F* dpre, F* dweight, F* dbias, const F* dout, const F* inp,
+                           const F* weight, const F* pre, int N, int IC, int OC);
 
 // ---- residual --------------------------------------------------------------------------------------------
 // out = a + b (n). out may alias a (the runner adds a branch into the residual stream in place).

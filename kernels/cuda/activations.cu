@@ -7,7 +7,7 @@
 //                  dinp[n,F+j] = dout * gate * s                                                  dinp `=`
 // gelu_forward:    out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))                            out `=`
 // gelu_backward:   dinp = dout * (0.5 (1 + th) + 0.5 x (1 - th^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2))
-//                                                                                                 dinp `=`
+//                  (dinp may alias dout: matmul_backward_dgelu's fallback)                        dinp `=`
 // residual_forward:  out = a + b (out may alias a)                                                  out `=`
 // residual_backward: da += dout; db += dout (either may be null)                               da, db `+=`
 // Shapes: SwiGLU inp, dinp (N,2F), out, dout (N,F); the others flat (n).

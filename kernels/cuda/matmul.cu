@@ -4,6 +4,8 @@
 //
 // forward:      out (N,OC) = inp (N,IC) @ weight (OC,IC)^T + bias (OC, or null)                 out `=`
 // gelu forward: pre (N,OC) = inp @ weight^T + bias (or null);  out (N,OC) = gelu(pre)          out, pre `=`
+// backward with the GELU derivative (matmul_backward_dgelu): dpre (N,IC) = gelu'(pre) * (dout @ weight), `=`,
+//               then dweight and dbias as below
 // backward:     dinp (N,IC) = dout (N,OC) @ weight (OC,IC)          (skipped when dinp is null)  dinp `=`
 //               dweight (OC,IC) += dout^T @ inp                                                  dweight `+=`
 //               dbias (OC) += sum_n dout[n,:]                         (when dbias is non-null)   dbias `+=`
@@ -20,7 +22,9 @@
 // per-output-feature bias. GELU_AUX_BIAS writes gelu(acc + bias) to D and acc + bias to the aux matrix (pre),
 // whose leading dimension (OC) cuBLASLt requires to be a multiple of 8.
 //
-// Epilogues: BIAS (forward with bias), GELU_AUX_BIAS / GELU_AUX (matmul_gelu_forward), DEFAULT otherwise. The
+// Epilogues: BIAS (forward with bias), GELU_AUX_BIAS / GELU_AUX (matmul_gelu_forward), DGELU (dpre of
+// matmul_backward_dgelu: cuBLASLt reads pre as its aux input, leading dimension IC, and multiplies the fp32
+// sums by GELU's derivative there before the one rounding to bf16), DEFAULT otherwise. The
 // bias gradient does not use BGRADB: that epilogue writes (`=`) the column sums in D's type, so `+=` would
 // need a bf16 scratch and a second rounding. Instead dbias += dout^T @ ones is one more GEMM (a GEMV, reading
 // dout once: N*OC*2 bytes, ~17 us for N = 8192, OC = 3072 at 3 TB/s) with beta = 1: fp32 sums over N, rounded
@@ -62,7 +66,7 @@ namespace {
 constexpr size_t kWorkspaceBytes = size_t{32} << 20;
 constexpr int64_t kMinOnes = 4096;
 
-enum class Epilogue : int32_t { kDefault, kBias, kGeluAux, kGeluAuxBias };
+enum class Epilogue : int32_t { kDefault, kBias, kGeluAux, kGeluAuxBias, kDGelu };
 
 cublasLtEpilogue_t lt_epilogue(Epilogue e) {
   switch (e) {
@@ -72,6 +76,8 @@ cublasLtEpilogue_t lt_epilogue(Epilogue e) {
       return CUBLASLT_EPILOGUE_GELU_AUX;
     case Epilogue::kGeluAuxBias:
       return CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+    case Epilogue::kDGelu:
+      return CUBLASLT_EPILOGUE_DGELU;
     case Epilogue::kDefault:
       break;
   }
@@ -81,7 +87,7 @@ bool has_bias(Epilogue e) {
   return e == Epilogue::kBias || e == Epilogue::kGeluAuxBias;
 }
 bool has_aux(Epilogue e) {
-  return e == Epilogue::kGeluAux || e == Epilogue::kGeluAuxBias;
+  return e == Epilogue::kGeluAux || e == Epilogue::kGeluAuxBias || e == Epilogue::kDGelu;
 }
 
 // One GEMM, column-major: D (m,n) = op(A) op(B) [+ D when accumulate], then the epilogue.
@@ -97,7 +103,7 @@ struct Gemm {
   bool accumulate = false;
   Epilogue epilogue = Epilogue::kDefault;
   const bf16* bias = nullptr;  // (m) for the bias epilogues
-  bf16* aux = nullptr;         // (m,n), leading dimension ldd, for the GELU_AUX epilogues
+  bf16* aux = nullptr;         // (m,n), leading dimension ldd: written by GELU_AUX*, read by DGELU
 };
 
 // The alignment (bytes, a power of two up to 16) of every column start of a bf16 matrix at p with leading
@@ -145,6 +151,7 @@ struct Plan {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
   cublasLtMatmulAlgo_t algo{};
+  bool found = false;  // the heuristic returned an algorithm (else the GEMM cannot run this way)
 };
 
 struct DeviceContext {
@@ -244,19 +251,18 @@ Plan make_plan(cublasLtHandle_t handle, const Gemm& g, const GemmKey& key) {
   CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle, plan.desc, plan.a, plan.b, plan.d, plan.d, pref, 1,
                                               &result, &found));
   CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
-  STRATA_CHECK(found > 0 && result.state == CUBLAS_STATUS_SUCCESS,
-               "cuBLASLt has no algorithm for the GEMM m=", g.m, " n=", g.n, " k=", g.k,
-               " op(A)=", g.trans_a ? "T" : "N", " op(B)=", g.trans_b ? "T" : "N", " lda=", g.lda,
-               " ldb=", g.ldb, " ldd=", g.ldd, " epilogue=", static_cast<int>(g.epilogue),
-               " alignments A/B/D=", key.align_a, "/", key.align_b, "/", key.align_d);
+  if (found == 0 || result.state != CUBLAS_STATUS_SUCCESS) return plan;  // kept: the answer is cached too
   STRATA_CHECK(result.workspaceSize <= kWorkspaceBytes, "cuBLASLt algorithm wants ", result.workspaceSize,
                " bytes of workspace");
   plan.algo = result.algo;
+  plan.found = true;
   return plan;
 }
 
-// Enqueues g on stream. dbias_gemv: B is the ones vector, supplied here (g.b is ignored).
-void run(const Gemm& gemm, cudaStream_t stream, bool dbias_gemv = false) {
+// Enqueues g on stream and returns true. dbias_gemv: B is the ones vector, supplied here (g.b is ignored).
+// When cuBLASLt has no algorithm for g: false if may_fail (nothing enqueued; the caller has another way),
+// else a checked error.
+bool run(const Gemm& gemm, cudaStream_t stream, bool dbias_gemv = false, bool may_fail = false) {
   std::lock_guard<std::mutex> lock(g_mutex);
   DeviceContext& ctx = context();
   Gemm g = gemm;
@@ -269,9 +275,17 @@ void run(const Gemm& gemm, cudaStream_t stream, bool dbias_gemv = false) {
     set_epilogue_pointers(it->second, g);
   }
   const Plan& plan = it->second;
+  if (!plan.found) {
+    if (may_fail) return false;
+    STRATA_CHECK(plan.found, "cuBLASLt has no algorithm for the GEMM m=", g.m, " n=", g.n, " k=", g.k,
+                 " op(A)=", g.trans_a ? "T" : "N", " op(B)=", g.trans_b ? "T" : "N", " lda=", g.lda,
+                 " ldb=", g.ldb, " ldd=", g.ldd, " epilogue=", static_cast<int>(g.epilogue),
+                 " alignments A/B/D=", key.align_a, "/", key.align_b, "/", key.align_d);
+  }
   const float alpha = 1.0f, beta = g.accumulate ? 1.0f : 0.0f;
   CUBLAS_CHECK(cublasLtMatmul(ctx.handle, plan.desc, &alpha, g.a, plan.a, g.b, plan.b, &beta, g.d, plan.d,
                               g.d, plan.d, &plan.algo, workspace(ctx, stream), kWorkspaceBytes, stream));
+  return true;
 }
 
 void check_sizes(const char* op, int N, int IC, int OC) {
@@ -325,22 +339,32 @@ void matmul_gelu_forward<Cuda, bf16>(const Cuda& dev, bf16* out, bf16* pre, cons
   run(g, static_cast<cudaStream_t>(dev.stream));
 }
 
-template <>
-void matmul_backward<Cuda, bf16>(const Cuda& dev, bf16* dinp, bf16* dweight, bf16* dbias, const bf16* dout,
-                                 const bf16* inp, const bf16* weight, int N, int IC, int OC) {
+namespace {
+
+// matmul_backward, and matmul_backward_dgelu when pre is non-null: DGELU on the dinp product, or
+// (dev.variant 1, for kernel_bench and the tests; or when cuBLASLt has no such algorithm) the plain product
+// followed by gelu_backward in place.
+void backward(const Cuda& dev, bf16* dinp, bf16* dweight, bf16* dbias, const bf16* dout, const bf16* inp,
+              const bf16* weight, const bf16* pre, int N, int IC, int OC) {
   using namespace cuda;
-  STRATA_CHECK(dweight && dout && inp && weight, "matmul_backward: null pointer");
-  check_sizes("matmul_backward", N, IC, OC);
-  NvtxRange range("matmul bwd");
   const cudaStream_t stream = static_cast<cudaStream_t>(dev.stream);
   if (dinp) {
-    // dinp^T (IC,N) = W (stored (IC,OC)), op N, x dout^T (OC,N), op N.
+    // dinp^T (IC,N) = W (stored (IC,OC)), op N, x dout^T (OC,N), op N [then times gelu'(pre^T)].
     Gemm g;
     g.m = IC, g.n = N, g.k = OC;
     g.a = weight, g.lda = IC;
     g.b = dout, g.ldb = OC;
     g.d = dinp, g.ldd = IC;
-    run(g, stream);
+    const bool fused = pre && dev.variant != 1;
+    if (fused) g.epilogue = Epilogue::kDGelu, g.aux = const_cast<bf16*>(pre);  // read only
+    if (!run(g, stream, /*dbias_gemv=*/false, /*may_fail=*/fused)) {
+      // No DGELU algorithm for this shape on this card and library: the plain product (below).
+      g.epilogue = Epilogue::kDefault, g.aux = nullptr;
+      run(g, stream);
+    }
+    // Unfused (no algorithm, or variant 1): GELU's derivative by the elementwise kernel, in place (the
+    // product rounded to bf16 first, then one more pass over dinp).
+    if (pre && g.epilogue != Epilogue::kDGelu) gelu_backward(dev, dinp, dinp, pre, int64_t{N} * IC);
   }
   {
     // dweight^T (IC,OC) += inp^T (IC,N), op N, x dout^T (stored (OC,N)), op T.
@@ -362,6 +386,29 @@ void matmul_backward<Cuda, bf16>(const Cuda& dev, bf16* dinp, bf16* dweight, bf1
     g.accumulate = true;
     run(g, stream, /*dbias_gemv=*/true);
   }
+}
+
+}  // namespace
+
+template <>
+void matmul_backward<Cuda, bf16>(const Cuda& dev, bf16* dinp, bf16* dweight, bf16* dbias, const bf16* dout,
+                                 const bf16* inp, const bf16* weight, int N, int IC, int OC) {
+  STRATA_CHECK(dweight && dout && inp && weight, "matmul_backward: null pointer");
+  cuda::check_sizes("matmul_backward", N, IC, OC);
+  cuda::NvtxRange range("matmul bwd");
+  backward(dev, dinp, dweight, dbias, dout, inp, weight, nullptr, N, IC, OC);
+}
+
+template <>
+void matmul_backward_dgelu<Cuda, bf16>(const Cuda& dev, bf16* dpre, bf16* dweight, bf16* dbias,
+                                       const bf16* dout, const bf16* inp, const bf16* weight, const bf16* pre,
+                                       int N, int IC, int OC) {
+  STRATA_CHECK(dpre && dweight && dout && inp && weight && pre, "matmul_backward_dgelu: null pointer");
+  cuda::check_sizes("matmul_backward_dgelu", N, IC, OC);
+  STRATA_CHECK(IC % 8 == 0, "matmul_backward_dgelu: IC=", IC,
+               " is not a multiple of 8 (cuBLASLt's GELU aux input needs such a leading dimension)");
+  cuda::NvtxRange range("matmul bwd dgelu");
+  backward(dev, dpre, dweight, dbias, dout, inp, weight, pre, N, IC, OC);
 }
 
 }  // namespace strata::ops

@@ -658,6 +658,32 @@ TEST(CpuOps, GeluMatchesNaiveAndFiniteDifferences) {
   expect_close("gelu dinp (float)", dinp_f, dinp, kTolFloatVsDouble);
 }
 
+// The backward of out = gelu(pre) @ w^T + b with GELU's derivative fused (matmul_backward_dgelu, the twin of
+// cuBLASLt's DGELU epilogue): dpre, dweight, dbias against central differences of L = sum(out * R), pre in
+// [-3, 3) where the derivative is far from constant; float vs double.
+TEST(CpuOps, MatmulBackwardWithGeluDerivativeMatchesFiniteDifferences) {
+  Vec pre = random_vec(kN * kIC, 47, -3.0, 3.0), w = random_vec(kOC * kIC, 48), b = random_vec(kOC, 49);
+  const Vec R = random_vec(kN * kOC, 50);
+  const Vec dw0 = random_vec(w.size(), 51), db0 = random_vec(kOC, 52);
+  auto act_of = [&] { return to_double(run_gelu<double>(pre)); };
+  const Vec act = act_of();
+  Vec dpre = nan_vec(pre.size()), dw = dw0, db = db0;
+  matmul_backward_dgelu(kCpu, dpre.data(), dw.data(), db.data(), R.data(), act.data(), w.data(), pre.data(),
+                        kN, kIC, kOC);
+  auto loss = [&] { return dot(run_matmul<double>(act_of(), w, &b, kN, kIC, kOC), R); };
+  expect_grad("matmul+dgelu dpre", pre, dpre, loss);
+  expect_grad("matmul+dgelu dweight", w, sub(dw, dw0), loss);
+  expect_grad("matmul+dgelu dbias", b, sub(db, db0), loss);
+  const auto pre_f = cast<float>(pre), act_f = cast<float>(act), w_f = cast<float>(w), R_f = cast<float>(R);
+  std::vector<float> dpre_f = cast<float>(nan_vec(pre.size())), dw_f = cast<float>(dw0),
+                     db_f = cast<float>(db0);
+  matmul_backward_dgelu(kCpu, dpre_f.data(), dw_f.data(), db_f.data(), R_f.data(), act_f.data(), w_f.data(),
+                        pre_f.data(), kN, kIC, kOC);
+  expect_close("matmul+dgelu dpre (float)", dpre_f, dpre, kTolFloatVsDouble);
+  expect_close("matmul+dgelu dweight (float)", dw_f, dw, kTolFloatVsDouble);
+  expect_close("matmul+dgelu dbias (float)", db_f, db, kTolFloatVsDouble);
+}
+
 // ---- residual ---------------------------------------------------------------------------------------------
 TEST(CpuOps, ResidualForwardInPlaceAndBackwardAccumulates) {
   const size_t n = 41;

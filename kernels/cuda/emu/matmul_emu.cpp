@@ -1,10 +1,10 @@
 // kernels/cuda/emu/matmul_emu.cpp: the CPU emulation's stand-in for kernels/cuda/matmul.cu, whose cuBLASLt
-// calls cannot run without a GPU. It gives the emulated CUDA backend the same three ops with cuBLASLt's
+// calls cannot run without a GPU. It gives the emulated CUDA backend the same four ops with cuBLASLt's
 // numerics as matmul.cu configures them: bf16 operands read exactly, fp32 accumulation (the CPU twin,
-// OpenBLAS sgemm), the bias and GELU epilogues in fp32, one rounding to bf16 of each output; `+=` outputs
-// (dweight, dbias) add the previous bf16 value in fp32 before that rounding (cuBLASLt's beta = 1). So the
-// model runner built on the emulation (engine/cuda_model.*) runs end to end here. It is not a test of
-// matmul.cu: that is tests/kernels/cuda/matmul_test.cpp, on a GPU.
+// OpenBLAS sgemm), the bias, GELU and GELU-derivative epilogues in fp32, one rounding to bf16 of each output;
+// `+=` outputs (dweight, dbias) add the previous bf16 value in fp32 before that rounding (cuBLASLt's beta =
+// 1). So the model runner built on the emulation (engine/cuda_model.*) runs end to end here. It is not a test
+// of matmul.cu: that is tests/kernels/cuda/matmul_test.cpp, on a GPU.
 #include "kernels/cuda/emu/emu.h"
 
 #include <cuda_bf16.h>
@@ -77,6 +77,26 @@ void matmul_backward<Cuda, bf16>(const Cuda& dev, bf16* dinp, bf16* dweight, bf1
     ops::matmul_backward(kCpu, dinp ? dx.data() : nullptr, dw.data(), dbias ? db.data() : nullptr, dy.data(),
                          x.data(), w.data(), N, IC, OC);
     if (dinp) narrow(dinp, dx);
+    narrow(dweight, dw);
+    if (dbias) narrow(dbias, db);
+  });
+}
+
+template <>
+void matmul_backward_dgelu<Cuda, bf16>(const Cuda& dev, bf16* dpre, bf16* dweight, bf16* dbias,
+                                       const bf16* dout, const bf16* inp, const bf16* weight, const bf16* pre,
+                                       int N, int IC, int OC) {
+  check_sizes("matmul_backward_dgelu", N, IC, OC);
+  STRATA_CHECK(dpre && dweight && pre, "matmul_backward_dgelu: null pointer");
+  emu::on_stream(static_cast<cudaStream_t>(dev.stream), [=] {
+    const size_t n = size_t(N), ic = size_t(IC), oc = size_t(OC);
+    const std::vector<float> dy = widen(dout, n * oc), x = widen(inp, n * ic), w = widen(weight, oc * ic);
+    const std::vector<float> p = widen(pre, n * ic);
+    std::vector<float> dp(n * ic), dw = widen(dweight, oc * ic);
+    std::vector<float> db = dbias ? widen(dbias, oc) : std::vector<float>();
+    ops::matmul_backward_dgelu(kCpu, dp.data(), dw.data(), dbias ? db.data() : nullptr, dy.data(), x.data(),
+                               w.data(), p.data(), N, IC, OC);
+    narrow(dpre, dp);
     narrow(dweight, dw);
     if (dbias) narrow(dbias, db);
   });

@@ -1,7 +1,7 @@
-// tests/kernels/cuda/matmul_test.cpp: matmul_forward, matmul_gelu_forward and matmul_backward for ops::Cuda,
-// bf16 (kernels/cuda/matmul.cu, cuBLASLt) against the fp32 CPU twins (kernels/cpu/matmul.cpp,
-// matmul_gelu.cpp) on the same bf16-representable inputs. GPU only (label gpu): cuBLASLt cannot run in the
-// emulation.
+// tests/kernels/cuda/matmul_test.cpp: matmul_forward, matmul_gelu_forward, matmul_backward and
+// matmul_backward_dgelu for ops::Cuda, bf16 (kernels/cuda/matmul.cu, cuBLASLt) against the fp32 CPU twins
+// (kernels/cpu/matmul.cpp, matmul_gelu.cpp) on the same bf16-representable inputs. GPU only (label gpu):
+// cuBLASLt cannot run in the emulation.
 //
 // Shapes: N = 1, 17, 100 rows; IC, OC among 8, 24, 768 (row strides of 16 bytes and more), and one shape with
 // odd IC and OC (row strides of 26 and 14 bytes: misaligned rows, which the plan's alignment preferences must
@@ -130,10 +130,56 @@ TEST(CudaMatmul, BackwardAccumulatesTwiceAndMatchesTwin) {
   }
 }
 
-TEST(CudaMatmul, GeluRejectsOcNotMultipleOf8) {
+// The GELU derivative fused into the dinp product (DGELU epilogue, variant 0) and unfused (variant 1: the
+// product, then gelu_backward in place) against the twin (matmul_backward, then gelu_backward, in fp32): dpre
+// `=` (poisoned first), dweight and dbias `+=` twice from random starts. pre spans [-3, 3), where GELU's
+// derivative goes from ~-0.13 through 0.5 to ~1.13, so a missing or wrong derivative (identity, the forward
+// GELU, pre read with the wrong stride) is far outside the tolerance. dweight and dbias must be bit for bit
+// those of matmul_backward (the same GEMMs).
+TEST(CudaMatmul, BackwardWithGeluDerivativeMatchesTwin) {
+  STRATA_SKIP_WITHOUT_GPU();
+  for (const Shape& s : kShapes) {
+    if (s.IC % 8 != 0) continue;  // the GELU aux input needs IC % 8 == 0 (checked by the op)
+    const size_t n_in = size_t(s.N) * s.IC;
+    const auto inp = random_bf16_values(n_in, 12);
+    const auto w = random_bf16_values(size_t(s.OC) * s.IC, 13);
+    const auto dout = random_bf16_values(size_t(s.N) * s.OC, 14);
+    const auto pre = random_bf16_values(n_in, 15, -3.0f, 3.0f);
+    const auto dw0 = random_bf16_values(size_t(s.OC) * s.IC, 16);
+    const auto db0 = random_bf16_values(size_t(s.OC), 17);
+    std::vector<float> ref_dpre(n_in), ref_dw = dw0, ref_db = db0;
+    for (int call = 0; call < 2; ++call)
+      ops::matmul_backward_dgelu(kCpu, ref_dpre.data(), ref_dw.data(), ref_db.data(), dout.data(), inp.data(),
+                                 w.data(), pre.data(), s.N, s.IC, s.OC);
+    DeviceBuffer<bf16> d_inp(to_bf16(inp)), d_w(to_bf16(w)), d_dout(to_bf16(dout)), d_pre(to_bf16(pre));
+    DeviceBuffer<bf16> d_dw2(to_bf16(dw0)), d_db2(to_bf16(db0)), d_dinp(n_in);
+    for (int call = 0; call < 2; ++call)
+      ops::matmul_backward(kDev, d_dinp.get(), d_dw2.get(), d_db2.get(), d_dout.get(), d_inp.get(), d_w.get(),
+                           s.N, s.IC, s.OC);
+    for (const int variant : {0, 1}) {  // 0: DGELU in the epilogue; 1: the product, then gelu_backward
+      const std::string what = name(s) + " variant " + std::to_string(variant);
+      ops::Cuda dev = kDev;
+      dev.variant = variant;
+      DeviceBuffer<bf16> d_dw(to_bf16(dw0)), d_db(to_bf16(db0)), d_dpre(n_in);  // dpre poisoned
+      for (int call = 0; call < 2; ++call)
+        ops::matmul_backward_dgelu(dev, d_dpre.get(), d_dw.get(), d_db.get(), d_dout.get(), d_inp.get(),
+                                   d_w.get(), d_pre.get(), s.N, s.IC, s.OC);
+      STRATA_EXPECT_CLOSE(as_double(d_dpre.download()), ref_dpre, kTolBf16Reduction, what + " dpre");
+      STRATA_EXPECT_CLOSE(as_double(d_dw.download()), ref_dw, kTolBf16Reduction, what + " dweight (twice)");
+      STRATA_EXPECT_CLOSE(as_double(d_db.download()), ref_db, kTolBf16Reduction, what + " dbias (twice)");
+      EXPECT_TRUE(bitwise_equal(d_dw2.download(), d_dw.download())) << what << ": dweight differs";
+      EXPECT_TRUE(bitwise_equal(d_db2.download(), d_db.download())) << what << ": dbias differs";
+    }
+  }
+}
+
+TEST(CudaMatmul, GeluRejectsLeadingDimensionsNotMultipleOf8) {
   STRATA_SKIP_WITHOUT_GPU();
   DeviceBuffer<bf16> x(64);
   EXPECT_DEATH(ops::matmul_gelu_forward(kDev, x.get(), x.get(), x.get(), x.get(), x.get(), 1, 8, 7),
+               "not a multiple of 8");
+  EXPECT_DEATH(ops::matmul_backward_dgelu(kDev, x.get(), x.get(), x.get(), x.get(), x.get(), x.get(), x.get(),
+                                          1, 7, 8),
                "not a multiple of 8");
 }
 
