@@ -253,6 +253,10 @@ void bench_matmul(const ops::Cuda& dev) {
                 time_ms([&] { ops::matmul_forward(dev, out, inp, w, static_cast<const bf16*>(bias), N, IC, OC); }));
     compute_row(std::string("matmul bwd ") + name, s, 2 * flops,
                 time_ms([&] { ops::matmul_backward(dev, dinp, dw, db, dout, inp, w, N, IC, OC); }));
+    // The same without the bias gradient (a GEMV of dout with a ones vector, N * OC * 2 bytes read): the
+    // difference is what the GEMV costs, to weigh fusing it into an epilogue or a kernel that reads dout anyway.
+    compute_row(std::string("matmul bwd ") + name + ", no dbias", s, 2 * flops,
+                time_ms([&] { ops::matmul_backward(dev, dinp, dw, static_cast<bf16*>(nullptr), dout, inp, w, N, IC, OC); }));
     for (void* p : {(void*)inp, (void*)w, (void*)bias, (void*)out, (void*)dout, (void*)dinp, (void*)dw, (void*)db})
       cudaFree(p);
   }

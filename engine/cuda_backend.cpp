@@ -32,11 +32,6 @@ constexpr const char* kWeightsFile = "weights_bf16.safetensors";
 double gib(size_t bytes) {
   return static_cast<double>(bytes) / double(size_t{1} << 30);
 }
-std::string gib_text(size_t bytes) {
-  char b[32];
-  std::snprintf(b, sizeof b, "%.2f GiB", gib(bytes));
-  return b;
-}
 
 class CudaBackend final : public TrainBackend {
  public:

@@ -29,6 +29,12 @@
 
 namespace strata {
 
+std::string gib_text(size_t bytes) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.2f GiB", static_cast<double>(bytes) / double(size_t{1} << 30));
+  return b;
+}
+
 DeviceBuffer::DeviceBuffer(size_t n, const char* what) : bytes(n) {
   const cudaError_t err = cudaMalloc(&ptr, std::max<size_t>(n, 1));
   if (err != cudaSuccess) {
@@ -76,12 +82,6 @@ class Carver {
   char* base_;
   size_t off_ = 0;
 };
-
-std::string gib(size_t bytes) {
-  char b[32];
-  std::snprintf(b, sizeof b, "%.2f GiB", static_cast<double>(bytes) / double(size_t{1} << 30));
-  return b;
-}
 
 // A norm on its own, not fused with the residual add before it: layer 0's attention norm, and every norm
 // the backward recomputes. It is the fused op's computation on the stored (bf16) stream, so out, mean and
@@ -264,9 +264,10 @@ CudaModel::CudaModel(const models::ModelConfig& cfg, int B, int T, const CudaMod
     const size_t margin = memory_margin(total_bytes);
     STRATA_REQUIRE(
         plan.total() + margin <= free_bytes, "GPU memory: ", cfg_.name, " at micro-batch ", B, " x ", T,
-        " needs ", gib(plan.total()), " (weights, gradients, master weights and AdamW moments ",
-        gib(plan.weights + plan.grads + plan.master + plan.moments), ", activations ", gib(plan.activations),
-        ") but the GPU has ", gib(free_bytes), " free of ", gib(total_bytes),
+        " needs ", gib_text(plan.total()), " (weights, gradients, master weights and AdamW moments ",
+        gib_text(plan.weights + plan.grads + plan.master + plan.moments), ", activations ",
+        gib_text(plan.activations), ") but the GPU has ", gib_text(free_bytes), " free of ",
+        gib_text(total_bytes),
         ": use a smaller --batch-size (and --global-batch-tokens to keep the batch by accumulation)",
         opt_.recompute == Recompute::kAll
             ? ""

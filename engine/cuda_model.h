@@ -34,6 +34,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "engine/comm.h"
@@ -45,6 +46,9 @@
 #include "models/model_config.h"
 
 namespace strata {
+
+// bytes as "1.23 GiB", for the memory messages.
+std::string gib_text(size_t bytes);
 
 // The device memory a configuration needs, computed from the config before anything is allocated (the same
 // layout the constructor then allocates).
