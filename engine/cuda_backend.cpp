@@ -87,6 +87,7 @@ class CudaBackend final : public TrainBackend {
     return b;
   }
   void check_growth_fits(const growth::GrowthPlan& plan, const std::string& what) const override {
+    CudaModel::require_supported(plan.to, what);
     const size_t peak = cuda_growth_peak_bytes(plan, B_, T_, model_options());
     size_t free_bytes = 0, total_bytes = 0;
     CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));

@@ -239,6 +239,18 @@ CudaMemoryPlan CudaModel::plan_memory(const models::ModelConfig& cfg, int B, int
   return plan;
 }
 
+void CudaModel::require_supported(const models::ModelConfig& cfg, const std::string& what) {
+  const std::string prefix = what.empty() ? "" : what + ": ";
+  STRATA_REQUIRE(cfg.head_dim() == 64 || cfg.head_dim() == 128, prefix,
+                 "the CUDA backend's flash attention takes head dims 64 and 128; ", cfg.name,
+                 " has d_model / n_head = ", cfg.head_dim());
+  STRATA_REQUIRE(
+      cfg.family != models::Family::kGpt2 || cfg.d_ff % 8 == 0, prefix,
+      "the CUDA backend's GELU runs in cuBLASLt's epilogues, whose saved pre-activation needs d_ff to "
+      "be a multiple of 8; ",
+      cfg.name, " has d_ff = ", cfg.d_ff);
+}
+
 size_t CudaModel::memory_margin(size_t total_bytes) {
   return std::max<size_t>(size_t{256} << 20, total_bytes / 50);
 }
@@ -249,9 +261,7 @@ CudaModel::CudaModel(const models::ModelConfig& cfg, int B, int T, const CudaMod
   STRATA_REQUIRE(B >= 1, "batch size must be at least 1 (got ", B, ")");
   STRATA_REQUIRE(T >= 1 && T <= cfg.max_seq_len, "sequence length ", T, " must be in [1, max_seq_len ",
                  cfg.max_seq_len, "]");
-  STRATA_REQUIRE(cfg_.head_dim() == 64 || cfg_.head_dim() == 128,
-                 "the CUDA backend's flash attention takes head ", "dims 64 and 128; ", cfg_.name,
-                 " has d_model / n_head = ", cfg_.head_dim());
+  require_supported(cfg_, "");
   layout_ = ParamLayout(cfg_);
   STRATA_CHECK(opt_.shard_world >= 1 && opt_.shard_rank >= 0 && opt_.shard_rank < opt_.shard_world,
                "CudaModel: shard ", opt_.shard_rank, " of ", opt_.shard_world);

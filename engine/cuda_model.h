@@ -80,6 +80,10 @@ class CudaModel {
   // --recompute).
   CudaModel(const models::ModelConfig& cfg, int B, int T, const CudaModelOptions& opt = {});
   static CudaMemoryPlan plan_memory(const models::ModelConfig& cfg, int B, int T, const CudaModelOptions& opt = {});
+  // A strata::Error (prefixed with `what`, when given) if the CUDA ops cannot run cfg: head dims other than
+  // 64 and 128, GPT-2's d_ff not a multiple of 8. The constructor checks its config; the backend checks every
+  // growth stage's at startup.
+  static void require_supported(const models::ModelConfig& cfg, const std::string& what);
   // The device memory a plan must leave free beside it, for the CUDA context's own allocations and
   // fragmentation: 2% of the card, at least 256 MiB (the constructor's check and the growth check).
   static size_t memory_margin(size_t total_bytes);

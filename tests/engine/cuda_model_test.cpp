@@ -360,9 +360,16 @@ TEST_P(CudaModelTest, BadTokensAndHeadDimsAreErrors) {
   const int32_t in[4] = {1, 2, 3, 301}, ok[4] = {1, 2, 3, 4}, tg[4] = {1, 2, 302, 4};
   EXPECT_THROW(gpu.forward(in, ok), Error);
   EXPECT_THROW(gpu.forward(ok, tg), Error);
+  models::ModelConfig odd_ff = cfg;
   cfg.d_model = 96;  // head dim 48
   cfg.n_kv_head = cfg.n_head;
   EXPECT_THROW(CudaModel(cfg, 1, 4), Error);
+  // GPT-2's d_ff must be a multiple of 8 (the GELU epilogue's saved pre-activation); LLaMA's need not be.
+  odd_ff.d_ff += 4;
+  if (odd_ff.family == models::Family::kGpt2)
+    EXPECT_THROW(CudaModel(odd_ff, 1, 4), Error);
+  else
+    EXPECT_NO_THROW(CudaModel(odd_ff, 1, 4));
 }
 
 // The plan of a real configuration, GPT-2 124M at a micro-batch of 16 x 1024 (no device needed): each mode

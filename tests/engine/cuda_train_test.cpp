@@ -268,6 +268,26 @@ TEST_P(CudaTrain, GrowthThatWillNotFitIsRefusedAtStartup) {
 #endif
 }
 
+// A growth stage to a configuration the CUDA ops cannot run (GPT-2's d_ff must be a multiple of 8: the GELU
+// epilogue's saved pre-activation) is refused at startup, not at its growth step: one line naming the stage,
+// and no run folder. LLaMA has no such constraint (SwiGLU is a kernel of its own): the same widening passes
+// the check.
+TEST_P(CudaTrain, GrowthTheCudaOpsCannotRunIsRefusedAtStartup) {
+  STRATA_SKIP_WITHOUT_GPU();
+  const std::string f = family(GetParam());
+  TrainConfig c = config(GetParam(), f + "_unsupported", "cuda");
+  const std::string spec = "at=5 steps,op=direct,d_ff=" + std::to_string(c.model.d_ff + 4);
+  c.grow.push_back(growth::parse_stage(spec));
+  const growth::GrowthPlan plan = growth::make_plan(c.model, growth::parse_stage(spec));
+  if (GetParam() == models::Family::kLlama) {
+    EXPECT_NO_THROW(CudaModel::require_supported(plan.to, "--grow"));
+    return;
+  }
+  test::expect_one_line_error([&] { train(c); }, {"--grow '" + spec + "'", "d_ff", "multiple of 8",
+                                                  std::to_string(c.model.d_ff + 4)});
+  EXPECT_FALSE(fs::exists(root_ / (f + "_unsupported"))) << "the refused run wrote its folder";
+}
+
 // Resume and determinism on the CUDA backend: an uninterrupted run, the same run again, and one stopped at
 // step 4 (a checkpoint) and resumed give identical step rows and identical final checkpoints (fp32 master
 // weights, moments and the bf16 weights). Checkpoints cross backends: the CUDA checkpoint of step 4 resumes
