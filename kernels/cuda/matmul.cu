@@ -248,9 +248,13 @@ Plan make_plan(cublasLtHandle_t handle, const Gemm& g, const GemmKey& key) {
   set_pref(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, static_cast<uint32_t>(key.align_d));
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
-  CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle, plan.desc, plan.a, plan.b, plan.d, plan.d, pref, 1,
-                                              &result, &found));
+  // NOT_SUPPORTED: no heuristic for this configuration at all (e.g. an epilogue this library or card lacks),
+  // which the caller treats as "no algorithm", like an empty answer.
+  const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(handle, plan.desc, plan.a, plan.b, plan.d,
+                                                               plan.d, pref, 1, &result, &found);
   CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
+  if (status == CUBLAS_STATUS_NOT_SUPPORTED) return plan;
+  CUBLAS_CHECK(status);
   if (found == 0 || result.state != CUBLAS_STATUS_SUCCESS) return plan;  // kept: the answer is cached too
   STRATA_CHECK(result.workspaceSize <= kWorkspaceBytes, "cuBLASLt algorithm wants ", result.workspaceSize,
                " bytes of workspace");
