@@ -19,6 +19,7 @@
 
 #include "engine/check.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/matmul_sweep.h"
 #include "kernels/ops.h"
 
 namespace strata::cuda {
@@ -259,6 +260,28 @@ void bench_matmul(const ops::Cuda& dev) {
                 time_ms([&] { ops::matmul_backward(dev, dinp, dw, static_cast<bf16*>(nullptr), dout, inp, w, N, IC, OC); }));
     for (void* p : {(void*)inp, (void*)w, (void*)bias, (void*)out, (void*)dout, (void*)dinp, (void*)dw, (void*)db})
       cudaFree(p);
+  }
+  // The heuristic's first algorithm (what matmul.cu runs) against the best of its first 8, per product of each
+  // block GEMM: what choosing among cuBLASLt's candidates on the card (autotuning, with its choice persisted so
+  // that runs stay bitwise reproducible) would gain.
+  for (const auto& [name, IC, OC] : {std::tuple{"qkv", C, 3 * C}, {"attn out", C, C}, {"mlp up", C, 4 * C},
+                                     {"mlp down", 4 * C, C}}) {
+    bf16 *x = random_bf16(int64_t{N} * IC), *w = random_bf16(int64_t{OC} * IC, 0.05f), *dy = random_bf16(int64_t{N} * OC);
+    bf16 *y = dalloc<bf16>(int64_t{N} * OC), *dx = dalloc<bf16>(int64_t{N} * IC), *dw = random_bf16(int64_t{OC} * IC);
+    const std::string s = dims({{"N", N}, {"IC", IC}, {"OC", OC}});
+    const double flops = 2.0 * N * double(IC) * OC;
+    for (const auto& [what, product, out, a, b] :
+         {std::tuple{"fwd", MatmulProduct::kForward, y, (const bf16*)x, (const bf16*)w},
+          {"dinp", MatmulProduct::kDinp, dx, dy, w}, {"dweight", MatmulProduct::kDweight, dw, dy, x}}) {
+      const std::vector<double> t = matmul_algorithm_times(product, out, a, b, N, IC, OC, 8, g_reps);
+      if (t.empty()) continue;
+      const size_t best = size_t(std::min_element(t.begin(), t.end()) - t.begin());
+      const std::string op = std::string("matmul ") + what + " " + name;
+      compute_row(op + ": heuristic's first", s, flops, t[0]);
+      compute_row(op + ": best of " + std::to_string(t.size()) + " (#" + std::to_string(best) + ")", s, flops,
+                  t[best]);
+    }
+    for (void* p : {(void*)x, (void*)w, (void*)dy, (void*)y, (void*)dx, (void*)dw}) cudaFree(p);
   }
   // GPT-2's MLP down-projection backward two ways, side by side: GELU's derivative in the product's epilogue
   // (DGELU, the default) against variant 1, the product and then gelu_backward in place over it (the runner's

@@ -47,6 +47,7 @@
 // graph capture.
 #include <cublasLt.h>  // before engine/check.h (via common.cuh), which then defines CUBLAS_CHECK
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -56,6 +57,7 @@
 #include <vector>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/matmul_sweep.h"
 #include "kernels/cuda/nvtx.h"
 #include "kernels/ops.h"
 
@@ -217,7 +219,8 @@ void set_epilogue_pointers(const Plan& plan, const Gemm& g) {
     set_desc(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, static_cast<void*>(g.aux));
 }
 
-Plan make_plan(cublasLtHandle_t handle, const Gemm& g, const GemmKey& key) {
+// The matmul descriptor and the three layouts of g (the plan without its algorithm).
+Plan describe(const Gemm& g) {
   Plan plan;
   CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   set_desc(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA,
@@ -234,7 +237,20 @@ Plan make_plan(cublasLtHandle_t handle, const Gemm& g, const GemmKey& key) {
   CUBLAS_CHECK(
       cublasLtMatrixLayoutCreate(&plan.b, CUDA_R_16BF, g.trans_b ? g.n : g.k, g.trans_b ? g.k : g.n, g.ldb));
   CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.d, CUDA_R_16BF, g.m, g.n, g.ldd));
+  return plan;
+}
 
+// The heuristic's first `count` (<= kMaxAlgos) algorithms for plan (fewer when it has fewer; none when it has
+// no heuristic for this configuration at all, NOT_SUPPORTED: e.g. an epilogue this library or card lacks), in
+// its order of preference, each usable with kWorkspaceBytes. (Fixed arrays: nvcc 13's front end fails on a
+// std::vector of these structs.)
+constexpr int kMaxAlgos = 16;
+struct Algorithms {
+  cublasLtMatmulAlgo_t algo[kMaxAlgos];
+  int n = 0;
+};
+Algorithms algorithms(cublasLtHandle_t handle, const Plan& plan, const GemmKey& key, int count) {
+  STRATA_CHECK(count >= 1 && count <= kMaxAlgos, "cuBLASLt algorithms: count ", count);
   cublasLtMatmulPreference_t pref = nullptr;
   CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   set_pref(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, static_cast<uint64_t>(kWorkspaceBytes));
@@ -246,20 +262,29 @@ Plan make_plan(cublasLtHandle_t handle, const Gemm& g, const GemmKey& key) {
   set_pref(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, static_cast<uint32_t>(key.align_b));
   set_pref(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, static_cast<uint32_t>(key.align_d));
   set_pref(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, static_cast<uint32_t>(key.align_d));
-  cublasLtMatmulHeuristicResult_t result{};
+  cublasLtMatmulHeuristicResult_t results[kMaxAlgos] = {};
   int found = 0;
-  // NOT_SUPPORTED: no heuristic for this configuration at all (e.g. an epilogue this library or card lacks),
-  // which the caller treats as "no algorithm", like an empty answer.
   const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(handle, plan.desc, plan.a, plan.b, plan.d,
-                                                               plan.d, pref, 1, &result, &found);
+                                                               plan.d, pref, count, results, &found);
   CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
-  if (status == CUBLAS_STATUS_NOT_SUPPORTED) return plan;
+  Algorithms out;
+  if (status == CUBLAS_STATUS_NOT_SUPPORTED) return out;
   CUBLAS_CHECK(status);
-  if (found == 0 || result.state != CUBLAS_STATUS_SUCCESS) return plan;  // kept: the answer is cached too
-  STRATA_CHECK(result.workspaceSize <= kWorkspaceBytes, "cuBLASLt algorithm wants ", result.workspaceSize,
-               " bytes of workspace");
-  plan.algo = result.algo;
-  plan.found = true;
+  for (int i = 0; i < found && i < count; ++i) {
+    if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
+    STRATA_CHECK(results[i].workspaceSize <= kWorkspaceBytes, "cuBLASLt algorithm wants ",
+                 results[i].workspaceSize, " bytes of workspace");
+    out.algo[out.n++] = results[i].algo;
+  }
+  return out;
+}
+
+// The plan of g: the heuristic's first algorithm (found false when it has none; kept, so the answer is cached
+// too).
+Plan make_plan(cublasLtHandle_t handle, const Gemm& g, const GemmKey& key) {
+  Plan plan = describe(g);
+  const Algorithms algos = algorithms(handle, plan, key, 1);
+  if (algos.n > 0) plan.algo = algos.algo[0], plan.found = true;
   return plan;
 }
 
@@ -307,7 +332,79 @@ Gemm forward_gemm(bf16* out, const bf16* inp, const bf16* weight, int N, int IC,
   return g;
 }
 
+// dinp^T (IC,N) = W (stored (IC,OC)), op N, x dout^T (OC,N), op N.
+Gemm dinp_gemm(bf16* dinp, const bf16* dout, const bf16* weight, int N, int IC, int OC) {
+  Gemm g;
+  g.m = IC, g.n = N, g.k = OC;
+  g.a = weight, g.lda = IC;
+  g.b = dout, g.ldb = OC;
+  g.d = dinp, g.ldd = IC;
+  return g;
+}
+
+// dweight^T (IC,OC) += inp^T (IC,N), op N, x dout^T (stored (OC,N)), op T.
+Gemm dweight_gemm(bf16* dweight, const bf16* dout, const bf16* inp, int N, int IC, int OC) {
+  Gemm g;
+  g.trans_b = true;
+  g.m = IC, g.n = OC, g.k = N;
+  g.a = inp, g.lda = IC;
+  g.b = dout, g.ldb = OC;
+  g.d = dweight, g.ldd = IC;
+  g.accumulate = true;
+  return g;
+}
+
 }  // namespace
+
+std::vector<double> matmul_algorithm_times(MatmulProduct product, bf16* out, const bf16* a, const bf16* b, int N,
+                                           int IC, int OC, int count, int reps) {
+  STRATA_CHECK(out && a && b && count >= 1 && reps >= 1, "matmul_algorithm_times: bad arguments");
+  check_sizes("matmul_algorithm_times", N, IC, OC);
+  const Gemm g = product == MatmulProduct::kForward ? forward_gemm(out, a, b, N, IC, OC)
+                 : product == MatmulProduct::kDinp  ? dinp_gemm(out, a, b, N, IC, OC)
+                                                    : dweight_gemm(out, a, b, N, IC, OC);
+  Algorithms algos;
+  Plan plan;
+  cublasLtHandle_t handle = nullptr;
+  void* ws = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    DeviceContext& ctx = context();
+    handle = ctx.handle;
+    ws = workspace(ctx, nullptr);
+    plan = describe(g);
+    algos = algorithms(handle, plan, key_of(g), std::min(count, kMaxAlgos));
+  }
+  cudaEvent_t start = nullptr, stop = nullptr;
+  CUDA_CHECK(cudaEventCreate(&start));
+  CUDA_CHECK(cudaEventCreate(&stop));
+  const float alpha = 1.0f, beta = g.accumulate ? 1.0f : 0.0f;
+  std::vector<double> times;
+  for (int k = 0; k < algos.n; ++k) {
+    const cublasLtMatmulAlgo_t* algo = &algos.algo[k];
+    for (int i = 0; i < 3; ++i)
+      CUBLAS_CHECK(cublasLtMatmul(handle, plan.desc, &alpha, g.a, plan.a, g.b, plan.b, &beta, g.d, plan.d, g.d,
+                                  plan.d, algo, ws, kWorkspaceBytes, nullptr));
+    std::vector<float> ms(static_cast<size_t>(reps));
+    for (float& t : ms) {
+      CUDA_CHECK(cudaEventRecord(start, nullptr));
+      CUBLAS_CHECK(cublasLtMatmul(handle, plan.desc, &alpha, g.a, plan.a, g.b, plan.b, &beta, g.d, plan.d, g.d,
+                                  plan.d, algo, ws, kWorkspaceBytes, nullptr));
+      CUDA_CHECK(cudaEventRecord(stop, nullptr));
+      CUDA_CHECK(cudaEventSynchronize(stop));
+      CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));
+    }
+    std::nth_element(ms.begin(), ms.begin() + reps / 2, ms.end());
+    times.push_back(ms[static_cast<size_t>(reps / 2)]);
+  }
+  CUDA_CHECK(cudaEventDestroy(start));
+  CUDA_CHECK(cudaEventDestroy(stop));
+  CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(plan.a));
+  CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(plan.b));
+  CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(plan.d));
+  CUBLAS_CHECK(cublasLtMatmulDescDestroy(plan.desc));
+  return times;
+}
 
 }  // namespace strata::cuda
 
@@ -353,12 +450,7 @@ void backward(const Cuda& dev, bf16* dinp, bf16* dweight, bf16* dbias, const bf1
   using namespace cuda;
   const cudaStream_t stream = static_cast<cudaStream_t>(dev.stream);
   if (dinp) {
-    // dinp^T (IC,N) = W (stored (IC,OC)), op N, x dout^T (OC,N), op N [then times gelu'(pre^T)].
-    Gemm g;
-    g.m = IC, g.n = N, g.k = OC;
-    g.a = weight, g.lda = IC;
-    g.b = dout, g.ldb = OC;
-    g.d = dinp, g.ldd = IC;
+    Gemm g = dinp_gemm(dinp, dout, weight, N, IC, OC);  // [then times gelu'(pre^T)]
     const bool fused = pre && dev.variant != 1;
     if (fused) g.epilogue = Epilogue::kDGelu, g.aux = const_cast<bf16*>(pre);  // read only
     if (!run(g, stream, /*dbias_gemv=*/false, /*may_fail=*/fused)) {
@@ -370,17 +462,7 @@ void backward(const Cuda& dev, bf16* dinp, bf16* dweight, bf16* dbias, const bf1
     // product rounded to bf16 first, then one more pass over dinp).
     if (pre && g.epilogue != Epilogue::kDGelu) gelu_backward(dev, dinp, dinp, pre, int64_t{N} * IC);
   }
-  {
-    // dweight^T (IC,OC) += inp^T (IC,N), op N, x dout^T (stored (OC,N)), op T.
-    Gemm g;
-    g.trans_b = true;
-    g.m = IC, g.n = OC, g.k = N;
-    g.a = inp, g.lda = IC;
-    g.b = dout, g.ldb = OC;
-    g.d = dweight, g.ldd = IC;
-    g.accumulate = true;
-    run(g, stream);
-  }
+  run(dweight_gemm(dweight, dout, inp, N, IC, OC), stream);
   if (dbias) {
     // dbias (OC,1) += dout^T (OC,N), op N, x ones (N,1).
     Gemm g;
