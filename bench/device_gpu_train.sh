@@ -7,7 +7,9 @@
 # its 24 layers (a whole 1.1B model's checkpoint, 15 GB, would take most of the call to write); a llama-1.1b-
 # shaped G_stack growth from 2 to 6 layers and a G_direct widening to its layer width. Beside each (not the
 # growths) the PyTorch baseline of the same model and batch (bench/torch_gpu_train_bench.py: torch.compile, SDPA
-# flash, bf16 autocast, fused AdamW). Prints one table last. Logs go to $OUT (or /tmp/strata_device).
+# flash, bf16 autocast, fused AdamW), and gpt2-124m B=16 again with NCCL's loopback, with --recompute all and
+# with cuBLASLt autotuning, each against the plain run. Prints one table last. Logs go to $OUT (or
+# /tmp/strata_device).
 # ONLY=<substring> runs the matching runs alone; NO_TORCH=1 skips the PyTorch baselines.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -71,6 +73,10 @@ train gpt2-124m_b16_nccl-loopback - \
 # And with every activation recomputation (--recompute all): what the memory it saves costs in speed.
 train gpt2-124m_b16_recompute-all - \
   --model gpt2-124m --vocab-size 50257 --batch-size 16 --seq-len 1024 --steps 25 --lr 6e-4 --recompute all
+# cuBLASLt autotuning (kernels/cuda/matmul_tuning.h): the first step times the heuristic's first 8 candidates of
+# each GEMM shape and keeps the fastest.
+STRATA_MATMUL_AUTOTUNE="$d/matmul_autotune.txt" train gpt2-124m_b16_autotune - \
+  --model gpt2-124m --vocab-size 50257 --batch-size 16 --seq-len 1024 --steps 25 --lr 6e-4
 train gpt2-124m_b32 "--model gpt2-124m --batch 32 --seq 1024" \
   --model gpt2-124m --vocab-size 50257 --batch-size 32 --seq-len 1024 --steps 20 --lr 6e-4
 train llama-1.1b-L4_b4 "--model llama-1.1b --layers 4 --vocab 32000 --batch 4 --seq 2048" \
@@ -99,7 +105,8 @@ def tps(run):
     return statistics.median(steps) if steps else None
 a = tps("gpt2-124m_b16")
 for run, what in (("gpt2-124m_b16_nccl-loopback", "NCCL loopback (ZeRO-0 overlapped all-reduce, world 1)"),
-                  ("gpt2-124m_b16_recompute-all", "--recompute all")):
+                  ("gpt2-124m_b16_recompute-all", "--recompute all"),
+                  ("gpt2-124m_b16_autotune", "STRATA_MATMUL_AUTOTUNE (fastest of 8 cuBLASLt candidates)")):
     b = tps(run)
     if a and b:
         print(f"{what} / plain, gpt2-124m B=16: {b / a:.3f}x tokens/s")

@@ -19,7 +19,7 @@
 
 #include "engine/check.h"
 #include "kernels/cuda/common.cuh"
-#include "kernels/cuda/matmul_sweep.h"
+#include "kernels/cuda/matmul_tuning.h"
 #include "kernels/ops.h"
 
 namespace strata::cuda {

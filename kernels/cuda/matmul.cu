@@ -45,19 +45,28 @@
 // and lives for the process: destroying CUDA objects from static destructors races the runtime's own
 // teardown. The first call with a new shape or N allocates (cudaMalloc): warm the shapes up before a CUDA
 // graph capture.
+//
+// Algorithm choice: the heuristic's first, unless autotuning is on (STRATA_MATMUL_AUTOTUNE=<cache file>, or
+// set_matmul_autotune; kernels/cuda/matmul_tuning.h): then the first plan of a shape times the heuristic's
+// first 8 candidates on scratch outputs (synchronising its stream once) and keeps the fastest, or takes the
+// choice the cache file recorded for this card, library version and shape.
 #include <cublasLt.h>  // before engine/check.h (via common.cuh), which then defines CUBLAS_CHECK
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <sstream>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
 #include "kernels/cuda/common.cuh"
-#include "kernels/cuda/matmul_sweep.h"
+#include "kernels/cuda/matmul_tuning.h"
 #include "kernels/cuda/nvtx.h"
 #include "kernels/ops.h"
 
@@ -162,9 +171,18 @@ struct DeviceContext {
   bf16* ones = nullptr;
   int64_t ones_n = 0;
   std::unordered_map<GemmKey, Plan, GemmKeyHash> plans;
+  // Autotuning (kernels/cuda/matmul_tuning.h): the candidate index chosen per shape, from the cache file or
+  // timed here; loaded from the file on the first plan made while tuning is on.
+  std::unordered_map<GemmKey, int, GemmKeyHash> tuned;
+  bool tune_loaded = false;
 };
 
 std::mutex g_mutex;
+// Autotuning's cache file (empty: off); the environment is read on the first GEMM unless
+// set_matmul_autotune came first.
+std::string g_tune_path;
+bool g_tune_configured = false;
+constexpr int kTuneCandidates = 8;
 std::map<int, DeviceContext*>& contexts() {
   static auto* all = new std::map<int, DeviceContext*>();  // never destroyed (see the header)
   return *all;
@@ -279,12 +297,127 @@ Algorithms algorithms(cublasLtHandle_t handle, const Plan& plan, const GemmKey& 
   return out;
 }
 
-// The plan of g: the heuristic's first algorithm (found false when it has none; kept, so the answer is cached
-// too).
-Plan make_plan(cublasLtHandle_t handle, const Gemm& g, const GemmKey& key) {
+// The card and library a cache line applies to: "<device name>|sm_<cc>|cublasLt_<version>", spaces as '_'.
+std::string tune_prefix() {
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  cudaDeviceProp prop{};
+  CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  std::string name = prop.name;
+  for (char& c : name)
+    if (c == ' ' || c == '\t') c = '_';
+  return name + "|sm_" + std::to_string(prop.major * 10 + prop.minor) + "|cublasLt_" +
+         std::to_string(cublasLtGetVersion());
+}
+
+// Cache lines: the prefix, GemmKey's 15 fields and the chosen candidate index, separated by spaces. Lines of
+// other cards or library versions are skipped.
+void load_tuned(DeviceContext& ctx) {
+  ctx.tune_loaded = true;
+  std::ifstream in(g_tune_path);
+  if (!in) return;  // no cache yet: every shape is timed and appended
+  const std::string prefix = tune_prefix();
+  std::string line;
+  for (int number = 1; std::getline(in, line); ++number) {
+    if (line.empty()) continue;
+    std::istringstream fields(line);
+    std::string p;
+    int32_t v[16];
+    int got = 0;
+    fields >> p;
+    while (got < 16 && fields >> v[got]) ++got;
+    std::string rest;
+    if (!fields.eof() && !(fields >> rest).fail()) got = -1;  // trailing text
+    if (p.empty() || got != 16 || v[15] < 0 || v[15] >= kTuneCandidates)
+      STRATA_FAIL("matmul autotune cache '", g_tune_path, "' line ", number,
+                  ": expected '<card>|sm_<cc>|cublasLt_<version>' then 15 shape fields and a candidate index "
+                  "in [0, ",
+                  kTuneCandidates, ")");
+    if (p != prefix) continue;
+    GemmKey key;
+    std::memcpy(&key, v, sizeof(GemmKey));
+    ctx.tuned[key] = v[15];
+  }
+}
+
+void append_tuned(const GemmKey& key, int index) {
+  std::ofstream out(g_tune_path, std::ios::app);
+  int32_t v[15];
+  std::memcpy(v, &key, sizeof(GemmKey));
+  out << tune_prefix();
+  for (int32_t x : v) out << ' ' << x;
+  out << ' ' << index << '\n';
+  STRATA_REQUIRE(out.good(), "matmul autotune cache '", g_tune_path, "': cannot append to it");
+}
+
+// The index of the fastest of algos for g (median of 5 launches each after 2 warm-ups, on stream), run on
+// scratch outputs so that g's own output (and GELU_AUX's saved pre-activation) is not touched. cudaMalloc'd
+// scratch is 256-byte aligned, at least g's alignment, so every candidate runs on it. 0 (the heuristic's
+// first) when the scratch does not fit the device.
+int fastest(cublasLtHandle_t handle, const Plan& plan, const Gemm& g, const Algorithms& algos, void* ws,
+            cudaStream_t stream) {
+  const size_t bytes = static_cast<size_t>(g.ldd) * static_cast<size_t>(g.n) * sizeof(bf16);
+  const bool aux_out = g.epilogue == Epilogue::kGeluAux || g.epilogue == Epilogue::kGeluAuxBias;
+  bf16 *d = nullptr, *aux = nullptr;
+  if (cudaMalloc(&d, bytes) != cudaSuccess || (aux_out && cudaMalloc(&aux, bytes) != cudaSuccess)) {
+    (void)cudaGetLastError();  // clear the allocation error
+    if (d) CUDA_CHECK(cudaFree(d));
+    return 0;
+  }
+  Gemm t = g;
+  t.d = d;
+  if (aux_out) t.aux = aux;
+  set_epilogue_pointers(plan, t);
+  CUDA_CHECK(cudaMemsetAsync(d, 0, bytes, stream));
+  cudaEvent_t start = nullptr, stop = nullptr;
+  CUDA_CHECK(cudaEventCreate(&start));
+  CUDA_CHECK(cudaEventCreate(&stop));
+  const float alpha = 1.0f, beta = t.accumulate ? 1.0f : 0.0f;
+  int best = 0;
+  float best_ms = 0.0f;
+  for (int k = 0; k < algos.n; ++k) {
+    float ms[5];
+    for (int rep = -2; rep < 5; ++rep) {
+      CUDA_CHECK(cudaEventRecord(start, stream));
+      CUBLAS_CHECK(cublasLtMatmul(handle, plan.desc, &alpha, t.a, plan.a, t.b, plan.b, &beta, t.d, plan.d,
+                                  t.d, plan.d, &algos.algo[k], ws, kWorkspaceBytes, stream));
+      CUDA_CHECK(cudaEventRecord(stop, stream));
+      CUDA_CHECK(cudaEventSynchronize(stop));
+      if (rep >= 0) CUDA_CHECK(cudaEventElapsedTime(&ms[rep], start, stop));
+    }
+    std::sort(ms, ms + 5);
+    if (k == 0 || ms[2] < best_ms) best = k, best_ms = ms[2];
+  }
+  CUDA_CHECK(cudaEventDestroy(start));
+  CUDA_CHECK(cudaEventDestroy(stop));
+  set_epilogue_pointers(plan, g);
+  CUDA_CHECK(cudaFree(d));
+  if (aux) CUDA_CHECK(cudaFree(aux));
+  return best;
+}
+
+// The plan of g: the heuristic's first algorithm, or with autotuning on the cache's choice among its first
+// kTuneCandidates, else the fastest of them (timed on stream, then appended to the cache). found is false
+// when the heuristic has none (the plan is kept, so that answer is cached too).
+Plan make_plan(DeviceContext& ctx, const Gemm& g, const GemmKey& key, cudaStream_t stream) {
   Plan plan = describe(g);
-  const Algorithms algos = algorithms(handle, plan, key, 1);
-  if (algos.n > 0) plan.algo = algos.algo[0], plan.found = true;
+  const bool tune = !g_tune_path.empty();
+  if (tune && !ctx.tune_loaded) load_tuned(ctx);
+  const Algorithms algos = algorithms(ctx.handle, plan, key, tune ? kTuneCandidates : 1);
+  if (algos.n == 0) return plan;
+  int pick = 0;
+  if (tune) {
+    const auto it = ctx.tuned.find(key);
+    if (it != ctx.tuned.end() && it->second < algos.n) {
+      pick = it->second;
+    } else {
+      pick = fastest(ctx.handle, plan, g, algos, workspace(ctx, stream), stream);
+      ctx.tuned[key] = pick;
+      append_tuned(key, pick);
+    }
+  }
+  plan.algo = algos.algo[pick];
+  plan.found = true;
   return plan;
 }
 
@@ -293,13 +426,17 @@ Plan make_plan(cublasLtHandle_t handle, const Gemm& g, const GemmKey& key) {
 // else a checked error.
 bool run(const Gemm& gemm, cudaStream_t stream, bool dbias_gemv = false, bool may_fail = false) {
   std::lock_guard<std::mutex> lock(g_mutex);
+  if (!g_tune_configured) {
+    g_tune_configured = true;
+    if (const char* path = std::getenv("STRATA_MATMUL_AUTOTUNE")) g_tune_path = path;
+  }
   DeviceContext& ctx = context();
   Gemm g = gemm;
   if (dbias_gemv) g.b = ones(ctx, g.k), g.ldb = g.k;
   const GemmKey key = key_of(g);
   auto it = ctx.plans.find(key);
   if (it == ctx.plans.end()) {
-    it = ctx.plans.emplace(key, make_plan(ctx.handle, g, key)).first;
+    it = ctx.plans.emplace(key, make_plan(ctx, g, key, stream)).first;
   } else {
     set_epilogue_pointers(it->second, g);
   }
@@ -356,8 +493,23 @@ Gemm dweight_gemm(bf16* dweight, const bf16* dout, const bf16* inp, int N, int I
 
 }  // namespace
 
-std::vector<double> matmul_algorithm_times(MatmulProduct product, bf16* out, const bf16* a, const bf16* b, int N,
-                                           int IC, int OC, int count, int reps) {
+void set_matmul_autotune(const std::string& cache_path) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  g_tune_configured = true;
+  g_tune_path = cache_path;
+  for (auto& [device, ctx] : contexts()) {
+    ctx->plans.clear();  // their descriptors are dropped, not destroyed (see the header comment)
+    ctx->tuned.clear();
+    ctx->tune_loaded = false;
+  }
+  if (!cache_path.empty()) {
+    DeviceContext& ctx = context();
+    load_tuned(ctx);  // a cache that does not parse is an error now, not at the first GEMM
+  }
+}
+
+std::vector<double> matmul_algorithm_times(MatmulProduct product, bf16* out, const bf16* a, const bf16* b,
+                                           int N, int IC, int OC, int count, int reps) {
   STRATA_CHECK(out && a && b && count >= 1 && reps >= 1, "matmul_algorithm_times: bad arguments");
   check_sizes("matmul_algorithm_times", N, IC, OC);
   const Gemm g = product == MatmulProduct::kForward ? forward_gemm(out, a, b, N, IC, OC)
@@ -383,13 +535,13 @@ std::vector<double> matmul_algorithm_times(MatmulProduct product, bf16* out, con
   for (int k = 0; k < algos.n; ++k) {
     const cublasLtMatmulAlgo_t* algo = &algos.algo[k];
     for (int i = 0; i < 3; ++i)
-      CUBLAS_CHECK(cublasLtMatmul(handle, plan.desc, &alpha, g.a, plan.a, g.b, plan.b, &beta, g.d, plan.d, g.d,
-                                  plan.d, algo, ws, kWorkspaceBytes, nullptr));
+      CUBLAS_CHECK(cublasLtMatmul(handle, plan.desc, &alpha, g.a, plan.a, g.b, plan.b, &beta, g.d, plan.d,
+                                  g.d, plan.d, algo, ws, kWorkspaceBytes, nullptr));
     std::vector<float> ms(static_cast<size_t>(reps));
     for (float& t : ms) {
       CUDA_CHECK(cudaEventRecord(start, nullptr));
-      CUBLAS_CHECK(cublasLtMatmul(handle, plan.desc, &alpha, g.a, plan.a, g.b, plan.b, &beta, g.d, plan.d, g.d,
-                                  plan.d, algo, ws, kWorkspaceBytes, nullptr));
+      CUBLAS_CHECK(cublasLtMatmul(handle, plan.desc, &alpha, g.a, plan.a, g.b, plan.b, &beta, g.d, plan.d,
+                                  g.d, plan.d, algo, ws, kWorkspaceBytes, nullptr));
       CUDA_CHECK(cudaEventRecord(stop, nullptr));
       CUDA_CHECK(cudaEventSynchronize(stop));
       CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));

@@ -12,14 +12,20 @@
 // bf16 (the accumulating gradients: twice), against the twin's fp32 sum: kTolBf16Reduction relative to
 // max |ref|. cuBLASLt's GELU epilogue is compared with the twin's tanh GELU; an erf GELU would differ by at
 // most ~2e-4 absolute here, below that tolerance, so this test does not tell the two apart.
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
+#include "kernels/cuda/matmul_tuning.h"
 #include "kernels/ops.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
+#include "tests/test_util.h"
 #include "tests/tolerances.h"
 
 namespace strata::test {
@@ -171,6 +177,64 @@ TEST(CudaMatmul, BackwardWithGeluDerivativeMatchesTwin) {
       EXPECT_TRUE(bitwise_equal(d_db2.download(), d_db.download())) << what << ": dbias differs";
     }
   }
+}
+
+// Autotuning (kernels/cuda/matmul_tuning.h). With a fresh cache file, the first GEMM of each shape times the
+// candidates and appends its choice: one line per shape (forward with bias; dinp, dweight and the bias GEMV),
+// and the results match the twin as without tuning. Read back (set_matmul_autotune again forgets the plans),
+// the same calls give the same bits and the file does not grow. A line that does not parse is a one-line
+// error naming the file and the line. Off again, the heuristic's first algorithm.
+TEST(CudaMatmul, AutotuneChoosesPersistsAndReusesAlgorithms) {
+  STRATA_SKIP_WITHOUT_GPU();
+  namespace fs = std::filesystem;
+  const fs::path path =
+      fs::temp_directory_path() / ("strata_autotune_" + std::to_string(::getpid()) + ".txt");
+  fs::remove(path);
+  const Shape s{100, 768, 768};
+  const auto inp = random_bf16_values(size_t(s.N) * s.IC, 21),
+             w = random_bf16_values(size_t(s.OC) * s.IC, 22);
+  const auto bias = random_bf16_values(size_t(s.OC), 23), dout = random_bf16_values(size_t(s.N) * s.OC, 24);
+  const auto dw0 = random_bf16_values(size_t(s.OC) * s.IC, 25), db0 = random_bf16_values(size_t(s.OC), 26);
+  std::vector<float> ref_out(size_t(s.N) * s.OC), ref_dinp(size_t(s.N) * s.IC), ref_dw = dw0, ref_db = db0;
+  ops::matmul_forward(kCpu, ref_out.data(), inp.data(), w.data(), bias.data(), s.N, s.IC, s.OC);
+  ops::matmul_backward(kCpu, ref_dinp.data(), ref_dw.data(), ref_db.data(), dout.data(), inp.data(), w.data(),
+                       s.N, s.IC, s.OC);
+  DeviceBuffer<bf16> d_inp(to_bf16(inp)), d_w(to_bf16(w)), d_bias(to_bf16(bias)), d_dout(to_bf16(dout));
+  struct Result {
+    std::vector<bf16> out, dinp, dw, db;
+  };
+  auto run = [&] {
+    DeviceBuffer<bf16> out(size_t(s.N) * s.OC), dinp(size_t(s.N) * s.IC), dw(to_bf16(dw0)), db(to_bf16(db0));
+    ops::matmul_forward(kDev, out.get(), d_inp.get(), d_w.get(), d_bias.get(), s.N, s.IC, s.OC);
+    ops::matmul_backward(kDev, dinp.get(), dw.get(), db.get(), d_dout.get(), d_inp.get(), d_w.get(), s.N,
+                         s.IC, s.OC);
+    return Result{out.download(), dinp.download(), dw.download(), db.download()};
+  };
+  auto lines = [&] {
+    std::ifstream in(path);
+    int n = 0;
+    for (std::string line; std::getline(in, line);) n += !line.empty();
+    return n;
+  };
+  cuda::set_matmul_autotune(path.string());
+  const Result tuned = run();
+  EXPECT_EQ(lines(), 4) << "one cache line per GEMM shape";
+  STRATA_EXPECT_CLOSE(as_double(tuned.out), ref_out, kTolBf16Reduction, "tuned forward");
+  STRATA_EXPECT_CLOSE(as_double(tuned.dinp), ref_dinp, kTolBf16Reduction, "tuned dinp");
+  STRATA_EXPECT_CLOSE(as_double(tuned.dw), ref_dw, kTolBf16Reduction, "tuned dweight");
+  STRATA_EXPECT_CLOSE(as_double(tuned.db), ref_db, kTolBf16Reduction, "tuned dbias");
+  cuda::set_matmul_autotune(path.string());  // a new process, as far as the plans go
+  const Result again = run();
+  EXPECT_EQ(lines(), 4) << "shapes in the cache were timed again";
+  EXPECT_TRUE(bitwise_equal(again.out, tuned.out) && bitwise_equal(again.dinp, tuned.dinp) &&
+              bitwise_equal(again.dw, tuned.dw) && bitwise_equal(again.db, tuned.db))
+      << "the cache's choices gave other bits";
+  std::ofstream(path, std::ios::app) << "not a cache line\n";
+  test::expect_one_line_error([&] { cuda::set_matmul_autotune(path.string()); }, {path.string(), "line 5"});
+  cuda::set_matmul_autotune("");
+  const Result plain = run();
+  STRATA_EXPECT_CLOSE(as_double(plain.out), ref_out, kTolBf16Reduction, "untuned forward");
+  fs::remove(path);
 }
 
 TEST(CudaMatmul, GeluRejectsLeadingDimensionsNotMultipleOf8) {
