@@ -350,6 +350,38 @@ void append_tuned(const GemmKey& key, int index) {
   STRATA_REQUIRE(out.good(), "matmul autotune cache '", g_tune_path, "': cannot append to it");
 }
 
+// The median time in ms of each of algos running g as planned (`warmups` launches, then `reps` timed ones,
+// each waited for), on stream with workspace ws: autotuning's choice and kernel_bench's sweep.
+std::vector<double> time_algorithms(cublasLtHandle_t handle, const Plan& plan, const Gemm& g,
+                                    const Algorithms& algos, void* ws, cudaStream_t stream, int warmups,
+                                    int reps) {
+  cudaEvent_t start = nullptr, stop = nullptr;
+  CUDA_CHECK(cudaEventCreate(&start));
+  CUDA_CHECK(cudaEventCreate(&stop));
+  const float alpha = 1.0f, beta = g.accumulate ? 1.0f : 0.0f;
+  auto launch = [&](int k) {
+    CUBLAS_CHECK(cublasLtMatmul(handle, plan.desc, &alpha, g.a, plan.a, g.b, plan.b, &beta, g.d, plan.d, g.d,
+                                plan.d, &algos.algo[k], ws, kWorkspaceBytes, stream));
+  };
+  std::vector<double> times;
+  std::vector<float> ms(static_cast<size_t>(reps));
+  for (int k = 0; k < algos.n; ++k) {
+    for (int i = 0; i < warmups; ++i) launch(k);
+    for (float& t : ms) {
+      CUDA_CHECK(cudaEventRecord(start, stream));
+      launch(k);
+      CUDA_CHECK(cudaEventRecord(stop, stream));
+      CUDA_CHECK(cudaEventSynchronize(stop));
+      CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));
+    }
+    std::nth_element(ms.begin(), ms.begin() + reps / 2, ms.end());
+    times.push_back(ms[static_cast<size_t>(reps / 2)]);
+  }
+  CUDA_CHECK(cudaEventDestroy(start));
+  CUDA_CHECK(cudaEventDestroy(stop));
+  return times;
+}
+
 // The index of the fastest of algos for g (median of 5 launches each after 2 warm-ups, on stream), run on
 // scratch outputs so that g's own output (and GELU_AUX's saved pre-activation) is not touched. cudaMalloc'd
 // scratch is 256-byte aligned, at least g's alignment, so every candidate runs on it. 0 (the heuristic's
@@ -369,31 +401,11 @@ int fastest(cublasLtHandle_t handle, const Plan& plan, const Gemm& g, const Algo
   if (aux_out) t.aux = aux;
   set_epilogue_pointers(plan, t);
   CUDA_CHECK(cudaMemsetAsync(d, 0, bytes, stream));
-  cudaEvent_t start = nullptr, stop = nullptr;
-  CUDA_CHECK(cudaEventCreate(&start));
-  CUDA_CHECK(cudaEventCreate(&stop));
-  const float alpha = 1.0f, beta = t.accumulate ? 1.0f : 0.0f;
-  int best = 0;
-  float best_ms = 0.0f;
-  for (int k = 0; k < algos.n; ++k) {
-    float ms[5];
-    for (int rep = -2; rep < 5; ++rep) {
-      CUDA_CHECK(cudaEventRecord(start, stream));
-      CUBLAS_CHECK(cublasLtMatmul(handle, plan.desc, &alpha, t.a, plan.a, t.b, plan.b, &beta, t.d, plan.d,
-                                  t.d, plan.d, &algos.algo[k], ws, kWorkspaceBytes, stream));
-      CUDA_CHECK(cudaEventRecord(stop, stream));
-      CUDA_CHECK(cudaEventSynchronize(stop));
-      if (rep >= 0) CUDA_CHECK(cudaEventElapsedTime(&ms[rep], start, stop));
-    }
-    std::sort(ms, ms + 5);
-    if (k == 0 || ms[2] < best_ms) best = k, best_ms = ms[2];
-  }
-  CUDA_CHECK(cudaEventDestroy(start));
-  CUDA_CHECK(cudaEventDestroy(stop));
+  const std::vector<double> times = time_algorithms(handle, plan, t, algos, ws, stream, 2, 5);
   set_epilogue_pointers(plan, g);
   CUDA_CHECK(cudaFree(d));
   if (aux) CUDA_CHECK(cudaFree(aux));
-  return best;
+  return static_cast<int>(std::min_element(times.begin(), times.end()) - times.begin());
 }
 
 // The plan of g: the heuristic's first algorithm, or with autotuning on the cache's choice among its first
@@ -527,30 +539,7 @@ std::vector<double> matmul_algorithm_times(MatmulProduct product, bf16* out, con
     plan = describe(g);
     algos = algorithms(handle, plan, key_of(g), std::min(count, kMaxAlgos));
   }
-  cudaEvent_t start = nullptr, stop = nullptr;
-  CUDA_CHECK(cudaEventCreate(&start));
-  CUDA_CHECK(cudaEventCreate(&stop));
-  const float alpha = 1.0f, beta = g.accumulate ? 1.0f : 0.0f;
-  std::vector<double> times;
-  for (int k = 0; k < algos.n; ++k) {
-    const cublasLtMatmulAlgo_t* algo = &algos.algo[k];
-    for (int i = 0; i < 3; ++i)
-      CUBLAS_CHECK(cublasLtMatmul(handle, plan.desc, &alpha, g.a, plan.a, g.b, plan.b, &beta, g.d, plan.d,
-                                  g.d, plan.d, algo, ws, kWorkspaceBytes, nullptr));
-    std::vector<float> ms(static_cast<size_t>(reps));
-    for (float& t : ms) {
-      CUDA_CHECK(cudaEventRecord(start, nullptr));
-      CUBLAS_CHECK(cublasLtMatmul(handle, plan.desc, &alpha, g.a, plan.a, g.b, plan.b, &beta, g.d, plan.d,
-                                  g.d, plan.d, algo, ws, kWorkspaceBytes, nullptr));
-      CUDA_CHECK(cudaEventRecord(stop, nullptr));
-      CUDA_CHECK(cudaEventSynchronize(stop));
-      CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));
-    }
-    std::nth_element(ms.begin(), ms.begin() + reps / 2, ms.end());
-    times.push_back(ms[static_cast<size_t>(reps / 2)]);
-  }
-  CUDA_CHECK(cudaEventDestroy(start));
-  CUDA_CHECK(cudaEventDestroy(stop));
+  const std::vector<double> times = time_algorithms(handle, plan, g, algos, ws, nullptr, 3, reps);
   CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(plan.a));
   CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(plan.b));
   CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(plan.d));
