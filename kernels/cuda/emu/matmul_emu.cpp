@@ -64,22 +64,37 @@ void matmul_gelu_forward<Cuda, bf16>(const Cuda& dev, bf16* out, bf16* pre, cons
   });
 }
 
-template <>
-void matmul_backward<Cuda, bf16>(const Cuda& dev, bf16* dinp, bf16* dweight, bf16* dbias, const bf16* dout,
-                                 const bf16* inp, const bf16* weight, int N, int IC, int OC) {
-  check_sizes("matmul_backward", N, IC, OC);
-  STRATA_CHECK(dweight != nullptr, "matmul_backward: dweight is required");
+namespace {
+
+// matmul_backward, and matmul_backward_dgelu when pre is non-null (dinp is then dpre, never null): the CPU
+// twin on widened copies, each output rounded once.
+void backward(const Cuda& dev, bf16* dinp, bf16* dweight, bf16* dbias, const bf16* dout, const bf16* inp,
+              const bf16* weight, const bf16* pre, int N, int IC, int OC) {
   emu::on_stream(static_cast<cudaStream_t>(dev.stream), [=] {
     const size_t n = size_t(N), ic = size_t(IC), oc = size_t(OC);
     const std::vector<float> dy = widen(dout, n * oc), x = widen(inp, n * ic), w = widen(weight, oc * ic);
     std::vector<float> dx(dinp ? n * ic : 0), dw = widen(dweight, oc * ic);
     std::vector<float> db = dbias ? widen(dbias, oc) : std::vector<float>();
-    ops::matmul_backward(kCpu, dinp ? dx.data() : nullptr, dw.data(), dbias ? db.data() : nullptr, dy.data(),
-                         x.data(), w.data(), N, IC, OC);
+    if (pre)
+      ops::matmul_backward_dgelu(kCpu, dx.data(), dw.data(), dbias ? db.data() : nullptr, dy.data(), x.data(),
+                                 w.data(), widen(pre, n * ic).data(), N, IC, OC);
+    else
+      ops::matmul_backward(kCpu, dinp ? dx.data() : nullptr, dw.data(), dbias ? db.data() : nullptr,
+                           dy.data(), x.data(), w.data(), N, IC, OC);
     if (dinp) narrow(dinp, dx);
     narrow(dweight, dw);
     if (dbias) narrow(dbias, db);
   });
+}
+
+}  // namespace
+
+template <>
+void matmul_backward<Cuda, bf16>(const Cuda& dev, bf16* dinp, bf16* dweight, bf16* dbias, const bf16* dout,
+                                 const bf16* inp, const bf16* weight, int N, int IC, int OC) {
+  check_sizes("matmul_backward", N, IC, OC);
+  STRATA_CHECK(dweight != nullptr, "matmul_backward: dweight is required");
+  backward(dev, dinp, dweight, dbias, dout, inp, weight, nullptr, N, IC, OC);
 }
 
 template <>
@@ -88,18 +103,7 @@ void matmul_backward_dgelu<Cuda, bf16>(const Cuda& dev, bf16* dpre, bf16* dweigh
                                        int N, int IC, int OC) {
   check_sizes("matmul_backward_dgelu", N, IC, OC);
   STRATA_CHECK(dpre && dweight && pre, "matmul_backward_dgelu: null pointer");
-  emu::on_stream(static_cast<cudaStream_t>(dev.stream), [=] {
-    const size_t n = size_t(N), ic = size_t(IC), oc = size_t(OC);
-    const std::vector<float> dy = widen(dout, n * oc), x = widen(inp, n * ic), w = widen(weight, oc * ic);
-    const std::vector<float> p = widen(pre, n * ic);
-    std::vector<float> dp(n * ic), dw = widen(dweight, oc * ic);
-    std::vector<float> db = dbias ? widen(dbias, oc) : std::vector<float>();
-    ops::matmul_backward_dgelu(kCpu, dp.data(), dw.data(), dbias ? db.data() : nullptr, dy.data(), x.data(),
-                               w.data(), p.data(), N, IC, OC);
-    narrow(dpre, dp);
-    narrow(dweight, dw);
-    if (dbias) narrow(dbias, db);
-  });
+  backward(dev, dpre, dweight, dbias, dout, inp, weight, pre, N, IC, OC);
 }
 
 }  // namespace strata::ops
