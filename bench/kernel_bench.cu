@@ -243,8 +243,9 @@ void bench_adamw(ops::Cuda dev, void* workspace, size_t workspace_bytes) {
 void bench_matmul(const ops::Cuda& dev) {
   // gpt2-124m at B*T = 16384: the four linear maps of a block, forward and backward.
   const int N = 16384, C = 768;
-  for (const auto& [name, IC, OC] : {std::tuple{"qkv", C, 3 * C}, {"attn out", C, C}, {"mlp up", C, 4 * C},
-                                     {"mlp down", 4 * C, C}}) {
+  const std::tuple<const char*, int, int> block[] = {
+      {"qkv", C, 3 * C}, {"attn out", C, C}, {"mlp up", C, 4 * C}, {"mlp down", 4 * C, C}};  // name, IC, OC
+  for (const auto& [name, IC, OC] : block) {
     bf16 *inp = random_bf16(int64_t{N} * IC), *w = random_bf16(int64_t{OC} * IC, 0.05f), *bias = random_bf16(OC);
     bf16 *out = dalloc<bf16>(int64_t{N} * OC), *dout = random_bf16(int64_t{N} * OC);
     bf16 *dinp = dalloc<bf16>(int64_t{N} * IC), *dw = random_bf16(int64_t{OC} * IC), *db = random_bf16(OC);
@@ -264,8 +265,7 @@ void bench_matmul(const ops::Cuda& dev) {
   // The heuristic's first algorithm (what matmul.cu runs) against the best of its first 8, per product of each
   // block GEMM: what choosing among cuBLASLt's candidates on the card (autotuning, with its choice persisted so
   // that runs stay bitwise reproducible) would gain.
-  for (const auto& [name, IC, OC] : {std::tuple{"qkv", C, 3 * C}, {"attn out", C, C}, {"mlp up", C, 4 * C},
-                                     {"mlp down", 4 * C, C}}) {
+  for (const auto& [name, IC, OC] : block) {
     bf16 *x = random_bf16(int64_t{N} * IC), *w = random_bf16(int64_t{OC} * IC, 0.05f), *dy = random_bf16(int64_t{N} * OC);
     bf16 *y = dalloc<bf16>(int64_t{N} * OC), *dx = dalloc<bf16>(int64_t{N} * IC), *dw = random_bf16(int64_t{OC} * IC);
     const std::string s = dims({{"N", N}, {"IC", IC}, {"OC", OC}});
