@@ -48,8 +48,13 @@ for t in "$w"/tests/kernels_cuda_*_test "$w"/tests/engine_cuda_*_test "$w"/tests
      $name == engine_nccl_comm ]] && tools=memcheck
   filter='--gtest_filter=-*DeathTest*'
   [[ $name == kernels_cuda_flash_attention ]] && filter+=':*T1029*:*T777*:*BitwiseReproducible*'
+  # NCCL's communicator setup probes its own kernels with cudaFuncGetAttributes, and the image's NCCL build has
+  # no image for some of them on this card: memcheck counted 48 such API errors, all inside ncclCommInitRank, on
+  # the H200 of run 6 (the test itself passed). API return codes are NCCL's to handle; memory errors still count.
+  api=()
+  [[ $name == engine_nccl_comm ]] && api=(--report-api-errors no)
   for tool in $tools; do
-    ( run timeout 170 compute-sanitizer --tool "$tool" --error-exitcode 9 "$t" --gtest_brief=1 $filter \
+    ( run timeout 170 compute-sanitizer --tool "$tool" "${api[@]}" --error-exitcode 9 "$t" --gtest_brief=1 $filter \
         >"$logs/$name.$tool.log" 2>&1; echo $? >"$logs/$name.$tool.rc" ) &
     jobs_run+=("$name.$tool")
   done
