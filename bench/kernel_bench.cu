@@ -253,10 +253,20 @@ void bench_matmul(const ops::Cuda& dev) {
     const double flops = 2.0 * N * double(IC) * OC;
     compute_row(std::string("matmul fwd+bias ") + name, s, flops,
                 time_ms([&] { ops::matmul_forward(dev, out, inp, w, static_cast<const bf16*>(bias), N, IC, OC); }));
-    compute_row(std::string("matmul bwd ") + name, s, 2 * flops,
-                time_ms([&] { ops::matmul_backward(dev, dinp, dw, db, dout, inp, w, N, IC, OC); }));
-    // The same without the bias gradient (a GEMV of dout with a ones vector, N * OC * 2 bytes read): the
-    // difference is what the GEMV costs, to weigh fusing it into an epilogue or a kernel that reads dout anyway.
+    // The default: the bias gradient in the dweight product's BGRADB epilogue, or the GEMV where cuBLASLt has
+    // no such algorithm (the row then says so).
+    const int64_t fallbacks = matmul_bias_grad_fallbacks();
+    const double bwd_ms = time_ms([&] { ops::matmul_backward(dev, dinp, dw, db, dout, inp, w, N, IC, OC); });
+    const bool gemv_fallback = matmul_bias_grad_fallbacks() != fallbacks;
+    compute_row(std::string("matmul bwd ") + name + (gemv_fallback ? " (no BGRADB algorithm: GEMV)" : ""), s,
+                2 * flops, bwd_ms);
+    // The bias gradient the former way (variant 2: a GEMV of dout with a ones vector after the dweight
+    // product, N * OC * 2 bytes read again; the default sums dout in the dweight product's BGRADB epilogue),
+    // and none at all: the differences are what each way of computing it costs.
+    ops::Cuda gemv = dev;
+    gemv.variant = 2;
+    compute_row(std::string("matmul bwd ") + name + ", dbias by GEMV", s, 2 * flops,
+                time_ms([&] { ops::matmul_backward(gemv, dinp, dw, db, dout, inp, w, N, IC, OC); }));
     compute_row(std::string("matmul bwd ") + name + ", no dbias", s, 2 * flops,
                 time_ms([&] { ops::matmul_backward(dev, dinp, dw, static_cast<bf16*>(nullptr), dout, inp, w, N, IC, OC); }));
     for (void* p : {(void*)inp, (void*)w, (void*)bias, (void*)out, (void*)dout, (void*)dinp, (void*)dw, (void*)db})

@@ -17,18 +17,24 @@
 //   forward  out^T (OC,N)      = W stored (IC,OC) op T  x  inp^T (IC,N) op N    m=OC n=N  k=IC  (TN)
 //   dinp     dinp^T (IC,N)     = W stored (IC,OC) op N  x  dout^T (OC,N) op N   m=IC n=N  k=OC  (NN)
 //   dweight  dweight^T (IC,OC) = inp^T (IC,N) op N      x  dout^T (OC,N) op T   m=IC n=OC k=N   (NT, beta 1)
-//   dbias    dbias (OC,1)      = dout^T (OC,N) op N     x  ones (N,1) op N      m=OC n=1  k=N   (beta 1)
 // The bias broadcast over D's columns (BIAS epilogue: a vector of D's m = OC rows) is exactly a
 // per-output-feature bias. GELU_AUX_BIAS writes gelu(acc + bias) to D and acc + bias to the aux matrix (pre),
 // whose leading dimension (OC) cuBLASLt requires to be a multiple of 8.
 //
 // Epilogues: BIAS (forward with bias), GELU_AUX_BIAS / GELU_AUX (matmul_gelu_forward), DGELU (dpre of
 // matmul_backward_dgelu: cuBLASLt reads pre as its aux input, leading dimension IC, and multiplies the fp32
-// sums by GELU's derivative there before the one rounding to bf16), DEFAULT otherwise. The
-// bias gradient does not use BGRADB: that epilogue writes (`=`) the column sums in D's type, so `+=` would
-// need a bf16 scratch and a second rounding. Instead dbias += dout^T @ ones is one more GEMM (a GEMV, reading
-// dout once: N*OC*2 bytes, ~17 us for N = 8192, OC = 3072 at 3 TB/s) with beta = 1: fp32 sums over N, rounded
-// to bf16 once, with the previous dbias added in fp32.
+// sums by GELU's derivative there before the one rounding to bf16), BGRADB (the bias gradient, below),
+// DEFAULT otherwise.
+// Bias gradient: BGRADB on the dweight product sums op(B) = dout (N,OC) over k = N as dout's tiles pass
+// through the GEMM, so dout is not read again. That epilogue writes (`=`) the sums, so they go to an fp32
+// scratch (CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE = R_32F) and one small kernel adds them into the bf16 dbias:
+// one rounding, with the previous dbias added in fp32. Run 6 (H200) measured the separate GEMV of dout with a
+// ones vector (beta = 1, the same arithmetic) at 0.09 ms per gpt2-124m block, ~1.1 ms per step at N = 16384
+// (bench/KERNELS.md). Where cuBLASLt has no BGRADB algorithm with an fp32 bias gradient for a shape, and in
+// variant 2, the GEMV does it:
+//   dbias    dbias (OC,1)      = dout^T (OC,N) op N     x  ones (N,1) op N      m=OC n=1  k=N   (beta 1)
+// With BGRADB the dweight product runs another algorithm than without a bias, so dweight's bits may differ
+// between the two (each matches the twin; each is reproducible).
 //
 // Accuracy and determinism: the heuristic may only pick split-K schemes that reduce in fp32 in the workspace
 // (NONE or COMPUTE_TYPE), never INPLACE or OUTPUT_TYPE, which would round partial sums to bf16. The algorithm
@@ -36,7 +42,8 @@
 // these schemes, so results are bitwise reproducible on a given GPU model and library version.
 //
 // Cache: one cuBLASLt handle per device, a 32 MB workspace per (device, stream) (GEMMs on different streams
-// may run concurrently and must not share one), a bf16 vector of ones grown to the largest N, and the plans:
+// may run concurrently and must not share one) and an fp32 bias-gradient scratch likewise, a bf16 vector of
+// ones grown to the largest N, and the plans:
 // per (m, n, k, leading dimensions, transposes, beta, epilogue, pointer alignments) the matmul descriptor,
 // the three matrix layouts and the heuristic's algorithm. Pointer alignments are part of the key because the
 // heuristic chooses kernels by them (the preferences state each operand's alignment, so a misaligned operand,
@@ -53,6 +60,7 @@
 #include <cublasLt.h>  // before engine/check.h (via common.cuh), which then defines CUBLAS_CHECK
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -77,7 +85,7 @@ namespace {
 constexpr size_t kWorkspaceBytes = size_t{32} << 20;
 constexpr int64_t kMinOnes = 4096;
 
-enum class Epilogue : int32_t { kDefault, kBias, kGeluAux, kGeluAuxBias, kDGelu };
+enum class Epilogue : int32_t { kDefault, kBias, kGeluAux, kGeluAuxBias, kDGelu, kBGradB };
 
 cublasLtEpilogue_t lt_epilogue(Epilogue e) {
   switch (e) {
@@ -89,6 +97,8 @@ cublasLtEpilogue_t lt_epilogue(Epilogue e) {
       return CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
     case Epilogue::kDGelu:
       return CUBLASLT_EPILOGUE_DGELU;
+    case Epilogue::kBGradB:
+      return CUBLASLT_EPILOGUE_BGRADB;
     case Epilogue::kDefault:
       break;
   }
@@ -115,6 +125,7 @@ struct Gemm {
   Epilogue epilogue = Epilogue::kDefault;
   const bf16* bias = nullptr;  // (m) for the bias epilogues
   bf16* aux = nullptr;         // (m,n), leading dimension ldd: written by GELU_AUX*, read by DGELU
+  float* bias_grad = nullptr;  // (n) fp32, written (`=`) by BGRADB: the sums of op(B) over k
 };
 
 // The alignment (bytes, a power of two up to 16) of every column start of a bf16 matrix at p with leading
@@ -152,7 +163,7 @@ GemmKey key_of(const Gemm& g) {
   key.align_a = alignment(g.a, g.lda);
   key.align_b = alignment(g.b, g.ldb);
   key.align_d = alignment(g.d, g.ldd);
-  key.align_bias = g.bias ? alignment(g.bias, 0) : 0;
+  key.align_bias = g.bias ? alignment(g.bias, 0) : g.bias_grad ? alignment(g.bias_grad, 0) : 0;
   key.align_aux = g.aux ? alignment(g.aux, g.ldd) : 0;
   return key;
 }
@@ -170,6 +181,7 @@ struct DeviceContext {
   std::map<cudaStream_t, void*> workspaces;
   bf16* ones = nullptr;
   int64_t ones_n = 0;
+  std::map<cudaStream_t, std::pair<float*, int64_t>> bias_grads;  // BGRADB's fp32 output, per stream
   std::unordered_map<GemmKey, Plan, GemmKeyHash> plans;
   // Autotuning (kernels/cuda/matmul_tuning.h): the candidate index chosen per shape, from the cache file or
   // timed here; loaded from the file on the first plan made while tuning is on.
@@ -178,6 +190,7 @@ struct DeviceContext {
 };
 
 std::mutex g_mutex;
+std::atomic<int64_t> g_bias_grad_fallbacks{0};  // matmul_bias_grad_fallbacks()
 // Autotuning's cache file (empty: off); the environment is read on the first GEMM unless
 // set_matmul_autotune came first.
 std::string g_tune_path;
@@ -220,6 +233,18 @@ const bf16* ones(DeviceContext& ctx, int64_t n) {
   return ctx.ones;
 }
 
+// An fp32 vector of at least n elements on stream, for the BGRADB epilogue's output (one per stream, as the
+// workspaces: products on different streams may run concurrently).
+float* bias_grad_scratch(DeviceContext& ctx, cudaStream_t stream, int64_t n) {
+  auto& [p, cap] = ctx.bias_grads[stream];
+  if (cap < n) {
+    if (p) CUDA_CHECK(cudaFree(p));  // synchronises the device: no GEMM still writes it, no add still reads it
+    CUDA_CHECK(cudaMalloc(&p, static_cast<size_t>(n) * sizeof(float)));
+    cap = n;
+  }
+  return p;
+}
+
 template <class T>
 void set_desc(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attr, const T& value) {
   CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, attr, &value, sizeof(T)));
@@ -235,6 +260,8 @@ void set_epilogue_pointers(const Plan& plan, const Gemm& g) {
     set_desc(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, static_cast<const void*>(g.bias));
   if (has_aux(g.epilogue))
     set_desc(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, static_cast<void*>(g.aux));
+  if (g.epilogue == Epilogue::kBGradB)
+    set_desc(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, static_cast<void*>(g.bias_grad));
 }
 
 // The matmul descriptor and the three layouts of g (the plan without its algorithm).
@@ -248,6 +275,11 @@ Plan describe(const Gemm& g) {
   set_desc(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, static_cast<uint32_t>(lt_epilogue(g.epilogue)));
   if (has_aux(g.epilogue))
     set_desc(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, static_cast<int64_t>(g.ldd));
+  // The bias gradient in fp32 (the default would be D's type, bf16): the caller adds it into the bf16 dbias
+  // with one rounding. Where the library refuses that type the heuristic finds no algorithm (the caller's
+  // fallback).
+  if (g.epilogue == Epilogue::kBGradB)
+    set_desc(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, static_cast<int32_t>(CUDA_R_32F));
   set_epilogue_pointers(plan, g);
   // Layouts of the matrices as stored (before op): A is (k,m) when transposed, B is (n,k).
   CUBLAS_CHECK(
@@ -434,9 +466,11 @@ Plan make_plan(DeviceContext& ctx, const Gemm& g, const GemmKey& key, cudaStream
 }
 
 // Enqueues g on stream and returns true. dbias_gemv: B is the ones vector, supplied here (g.b is ignored).
-// When cuBLASLt has no algorithm for g: false if may_fail (nothing enqueued; the caller has another way),
-// else a checked error.
-bool run(const Gemm& gemm, cudaStream_t stream, bool dbias_gemv = false, bool may_fail = false) {
+// With the BGRADB epilogue, g.bias_grad is set here to the stream's fp32 scratch of g.n elements; *bias_grad
+// (when non-null) receives it. When cuBLASLt has no algorithm for g: false if may_fail (nothing enqueued;
+// the caller has another way), else a checked error.
+bool run(const Gemm& gemm, cudaStream_t stream, bool dbias_gemv = false, bool may_fail = false,
+         float** bias_grad = nullptr) {
   std::lock_guard<std::mutex> lock(g_mutex);
   if (!g_tune_configured) {
     g_tune_configured = true;
@@ -445,6 +479,8 @@ bool run(const Gemm& gemm, cudaStream_t stream, bool dbias_gemv = false, bool ma
   DeviceContext& ctx = context();
   Gemm g = gemm;
   if (dbias_gemv) g.b = ones(ctx, g.k), g.ldb = g.k;
+  if (g.epilogue == Epilogue::kBGradB) g.bias_grad = bias_grad_scratch(ctx, stream, g.n);
+  if (bias_grad) *bias_grad = g.bias_grad;
   const GemmKey key = key_of(g);
   auto it = ctx.plans.find(key);
   if (it == ctx.plans.end()) {
@@ -503,7 +539,16 @@ Gemm dweight_gemm(bf16* dweight, const bf16* dout, const bf16* inp, int N, int I
   return g;
 }
 
+// dbias (n) `+=` the fp32 sums BGRADB wrote: the previous value added in fp32, one rounding (as the GEMV's
+// beta = 1 does it).
+__global__ void add_bias_grad_kernel(bf16* dbias, const float* sums, int n) {
+  const int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (i < n) dbias[i] = __float2bfloat16_rn(__bfloat162float(dbias[i]) + sums[i]);
+}
+
 }  // namespace
+
+int64_t matmul_bias_grad_fallbacks() { return g_bias_grad_fallbacks.load(); }
 
 void set_matmul_autotune(const std::string& cache_path) {
   std::lock_guard<std::mutex> lock(g_mutex);
@@ -585,7 +630,8 @@ namespace {
 
 // matmul_backward, and matmul_backward_dgelu when pre is non-null: DGELU on the dinp product, or
 // (dev.variant 1, for kernel_bench and the tests; or when cuBLASLt has no such algorithm) the plain product
-// followed by gelu_backward in place.
+// followed by gelu_backward in place. dbias: BGRADB on the dweight product, or (dev.variant 2, for kernel_bench
+// and the tests; or when cuBLASLt has no such algorithm) the GEMV of dout with a ones vector.
 void backward(const Cuda& dev, bf16* dinp, bf16* dweight, bf16* dbias, const bf16* dout, const bf16* inp,
               const bf16* weight, const bf16* pre, int N, int IC, int OC) {
   using namespace cuda;
@@ -603,7 +649,23 @@ void backward(const Cuda& dev, bf16* dinp, bf16* dweight, bf16* dbias, const bf1
     // product rounded to bf16 first, then one more pass over dinp).
     if (pre && g.epilogue != Epilogue::kDGelu) gelu_backward(dev, dinp, dinp, pre, int64_t{N} * IC);
   }
-  run(dweight_gemm(dweight, dout, inp, N, IC, OC), stream);
+  Gemm gw = dweight_gemm(dweight, dout, inp, N, IC, OC);
+  if (dbias && dev.variant != 2) {
+    // The bias gradient in the dweight product's epilogue: BGRADB sums op(B) = dout (N,OC) over k = N into
+    // an fp32 scratch, then one small kernel adds it into dbias. Without such an algorithm (the library
+    // refuses an fp32 bias gradient for bf16 products, say), the GEMV below.
+    gw.epilogue = Epilogue::kBGradB;
+    float* sums = nullptr;
+    if (run(gw, stream, /*dbias_gemv=*/false, /*may_fail=*/true, &sums)) {
+      constexpr int kThreads = 256;
+      launch(add_bias_grad_kernel, dim3(static_cast<unsigned>(ceil_div(OC, kThreads))), dim3(kThreads), 0, stream,
+             dbias, static_cast<const float*>(sums), OC);
+      return;
+    }
+    ++g_bias_grad_fallbacks;
+    gw.epilogue = Epilogue::kDefault;
+  }
+  run(gw, stream);
   if (dbias) {
     // dbias (OC,1) += dout^T (OC,N), op N, x ones (N,1).
     Gemm g;

@@ -15,6 +15,7 @@
 
 #include <cuda_bf16.h>
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -36,5 +37,10 @@ std::vector<double> matmul_algorithm_times(MatmulProduct product, __nv_bfloat16*
 // with an empty path, replacing what the environment said. Forgets every cached plan, so later GEMMs are
 // planned again. A cache line that does not parse is a strata::Error naming the file and the line.
 void set_matmul_autotune(const std::string& cache_path);
+
+// How many matmul_backward / matmul_backward_dgelu calls of this process computed their bias gradient by the
+// GEMV because cuBLASLt offered no BGRADB algorithm with an fp32 bias gradient for the shape (variant 2's
+// GEMVs, asked for, are not counted): kernel_bench prints it beside the rows that compare the two.
+int64_t matmul_bias_grad_fallbacks();
 
 }  // namespace strata::cuda
