@@ -10,7 +10,8 @@
 # flash, bf16 autocast, fused AdamW), and gpt2-124m B=16 again with NCCL's loopback, with --recompute all and
 # with cuBLASLt autotuning, each against the plain run. Prints one table last. Logs go to $OUT (or
 # /tmp/strata_device).
-# ONLY=<substring> runs the matching runs alone; NO_TORCH=1 skips the PyTorch baselines.
+# ONLY=<regex> runs the matching runs alone (a plain substring works: ONLY=gpt2; ONLY='^gpt2-124m_b16$' the one);
+# NO_TORCH=1 skips the PyTorch baselines.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/strata_device}
@@ -33,7 +34,7 @@ rows=()
 train() {
   local name=$1 torch_args=$2
   shift 2
-  [[ -z ${ONLY:-} || $name == *"$ONLY"* ]] || return 0
+  [[ -z ${ONLY:-} || $name =~ $ONLY ]] || return 0
   [[ -z ${NO_TORCH:-} ]] || torch_args=-
   run timeout 120 "$w/strata" train --device cuda --data "$d/data" --eval-every 0 --eval-batches 1 \
     --sample-tokens 0 --log-every 5 --warmup 2 --out "$d/$name" --overwrite "$@" >"$out/train_$name.log" 2>&1

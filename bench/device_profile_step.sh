@@ -11,7 +11,12 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/strata_device}
 mkdir -p "$out"
-command -v nsys >/dev/null || { echo "device_profile_step: nsys is not on the PATH"; exit 1; }
+# nsys: on the PATH, or in one of the places CUDA and Nsight Systems install it.
+if ! command -v nsys >/dev/null; then
+  nsys_bin=$(timeout 60 find /usr/local /opt /usr/lib -name nsys -type f -perm -u+x 2>/dev/null | head -1)
+  [[ -n $nsys_bin ]] || { echo "device_profile_step: no nsys on the PATH or under /usr/local, /opt, /usr/lib"; exit 1; }
+  export PATH="$(dirname "$nsys_bin"):$PATH"
+fi
 w=$(mktemp -d)
 tar -C "$w" -xJf .devcarry/kernels.tar.xz || { echo "device_profile_step: .devcarry/kernels.tar.xz missing"; exit 1; }
 cublas=$(dirname "$(timeout 60 find /usr /opt -name 'libcublasLt.so.13' 2>/dev/null | head -1)")

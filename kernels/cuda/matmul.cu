@@ -26,9 +26,12 @@
 // sums by GELU's derivative there before the one rounding to bf16), BGRADB (the bias gradient, below),
 // DEFAULT otherwise.
 // Bias gradient: BGRADB on the dweight product sums op(B) = dout (N,OC) over k = N as dout's tiles pass
-// through the GEMM, so dout is not read again. That epilogue writes (`=`) the sums, so they go to an fp32
-// scratch (CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE = R_32F) and one small kernel adds them into the bf16 dbias:
-// one rounding, with the previous dbias added in fp32. Run 6 (H200) measured the separate GEMV of dout with a
+// through the GEMM, so dout is not read again. That epilogue writes (`=`) the sums, so they go to a scratch
+// vector and one small kernel adds them into the bf16 dbias in fp32. The scratch is fp32 where the library
+// takes that bias-gradient type (CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE = R_32F: one rounding in all), else bf16
+// (D's type; cuBLASLt 13.0 on an H200 refuses fp32 with INVALID_VALUE): the sums are rounded to bf16 once
+// before the add, a second rounding, which the first micro-batch after zero_grad does not see (0 + x is
+// exact). Run 6 (H200) measured the separate GEMV of dout with a
 // ones vector (beta = 1, the same arithmetic) at 0.09 ms per gpt2-124m block, ~1.1 ms per step at N = 16384
 // (bench/KERNELS.md). Where cuBLASLt has no BGRADB algorithm with an fp32 bias gradient for a shape, and in
 // variant 2, the GEMV does it:
@@ -85,7 +88,11 @@ namespace {
 constexpr size_t kWorkspaceBytes = size_t{32} << 20;
 constexpr int64_t kMinOnes = 4096;
 
-enum class Epilogue : int32_t { kDefault, kBias, kGeluAux, kGeluAuxBias, kDGelu, kBGradB };
+// kBGradB32 / kBGradB16: BGRADB with an fp32 / a bf16 bias gradient.
+enum class Epilogue : int32_t { kDefault, kBias, kGeluAux, kGeluAuxBias, kDGelu, kBGradB32, kBGradB16 };
+bool is_bgradb(Epilogue e) {
+  return e == Epilogue::kBGradB32 || e == Epilogue::kBGradB16;
+}
 
 cublasLtEpilogue_t lt_epilogue(Epilogue e) {
   switch (e) {
@@ -97,7 +104,8 @@ cublasLtEpilogue_t lt_epilogue(Epilogue e) {
       return CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
     case Epilogue::kDGelu:
       return CUBLASLT_EPILOGUE_DGELU;
-    case Epilogue::kBGradB:
+    case Epilogue::kBGradB32:
+    case Epilogue::kBGradB16:
       return CUBLASLT_EPILOGUE_BGRADB;
     case Epilogue::kDefault:
       break;
@@ -125,7 +133,7 @@ struct Gemm {
   Epilogue epilogue = Epilogue::kDefault;
   const bf16* bias = nullptr;  // (m) for the bias epilogues
   bf16* aux = nullptr;         // (m,n), leading dimension ldd: written by GELU_AUX*, read by DGELU
-  float* bias_grad = nullptr;  // (n) fp32, written (`=`) by BGRADB: the sums of op(B) over k
+  void* bias_grad = nullptr;  // (n) fp32 or bf16, written (`=`) by BGRADB: the sums of op(B) over k
 };
 
 // The alignment (bytes, a power of two up to 16) of every column start of a bf16 matrix at p with leading
@@ -181,7 +189,7 @@ struct DeviceContext {
   std::map<cudaStream_t, void*> workspaces;
   bf16* ones = nullptr;
   int64_t ones_n = 0;
-  std::map<cudaStream_t, std::pair<float*, int64_t>> bias_grads;  // BGRADB's fp32 output, per stream
+  std::map<cudaStream_t, std::pair<float*, int64_t>> bias_grads;  // BGRADB's output (fp32 or bf16), per stream
   std::unordered_map<GemmKey, Plan, GemmKeyHash> plans;
   // Autotuning (kernels/cuda/matmul_tuning.h): the candidate index chosen per shape, from the cache file or
   // timed here; loaded from the file on the first plan made while tuning is on.
@@ -260,8 +268,7 @@ void set_epilogue_pointers(const Plan& plan, const Gemm& g) {
     set_desc(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, static_cast<const void*>(g.bias));
   if (has_aux(g.epilogue))
     set_desc(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, static_cast<void*>(g.aux));
-  if (g.epilogue == Epilogue::kBGradB)
-    set_desc(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, static_cast<void*>(g.bias_grad));
+  if (is_bgradb(g.epilogue)) set_desc(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, g.bias_grad);
 }
 
 // The matmul descriptor and the three layouts of g (the plan without its algorithm).
@@ -275,10 +282,10 @@ Plan describe(const Gemm& g) {
   set_desc(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, static_cast<uint32_t>(lt_epilogue(g.epilogue)));
   if (has_aux(g.epilogue))
     set_desc(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, static_cast<int64_t>(g.ldd));
-  // The bias gradient in fp32 (the default would be D's type, bf16): the caller adds it into the bf16 dbias
-  // with one rounding. Where the library refuses that type the heuristic finds no algorithm (the caller's
-  // fallback).
-  if (g.epilogue == Epilogue::kBGradB)
+  // The bias gradient in fp32 (the default is D's type, bf16), so that the caller adds it into the bf16 dbias
+  // with one rounding. Where the library refuses that type the heuristic finds no algorithm (cuBLASLt 13.0 on
+  // an H200 answers INVALID_VALUE), and the caller tries the bf16 form.
+  if (g.epilogue == Epilogue::kBGradB32)
     set_desc(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, static_cast<int32_t>(CUDA_R_32F));
   set_epilogue_pointers(plan, g);
   // Layouts of the matrices as stored (before op): A is (k,m) when transposed, B is (n,k).
@@ -319,6 +326,9 @@ Algorithms algorithms(cublasLtHandle_t handle, const Plan& plan, const GemmKey& 
   CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
   Algorithms out;
   if (status == CUBLAS_STATUS_NOT_SUPPORTED) return out;
+  // A bias-gradient type or layout the library does not take for these operands (BGRADB: cuBLASLt 13.0
+  // answers INVALID_VALUE for the fp32 form on an H200).
+  if (status == CUBLAS_STATUS_INVALID_VALUE && is_bgradb(static_cast<Epilogue>(key.epilogue))) return out;
   CUBLAS_CHECK(status);
   for (int i = 0; i < found && i < count; ++i) {
     if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
@@ -466,11 +476,11 @@ Plan make_plan(DeviceContext& ctx, const Gemm& g, const GemmKey& key, cudaStream
 }
 
 // Enqueues g on stream and returns true. dbias_gemv: B is the ones vector, supplied here (g.b is ignored).
-// With the BGRADB epilogue, g.bias_grad is set here to the stream's fp32 scratch of g.n elements; *bias_grad
-// (when non-null) receives it. When cuBLASLt has no algorithm for g: false if may_fail (nothing enqueued;
-// the caller has another way), else a checked error.
+// With a BGRADB epilogue, g.bias_grad is set here to the stream's scratch of g.n elements (fp32-sized);
+// *bias_grad (when non-null) receives it. When cuBLASLt has no algorithm for g, or refuses the launch: false
+// if may_fail (nothing enqueued; the caller has another way), else a checked error.
 bool run(const Gemm& gemm, cudaStream_t stream, bool dbias_gemv = false, bool may_fail = false,
-         float** bias_grad = nullptr) {
+         void** bias_grad = nullptr) {
   std::lock_guard<std::mutex> lock(g_mutex);
   if (!g_tune_configured) {
     g_tune_configured = true;
@@ -479,7 +489,7 @@ bool run(const Gemm& gemm, cudaStream_t stream, bool dbias_gemv = false, bool ma
   DeviceContext& ctx = context();
   Gemm g = gemm;
   if (dbias_gemv) g.b = ones(ctx, g.k), g.ldb = g.k;
-  if (g.epilogue == Epilogue::kBGradB) g.bias_grad = bias_grad_scratch(ctx, stream, g.n);
+  if (is_bgradb(g.epilogue)) g.bias_grad = bias_grad_scratch(ctx, stream, g.n);
   if (bias_grad) *bias_grad = g.bias_grad;
   const GemmKey key = key_of(g);
   auto it = ctx.plans.find(key);
@@ -497,8 +507,15 @@ bool run(const Gemm& gemm, cudaStream_t stream, bool dbias_gemv = false, bool ma
                  " alignments A/B/D=", key.align_a, "/", key.align_b, "/", key.align_d);
   }
   const float alpha = 1.0f, beta = g.accumulate ? 1.0f : 0.0f;
-  CUBLAS_CHECK(cublasLtMatmul(ctx.handle, plan.desc, &alpha, g.a, plan.a, g.b, plan.b, &beta, g.d, plan.d,
-                              g.d, plan.d, &plan.algo, workspace(ctx, stream), kWorkspaceBytes, stream));
+  const cublasStatus_t status =
+      cublasLtMatmul(ctx.handle, plan.desc, &alpha, g.a, plan.a, g.b, plan.b, &beta, g.d, plan.d, g.d, plan.d,
+                     &plan.algo, workspace(ctx, stream), kWorkspaceBytes, stream);
+  if (status != CUBLAS_STATUS_SUCCESS && may_fail) {
+    // Refused at launch (nothing enqueued): cached as "no algorithm", so the caller's other way from now on.
+    it->second.found = false;
+    return false;
+  }
+  CUBLAS_CHECK(status);
   return true;
 }
 
@@ -541,9 +558,10 @@ Gemm dweight_gemm(bf16* dweight, const bf16* dout, const bf16* inp, int N, int I
 
 // dbias (n) `+=` the fp32 sums BGRADB wrote: the previous value added in fp32, one rounding (as the GEMV's
 // beta = 1 does it).
-__global__ void add_bias_grad_kernel(bf16* dbias, const float* sums, int n) {
+template <class S>
+__global__ void add_bias_grad_kernel(bf16* dbias, const S* sums, int n) {
   const int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
-  if (i < n) dbias[i] = __float2bfloat16_rn(__bfloat162float(dbias[i]) + sums[i]);
+  if (i < n) dbias[i] = __float2bfloat16_rn(__bfloat162float(dbias[i]) + static_cast<float>(sums[i]));
 }
 
 }  // namespace
@@ -652,14 +670,21 @@ void backward(const Cuda& dev, bf16* dinp, bf16* dweight, bf16* dbias, const bf1
   Gemm gw = dweight_gemm(dweight, dout, inp, N, IC, OC);
   if (dbias && dev.variant != 2) {
     // The bias gradient in the dweight product's epilogue: BGRADB sums op(B) = dout (N,OC) over k = N into
-    // an fp32 scratch, then one small kernel adds it into dbias. Without such an algorithm (the library
-    // refuses an fp32 bias gradient for bf16 products, say), the GEMV below.
-    gw.epilogue = Epilogue::kBGradB;
-    float* sums = nullptr;
+    // an fp32 scratch, or a bf16 one where the library refuses fp32, then one small kernel adds it into
+    // dbias. Without either algorithm, the GEMV below.
+    constexpr int kThreads = 256;
+    const dim3 grid(static_cast<unsigned>(ceil_div(OC, kThreads)));
+    void* sums = nullptr;
+    gw.epilogue = Epilogue::kBGradB32;
     if (run(gw, stream, /*dbias_gemv=*/false, /*may_fail=*/true, &sums)) {
-      constexpr int kThreads = 256;
-      launch(add_bias_grad_kernel, dim3(static_cast<unsigned>(ceil_div(OC, kThreads))), dim3(kThreads), 0, stream,
-             dbias, static_cast<const float*>(sums), OC);
+      launch(add_bias_grad_kernel<float>, grid, dim3(kThreads), 0, stream, dbias,
+             static_cast<const float*>(sums), OC);
+      return;
+    }
+    gw.epilogue = Epilogue::kBGradB16;
+    if (run(gw, stream, /*dbias_gemv=*/false, /*may_fail=*/true, &sums)) {
+      launch(add_bias_grad_kernel<bf16>, grid, dim3(kThreads), 0, stream, dbias, static_cast<const bf16*>(sums),
+             OC);
       return;
     }
     ++g_bias_grad_fallbacks;
