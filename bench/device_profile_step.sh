@@ -34,8 +34,17 @@ timeout 200 nsys profile -t cuda,nvtx --capture-range=cudaProfilerApi --capture-
   --batch-size "$batch" --seq-len "$seq" --steps 8 --lr 6e-4 --warmup 2 --eval-every 0 --eval-batches 1 \
   --sample-tokens 0 --log-every 1 --out "$d/run" --overwrite --profile-steps 6:7 >"$out/profile_train.log" 2>&1 ||
   { echo "device_profile_step: the profiled run failed"; tail -n 15 "$out/profile_train.log"; exit 1; }
-nsys export --type sqlite --force-overwrite true -o "$out/step.sqlite" "$d/step.nsys-rep" >/dev/null 2>&1 ||
-  { echo "device_profile_step: nsys export failed"; exit 1; }
+# On the H200 image of 2026-11-28 nsys left only the raw stream (step.qdstrm: "Generated: .../step.qdstrm", no
+# report): its QdstrmImporter, shipped beside nsys (host-linux-x64/), converts it.
+if [[ ! -f $d/step.nsys-rep && -f $d/step.qdstrm ]]; then
+  nsys_dir=$(dirname "$(readlink -f "$(command -v nsys)")")
+  importer=$(timeout 60 find "$nsys_dir/.." "$nsys_dir/../.." /opt /usr/local -name QdstrmImporter -type f 2>/dev/null | head -1)
+  [[ -n $importer ]] || { echo "device_profile_step: only step.qdstrm, and no QdstrmImporter near $nsys_dir"; exit 1; }
+  "$importer" -i "$d/step.qdstrm" >>"$out/profile_train.log" 2>&1 ||
+    { echo "device_profile_step: $importer failed on step.qdstrm"; tail -n 5 "$out/profile_train.log"; exit 1; }
+fi
+nsys export --type sqlite --force-overwrite true -o "$out/step.sqlite" "$d/step.nsys-rep" >>"$out/profile_train.log" 2>&1 ||
+  { echo "device_profile_step: nsys export failed"; tail -n 5 "$out/profile_train.log"; exit 1; }
 python3 - "$out/step.sqlite" "$steps" "$model B=$batch T=$seq" <<'PY'
 import bisect, collections, sqlite3, sys
 db = sqlite3.connect(sys.argv[1])

@@ -253,20 +253,18 @@ void bench_matmul(const ops::Cuda& dev) {
     const double flops = 2.0 * N * double(IC) * OC;
     compute_row(std::string("matmul fwd+bias ") + name, s, flops,
                 time_ms([&] { ops::matmul_forward(dev, out, inp, w, static_cast<const bf16*>(bias), N, IC, OC); }));
-    // The default: the bias gradient in the dweight product's BGRADB epilogue, or the GEMV where cuBLASLt has
-    // no such algorithm (the row then says so).
+    compute_row(std::string("matmul bwd ") + name, s, 2 * flops,
+                time_ms([&] { ops::matmul_backward(dev, dinp, dw, db, dout, inp, w, N, IC, OC); }));
+    // The bias gradient in the dweight product's BGRADB epilogue instead of the default's GEMV of dout with a
+    // ones vector (variant 2; the GEMV still, where cuBLASLt has no such algorithm: the row says so), and no
+    // bias gradient at all: the differences are what each way of computing it costs.
+    ops::Cuda bgradb = dev;
+    bgradb.variant = 2;
     const int64_t fallbacks = matmul_bias_grad_fallbacks();
-    const double bwd_ms = time_ms([&] { ops::matmul_backward(dev, dinp, dw, db, dout, inp, w, N, IC, OC); });
+    const double bgradb_ms = time_ms([&] { ops::matmul_backward(bgradb, dinp, dw, db, dout, inp, w, N, IC, OC); });
     const bool gemv_fallback = matmul_bias_grad_fallbacks() != fallbacks;
-    compute_row(std::string("matmul bwd ") + name + (gemv_fallback ? " (no BGRADB algorithm: GEMV)" : ""), s,
-                2 * flops, bwd_ms);
-    // The bias gradient the former way (variant 2: a GEMV of dout with a ones vector after the dweight
-    // product, N * OC * 2 bytes read again; the default sums dout in the dweight product's BGRADB epilogue),
-    // and none at all: the differences are what each way of computing it costs.
-    ops::Cuda gemv = dev;
-    gemv.variant = 2;
-    compute_row(std::string("matmul bwd ") + name + ", dbias by GEMV", s, 2 * flops,
-                time_ms([&] { ops::matmul_backward(gemv, dinp, dw, db, dout, inp, w, N, IC, OC); }));
+    compute_row(std::string("matmul bwd ") + name + ", dbias by BGRADB" + (gemv_fallback ? " (no algorithm: GEMV)" : ""),
+                s, 2 * flops, bgradb_ms);
     compute_row(std::string("matmul bwd ") + name + ", no dbias", s, 2 * flops,
                 time_ms([&] { ops::matmul_backward(dev, dinp, dw, static_cast<bf16*>(nullptr), dout, inp, w, N, IC, OC); }));
     for (void* p : {(void*)inp, (void*)w, (void*)bias, (void*)out, (void*)dout, (void*)dinp, (void*)dw, (void*)db})

@@ -23,21 +23,19 @@
 //
 // Epilogues: BIAS (forward with bias), GELU_AUX_BIAS / GELU_AUX (matmul_gelu_forward), DGELU (dpre of
 // matmul_backward_dgelu: cuBLASLt reads pre as its aux input, leading dimension IC, and multiplies the fp32
-// sums by GELU's derivative there before the one rounding to bf16), BGRADB (the bias gradient, below),
+// sums by GELU's derivative there before the one rounding to bf16), BGRADB (variant 2's bias gradient, below),
 // DEFAULT otherwise.
-// Bias gradient: BGRADB on the dweight product sums op(B) = dout (N,OC) over k = N as dout's tiles pass
-// through the GEMM, so dout is not read again. That epilogue writes (`=`) the sums, so they go to a scratch
-// vector and one small kernel adds them into the bf16 dbias in fp32. The scratch is fp32 where the library
-// takes that bias-gradient type (CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE = R_32F: one rounding in all), else bf16
-// (D's type; cuBLASLt 13.0 on an H200 refuses fp32 with INVALID_VALUE): the sums are rounded to bf16 once
-// before the add, a second rounding, which the first micro-batch after zero_grad does not see (0 + x is
-// exact). Run 6 (H200) measured the separate GEMV of dout with a
-// ones vector (beta = 1, the same arithmetic) at 0.09 ms per gpt2-124m block, ~1.1 ms per step at N = 16384
-// (bench/KERNELS.md). Where cuBLASLt has no BGRADB algorithm with an fp32 bias gradient for a shape, and in
-// variant 2, the GEMV does it:
+// Bias gradient: dbias += dout^T @ ones, one more GEMM (a GEMV, reading dout once: N*OC*2 bytes) with beta = 1:
+// fp32 sums over N, rounded to bf16 once, with the previous dbias added in fp32:
 //   dbias    dbias (OC,1)      = dout^T (OC,N) op N     x  ones (N,1) op N      m=OC n=1  k=N   (beta 1)
-// With BGRADB the dweight product runs another algorithm than without a bias, so dweight's bits may differ
-// between the two (each matches the twin; each is reproducible).
+// Run 6 (H200) measured it at 0.09 ms per gpt2-124m block, ~1.1 ms per step at N = 16384 (bench/KERNELS.md).
+// Variant 2 (kernel_bench and the tests) sums dout in the dweight product's BGRADB epilogue instead, as dout's
+// tiles pass through the GEMM. That epilogue writes (`=`) the sums, so they go to a scratch vector that one
+// small kernel adds into dbias in fp32: fp32 where the library takes that bias-gradient type
+// (CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE = R_32F), else bf16 (D's type: a second rounding). cuBLASLt 13.0 on an
+// H200 refuses fp32 (INVALID_VALUE), and with bf16 the four gpt2-124m backward products measured 1-7% slower
+// than the plain product plus the GEMV (run 8), so the GEMV stays the default. Where no BGRADB algorithm exists,
+// variant 2 falls back to the GEMV.
 //
 // Accuracy and determinism: the heuristic may only pick split-K schemes that reduce in fp32 in the workspace
 // (NONE or COMPUTE_TYPE), never INPLACE or OUTPUT_TYPE, which would round partial sums to bf16. The algorithm
@@ -556,8 +554,8 @@ Gemm dweight_gemm(bf16* dweight, const bf16* dout, const bf16* inp, int N, int I
   return g;
 }
 
-// dbias (n) `+=` the fp32 sums BGRADB wrote: the previous value added in fp32, one rounding (as the GEMV's
-// beta = 1 does it).
+// dbias (n) `+=` the sums BGRADB wrote (fp32 or bf16): the previous value added in fp32, one rounding (as the
+// GEMV's beta = 1 does it).
 template <class S>
 __global__ void add_bias_grad_kernel(bf16* dbias, const S* sums, int n) {
   const int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
@@ -648,8 +646,8 @@ namespace {
 
 // matmul_backward, and matmul_backward_dgelu when pre is non-null: DGELU on the dinp product, or
 // (dev.variant 1, for kernel_bench and the tests; or when cuBLASLt has no such algorithm) the plain product
-// followed by gelu_backward in place. dbias: BGRADB on the dweight product, or (dev.variant 2, for kernel_bench
-// and the tests; or when cuBLASLt has no such algorithm) the GEMV of dout with a ones vector.
+// followed by gelu_backward in place. dbias: the GEMV of dout with a ones vector, or (dev.variant 2, for
+// kernel_bench and the tests) BGRADB on the dweight product where cuBLASLt has such an algorithm.
 void backward(const Cuda& dev, bf16* dinp, bf16* dweight, bf16* dbias, const bf16* dout, const bf16* inp,
               const bf16* weight, const bf16* pre, int N, int IC, int OC) {
   using namespace cuda;
@@ -668,7 +666,7 @@ void backward(const Cuda& dev, bf16* dinp, bf16* dweight, bf16* dbias, const bf1
     if (pre && g.epilogue != Epilogue::kDGelu) gelu_backward(dev, dinp, dinp, pre, int64_t{N} * IC);
   }
   Gemm gw = dweight_gemm(dweight, dout, inp, N, IC, OC);
-  if (dbias && dev.variant != 2) {
+  if (dbias && dev.variant == 2) {
     // The bias gradient in the dweight product's epilogue: BGRADB sums op(B) = dout (N,OC) over k = N into
     // an fp32 scratch, or a bf16 one where the library refuses fp32, then one small kernel adds it into
     // dbias. Without either algorithm, the GEMV below.

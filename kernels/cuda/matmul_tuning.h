@@ -38,9 +38,9 @@ std::vector<double> matmul_algorithm_times(MatmulProduct product, __nv_bfloat16*
 // planned again. A cache line that does not parse is a strata::Error naming the file and the line.
 void set_matmul_autotune(const std::string& cache_path);
 
-// How many matmul_backward / matmul_backward_dgelu calls of this process computed their bias gradient by the
-// GEMV because cuBLASLt offered no BGRADB algorithm with an fp32 bias gradient for the shape (variant 2's
-// GEMVs, asked for, are not counted): kernel_bench prints it beside the rows that compare the two.
+// How many variant-2 matmul_backward / matmul_backward_dgelu calls of this process (the bias gradient in the
+// dweight product's BGRADB epilogue) computed it by the default's GEMV instead, because cuBLASLt offered no
+// BGRADB algorithm for the shape: kernel_bench labels its rows by it.
 int64_t matmul_bias_grad_fallbacks();
 
 }  // namespace strata::cuda
