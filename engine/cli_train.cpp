@@ -83,6 +83,7 @@ const std::vector<OptionRule>& option_rules() {
       STRATA_FIELD("--peak-tflops", false, peak_tflops),
       STRATA_FIELD("--device", false, device),
       STRATA_FIELD("--profile-steps", false, profile_steps),
+      STRATA_FIELD("--op-times", false, op_times),
       STRATA_FIELD("--zero", false, zero_stage),
       STRATA_FIELD("--comm-timeout", false, comm_timeout),
       STRATA_FIELD("--nccl-loopback", false, nccl_loopback),
@@ -223,6 +224,9 @@ void add_train_command(CLI::App& app) {
       ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--profile-steps", c.profile_steps,
                   "A:B: bracket steps A..B with cudaProfilerStart/Stop, for nsys --capture-range=cudaProfilerApi");
+  cmd->add_option("--op-times", c.op_times,
+                  "A:B: GPU time per op over steps A..B (CUDA events; --device cuda), printed after step B and "
+                  "written to metrics.jsonl");
   cmd->add_option("--peak-tflops", c.peak_tflops,
                   "Peak TFLOP/s per device for MFU (default: the GPU's datasheet bf16 peak; none on the CPU)");
   cmd->add_option("--zero", c.zero_stage,

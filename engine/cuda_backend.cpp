@@ -24,6 +24,7 @@
 #include "engine/cuda_growth.h"
 #include "engine/cuda_model.h"
 #include "growth/apply.h"
+#include "kernels/cuda/op_timer.h"
 
 namespace strata {
 namespace {
@@ -276,6 +277,13 @@ class CudaBackend final : public TrainBackend {
     if (optimizer_sharded()) dots = nccl_->host().sum_in_rank_order(dots);
 #endif
     ld.step_from_dots(dots, lr);
+  }
+
+  void op_timing_start() override { cuda::op_timer_start(); }
+  std::vector<OpTiming> op_timing_stop() override {
+    std::vector<OpTiming> out;
+    for (cuda::OpTime& t : cuda::op_timer_stop()) out.push_back({std::move(t.op), t.calls, t.ms});
+    return out;
   }
 
 #if !defined(STRATA_CUDA_EMU)

@@ -10,6 +10,7 @@
 // resumes the other's.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -27,6 +28,13 @@ namespace growth {
 class GrowthMask;
 class LearnedDepth;
 }  // namespace growth
+
+// GPU time of one op over a timing window (--op-times): outermost calls and their summed milliseconds.
+struct OpTiming {
+  std::string op;
+  int64_t calls = 0;
+  double ms = 0.0;
+};
 
 class TrainBackend {
  public:
@@ -104,6 +112,10 @@ class TrainBackend {
   // cudaProfilerStart / cudaProfilerStop around profiled steps (no-ops where there is no profiler API).
   virtual void profiler_start() {}
   virtual void profiler_stop() {}
+  // --op-times: start timing every op with CUDA events; stop (waits for the device) and return the per-op
+  // totals, longest first. The CPU backend has no such timer (the option needs --device cuda).
+  virtual void op_timing_start() {}
+  virtual std::vector<OpTiming> op_timing_stop() { return {}; }
 };
 
 // Data parallelism (engine/data_parallel.h, engine/comm_nccl.h), fixed when a backend is made: with a

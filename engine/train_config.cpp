@@ -72,17 +72,22 @@ void TrainConfig::finalize() {
   STRATA_REQUIRE(peak_tflops >= 0 && std::isfinite(peak_tflops),
                  "--peak-tflops must be a positive number of TFLOP/s (got ", peak_tflops, ")");
   STRATA_REQUIRE(!out_dir.empty(), "--out must not be empty");
-  profile_first = profile_last = 0;
-  if (!profile_steps.empty()) {
+  // A:B step ranges (1-based, within the run), for flags that need --device cuda.
+  auto step_range = [&](const char* flag, const std::string& text, const char* why, long& first, long& last) {
+    first = last = 0;
+    if (text.empty()) return;
     long a = 0, b = 0;
     char tail = 0;
-    STRATA_REQUIRE(std::sscanf(profile_steps.c_str(), "%ld:%ld%c", &a, &b, &tail) == 2 && a >= 1 && a <= b,
-                   "--profile-steps '", profile_steps, "': expected A:B with 1 <= A <= B (steps, 1-based)");
-    STRATA_REQUIRE(b <= steps, "--profile-steps '", profile_steps, "': the run has ", steps, " steps");
-    STRATA_REQUIRE(device == "cuda", "--profile-steps brackets steps with cudaProfilerStart/Stop: it needs --device cuda");
-    profile_first = a;
-    profile_last = b;
-  }
+    STRATA_REQUIRE(std::sscanf(text.c_str(), "%ld:%ld%c", &a, &b, &tail) == 2 && a >= 1 && a <= b, flag, " '",
+                   text, "': expected A:B with 1 <= A <= B (steps, 1-based)");
+    STRATA_REQUIRE(b <= steps, flag, " '", text, "': the run has ", steps, " steps");
+    STRATA_REQUIRE(device == "cuda", flag, " ", why, ": it needs --device cuda");
+    first = a;
+    last = b;
+  };
+  step_range("--profile-steps", profile_steps, "brackets steps with cudaProfilerStart/Stop", profile_first,
+             profile_last);
+  step_range("--op-times", op_times, "times the CUDA ops with CUDA events", op_times_first, op_times_last);
 }
 
 void TrainConfig::resolve_growth() {

@@ -60,7 +60,12 @@ struct TrainConfig {
   // Nsight: "A:B" brackets steps A..B (1-based) with cudaProfilerStart/Stop (--device cuda); resolved by finalize()
   // into profile_first / profile_last (0 = none).
   std::string profile_steps;
-  long profile_first = 0, profile_last = 0;  // training backend: cpu, or cuda (engine/train_backend.h)
+  long profile_first = 0, profile_last = 0;
+  // --op-times A:B (--device cuda): GPU time per op over steps A..B, measured with CUDA events
+  // (kernels/cuda/op_timer.h), printed after step B and written to metrics.jsonl; resolved by finalize() into
+  // op_times_first / op_times_last (0 = none).
+  std::string op_times;
+  long op_times_first = 0, op_times_last = 0;
   double peak_tflops = 0;  // the peak MFU is reported against (0 = the device's datasheet entry, if any)
   int64_t stop_at = 0;     // stop after this step as if interrupted (tests resume); 0 = run to the end
   // Data parallelism (engine/data_parallel.h): ranks of the world (set from the communicator before

@@ -5,6 +5,7 @@
 #include <lzma.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -12,6 +13,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <optional>
 #include <random>
 #include <sstream>
@@ -162,6 +164,35 @@ std::string duration(double s) {
   else
     std::snprintf(b, sizeof b, "%ldm%02lds", t / 60, t % 60);
   return b;
+}
+
+// --op-times: the per-op GPU time summed over the window's steps, as a table and as one metrics row.
+// window_s: the wall time of those steps, each measured until the device finished it.
+nlohmann::json op_times_report(const std::map<std::string, OpTiming>& totals, long first, long last,
+                               double window_s) {
+  std::vector<OpTiming> ops;
+  double sum_ms = 0.0;
+  for (const auto& [name, t] : totals) {
+    ops.push_back(t);
+    sum_ms += t.ms;
+  }
+  std::stable_sort(ops.begin(), ops.end(), [](const OpTiming& a, const OpTiming& b) { return a.ms > b.ms; });
+  const double steps = static_cast<double>(last - first + 1), step_ms = 1e3 * window_s / steps;
+  std::printf("GPU time per op, steps %ld-%ld (CUDA events around each op; per step):\n", first, last);
+  std::printf("  %-26s %8s %10s %7s\n", "op", "calls", "ms", "share");
+  nlohmann::json rows = nlohmann::json::array();
+  for (const OpTiming& t : ops) {
+    std::printf("  %-26s %8.1f %10.3f %6.1f%%\n", t.op.c_str(), static_cast<double>(t.calls) / steps, t.ms / steps,
+                100.0 * t.ms / std::max(sum_ms, 1e-12));
+    rows.push_back({{"op", t.op}, {"calls_per_step", static_cast<double>(t.calls) / steps},
+                    {"ms_per_step", t.ms / steps}});
+  }
+  std::printf("  ops sum %.3f ms per step; the step %.3f ms (wall, to the device's end): %.1f%% in ops; the rest is "
+              "copies, memsets, collectives, host work and the gaps between ops\n",
+              sum_ms / steps, step_ms, 100.0 * (sum_ms / steps) / std::max(step_ms, 1e-12));
+  std::fflush(stdout);
+  return {{"type", "op_times"}, {"first_step", first},        {"last_step", last},
+          {"ops", rows},        {"ops_ms_per_step", sum_ms / steps}, {"step_ms", step_ms}};
 }
 
 // metrics.jsonl: one JSON object per line, flushed as written. On resume the rows after the checkpoint's
@@ -645,6 +676,8 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
     std::fflush(stdout);
   };
 
+  std::map<std::string, OpTiming> op_totals;  // --op-times: per-op sums over the window's steps so far
+  double op_window_s = 0.0;
   while (step < last) {
     while (next_stage < cfg.grow.size() && cfg.growth_points[next_stage].step == step) do_growth();
     if (step + 1 == cfg.profile_first) {
@@ -654,6 +687,9 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
                   cfg.profile_last);
     }
     const auto t0 = Clock::now();
+    // One timing window per step, so evaluation, samples and checkpoints between steps are not counted.
+    const bool op_timed = cfg.op_times_first > 0 && step + 1 >= cfg.op_times_first && step + 1 <= cfg.op_times_last;
+    if (op_timed) be.op_timing_start();
     if (world > 1) comm.set_activity(cat("training step ", step + 1));
     const double comm_before = comm.counters().bulk();
     be.zero_grad();
@@ -686,6 +722,15 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
     }
     ++step;
     if (step == cfg.profile_last) be.profiler_stop();
+    if (op_timed) {
+      for (const OpTiming& t : be.op_timing_stop()) {  // waits for the device
+        OpTiming& sum = op_totals[t.op];
+        sum.op = t.op;
+        sum.calls += t.calls;
+        sum.ms += t.ms;
+      }
+      op_window_s += seconds_since(t0);
+    }
     const double comm_bytes = comm.counters().bulk() - comm_before;
     // The ranks' mean loss, and whether any rank was asked to stop (all stop after the same step).
     int stop_signal = g_stop_signal.load();
@@ -720,6 +765,10 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
                   tty ? "\r\033[K" : "", step, cfg.steps, human(static_cast<double>(tokens_seen)).c_str(),
                   loss, lr, norm, human(avg_tps).c_str(), mfu_text, duration(eta).c_str(), tty ? "" : "\n");
       std::fflush(stdout);
+    }
+    if (op_timed && step == cfg.op_times_last && lead) {
+      if (tty) std::printf("\n");
+      metrics->write(op_times_report(op_totals, cfg.op_times_first, cfg.op_times_last, op_window_s));
     }
     const bool end = step == last;
     if ((cfg.eval_every > 0 && step % cfg.eval_every == 0) || (end && step == cfg.steps)) do_eval();

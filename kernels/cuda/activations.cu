@@ -213,7 +213,7 @@ using cuda::bf16;
 
 template <class Dev, class F>
 void swiglu_forward(const Dev& dev, F* out, const F* inp, int N, int Fdim) {
-  cuda::NvtxRange range("swiglu fwd");
+  cuda::NvtxRange range("swiglu fwd", dev.stream);
   using namespace cuda;
   STRATA_CHECK(out && inp, "swiglu_forward: null pointer");
   STRATA_CHECK(N > 0 && Fdim > 0, "swiglu_forward: N=", N, " F=", Fdim);
@@ -228,7 +228,7 @@ void swiglu_forward(const Dev& dev, F* out, const F* inp, int N, int Fdim) {
 
 template <class Dev, class F>
 void swiglu_backward(const Dev& dev, F* dinp, const F* dout, const F* inp, int N, int Fdim) {
-  cuda::NvtxRange range("swiglu bwd");
+  cuda::NvtxRange range("swiglu bwd", dev.stream);
   using namespace cuda;
   STRATA_CHECK(dinp && dout && inp, "swiglu_backward: null pointer");
   STRATA_CHECK(N > 0 && Fdim > 0, "swiglu_backward: N=", N, " F=", Fdim);
@@ -243,7 +243,7 @@ void swiglu_backward(const Dev& dev, F* dinp, const F* dout, const F* inp, int N
 
 template <class Dev, class F>
 void gelu_forward(const Dev& dev, F* out, const F* inp, int64_t n) {
-  cuda::NvtxRange range("gelu fwd");
+  cuda::NvtxRange range("gelu fwd", dev.stream);
   using namespace cuda;
   STRATA_CHECK(out && inp, "gelu_forward: null pointer");
   STRATA_CHECK(n > 0, "gelu_forward: n=", n);
@@ -254,7 +254,7 @@ void gelu_forward(const Dev& dev, F* out, const F* inp, int64_t n) {
 
 template <class Dev, class F>
 void gelu_backward(const Dev& dev, F* dinp, const F* dout, const F* inp, int64_t n) {
-  cuda::NvtxRange range("gelu bwd");
+  cuda::NvtxRange range("gelu bwd", dev.stream);
   using namespace cuda;
   STRATA_CHECK(dinp && dout && inp, "gelu_backward: null pointer");
   STRATA_CHECK(n > 0, "gelu_backward: n=", n);
@@ -265,7 +265,7 @@ void gelu_backward(const Dev& dev, F* dinp, const F* dout, const F* inp, int64_t
 
 template <class Dev, class F>
 void residual_forward(const Dev& dev, F* out, const F* a, const F* b, int64_t n) {
-  cuda::NvtxRange range("residual fwd");
+  cuda::NvtxRange range("residual fwd", dev.stream);
   using namespace cuda;
   STRATA_CHECK(out && a && b, "residual_forward: null pointer");
   STRATA_CHECK(n > 0, "residual_forward: n=", n);
@@ -276,7 +276,7 @@ void residual_forward(const Dev& dev, F* out, const F* a, const F* b, int64_t n)
 
 template <class Dev, class F>
 void residual_backward(const Dev& dev, F* da, F* db, const F* dout, int64_t n) {
-  cuda::NvtxRange range("residual bwd");
+  cuda::NvtxRange range("residual bwd", dev.stream);
   using namespace cuda;
   STRATA_CHECK(dout, "residual_backward: null pointer");
   STRATA_CHECK(n > 0, "residual_backward: n=", n);

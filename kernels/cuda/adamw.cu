@@ -294,7 +294,7 @@ void adamw_update<Cuda, bf16>(const Cuda& dev, const AdamWTensor<bf16>* tensors,
   STRATA_CHECK(step.bias_correction1 > 0 && step.bias_correction2 > 0 && step.eps > 0,
                "adamw_update: bias corrections ", step.bias_correction1, ", ", step.bias_correction2,
                ", eps ", step.eps);
-  NvtxRange range("adamw");
+  NvtxRange range("adamw", dev.stream);
   const cudaStream_t stream = static_cast<cudaStream_t>(dev.stream);
   const double lr = step.lr;
   AdamWScalars s;
@@ -345,7 +345,7 @@ void grad_norm_squared<Cuda, bf16>(const Cuda& dev, float* out, const ConstSpan<
   STRATA_CHECK(dev.workspace && dev.workspace_bytes >= grad_norm_workspace_bytes(),
                "grad_norm_squared: workspace of ", dev.workspace_bytes, " bytes, needs ",
                grad_norm_workspace_bytes());
-  NvtxRange range("grad norm");
+  NvtxRange range("grad norm", dev.stream);
   const cudaStream_t stream = static_cast<cudaStream_t>(dev.stream);
   float* partials = static_cast<float*>(dev.workspace);
   NormTable table{};

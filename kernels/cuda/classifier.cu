@@ -193,7 +193,7 @@ using cuda::bf16;
 template <class Dev, class F>
 void softmax_cross_entropy(const Dev& dev, F* logits, Stat<F>* losses, const int32_t* targets, int N, int V,
                            int32_t ignore_index, float dloss) {
-  cuda::NvtxRange range("classifier");
+  cuda::NvtxRange range("classifier", dev.stream);
   using namespace cuda;
   STRATA_CHECK(logits && losses && targets, "softmax_cross_entropy: null pointer");
   STRATA_CHECK(N > 0 && V > 0, "softmax_cross_entropy: N=", N, " V=", V);

@@ -172,7 +172,7 @@ using cuda::bf16;
 template <class Dev, class F>
 void embedding_forward(const Dev& dev, F* out, const int32_t* tokens, const F* wte, const F* wpe, int B,
                        int T, int C) {
-  cuda::NvtxRange range("embedding fwd");
+  cuda::NvtxRange range("embedding fwd", dev.stream);
   using namespace cuda;
   STRATA_CHECK(out && tokens && wte, "embedding_forward: null pointer");
   STRATA_CHECK(B > 0 && T > 0 && C > 0, "embedding_forward: B=", B, " T=", T, " C=", C);
@@ -189,7 +189,7 @@ void embedding_forward(const Dev& dev, F* out, const int32_t* tokens, const F* w
 template <class Dev, class F>
 void embedding_backward(const Dev& dev, F* dwte, F* dwpe, const F* dout, const int32_t* tokens, int B, int T,
                         int C) {
-  cuda::NvtxRange range("embedding bwd");
+  cuda::NvtxRange range("embedding bwd", dev.stream);
   using namespace cuda;
   STRATA_CHECK(dwte && dout && tokens, "embedding_backward: null pointer");
   STRATA_CHECK(B > 0 && T > 0 && C > 0, "embedding_backward: B=", B, " T=", T, " C=", C);

@@ -957,7 +957,7 @@ template <class Dev, class F>
 void flash_attention_forward(const Dev& dev, F* out, Stat<F>* lse, const F* qkv, int B, int T, int NH, int KVH,
                              int HS) {
   static_assert(std::is_same_v<Dev, Cuda> && std::is_same_v<F, bf16>, "the CUDA flash attention is bf16");
-  cuda::NvtxRange range("flash attention fwd");
+  cuda::NvtxRange range("flash attention fwd", dev.stream);
   STRATA_CHECK(out && lse && qkv, "flash_attention_forward: null pointer");
   check_args("flash_attention_forward", B, T, NH, KVH, HS);
   STRATA_CHECK(aligned16(out) && aligned16(qkv), "flash_attention_forward: out/qkv not 16-byte aligned");
@@ -972,7 +972,7 @@ template <class Dev, class F>
 void flash_attention_backward(const Dev& dev, F* dqkv, Stat<F>* delta, const F* dout, const F* out, const F* qkv,
                               const Stat<F>* lse, int B, int T, int NH, int KVH, int HS) {
   static_assert(std::is_same_v<Dev, Cuda> && std::is_same_v<F, bf16>, "the CUDA flash attention is bf16");
-  cuda::NvtxRange range("flash attention bwd");
+  cuda::NvtxRange range("flash attention bwd", dev.stream);
   STRATA_CHECK(dqkv && delta && dout && out && qkv && lse, "flash_attention_backward: null pointer");
   check_args("flash_attention_backward", B, T, NH, KVH, HS);
   STRATA_CHECK(aligned16(dqkv) && aligned16(dout) && aligned16(out) && aligned16(qkv),

@@ -330,7 +330,7 @@ void growth_mask_begin(bf16* weights, bf16* saved, const MaskRegion* regions, in
                        float c, cudaStream_t stream) {
   const int blocks = mask_blocks(weights, saved, regions, count, total, "growth_mask_begin");
   if (total == 0) return;
-  NvtxRange range("growth mask begin");
+  NvtxRange range("growth mask begin", stream);
   launch(mask_begin_kernel, dim3(blocks), dim3(kThreads), 0, stream, weights, saved, regions, count, total,
          c);
 }
@@ -339,7 +339,7 @@ void growth_mask_end(bf16* weights, bf16* grads, const bf16* saved, const MaskRe
                      int64_t total, float c, cudaStream_t stream) {
   const int blocks = mask_blocks(weights, saved, regions, count, total, "growth_mask_end");
   if (total == 0) return;
-  NvtxRange range("growth mask end");
+  NvtxRange range("growth mask end", stream);
   launch(mask_end_kernel, dim3(blocks), dim3(kThreads), 0, stream, weights, grads, saved, regions, count,
          total, c);
 }
@@ -348,7 +348,7 @@ void depth_mix_materialise(const DepthMixKind* kinds, int count, const float* D,
                            cudaStream_t stream) {
   const MixTable table = make_table(kinds, count, L2, L, false, "depth_mix_materialise");
   STRATA_CHECK(D != nullptr, "depth_mix_materialise: null D");
-  NvtxRange range("depth mix materialise");
+  NvtxRange range("depth mix materialise", stream);
   launch(materialise_kernel, dim3(kMixBlocks, L2), dim3(kThreads), 0, stream, table, D, L2, L);
 }
 
@@ -357,7 +357,7 @@ void growth_gather(const GrowthGather& g, cudaStream_t stream) {
                "growth_gather: ", g.rows, " x ", g.cols, " from rows of ", g.src_cols);
   if (g.rows == 0) return;
   STRATA_CHECK(g.dst && g.src && g.row_src, "growth_gather: null dst, src or row map");
-  NvtxRange range("growth gather");
+  NvtxRange range("growth gather", stream);
   const int64_t n = g.rows * g.cols;
   launch(gather_kernel, dim3(grow_blocks(n)), dim3(kThreads), 0, stream, g);
 }
@@ -365,7 +365,7 @@ void growth_gather(const GrowthGather& g, cudaStream_t stream) {
 void growth_noise(float* w, const float* e, int64_t n, double keep, double a, cudaStream_t stream) {
   STRATA_CHECK(n >= 0 && (n == 0 || (w && e)), "growth_noise: ", n, " elements (or a null pointer)");
   if (n == 0) return;
-  NvtxRange range("growth noise");
+  NvtxRange range("growth noise", stream);
   launch(noise_kernel, dim3(grow_blocks(n)), dim3(kThreads), 0, stream, w, e, n, keep, a);
 }
 
@@ -385,7 +385,7 @@ void depth_mix_dots(const DepthMixKind* kinds, int count, int L2, int L, float* 
   STRATA_CHECK(dots && workspace && workspace_bytes >= depth_mix_dots_workspace_bytes(count, L2, L),
                "depth_mix_dots: workspace of ", workspace_bytes, " bytes, needs ",
                depth_mix_dots_workspace_bytes(count, L2, L));
-  NvtxRange range("depth mix dots");
+  NvtxRange range("depth mix dots", stream);
   launch(dots_partials_kernel, dim3(kDotBlocks, L2), dim3(kThreads), 0, stream, table, L2, L, workspace);
   const int64_t pairs = int64_t{count} * L2 * L;
   launch(dots_final_kernel, dim3(static_cast<unsigned>(ceil_div(pairs, int64_t{kThreads}))), dim3(kThreads),

@@ -620,7 +620,7 @@ void matmul_forward<Cuda, bf16>(const Cuda& dev, bf16* out, const bf16* inp, con
   using namespace cuda;
   STRATA_CHECK(out && inp && weight, "matmul_forward: null pointer");
   check_sizes("matmul_forward", N, IC, OC);
-  NvtxRange range("matmul fwd");
+  NvtxRange range("matmul fwd", dev.stream);
   Gemm g = forward_gemm(out, inp, weight, N, IC, OC);
   if (bias) g.epilogue = Epilogue::kBias, g.bias = bias;
   run(g, static_cast<cudaStream_t>(dev.stream));
@@ -634,7 +634,7 @@ void matmul_gelu_forward<Cuda, bf16>(const Cuda& dev, bf16* out, bf16* pre, cons
   check_sizes("matmul_gelu_forward", N, IC, OC);
   STRATA_CHECK(OC % 8 == 0, "matmul_gelu_forward: OC=", OC,
                " is not a multiple of 8 (cuBLASLt's GELU aux output needs such a leading dimension)");
-  NvtxRange range("matmul gelu fwd");
+  NvtxRange range("matmul gelu fwd", dev.stream);
   Gemm g = forward_gemm(out, inp, weight, N, IC, OC);
   g.epilogue = bias ? Epilogue::kGeluAuxBias : Epilogue::kGeluAux;
   g.bias = bias;
@@ -707,7 +707,7 @@ void matmul_backward<Cuda, bf16>(const Cuda& dev, bf16* dinp, bf16* dweight, bf1
                                  const bf16* inp, const bf16* weight, int N, int IC, int OC) {
   STRATA_CHECK(dweight && dout && inp && weight, "matmul_backward: null pointer");
   cuda::check_sizes("matmul_backward", N, IC, OC);
-  cuda::NvtxRange range("matmul bwd");
+  cuda::NvtxRange range("matmul bwd", dev.stream);
   backward(dev, dinp, dweight, dbias, dout, inp, weight, nullptr, N, IC, OC);
 }
 
@@ -719,7 +719,7 @@ void matmul_backward_dgelu<Cuda, bf16>(const Cuda& dev, bf16* dpre, bf16* dweigh
   cuda::check_sizes("matmul_backward_dgelu", N, IC, OC);
   STRATA_CHECK(IC % 8 == 0, "matmul_backward_dgelu: IC=", IC,
                " is not a multiple of 8 (cuBLASLt's GELU aux input needs such a leading dimension)");
-  cuda::NvtxRange range("matmul bwd dgelu");
+  cuda::NvtxRange range("matmul bwd dgelu", dev.stream);
   backward(dev, dpre, dweight, dbias, dout, inp, weight, pre, N, IC, OC);
 }
 

@@ -511,7 +511,7 @@ using cuda::bf16;
 template <class Dev, class F>
 void rmsnorm_forward(const Dev& dev, F* out, Stat<F>* rstd, const F* inp, const F* weight, int N, int C,
                      float eps) {
-  cuda::NvtxRange range("rmsnorm fwd");
+  cuda::NvtxRange range("rmsnorm fwd", dev.stream);
   STRATA_CHECK(out && rstd && inp && weight, "rmsnorm_forward: null pointer");
   STRATA_CHECK(N > 0 && C > 0 && eps >= 0.0f, "rmsnorm_forward: N=", N, " C=", C, " eps=", eps);
   cuda::norm_forward<false, false>(dev, nullptr, out, nullptr, rstd, inp, nullptr, weight, nullptr, N, C,
@@ -521,7 +521,7 @@ void rmsnorm_forward(const Dev& dev, F* out, Stat<F>* rstd, const F* inp, const 
 template <class Dev, class F>
 void rmsnorm_backward(const Dev& dev, F* dinp, F* dweight, const F* dout, const F* inp, const F* weight,
                       const Stat<F>* rstd, int N, int C) {
-  cuda::NvtxRange range("rmsnorm bwd");
+  cuda::NvtxRange range("rmsnorm bwd", dev.stream);
   STRATA_CHECK(dinp && dweight && dout && inp && weight && rstd, "rmsnorm_backward: null pointer");
   STRATA_CHECK(N > 0 && C > 0, "rmsnorm_backward: N=", N, " C=", C);
   cuda::norm_backward<false>(dev, dinp, dweight, nullptr, dout, inp, weight, nullptr, rstd, N, C);
@@ -530,7 +530,7 @@ void rmsnorm_backward(const Dev& dev, F* dinp, F* dweight, const F* dout, const 
 template <class Dev, class F>
 void layernorm_forward(const Dev& dev, F* out, Stat<F>* mean, Stat<F>* rstd, const F* inp, const F* weight,
                        const F* bias, int N, int C, float eps) {
-  cuda::NvtxRange range("layernorm fwd");
+  cuda::NvtxRange range("layernorm fwd", dev.stream);
   STRATA_CHECK(out && mean && rstd && inp && weight && bias, "layernorm_forward: null pointer");
   STRATA_CHECK(N > 0 && C > 0 && eps >= 0.0f, "layernorm_forward: N=", N, " C=", C, " eps=", eps);
   cuda::norm_forward<true, false>(dev, nullptr, out, mean, rstd, inp, nullptr, weight, bias, N, C, eps);
@@ -539,7 +539,7 @@ void layernorm_forward(const Dev& dev, F* out, Stat<F>* mean, Stat<F>* rstd, con
 template <class Dev, class F>
 void layernorm_backward(const Dev& dev, F* dinp, F* dweight, F* dbias, const F* dout, const F* inp,
                         const F* weight, const Stat<F>* mean, const Stat<F>* rstd, int N, int C) {
-  cuda::NvtxRange range("layernorm bwd");
+  cuda::NvtxRange range("layernorm bwd", dev.stream);
   STRATA_CHECK(dinp && dweight && dbias && dout && inp && weight && mean && rstd,
                "layernorm_backward: null pointer");
   STRATA_CHECK(N > 0 && C > 0, "layernorm_backward: N=", N, " C=", C);
@@ -549,7 +549,7 @@ void layernorm_backward(const Dev& dev, F* dinp, F* dweight, F* dbias, const F* 
 template <class Dev, class F>
 void residual_rmsnorm_forward(const Dev& dev, F* resid_out, F* out, Stat<F>* rstd, const F* resid_in,
                               const F* branch, const F* weight, int N, int C, float eps) {
-  cuda::NvtxRange range("residual+rmsnorm fwd");
+  cuda::NvtxRange range("residual+rmsnorm fwd", dev.stream);
   STRATA_CHECK(resid_out && out && rstd && resid_in && branch && weight,
                "residual_rmsnorm_forward: null pointer");
   STRATA_CHECK(N > 0 && C > 0 && eps >= 0.0f, "residual_rmsnorm_forward: N=", N, " C=", C, " eps=", eps);
@@ -561,7 +561,7 @@ template <class Dev, class F>
 void residual_layernorm_forward(const Dev& dev, F* resid_out, F* out, Stat<F>* mean, Stat<F>* rstd,
                                 const F* resid_in, const F* branch, const F* weight, const F* bias, int N,
                                 int C, float eps) {
-  cuda::NvtxRange range("residual+layernorm fwd");
+  cuda::NvtxRange range("residual+layernorm fwd", dev.stream);
   STRATA_CHECK(resid_out && out && mean && rstd && resid_in && branch && weight && bias,
                "residual_layernorm_forward: null pointer");
   STRATA_CHECK(N > 0 && C > 0 && eps >= 0.0f, "residual_layernorm_forward: N=", N, " C=", C, " eps=", eps);

@@ -132,13 +132,13 @@ using cuda::bf16;
 
 template <class Dev, class F>
 void rope_forward(const Dev& dev, F* qkv, int B, int T, int NH, int KVH, int HS, float base, int pos0) {
-  cuda::NvtxRange range("rope fwd");
+  cuda::NvtxRange range("rope fwd", dev.stream);
   cuda::rope(dev, qkv, B, T, NH, KVH, HS, base, pos0, 1.0);
 }
 
 template <class Dev, class F>
 void rope_backward(const Dev& dev, F* dqkv, int B, int T, int NH, int KVH, int HS, float base, int pos0) {
-  cuda::NvtxRange range("rope bwd");
+  cuda::NvtxRange range("rope bwd", dev.stream);
   cuda::rope(dev, dqkv, B, T, NH, KVH, HS, base, pos0, -1.0);
 }
 

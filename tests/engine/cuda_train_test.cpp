@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <random>
 #include <sstream>
 
@@ -330,6 +331,59 @@ TEST_P(CudaTrain, ResumeIsBitIdenticalAndCheckpointsCrossBackends) {
   const std::string cpu_ckpt = fork_run(f + "_cpu4", 4, f + "_to_cuda");
   ASSERT_EQ(train(config(GetParam(), f + "_to_cuda", "cuda"), cpu_ckpt), 0);
   expect_losses_close(steps(f + "_to_cuda"), steps(f + "_cpu4"));
+}
+
+// --op-times 3:5 (kernels/cuda/op_timer.h): one metrics row after step 5 with the GPU time of every op over
+// steps 3-5, per step. Invariants: the ops a step must run, each as often as the step runs it (2 micro-batches
+// of a 2-layer model: 4 attention forwards and backwards, 2 classifier calls, one AdamW and one grad norm; the
+// evaluation after step 4, which runs the forward and the classifier again, is outside the timed steps); times
+// non-negative and their sum within the steps' wall time; and the run's losses those of an untimed run.
+TEST_P(CudaTrain, OpTimesCountEveryOpOfTheTimedSteps) {
+  STRATA_SKIP_WITHOUT_GPU();
+  const std::string f = family(GetParam());
+  TrainConfig timed = config(GetParam(), f + "_optimes", "cuda"), plain = config(GetParam(), f + "_untimed", "cuda");
+  timed.eval_every = plain.eval_every = 2;
+  timed.op_times = "3:5";
+  ASSERT_EQ(train(timed), 0);
+  ASSERT_EQ(train(plain), 0);
+  EXPECT_EQ(steps(f + "_optimes"), steps(f + "_untimed")) << "timing the ops changed the run";
+  std::vector<nlohmann::json> reports;
+  std::istringstream in(read_file((root_ / (f + "_optimes") / "metrics.jsonl").string()));
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j["type"] == "op_times") reports.push_back(j);
+  }
+  ASSERT_EQ(reports.size(), 1u);
+  const nlohmann::json& r = reports[0];
+  EXPECT_EQ(r["first_step"], 3);
+  EXPECT_EQ(r["last_step"], 5);
+  std::map<std::string, double> calls;
+  double sum_ms = 0.0;
+  for (const auto& op : r["ops"]) {
+    calls[op["op"].get<std::string>()] = op["calls_per_step"].get<double>();
+    EXPECT_GE(op["ms_per_step"].get<double>(), 0.0) << op["op"];
+    sum_ms += op["ms_per_step"].get<double>();
+  }
+  EXPECT_NEAR(sum_ms, r["ops_ms_per_step"].get<double>(), 1e-9 + 1e-9 * sum_ms);
+  EXPECT_GT(sum_ms, 0.0);
+  EXPECT_LE(sum_ms, r["step_ms"].get<double>()) << "the ops took longer than the steps";
+  // Per micro-batch: 4 products per layer forward (LLaMA's gate and up as one) and the LM head's, the same
+  // backward (GPT-2's MLP: its GELU forward and derivative in the products' epilogues).
+  const bool llama = GetParam() == models::Family::kLlama;
+  const double fwd = llama ? 2 * (2 * 4 + 1) : 2 * (2 * 3 + 1), fwd_gelu = llama ? 0 : 2 * 2;
+  const std::map<std::string, double> expected = {
+      {"embedding fwd", 2},       {"embedding bwd", 2},         {"flash attention fwd", 4},
+      {"flash attention bwd", 4}, {"classifier", 2},            {"adamw", 1},
+      {"grad norm", 1},           {"matmul fwd", fwd},          {"matmul gelu fwd", fwd_gelu},
+      {"matmul bwd", fwd},        {"matmul bwd dgelu", fwd_gelu}};
+  for (const auto& [op, n] : expected) {
+    if (n == 0) {
+      EXPECT_FALSE(calls.count(op)) << op;
+      continue;
+    }
+    ASSERT_TRUE(calls.count(op)) << op << " was not timed";
+    EXPECT_EQ(calls[op], n) << op << " calls per step";
+  }
 }
 
 // The growth phases that change how a step trains run on the CUDA backend (engine/cuda_growth.h): G_random's

@@ -232,6 +232,9 @@ TEST_F(TrainCli, BadInputIsOneLineAndOverwritesNothing) {
   expect_error(base_args("x") + " --profile-steps 2:3", {"--profile-steps", "needs --device cuda"});
   expect_error(base_args("x") + " --device cuda --profile-steps 3", {"--profile-steps '3'", "A:B"});
   expect_error(base_args("x") + " --device cuda --profile-steps 2:9", {"--profile-steps '2:9'", "8 steps"});
+  expect_error(base_args("x") + " --op-times 2:3", {"--op-times", "needs --device cuda"});
+  expect_error(base_args("x") + " --device cuda --op-times 3:2", {"--op-times '3:2'", "A:B"});
+  expect_error(base_args("x") + " --device cuda --op-times 2:9", {"--op-times '2:9'", "8 steps"});
   // Without a GPU (or a CUDA build) --device cuda is one clear error, whichever of the two this build lacks.
   expect_error(base_args("x") + " --device cuda", {"--device cuda"});
   expect_error(base_args("x") + " --device tpu", {"--device", "tpu"});

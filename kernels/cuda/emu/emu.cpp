@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -273,11 +274,16 @@ struct QueuedOp {
   uint64_t seq = 0;
   std::function<void()> op;
 };
-// Where an event was last recorded: its stream and the sequence number of its marker (0: already reached).
+// Where an event was last recorded: its stream and the sequence number of its marker (0: already reached), and
+// the host time (ms, steady clock) at which its stream reached it (cudaEventElapsedTime's), once it has.
 struct EventMark {
   cudaStream_t stream = nullptr;
   uint64_t seq = 0;
+  double reached_ms = -1.0;
 };
+double now_ms() {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 
 std::recursive_mutex g_streams_mu;
 std::map<cudaStream_t, std::deque<QueuedOp>> g_queues;
@@ -336,12 +342,26 @@ void flush_all_streams() {
 void record_event(cudaEvent_t e, cudaStream_t s) {
   std::lock_guard<std::recursive_mutex> lock(g_streams_mu);
   if (!deferred(s)) {
-    g_events[e] = {s, 0};
+    g_events[e] = {s, 0, now_ms()};
     return;
   }
   const uint64_t seq = ++g_seq;
-  g_queues[s].push_back({seq, [] {}});
+  g_queues[s].push_back({seq, [e, seq] {
+                           const auto it = g_events.find(e);  // under g_streams_mu (flush_until holds it)
+                           if (it != g_events.end() && it->second.seq == seq) it->second.reached_ms = now_ms();
+                         }});
   g_events[e] = {s, seq};
+}
+
+bool elapsed_ms(cudaEvent_t start, cudaEvent_t end, float* ms) {
+  std::lock_guard<std::recursive_mutex> lock(g_streams_mu);
+  for (cudaEvent_t e : {start, end}) {
+    const auto it = g_events.find(e);
+    if (it == g_events.end()) return false;  // never recorded
+    flush_until(it->second.stream, it->second.seq);  // as a wait would: the stream reaches the marker
+  }
+  *ms = static_cast<float>(g_events[end].reached_ms - g_events[start].reached_ms);
+  return true;
 }
 
 void wait_event(cudaStream_t s, cudaEvent_t e) {
@@ -494,6 +514,9 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int) {
   strata::emu::wait_event(stream, event);
   return cudaSuccess;
+}
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
+  return strata::emu::elapsed_ms(start, end, ms) ? cudaSuccess : cudaErrorInvalidResourceHandle;
 }
 const char* cudaGetErrorString(cudaError_t err) { return err == cudaSuccess ? "no error" : "emulated CUDA error"; }
 cudaError_t cudaFuncSetAttribute(const void*, cudaFuncAttribute, int) { return cudaSuccess; }

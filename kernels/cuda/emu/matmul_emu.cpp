@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "engine/check.h"
+#include "kernels/cuda/nvtx.h"
 #include "kernels/ops.h"
 
 namespace strata::ops {
@@ -38,6 +39,7 @@ template <>
 void matmul_forward<Cuda, bf16>(const Cuda& dev, bf16* out, const bf16* inp, const bf16* weight, const bf16* bias,
                                 int N, int IC, int OC) {
   check_sizes("matmul_forward", N, IC, OC);
+  cuda::NvtxRange range("matmul fwd", dev.stream);  // the names matmul.cu's scopes have (the op timer's rows)
   emu::on_stream(static_cast<cudaStream_t>(dev.stream), [=] {
     const size_t n = size_t(N), ic = size_t(IC), oc = size_t(OC);
     std::vector<float> o(n * oc);
@@ -52,6 +54,7 @@ template <>
 void matmul_gelu_forward<Cuda, bf16>(const Cuda& dev, bf16* out, bf16* pre, const bf16* inp, const bf16* weight,
                                      const bf16* bias, int N, int IC, int OC) {
   check_sizes("matmul_gelu_forward", N, IC, OC);
+  cuda::NvtxRange range("matmul gelu fwd", dev.stream);
   emu::on_stream(static_cast<cudaStream_t>(dev.stream), [=] {
     const size_t n = size_t(N), ic = size_t(IC), oc = size_t(OC);
     std::vector<float> o(n * oc), p(n * oc);
@@ -94,6 +97,7 @@ void matmul_backward<Cuda, bf16>(const Cuda& dev, bf16* dinp, bf16* dweight, bf1
                                  const bf16* inp, const bf16* weight, int N, int IC, int OC) {
   check_sizes("matmul_backward", N, IC, OC);
   STRATA_CHECK(dweight != nullptr, "matmul_backward: dweight is required");
+  cuda::NvtxRange range("matmul bwd", dev.stream);
   backward(dev, dinp, dweight, dbias, dout, inp, weight, nullptr, N, IC, OC);
 }
 
@@ -103,6 +107,7 @@ void matmul_backward_dgelu<Cuda, bf16>(const Cuda& dev, bf16* dpre, bf16* dweigh
                                        int N, int IC, int OC) {
   check_sizes("matmul_backward_dgelu", N, IC, OC);
   STRATA_CHECK(dpre && dweight && pre, "matmul_backward_dgelu: null pointer");
+  cuda::NvtxRange range("matmul bwd dgelu", dev.stream);
   backward(dev, dpre, dweight, dbias, dout, inp, weight, pre, N, IC, OC);
 }
 
