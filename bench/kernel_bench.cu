@@ -261,17 +261,19 @@ void bench_matmul(const ops::Cuda& dev) {
     ops::Cuda bgradb = dev;
     bgradb.variant = 2;
     const int64_t fallbacks = matmul_bias_grad_fallbacks();
-    const double bgradb_ms = time_ms([&] { ops::matmul_backward(bgradb, dinp, dw, db, dout, inp, w, N, IC, OC); });
+    const double bgradb_ms =
+        time_ms([&] { ops::matmul_backward(bgradb, dinp, dw, db, dout, inp, w, N, IC, OC); });
     const bool gemv_fallback = matmul_bias_grad_fallbacks() != fallbacks;
-    compute_row(std::string("matmul bwd ") + name + ", dbias by BGRADB" + (gemv_fallback ? " (no algorithm: GEMV)" : ""),
+    compute_row(std::string("matmul bwd ") + name + ", dbias by BGRADB" +
+                    (gemv_fallback ? " (no algorithm: GEMV)" : ""),
                 s, 2 * flops, bgradb_ms);
     compute_row(std::string("matmul bwd ") + name + ", no dbias", s, 2 * flops,
                 time_ms([&] { ops::matmul_backward(dev, dinp, dw, static_cast<bf16*>(nullptr), dout, inp, w, N, IC, OC); }));
     for (void* p : {(void*)inp, (void*)w, (void*)bias, (void*)out, (void*)dout, (void*)dinp, (void*)dw, (void*)db})
       cudaFree(p);
   }
-  // The heuristic's first algorithm (what matmul.cu runs) against the best of its first 8, per product of each
-  // block GEMM and of the LM head (the runner pads gpt2's vocabulary to 50304 rows; ~27% of a gpt2-124m
+  // The heuristic's first algorithm (what matmul.cu runs) against the best of its first 8, per product of
+  // each block GEMM and of the LM head (the runner pads gpt2's vocabulary to 50304 rows; ~27% of a gpt2-124m
   // step's FLOPs): what choosing among cuBLASLt's candidates on the card (autotuning, with its choice
   // persisted so that runs stay bitwise reproducible) would gain.
   std::vector<std::tuple<const char*, int, int>> sweep(std::begin(block), std::end(block));

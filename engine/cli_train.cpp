@@ -224,9 +224,10 @@ void add_train_command(CLI::App& app) {
       ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--profile-steps", c.profile_steps,
                   "A:B: bracket steps A..B with cudaProfilerStart/Stop, for nsys --capture-range=cudaProfilerApi");
-  cmd->add_option("--op-times", c.op_times,
-                  "A:B: GPU time per op over steps A..B (CUDA events; --device cuda), printed after step B and "
-                  "written to metrics.jsonl");
+  cmd->add_option(
+      "--op-times", c.op_times,
+      "A:B: GPU time per op over steps A..B (CUDA events; --device cuda), printed after step B and "
+      "written to metrics.jsonl");
   cmd->add_option("--peak-tflops", c.peak_tflops,
                   "Peak TFLOP/s per device for MFU (default: the GPU's datasheet bf16 peak; none on the CPU)");
   cmd->add_option("--zero", c.zero_stage,

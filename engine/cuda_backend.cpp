@@ -279,7 +279,9 @@ class CudaBackend final : public TrainBackend {
     ld.step_from_dots(dots, lr);
   }
 
-  void op_timing_start() override { cuda::op_timer_start(); }
+  void op_timing_start() override {
+    cuda::op_timer_start();
+  }
   std::vector<OpTiming> op_timing_stop() override {
     std::vector<OpTiming> out;
     for (cuda::OpTime& t : cuda::op_timer_stop()) out.push_back({std::move(t.op), t.calls, t.ms});

@@ -182,17 +182,23 @@ nlohmann::json op_times_report(const std::map<std::string, OpTiming>& totals, lo
   std::printf("  %-26s %8s %10s %7s\n", "op", "calls", "ms", "share");
   nlohmann::json rows = nlohmann::json::array();
   for (const OpTiming& t : ops) {
-    std::printf("  %-26s %8.1f %10.3f %6.1f%%\n", t.op.c_str(), static_cast<double>(t.calls) / steps, t.ms / steps,
-                100.0 * t.ms / std::max(sum_ms, 1e-12));
-    rows.push_back({{"op", t.op}, {"calls_per_step", static_cast<double>(t.calls) / steps},
+    std::printf("  %-26s %8.1f %10.3f %6.1f%%\n", t.op.c_str(), static_cast<double>(t.calls) / steps,
+                t.ms / steps, 100.0 * t.ms / std::max(sum_ms, 1e-12));
+    rows.push_back({{"op", t.op},
+                    {"calls_per_step", static_cast<double>(t.calls) / steps},
                     {"ms_per_step", t.ms / steps}});
   }
-  std::printf("  ops sum %.3f ms per step; the step %.3f ms (wall, to the device's end): %.1f%% in ops; the rest is "
-              "copies, memsets, collectives, host work and the gaps between ops\n",
-              sum_ms / steps, step_ms, 100.0 * (sum_ms / steps) / std::max(step_ms, 1e-12));
+  std::printf(
+      "  ops sum %.3f ms per step; the step %.3f ms (wall, to the device's end): %.1f%% in ops; the rest is "
+      "copies, memsets, collectives, host work and the gaps between ops\n",
+      sum_ms / steps, step_ms, 100.0 * (sum_ms / steps) / std::max(step_ms, 1e-12));
   std::fflush(stdout);
-  return {{"type", "op_times"}, {"first_step", first},        {"last_step", last},
-          {"ops", rows},        {"ops_ms_per_step", sum_ms / steps}, {"step_ms", step_ms}};
+  return {{"type", "op_times"},
+          {"first_step", first},
+          {"last_step", last},
+          {"ops", rows},
+          {"ops_ms_per_step", sum_ms / steps},
+          {"step_ms", step_ms}};
 }
 
 // metrics.jsonl: one JSON object per line, flushed as written. On resume the rows after the checkpoint's
@@ -688,7 +694,8 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
     }
     const auto t0 = Clock::now();
     // One timing window per step, so evaluation, samples and checkpoints between steps are not counted.
-    const bool op_timed = cfg.op_times_first > 0 && step + 1 >= cfg.op_times_first && step + 1 <= cfg.op_times_last;
+    const bool op_timed =
+        cfg.op_times_first > 0 && step + 1 >= cfg.op_times_first && step + 1 <= cfg.op_times_last;
     if (op_timed) be.op_timing_start();
     if (world > 1) comm.set_activity(cat("training step ", step + 1));
     const double comm_before = comm.counters().bulk();

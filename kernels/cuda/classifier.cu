@@ -20,16 +20,16 @@
 // 512 (~12 vectors per thread at V = 50304; a small V keeps a small block).
 // DRAM traffic per logit: 2 B read + 2 B written with a gradient (+2 B from L2, or DRAM, for the second
 // read). Napkin: N = 8192, V = 50304: 1.65 GB, ~0.5 ms at ~3.3 TB/s.
-// Measured on an H200 (bench/KERNELS.md): 0.608 ms, 64% of copy bandwidth, with one 16-byte vector per thread in
-// flight (then the default). A variant that cached the row in shared memory for pass 2 (cp.async, 100 KB per
-// block, 2 blocks per SM) measured 0.746 ms on the same card: the occupancy it cost outweighed the second read it
-// saved, so the two passes stay.
-// Bytes in flight: with one 16-byte load in flight per thread and 4 blocks of 512 threads per SM, ~32 KB per SM
-// are in flight, near what Little's law asks of an H200 (~4.8 TB/s x ~0.7 us / 132 SMs = ~25 KB) with no slack
-// for the block-wide merge between the passes. Loading 4 vectors before using the first (64 registers: 2 blocks
-// per SM, ~64 KB in flight) measured 0.545 ms (73%) on an H200 (run 6, N = 8192, V = 50304; prediction was
-// 70-80%), 2 vectors (40 registers, 3 blocks) 0.555 ms (72%), 1 vector 0.609 ms (66%). The default is the
-// 4-vector form; ops::Cuda::variant 1 and 2 select the 2- and 1-vector forms for kernel_bench's side-by-side rows.
+// Measured on an H200 (bench/KERNELS.md): 0.608 ms, 64% of copy bandwidth, with one 16-byte vector per thread
+// in flight (then the default). A variant that cached the row in shared memory for pass 2 (cp.async, 100 KB
+// per block, 2 blocks per SM) measured 0.746 ms on the same card: the occupancy it cost outweighed the second
+// read it saved, so the two passes stay. Bytes in flight: with one 16-byte load in flight per thread and 4
+// blocks of 512 threads per SM, ~32 KB per SM are in flight, near what Little's law asks of an H200 (~4.8
+// TB/s x ~0.7 us / 132 SMs = ~25 KB) with no slack for the block-wide merge between the passes. Loading 4
+// vectors before using the first (64 registers: 2 blocks per SM, ~64 KB in flight) measured 0.545 ms (73%) on
+// an H200 (run 6, N = 8192, V = 50304; prediction was 70-80%), 2 vectors (40 registers, 3 blocks) 0.555 ms
+// (72%), 1 vector 0.609 ms (66%). The default is the 4-vector form; ops::Cuda::variant 1 and 2 select the 2-
+// and 1-vector forms for kernel_bench's side-by-side rows.
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
@@ -205,17 +205,17 @@ void softmax_cross_entropy(const Dev& dev, F* logits, Stat<F>* losses, const int
       std::clamp(ceil_div(ceil_div(V, 2 * kVec), kWarpSize) * kWarpSize, kWarpSize, kMaxThreads);
   const dim3 grid(static_cast<unsigned>(N)), block(static_cast<unsigned>(threads));
   const auto stream = static_cast<cudaStream_t>(dev.stream);
-  // Variant 0 (the default) keeps 4 vectors per thread in flight at 2 blocks per SM; 1 and 2 keep 2 and 1 (at 3
-  // and 4 blocks per SM), the forms measured beside it (bench/KERNELS.md, run 6).
+  // Variant 0 (the default) keeps 4 vectors per thread in flight at 2 blocks per SM; 1 and 2 keep 2 and 1 (at
+  // 3 and 4 blocks per SM), the forms measured beside it (bench/KERNELS.md, run 6).
   if (dev.variant == 1)
     launch(softmax_cross_entropy_kernel<2, 3>, grid, block, 0, stream, logits, losses, targets, V, ignore_index,
            dloss);
   else if (dev.variant == 2)
-    launch(softmax_cross_entropy_kernel<1, 4>, grid, block, 0, stream, logits, losses, targets, V, ignore_index,
-           dloss);
+    launch(softmax_cross_entropy_kernel<1, 4>, grid, block, 0, stream, logits, losses, targets, V,
+           ignore_index, dloss);
   else
-    launch(softmax_cross_entropy_kernel<4, 2>, grid, block, 0, stream, logits, losses, targets, V, ignore_index,
-           dloss);
+    launch(softmax_cross_entropy_kernel<4, 2>, grid, block, 0, stream, logits, losses, targets, V,
+           ignore_index, dloss);
 }
 
 template void softmax_cross_entropy<Cuda, bf16>(const Cuda&, bf16*, float*, const int32_t*, int, int, int32_t,

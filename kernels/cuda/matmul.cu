@@ -23,19 +23,20 @@
 //
 // Epilogues: BIAS (forward with bias), GELU_AUX_BIAS / GELU_AUX (matmul_gelu_forward), DGELU (dpre of
 // matmul_backward_dgelu: cuBLASLt reads pre as its aux input, leading dimension IC, and multiplies the fp32
-// sums by GELU's derivative there before the one rounding to bf16), BGRADB (variant 2's bias gradient, below),
-// DEFAULT otherwise.
-// Bias gradient: dbias += dout^T @ ones, one more GEMM (a GEMV, reading dout once: N*OC*2 bytes) with beta = 1:
-// fp32 sums over N, rounded to bf16 once, with the previous dbias added in fp32:
+// sums by GELU's derivative there before the one rounding to bf16), BGRADB (variant 2's bias gradient,
+// below), DEFAULT otherwise.
+//
+// Bias gradient: dbias += dout^T @ ones, one more GEMM (a GEMV, reading dout once: N*OC*2 bytes) with
+// beta = 1: fp32 sums over N, rounded to bf16 once, with the previous dbias added in fp32:
 //   dbias    dbias (OC,1)      = dout^T (OC,N) op N     x  ones (N,1) op N      m=OC n=1  k=N   (beta 1)
 // Run 6 (H200) measured it at 0.09 ms per gpt2-124m block, ~1.1 ms per step at N = 16384 (bench/KERNELS.md).
-// Variant 2 (kernel_bench and the tests) sums dout in the dweight product's BGRADB epilogue instead, as dout's
-// tiles pass through the GEMM. That epilogue writes (`=`) the sums, so they go to a scratch vector that one
-// small kernel adds into dbias in fp32: fp32 where the library takes that bias-gradient type
+// Variant 2 (kernel_bench and the tests) sums dout in the dweight product's BGRADB epilogue instead, as
+// dout's tiles pass through the GEMM. That epilogue writes (`=`) the sums, so they go to a scratch vector
+// that one small kernel adds into dbias in fp32: fp32 where the library takes that bias-gradient type
 // (CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE = R_32F), else bf16 (D's type: a second rounding). cuBLASLt 13.0 on an
 // H200 refuses fp32 (INVALID_VALUE), and with bf16 the four gpt2-124m backward products measured 1-7% slower
-// than the plain product plus the GEMV (run 8), so the GEMV stays the default. Where no BGRADB algorithm exists,
-// variant 2 falls back to the GEMV.
+// than the plain product plus the GEMV (run 8), so the GEMV stays the default. Where no BGRADB algorithm
+// exists, variant 2 falls back to the GEMV.
 //
 // Accuracy and determinism: the heuristic may only pick split-K schemes that reduce in fp32 in the workspace
 // (NONE or COMPUTE_TYPE), never INPLACE or OUTPUT_TYPE, which would round partial sums to bf16. The algorithm
@@ -131,7 +132,7 @@ struct Gemm {
   Epilogue epilogue = Epilogue::kDefault;
   const bf16* bias = nullptr;  // (m) for the bias epilogues
   bf16* aux = nullptr;         // (m,n), leading dimension ldd: written by GELU_AUX*, read by DGELU
-  void* bias_grad = nullptr;  // (n) fp32 or bf16, written (`=`) by BGRADB: the sums of op(B) over k
+  void* bias_grad = nullptr;   // (n) fp32 or bf16, written (`=`) by BGRADB: the sums of op(B) over k
 };
 
 // The alignment (bytes, a power of two up to 16) of every column start of a bf16 matrix at p with leading
@@ -187,7 +188,8 @@ struct DeviceContext {
   std::map<cudaStream_t, void*> workspaces;
   bf16* ones = nullptr;
   int64_t ones_n = 0;
-  std::map<cudaStream_t, std::pair<float*, int64_t>> bias_grads;  // BGRADB's output (fp32 or bf16), per stream
+  // BGRADB's output (fp32 or bf16), per stream.
+  std::map<cudaStream_t, std::pair<float*, int64_t>> bias_grads;
   std::unordered_map<GemmKey, Plan, GemmKeyHash> plans;
   // Autotuning (kernels/cuda/matmul_tuning.h): the candidate index chosen per shape, from the cache file or
   // timed here; loaded from the file on the first plan made while tuning is on.
@@ -244,7 +246,8 @@ const bf16* ones(DeviceContext& ctx, int64_t n) {
 float* bias_grad_scratch(DeviceContext& ctx, cudaStream_t stream, int64_t n) {
   auto& [p, cap] = ctx.bias_grads[stream];
   if (cap < n) {
-    if (p) CUDA_CHECK(cudaFree(p));  // synchronises the device: no GEMM still writes it, no add still reads it
+    // cudaFree synchronises the device: no GEMM still writes the old vector, no add still reads it.
+    if (p) CUDA_CHECK(cudaFree(p));
     CUDA_CHECK(cudaMalloc(&p, static_cast<size_t>(n) * sizeof(float)));
     cap = n;
   }
@@ -564,7 +567,9 @@ __global__ void add_bias_grad_kernel(bf16* dbias, const S* sums, int n) {
 
 }  // namespace
 
-int64_t matmul_bias_grad_fallbacks() { return g_bias_grad_fallbacks.load(); }
+int64_t matmul_bias_grad_fallbacks() {
+  return g_bias_grad_fallbacks.load();
+}
 
 void set_matmul_autotune(const std::string& cache_path) {
   std::lock_guard<std::mutex> lock(g_mutex);
@@ -681,8 +686,8 @@ void backward(const Cuda& dev, bf16* dinp, bf16* dweight, bf16* dbias, const bf1
     }
     gw.epilogue = Epilogue::kBGradB16;
     if (run(gw, stream, /*dbias_gemv=*/false, /*may_fail=*/true, &sums)) {
-      launch(add_bias_grad_kernel<bf16>, grid, dim3(kThreads), 0, stream, dbias, static_cast<const bf16*>(sums),
-             OC);
+      launch(add_bias_grad_kernel<bf16>, grid, dim3(kThreads), 0, stream, dbias,
+             static_cast<const bf16*>(sums), OC);
       return;
     }
     ++g_bias_grad_fallbacks;

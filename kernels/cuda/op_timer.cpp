@@ -14,10 +14,10 @@
 namespace strata::cuda {
 namespace {
 
-#define OP_TIMER_CHECK(call)                                                                          \
-  do {                                                                                                \
-    const cudaError_t e_ = (call);                                                                    \
-    STRATA_CHECK(e_ == cudaSuccess, "op timer: ", #call, " failed: ", cudaGetErrorString(e_));        \
+#define OP_TIMER_CHECK(call)                                                                   \
+  do {                                                                                         \
+    const cudaError_t e_ = (call);                                                             \
+    STRATA_CHECK(e_ == cudaSuccess, "op timer: ", #call, " failed: ", cudaGetErrorString(e_)); \
   } while (0)
 
 struct Span {
@@ -35,8 +35,8 @@ State& state() {
   return *s;
 }
 std::atomic<bool> g_active{false};
-thread_local int t_depth = 0;         // open scopes on this thread while the timer is on
-thread_local size_t t_open_span = 0;  // this thread's outermost open span (an index into spans)
+thread_local int t_depth = 0;                // open scopes on this thread while the timer is on
+thread_local size_t t_open_span = 0;         // this thread's outermost open span (an index into spans)
 thread_local void* t_open_stream = nullptr;  // and the stream it opened on (its end event goes there too)
 
 cudaEvent_t take_event(State& s) {
@@ -88,7 +88,9 @@ std::vector<OpTime> op_timer_stop() {
   return out;
 }
 
-bool op_timer_active() { return g_active.load(std::memory_order_relaxed); }
+bool op_timer_active() {
+  return g_active.load(std::memory_order_relaxed);
+}
 
 void op_timer_open(const char* name, void* stream) {
   if (!g_active.load(std::memory_order_relaxed)) return;

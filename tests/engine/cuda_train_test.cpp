@@ -334,14 +334,16 @@ TEST_P(CudaTrain, ResumeIsBitIdenticalAndCheckpointsCrossBackends) {
 }
 
 // --op-times 3:5 (kernels/cuda/op_timer.h): one metrics row after step 5 with the GPU time of every op over
-// steps 3-5, per step. Invariants: the ops a step must run, each as often as the step runs it (2 micro-batches
-// of a 2-layer model: 4 attention forwards and backwards, 2 classifier calls, one AdamW and one grad norm; the
-// evaluation after step 4, which runs the forward and the classifier again, is outside the timed steps); times
-// non-negative and their sum within the steps' wall time; and the run's losses those of an untimed run.
+// steps 3-5, per step. Invariants: the ops a step must run, each as often as the step runs it (2
+// micro-batches of a 2-layer model: 4 attention forwards and backwards, 2 classifier calls, one AdamW and one
+// grad norm; the evaluation after step 4, which runs the forward and the classifier again, is outside the
+// timed steps); times non-negative and their sum within the steps' wall time; and the run's losses those of
+// an untimed run.
 TEST_P(CudaTrain, OpTimesCountEveryOpOfTheTimedSteps) {
   STRATA_SKIP_WITHOUT_GPU();
   const std::string f = family(GetParam());
-  TrainConfig timed = config(GetParam(), f + "_optimes", "cuda"), plain = config(GetParam(), f + "_untimed", "cuda");
+  TrainConfig timed = config(GetParam(), f + "_optimes", "cuda"),
+              plain = config(GetParam(), f + "_untimed", "cuda");
   timed.eval_every = plain.eval_every = 2;
   timed.op_times = "3:5";
   ASSERT_EQ(train(timed), 0);
@@ -371,11 +373,17 @@ TEST_P(CudaTrain, OpTimesCountEveryOpOfTheTimedSteps) {
   // backward (GPT-2's MLP: its GELU forward and derivative in the products' epilogues).
   const bool llama = GetParam() == models::Family::kLlama;
   const double fwd = llama ? 2 * (2 * 4 + 1) : 2 * (2 * 3 + 1), fwd_gelu = llama ? 0 : 2 * 2;
-  const std::map<std::string, double> expected = {
-      {"embedding fwd", 2},       {"embedding bwd", 2},         {"flash attention fwd", 4},
-      {"flash attention bwd", 4}, {"classifier", 2},            {"adamw", 1},
-      {"grad norm", 1},           {"matmul fwd", fwd},          {"matmul gelu fwd", fwd_gelu},
-      {"matmul bwd", fwd},        {"matmul bwd dgelu", fwd_gelu}};
+  const std::map<std::string, double> expected = {{"embedding fwd", 2},
+                                                  {"embedding bwd", 2},
+                                                  {"flash attention fwd", 4},
+                                                  {"flash attention bwd", 4},
+                                                  {"classifier", 2},
+                                                  {"adamw", 1},
+                                                  {"grad norm", 1},
+                                                  {"matmul fwd", fwd},
+                                                  {"matmul gelu fwd", fwd_gelu},
+                                                  {"matmul bwd", fwd},
+                                                  {"matmul bwd dgelu", fwd_gelu}};
   for (const auto& [op, n] : expected) {
     if (n == 0) {
       EXPECT_FALSE(calls.count(op)) << op;

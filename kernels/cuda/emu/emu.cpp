@@ -274,15 +274,16 @@ struct QueuedOp {
   uint64_t seq = 0;
   std::function<void()> op;
 };
-// Where an event was last recorded: its stream and the sequence number of its marker (0: already reached), and
-// the host time (ms, steady clock) at which its stream reached it (cudaEventElapsedTime's), once it has.
+// Where an event was last recorded: its stream and the sequence number of its marker (0: already reached),
+// and the host time (ms, steady clock) at which its stream reached it (cudaEventElapsedTime's), once it has.
 struct EventMark {
   cudaStream_t stream = nullptr;
   uint64_t seq = 0;
   double reached_ms = -1.0;
 };
 double now_ms() {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
 }
 
 std::recursive_mutex g_streams_mu;
@@ -348,7 +349,8 @@ void record_event(cudaEvent_t e, cudaStream_t s) {
   const uint64_t seq = ++g_seq;
   g_queues[s].push_back({seq, [e, seq] {
                            const auto it = g_events.find(e);  // under g_streams_mu (flush_until holds it)
-                           if (it != g_events.end() && it->second.seq == seq) it->second.reached_ms = now_ms();
+                           if (it != g_events.end() && it->second.seq == seq)
+                             it->second.reached_ms = now_ms();
                          }});
   g_events[e] = {s, seq};
 }
@@ -357,7 +359,7 @@ bool elapsed_ms(cudaEvent_t start, cudaEvent_t end, float* ms) {
   std::lock_guard<std::recursive_mutex> lock(g_streams_mu);
   for (cudaEvent_t e : {start, end}) {
     const auto it = g_events.find(e);
-    if (it == g_events.end()) return false;  // never recorded
+    if (it == g_events.end()) return false;          // never recorded
     flush_until(it->second.stream, it->second.seq);  // as a wait would: the stream reaches the marker
   }
   *ms = static_cast<float>(g_events[end].reached_ms - g_events[start].reached_ms);

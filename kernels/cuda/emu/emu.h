@@ -71,9 +71,9 @@ void flush_all_streams();
 // the recorded stream up to the marker current at the time of the wait call; forget drops a destroyed stream
 // (after running its queue) or event.
 void record_event(cudaEvent_t event, cudaStream_t stream);
-// cudaEventElapsedTime: the host time between the moments the two events' streams reached them (what is queued
-// up to them runs first); false if either was never recorded. Emulated kernels run on the CPU, so these are CPU
-// times (the op timer, kernels/cuda/op_timer.h, runs on them).
+// cudaEventElapsedTime: the host time between the moments the two events' streams reached them (what is
+// queued up to them runs first); false if either was never recorded. Emulated kernels run on the CPU, so
+// these are CPU times (the op timer, kernels/cuda/op_timer.h, runs on them).
 bool elapsed_ms(cudaEvent_t start, cudaEvent_t end, float* ms);
 void wait_event(cudaStream_t stream, cudaEvent_t event);
 void forget(cudaStream_t stream, cudaEvent_t event);

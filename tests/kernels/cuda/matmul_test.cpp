@@ -129,17 +129,17 @@ TEST(CudaMatmul, BackwardAccumulatesTwiceAndMatchesTwin) {
     STRATA_EXPECT_CLOSE(as_double(d_db.download()), ref_db, kTolBf16Reduction, name(s) + " dbias (twice)");
 
     // Variant 2: the bias gradient in the dweight product's BGRADB epilogue (fp32 or bf16 sums, added into
-    // dbias in fp32) where cuBLASLt has it, instead of the default's GEMV: the twin's tolerance. The default's
-    // dweight product is the plain one, so a call without dbias gives the same dweight bits (the GEMV writes
-    // nothing else).
+    // dbias in fp32) where cuBLASLt has it, instead of the default's GEMV: the twin's tolerance. The
+    // default's dweight product is the plain one, so a call without dbias gives the same dweight bits (the
+    // GEMV writes nothing else).
     ops::Cuda bgradb = kDev;
     bgradb.variant = 2;
     DeviceBuffer<bf16> d_dw2(to_bf16(dw0)), d_db2(to_bf16(db0)), d_dw3(to_bf16(dw0));
     for (int call = 0; call < 2; ++call) {
-      ops::matmul_backward(bgradb, kNoDinp, d_dw2.get(), d_db2.get(), d_dout.get(), d_inp.get(), d_w.get(), s.N,
+      ops::matmul_backward(bgradb, kNoDinp, d_dw2.get(), d_db2.get(), d_dout.get(), d_inp.get(), d_w.get(),
+                           s.N, s.IC, s.OC);
+      ops::matmul_backward(kDev, kNoDinp, d_dw3.get(), kNoBias, d_dout.get(), d_inp.get(), d_w.get(), s.N,
                            s.IC, s.OC);
-      ops::matmul_backward(kDev, kNoDinp, d_dw3.get(), kNoBias, d_dout.get(), d_inp.get(), d_w.get(), s.N, s.IC,
-                           s.OC);
     }
     STRATA_EXPECT_CLOSE(as_double(d_dw2.download()), ref_dw, kTolBf16Reduction, name(s) + " BGRADB dweight");
     STRATA_EXPECT_CLOSE(as_double(d_db2.download()), ref_db, kTolBf16Reduction, name(s) + " BGRADB dbias");
