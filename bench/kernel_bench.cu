@@ -157,6 +157,13 @@ void bench_elementwise(const ops::Cuda& dev) {
     const std::string s = dims({{"B", B}, {"T", T}, {"NH", NH}, {"KVH", KVH}, {"HS", HS}});
     memory_row("rope fwd", s, moved, time_ms([&] { ops::rope_forward(dev, qkv, B, T, NH, KVH, HS, 10000.f, 0); }));
     memory_row("rope bwd", s, moved, time_ms([&] { ops::rope_backward(dev, qkv, B, T, NH, KVH, HS, 10000.f, 0); }));
+    // Variant 1 (rope.cu): lanes across the heads of a position, the batch rows in each thread's loop.
+    ops::Cuda heads = dev;
+    heads.variant = 1;
+    memory_row("rope fwd, variant 1 (lanes across heads)", s, moved,
+               time_ms([&] { ops::rope_forward(heads, qkv, B, T, NH, KVH, HS, 10000.f, 0); }));
+    memory_row("rope bwd, variant 1 (lanes across heads)", s, moved,
+               time_ms([&] { ops::rope_backward(heads, qkv, B, T, NH, KVH, HS, 10000.f, 0); }));
     cudaFree(qkv);
   }
   {  // SwiGLU at llama-1.1b's MLP (F = 5632), GELU at gpt2-124m's (4C = 3072)

@@ -24,6 +24,16 @@
 // (4x the bytes in flight; a third less double-precision work, overlapped with the first loads). Risk: the
 // grid is one wave (512 blocks on 528 slots), so the start (angles) and the end are not hidden by other
 // blocks.
+// Variant 1 (ops::Cuda::variant = 1; the vector path only; NOT YET MEASURED): the lanes run across the heads
+// of one token position t instead of across rows, HV = HS/16 lanes per head, so a warp's two 16-byte loads
+// cover 32/HV consecutive heads of one row (1 KB contiguous at HS = 64) where the default's cover 8 rows 5 KB
+// apart (64 B + 64 B of each); each thread then loops over the B rows b*T + t of its position, which share
+// its angles (computed once, as in the default), loading kUnrollB = 4 rows' vectors before rotating the first
+// (128 B in flight per thread, in registers: ptxas sm_90 113 registers, so 2 blocks of 256 per SM, ~64 KB in
+// flight per SM; at 3 or 4 blocks it spills). Grid: T * (NH+KVH) * HV threads, 4.4 waves at the llama-1.1b
+// bench shape against the default's one. Prediction: 80-88% of copy bandwidth at that shape (the default:
+// 71-72% in run 6), from whole DRAM bursts per warp and no single-wave tail; the same bits as the default
+// (the same angles and rotation expressions).
 #include <cmath>
 #include <cstdint>
 
@@ -102,6 +112,53 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   if constexpr (W == 8) cp_async_wait<0>();  // no copy outlives the thread
 }
 
+constexpr int kUnrollB = 4;           // variant 1: batch rows loaded before the first is rotated
+constexpr int kHeadsBlocksPerSm = 2;  // variant 1: up to 128 registers (at 4 or 3 blocks it spills)
+
+__global__ void __launch_bounds__(kThreads, kHeadsBlocksPerSm)
+    rope_heads_kernel(bf16* qkv, int B, int T, int heads, int HS, int64_t row_stride, InvFreq inv_freq,
+                      int pos0, double sign) {
+  constexpr int W = 8;
+  const int half = HS / 2, HV = half / W;
+  const int64_t idx = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  if (idx >= int64_t{T} * heads * HV) return;
+  const int j = static_cast<int>(idx % HV);
+  const int h = static_cast<int>(idx / HV % heads);
+  const int t = static_cast<int>(idx / (int64_t{HV} * heads));
+  float cs[W], sn[W];
+  const double p = static_cast<double>(pos0 + t);
+  for (int k = 0; k < W; ++k) {
+    const double theta = p * inv_freq.f[j * W + k];  // the twin's theta, bit for bit
+    cs[k] = static_cast<float>(cos(theta));
+    sn[k] = static_cast<float>(sign * sin(theta));
+  }
+  bf16* x = qkv + int64_t{t} * row_stride + int64_t{h} * HS + j * W;  // batch row 0
+  const int64_t batch_stride = int64_t{T} * row_stride;
+  for (int b0 = 0; b0 < B; b0 += kUnrollB) {
+    Vec16<bf16> v0[kUnrollB], v1[kUnrollB];
+#pragma unroll
+    for (int u = 0; u < kUnrollB; ++u)
+      if (b0 + u < B) {
+        const bf16* r = x + (b0 + u) * batch_stride;
+        v0[u] = Vec16<bf16>::load(r);
+        v1[u] = Vec16<bf16>::load(r + half);
+      }
+#pragma unroll
+    for (int u = 0; u < kUnrollB; ++u) {
+      if (b0 + u >= B) break;
+      float o0[W], o1[W];
+      for (int k = 0; k < W; ++k) {
+        const float a = to_float(v0[u].v[k]), c = to_float(v1[u].v[k]);
+        o0[k] = a * cs[k] - c * sn[k];
+        o1[k] = c * cs[k] + a * sn[k];
+      }
+      bf16* r = x + (b0 + u) * batch_stride;
+      store_floats<W>(r, o0);
+      store_floats<W>(r + half, o1);
+    }
+  }
+}
+
 void rope(const ops::Cuda& dev, bf16* qkv, int B, int T, int NH, int KVH, int HS, float base, int pos0,
           double sign) {
   STRATA_CHECK(qkv, "rope: null pointer");
@@ -118,6 +175,13 @@ void rope(const ops::Cuda& dev, bf16* qkv, int B, int T, int NH, int KVH, int HS
   const double log_base = std::log(static_cast<double>(base));
   InvFreq inv_freq{};
   for (int i = 0; i < half; ++i) inv_freq.f[i] = std::exp(-2.0 * i / HS * log_base);
+  if (vec && dev.variant == 1) {
+    const int64_t heads_threads = int64_t{T} * (NH + KVH) * (half / 8);
+    launch(rope_heads_kernel, dim3(static_cast<unsigned>(ceil_div(heads_threads, int64_t{kThreads}))),
+           dim3(kThreads), 0, static_cast<cudaStream_t>(dev.stream), qkv, B, T, NH + KVH, HS, row_stride,
+           inv_freq, pos0, sign);
+    return;
+  }
   const size_t smem = vec ? size_t{kStages} * 2 * kThreads * 16 : 0;  // 40 KB: 4 blocks per SM fit
   launch(vec ? rope_kernel<8> : rope_kernel<1>, grid, dim3(kThreads), smem,
          static_cast<cudaStream_t>(dev.stream), qkv, N, T, NH + KVH, HS, row_stride, inv_freq, pos0, sign);

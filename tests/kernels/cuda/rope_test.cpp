@@ -4,7 +4,8 @@
 //
 // Shapes sweep the vector path (HS/2 a multiple of 8: HS = 16, 64) and the scalar one (HS = 2, 6, 10),
 // grouped and ungrouped heads, position offsets 0 and 4000 (large angles), and one case on a buffer offset by
-// one element (the scalar fallback for an aligned HS).
+// one element (the scalar fallback for an aligned HS). Each case runs every variant (ops::Cuda::variant 0, the
+// default, and 1, lanes across heads with the batch rows in the loop; the scalar path has no variant).
 #include <string>
 #include <vector>
 
@@ -29,9 +30,10 @@ struct Case {
 };
 const Case kCases[] = {{1, 1, 1, 1, 2, 0, false},     {2, 5, 3, 1, 6, 0, false},
                        {2, 7, 4, 2, 16, 3, false},    {1, 9, 2, 2, 64, 4000, false},
-                       {3, 4, 2, 1, 10, 4000, false}, {2, 3, 2, 2, 64, 0, true}};
+                       {3, 4, 2, 1, 10, 4000, false}, {2, 3, 2, 2, 64, 0, true},
+                       {6, 3, 3, 1, 16, 7, false}};  // B > 4: variant 1's batch loop, a full round and a tail
 
-void check(const Case& k, bool forward) {
+void check(const Case& k, bool forward, int variant) {
   const int row = (k.NH + 2 * k.KVH) * k.HS;
   const size_t n = size_t(k.B) * k.T * row;
   const auto qkv = random_bf16_values(n, forward ? 1 : 2);
@@ -46,10 +48,12 @@ void check(const Case& k, bool forward) {
   const auto in = to_bf16(qkv);
   std::copy(in.begin(), in.end(), host.begin() + static_cast<std::ptrdiff_t>(off));
   DeviceBuffer<bf16> d(host);
+  ops::Cuda dev;
+  dev.variant = variant;
   if (forward)
-    ops::rope_forward(ops::Cuda{}, d.get() + off, k.B, k.T, k.NH, k.KVH, k.HS, kBase, k.pos0);
+    ops::rope_forward(dev, d.get() + off, k.B, k.T, k.NH, k.KVH, k.HS, kBase, k.pos0);
   else
-    ops::rope_backward(ops::Cuda{}, d.get() + off, k.B, k.T, k.NH, k.KVH, k.HS, kBase, k.pos0);
+    ops::rope_backward(dev, d.get() + off, k.B, k.T, k.NH, k.KVH, k.HS, kBase, k.pos0);
   const auto all = d.download();
   const std::vector<bf16> got(all.begin() + static_cast<std::ptrdiff_t>(off), all.end());
   const std::string what = forward ? "rope forward" : "rope backward";
@@ -64,18 +68,20 @@ void check(const Case& k, bool forward) {
 
 TEST(CudaRope, ForwardMatchesCpu) {
   STRATA_SKIP_WITHOUT_GPU();
-  for (const Case& k : kCases) {
-    SCOPED_TRACE(k.name());
-    check(k, true);
-  }
+  for (const int variant : {0, 1})
+    for (const Case& k : kCases) {
+      SCOPED_TRACE(k.name() + " variant " + std::to_string(variant));
+      check(k, true, variant);
+    }
 }
 
 TEST(CudaRope, BackwardMatchesCpu) {
   STRATA_SKIP_WITHOUT_GPU();
-  for (const Case& k : kCases) {
-    SCOPED_TRACE(k.name());
-    check(k, false);
-  }
+  for (const int variant : {0, 1})
+    for (const Case& k : kCases) {
+      SCOPED_TRACE(k.name() + " variant " + std::to_string(variant));
+      check(k, false, variant);
+    }
 }
 
 // Backward after forward is the identity up to two bf16 roundings (the rotation is orthogonal): the
