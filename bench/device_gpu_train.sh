@@ -16,18 +16,10 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/strata_device}
 mkdir -p "$out"
-w=$(mktemp -d)
-tar -C "$w" -xJf .devcarry/kernels.tar.xz || { echo "device_gpu_train: .devcarry/kernels.tar.xz missing"; exit 1; }
-cublas=$(dirname "$(timeout 60 find /usr /opt -name 'libcublasLt.so.13' 2>/dev/null | head -1)")
-# NCCL (218 MB, not carried): the image's, from its nvidia-nccl-cu13 Python package or a system install.
-nccl=$(dirname "$(timeout 60 find /usr /opt -name 'libnccl.so.2' 2>/dev/null | head -1)")
-cublas="$cublas:$nccl"
-run() { LD_LIBRARY_PATH="$w/lib:$cublas:${LD_LIBRARY_PATH:-}" "$@"; }
+source bench/device_lib.sh
+device_unpack device_gpu_train
 d=$(mktemp -d)
-run "$w/strata" tokenizer train --no-progress --vocab-size 8192 --input data/default/sotu.jsonl.xz \
-  --output "$d/tok.tiktoken" >"$out/train_prepare.log" 2>&1 &&
-  run "$w/strata" prepare --no-progress --tokenizer "$d/tok.tiktoken" --out "$d/data" >>"$out/train_prepare.log" 2>&1 ||
-  { tail -n 5 "$out/train_prepare.log"; exit 1; }
+device_prepare "$d" "$out/train_prepare.log" || exit 1
 
 rows=()
 # train NAME TORCH_ARGS STRATA_ARGS...: one strata run (and the PyTorch baseline unless TORCH_ARGS is "-").

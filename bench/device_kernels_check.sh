@@ -10,18 +10,12 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/strata_device}
 mkdir -p "$out"
-w=$(mktemp -d)
+source bench/device_lib.sh
+device_unpack device_kernels_check
 logs=$w/logs
 mkdir -p "$logs"
 # The device tool returns at most 8 files from $OUT: the logs travel as one archive, written also when cut off.
 trap 'tar -C "$w" -czf "$out/device_logs.tar.gz" logs 2>/dev/null' EXIT
-tar -C "$w" -xJf .devcarry/kernels.tar.xz || { echo "device_kernels_check: .devcarry/kernels.tar.xz missing"; exit 1; }
-cublas=$(dirname "$(timeout 60 find /usr /opt -name 'libcublasLt.so.13' 2>/dev/null | head -1)")
-# NCCL (218 MB, not carried): the image's, from its nvidia-nccl-cu13 Python package or a system install.
-nccl=$(dirname "$(timeout 60 find /usr /opt -name 'libnccl.so.2' 2>/dev/null | head -1)")
-cublas="$cublas:$nccl"
-# The carried libraries serve the carried executables only (PyTorch keeps the image's own).
-run() { LD_LIBRARY_PATH="$w/lib:$cublas:${LD_LIBRARY_PATH:-}" "$@"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader 2>&1 | head -1
 rows=()
 

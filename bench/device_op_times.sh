@@ -10,21 +10,15 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/strata_device}
 mkdir -p "$out"
-w=$(mktemp -d)
-tar -C "$w" -xJf .devcarry/kernels.tar.xz || { echo "device_op_times: .devcarry/kernels.tar.xz missing"; exit 1; }
-cublas=$(dirname "$(timeout 60 find /usr /opt -name 'libcublasLt.so.13' 2>/dev/null | head -1)")
-nccl=$(dirname "$(timeout 60 find /usr /opt -name 'libnccl.so.2' 2>/dev/null | head -1)")
-export LD_LIBRARY_PATH="$w/lib:$cublas:$nccl:${LD_LIBRARY_PATH:-}"
+source bench/device_lib.sh
+device_unpack device_op_times
 model=${MODEL:-gpt2-124m} vocab=${VOCAB:-50257} batch=${BATCH:-16} seq=${SEQ:-1024}
 layers=()
 [[ -n ${LAYERS:-} ]] && layers=(--n-layer "$LAYERS")
 d=$(mktemp -d)
-"$w/strata" tokenizer train --no-progress --vocab-size 8192 --input data/default/sotu.jsonl.xz \
-  --output "$d/tok.tiktoken" >"$out/op_times_prepare.log" 2>&1 &&
-  "$w/strata" prepare --no-progress --tokenizer "$d/tok.tiktoken" --out "$d/data" >>"$out/op_times_prepare.log" 2>&1 ||
-  { tail -n 5 "$out/op_times_prepare.log"; exit 1; }
+device_prepare "$d" "$out/op_times_prepare.log" || exit 1
 # Steps 6-8 timed: after the first steps' one-time work (cuBLASLt plans, allocations).
-timeout 150 "$w/strata" train --device cuda --data "$d/data" --model "$model" "${layers[@]}" --vocab-size "$vocab" \
+run timeout 150 "$w/strata" train --device cuda --data "$d/data" --model "$model" "${layers[@]}" --vocab-size "$vocab" \
   --batch-size "$batch" --seq-len "$seq" --steps 8 --lr 3e-4 --warmup 2 --eval-every 0 --eval-batches 1 \
   --sample-tokens 0 --log-every 1 --out "$d/run" --overwrite --op-times 6:8 >"$out/op_times_$model.log" 2>&1 ||
   { echo "device_op_times: the run failed"; tail -n 15 "$out/op_times_$model.log"; exit 1; }
