@@ -113,7 +113,7 @@ class TrainBackend {
   virtual void profiler_start() {}
   virtual void profiler_stop() {}
   // --op-times: start timing every op with CUDA events; stop (waits for the device) and return the per-op
-  // totals, longest first. The CPU backend has no such timer (the option needs --device cuda).
+  // totals. The CPU backend has no such timer (the option needs --device cuda).
   virtual void op_timing_start() {}
   virtual std::vector<OpTiming> op_timing_stop() { return {}; }
 };

@@ -4,7 +4,6 @@
 
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <atomic>
 #include <map>
 #include <mutex>
@@ -84,12 +83,7 @@ std::vector<OpTime> op_timer_stop() {
   std::vector<OpTime> out;
   out.reserve(by_op.size());
   for (auto& [name, t] : by_op) out.push_back(std::move(t));
-  std::stable_sort(out.begin(), out.end(), [](const OpTime& a, const OpTime& b) { return a.ms > b.ms; });
   return out;
-}
-
-bool op_timer_active() {
-  return g_active.load(std::memory_order_relaxed);
 }
 
 void op_timer_open(const char* name, void* stream) {

@@ -31,9 +31,9 @@ struct OpTime {
 // Starts recording (forgets anything recorded before). Not reentrant: one timing window at a time per
 // process.
 void op_timer_start();
-// Stops recording, waits for the device, and returns the per-op totals, longest first (ties by name).
+// Stops recording, waits for the device, and returns the per-op totals in the order of their names (the
+// caller orders its report: the trainer sums several windows first).
 std::vector<OpTime> op_timer_stop();
-bool op_timer_active();
 
 // The scope hooks (NvtxRange): open records a start event on stream when the timer is on and no other scope
 // is open on this thread; close records the matching end event.
