@@ -74,6 +74,15 @@ train gpt2-124m_b32 "--model gpt2-124m --batch 32 --seq 1024" \
   --model gpt2-124m --vocab-size 50257 --batch-size 32 --seq-len 1024 --steps 20 --lr 6e-4
 train llama-1.1b-L4_b4 "--model llama-1.1b --layers 4 --vocab 32000 --batch 4 --seq 2048" \
   --model llama-1.1b --n-layer 4 --vocab-size 32000 --batch-size 4 --seq-len 2048 --steps 15 --lr 3e-4
+# Attention through cuDNN's fused SDPA engines (--attention cudnn; its deterministic backward, dP in the
+# workspace) in place of Strata's flash kernels, beside the runs above.
+train gpt2-124m_b16_cudnn - \
+  --model gpt2-124m --vocab-size 50257 --batch-size 16 --seq-len 1024 --steps 25 --lr 6e-4 --attention cudnn
+train gpt2-124m_b32_cudnn - \
+  --model gpt2-124m --vocab-size 50257 --batch-size 32 --seq-len 1024 --steps 20 --lr 6e-4 --attention cudnn
+train llama-1.1b-L4_b4_cudnn - \
+  --model llama-1.1b --n-layer 4 --vocab-size 32000 --batch-size 4 --seq-len 2048 --steps 15 --lr 3e-4 \
+  --attention cudnn
 train llama-1.1b-grow2to6 - --model llama-1.1b --n-layer 2 --vocab-size 32000 --batch-size 2 --seq-len 2048 \
   --steps 6 --lr 3e-4 --grow "at=3 steps,op=stack,g=3"
 # Width growth on the device (G_direct's split neurons: the plan's row and column gathers run as kernels):
@@ -87,7 +96,7 @@ echo "MFU against the H200 / H100 SXM datasheet bf16 peak (989.4 TFLOP/s), model
 echo "| run | exit | strata tokens/s | strata MFU | PyTorch tokens/s | PyTorch MFU | strata / PyTorch | growth |"
 echo "|---|---|---|---|---|---|---|---|"
 for r in "${rows[@]}"; do echo "| $r |"; done
-python3 - "$d" <<'PY'
+python3 - "$d" "$out" <<'PY'
 import json, statistics, sys
 def tps(run):
     try:
@@ -103,4 +112,14 @@ for run, what in (("gpt2-124m_b16_nccl-loopback", "NCCL loopback (ZeRO-0 overlap
     b = tps(run)
     if a and b:
         print(f"{what} / plain, gpt2-124m B=16: {b / a:.3f}x tokens/s")
+def torch_tps(run):  # the PyTorch baseline's JSON: the last line of the run's log
+    try:
+        return json.loads(open(f"{sys.argv[2]}/train_{run}.log").read().strip().splitlines()[-1])["tokens_per_s"]
+    except Exception:
+        return None
+for run in ("gpt2-124m_b16", "gpt2-124m_b32", "llama-1.1b-L4_b4"):
+    f, c, t = tps(run), tps(run + "_cudnn"), torch_tps(run)
+    if f and c:
+        vs = f", {c / t:.3f}x PyTorch ({t:,.0f})" if t else ""
+        print(f"--attention cudnn, {run}: {c:,.0f} tokens/s, {c / f:.3f}x --attention flash{vs}")
 PY

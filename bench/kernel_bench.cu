@@ -20,6 +20,7 @@
 #include "engine/check.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/matmul_tuning.h"
+#include "kernels/cuda/workspace.h"
 #include "kernels/ops.h"
 
 namespace strata::cuda {
@@ -350,6 +351,32 @@ void bench_attention(const ops::Cuda& dev, int B, int T, int NH, int KVH, int HS
   });
   compute_row("flash attention bwd, atomic dQ", s, 2.5 * fwd, a_ms);
   compute_row("flash attention fwd+bwd, atomic dQ", s, 3.5 * fwd, f_ms + a_ms);
+  // The same through cuDNN's SDPA graphs (kernels/cuda/cudnn_sdpa.h): its deterministic backward (dP kept in
+  // the workspace) and its accumulating one, each with the workspace its plan asks for. Skipped, with a row
+  // that says why, where cuDNN cannot be loaded or has no engine.
+  try {
+    for (const bool deterministic : {true, false}) {
+      ops::Cuda cd = dev;
+      cd.cudnn_attention = true;
+      cd.deterministic = deterministic;
+      const size_t bytes = cudnn_attention_workspace_bytes(B, T, NH, KVH, HS, deterministic);
+      void* ws = nullptr;
+      CUDA_CHECK(cudaMalloc(&ws, std::max<size_t>(bytes, 256)));
+      cd.workspace = ws, cd.workspace_bytes = bytes;
+      const double cf = time_ms([&] { ops::flash_attention_forward(cd, out, lse, qkv, B, T, NH, KVH, HS); });
+      const double cb = time_ms([&] {
+        ops::flash_attention_backward(cd, dqkv, delta, dout, out, qkv, static_cast<const float*>(lse), B, T,
+                                      NH, KVH, HS);
+      });
+      const char* tag = deterministic ? "" : ", atomic dQ";
+      if (deterministic) compute_row("cudnn attention fwd", s, fwd, cf);
+      compute_row(std::string("cudnn attention bwd") + tag, s, 2.5 * fwd, cb);
+      compute_row(std::string("cudnn attention fwd+bwd") + tag, s, 3.5 * fwd, cf + cb);
+      CUDA_CHECK(cudaFree(ws));
+    }
+  } catch (const strata::Error& e) {
+    std::fprintf(stderr, "cudnn attention %s: skipped: %s\n", s.c_str(), e.what());
+  }
   for (void* p : {(void*)qkv, (void*)out, (void*)dout, (void*)dqkv, (void*)lse, (void*)delta}) cudaFree(p);
 }
 

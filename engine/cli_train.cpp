@@ -88,6 +88,7 @@ const std::vector<OptionRule>& option_rules() {
       STRATA_FIELD("--comm-timeout", false, comm_timeout),
       STRATA_FIELD("--nccl-loopback", false, nccl_loopback),
       STRATA_FIELD("--recompute", false, recompute),
+      STRATA_FIELD("--attention", false, attention),
   };
   return rules;
 }
@@ -243,6 +244,9 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--recompute", c.recompute,
                   "--device cuda: activations the backward recomputes instead of keeping: none | norm (the "
                   "norm outputs) | mlp (the MLP's hidden activations) | all; the same bits, less memory");
+  cmd->add_option("--attention", c.attention,
+                  "--device cuda: attention by Strata's flash kernels (flash) or cuDNN's fused SDPA engines "
+                  "(cudnn; libcudnn.so.9 loaded at run time; deterministic unless the run is not)");
   cmd->add_option("--resume", o->resume,
                   "Continue from a checkpoint folder, or a run folder's newest checkpoint");
   cmd->add_flag("--overwrite", o->overwrite, "Start over in an --out folder that already holds checkpoints");

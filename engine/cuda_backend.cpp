@@ -37,8 +37,8 @@ double gib(size_t bytes) {
 class CudaBackend final : public TrainBackend {
  public:
   CudaBackend(const models::ModelConfig& cfg, int B, int T, const AdamWConfig& adamw, uint64_t seed,
-              const DataParallelSetup& dp, Recompute recompute)
-      : B_(B), T_(T), adamw_(adamw), seed_(seed), recompute_(recompute) {
+              const DataParallelSetup& dp, const CudaRunOptions& run)
+      : B_(B), T_(T), adamw_(adamw), seed_(seed), run_(run) {
     if (dp.active()) {
 #if defined(STRATA_HAVE_NCCL)
       nccl_ = std::make_unique<NcclCommunicator>(*dp.comm);
@@ -84,7 +84,7 @@ class CudaBackend final : public TrainBackend {
                   "%.2f GiB (model state %.2f, activations %.2f with --recompute %s), %.1f of %.1f GiB free "
                   "now",
                   gib(p.total()), gib(p.weights + p.grads + p.master + p.moments), gib(p.activations),
-                  recompute_name(recompute_), gib(free_bytes), gib(total_bytes));
+                  recompute_name(run_.recompute), gib(free_bytes), gib(total_bytes));
     return b;
   }
   void check_growth_fits(const growth::GrowthPlan& plan, const std::string& what) const override {
@@ -102,7 +102,7 @@ class CudaBackend final : public TrainBackend {
         " of GPU memory at its peak (the old and the grown model's state side by side, then the grown "
         "model training) but this run has ",
         gib_text(usable), " of ", gib_text(total_bytes), ": use a smaller --batch-size",
-        recompute_ == Recompute::kAll ? "" : ", --recompute all", zero0_ranks ? ", --zero 1" : "",
+        run_.recompute == Recompute::kAll ? "" : ", --recompute all", zero0_ranks ? ", --zero 1" : "",
         " or a smaller growth");
   }
   int batch() const override {
@@ -510,7 +510,8 @@ class CudaBackend final : public TrainBackend {
 
   CudaModelOptions model_options() const {
     CudaModelOptions o;
-    o.recompute = recompute_;
+    o.recompute = run_.recompute;
+    o.cudnn_attention = run_.cudnn_attention;
 #if defined(STRATA_HAVE_NCCL)
     if (nccl_ && zero_ == 1) {
       o.shard_world = nccl_->world();
@@ -545,7 +546,7 @@ class CudaBackend final : public TrainBackend {
 #endif
   AdamWConfig adamw_;
   uint64_t seed_;
-  Recompute recompute_;
+  CudaRunOptions run_;
   long t_ = 0;
   std::unique_ptr<CudaModel> gpu_;
   std::optional<ParamBuffer> host_params_;
@@ -561,7 +562,7 @@ class CudaBackend final : public TrainBackend {
 
 std::unique_ptr<TrainBackend> make_cuda_backend(const models::ModelConfig& cfg, int B, int T,
                                                 const AdamWConfig& adamw, uint64_t seed,
-                                                const DataParallelSetup& dp, Recompute recompute) {
+                                                const DataParallelSetup& dp, const CudaRunOptions& run) {
 #if !defined(STRATA_CUDA_EMU)
   int n = 0;
   const cudaError_t err = cudaGetDeviceCount(&n);
@@ -576,7 +577,7 @@ std::unique_ptr<TrainBackend> make_cuda_backend(const models::ModelConfig& cfg, 
   CUDA_CHECK(cudaSetDevice(world.local_rank()));
   process_context().device = world.local_rank();
 #endif
-  return std::make_unique<CudaBackend>(cfg, B, T, adamw, seed, dp, recompute);
+  return std::make_unique<CudaBackend>(cfg, B, T, adamw, seed, dp, run);
 }
 
 }  // namespace strata

@@ -9,11 +9,12 @@
 namespace strata {
 
 // With dp active (engine/train_backend.h), every rank of dp.comm calls this collectively: the NCCL
-// communicator is made here, and under ZeRO-1 the runner is allocated sharded from the start. `recompute`:
-// the runner's activation recomputation (engine/recompute.h), kept across growth.
+// communicator is made here, and under ZeRO-1 the runner is allocated sharded from the start. `run`: the
+// runner's activation recomputation and attention implementation (engine/train_backend.h), kept across
+// growth.
 std::unique_ptr<TrainBackend> make_cuda_backend(const models::ModelConfig& cfg, int B, int T,
                                                 const AdamWConfig& adamw, uint64_t seed,
                                                 const DataParallelSetup& dp = {},
-                                                Recompute recompute = Recompute::kNone);
+                                                const CudaRunOptions& run = {});
 
 }  // namespace strata

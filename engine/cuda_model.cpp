@@ -167,9 +167,9 @@ struct CudaModel::Impl {
   size_t workspace_bytes = 0;
 
   // The arena's layout; plan_memory measures it with a null base, the constructor assigns it.
-  void carve(Carver& c, const ModelDims& d, int B, int T, bool deterministic, Recompute recompute) {
+  void carve(Carver& c, const ModelDims& d, int B, int T, const CudaModelOptions& opt) {
     const size_t N = size_t(B) * T, L = d.L, C = d.C;
-    const bool keep_norms = !recomputes_norm(recompute), keep_mlp = !recomputes_mlp(recompute);
+    const bool keep_norms = !recomputes_norm(opt.recompute), keep_mlp = !recomputes_mlp(opt.recompute);
     inputs = c.take<int32_t>(N);
     targets = c.take<int32_t>(N);
     resid = c.take<bf16>((L + 1) * N * C);
@@ -213,7 +213,12 @@ struct CudaModel::Impl {
     workspace_bytes = std::max(
         {cuda::embedding_backward_workspace_bytes(B, T),
          cuda::norm_backward_workspace_bytes(static_cast<int>(N), d.C), cuda::grad_norm_workspace_bytes(),
-         deterministic ? size_t{0} : cuda::flash_attention_backward_workspace_bytes(B, T, d.NH, d.HS)});
+         opt.deterministic || opt.cudnn_attention
+             ? size_t{0}
+             : cuda::flash_attention_backward_workspace_bytes(B, T, d.NH, d.HS),
+         opt.cudnn_attention
+             ? cuda::cudnn_attention_workspace_bytes(B, T, d.NH, d.KVH, d.HS, opt.deterministic)
+             : size_t{0}});
     workspace = c.take<char>(workspace_bytes);
   }
 };
@@ -233,7 +238,7 @@ CudaMemoryPlan CudaModel::plan_memory(const models::ModelConfig& cfg, int B, int
   plan.moments = 2 * S * sizeof(float);
   Impl measure_only;
   Carver measure(nullptr);
-  measure_only.carve(measure, d, B, T, opt.deterministic, opt.recompute);
+  measure_only.carve(measure, d, B, T, opt);
   plan.activations = measure.bytes();
   // kernels/cuda/matmul.cu's cuBLASLt workspace per stream. Not counted: its ones vector (2 bytes per row of
   // the largest product) and bias-gradient scratch (4 bytes per output feature): ~0.25 MB for gpt2-124m at
@@ -299,11 +304,12 @@ CudaModel::CudaModel(const models::ModelConfig& cfg, int B, int T, const CudaMod
     CUDA_CHECK(cudaMemset(s.grad_shard.ptr, 0, s.grad_shard.bytes));
   }
   Carver measure(nullptr);
-  s.carve(measure, d, B, T, opt_.deterministic, opt_.recompute);
+  s.carve(measure, d, B, T, opt_);
   s.arena = DeviceBuffer(measure.bytes(), "the activations");
   Carver assign(s.arena.as<char>());
-  s.carve(assign, d, B, T, opt_.deterministic, opt_.recompute);
+  s.carve(assign, d, B, T, opt_);
   s.dev.deterministic = opt_.deterministic;
+  s.dev.cudnn_attention = opt_.cudnn_attention;
   s.dev.workspace = s.workspace;
   s.dev.workspace_bytes = s.workspace_bytes;
   // Activations start poisoned (all bits set: NaN in bf16 and fp32), so reading one before it is written

@@ -69,6 +69,8 @@ struct CudaModelOptions {
   int shard_rank = 0;
   // Activation recomputation (see the header comment): what the backward rebuilds instead of keeping.
   Recompute recompute = Recompute::kNone;
+  // Attention through cuDNN (ops::Cuda::cudnn_attention); its plans' workspace joins the arena.
+  bool cudnn_attention = false;
 };
 
 class CudaModel {

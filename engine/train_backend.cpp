@@ -134,11 +134,13 @@ void register_cuda_backend(CudaBackendFactory factory) {
 
 std::unique_ptr<TrainBackend> make_backend(const std::string& device, const models::ModelConfig& cfg, int B,
                                            int T, const AdamWConfig& adamw, uint64_t seed,
-                                           const DataParallelSetup& dp, Recompute recompute) {
+                                           const DataParallelSetup& dp, const CudaRunOptions& run) {
   if (device == "cpu") {
-    STRATA_REQUIRE(recompute == Recompute::kNone, "--recompute ", recompute_name(recompute),
+    STRATA_REQUIRE(run.recompute == Recompute::kNone, "--recompute ", recompute_name(run.recompute),
                    ": activation recomputation is a CUDA-backend option (--device cuda); the CPU backend "
                    "keeps every activation");
+    STRATA_REQUIRE(!run.cudnn_attention,
+                   "--attention cudnn: cuDNN's attention is a CUDA-backend option (--device cuda)");
     return make_cpu_backend(cfg, B, T, adamw, dp);
   }
   STRATA_REQUIRE(device == "cuda", "--device ", device, ": unknown device (cpu or cuda)");
@@ -146,7 +148,7 @@ std::unique_ptr<TrainBackend> make_backend(const std::string& device, const mode
       g_cuda_factory != nullptr,
       "--device cuda: this strata was built without the CUDA backend (configure with nvcc present, "
       "-DSTRATA_CUDA=ON)");
-  return g_cuda_factory(cfg, B, T, adamw, seed, dp, recompute);
+  return g_cuda_factory(cfg, B, T, adamw, seed, dp, run);
 }
 
 }  // namespace strata

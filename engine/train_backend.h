@@ -135,19 +135,26 @@ struct DataParallelSetup {
 std::unique_ptr<TrainBackend> make_cpu_backend(const models::ModelConfig& cfg, int B, int T,
                                                const AdamWConfig& adamw, const DataParallelSetup& dp = {});
 
+// How the CUDA backend's runner computes what the model defines: activation recomputation
+// (engine/recompute.h) and attention through cuDNN's fused SDPA engines (kernels/cuda/cudnn_sdpa.h) instead
+// of Strata's flash attention kernels. Neither changes the run's definition.
+struct CudaRunOptions {
+  Recompute recompute = Recompute::kNone;
+  bool cudnn_attention = false;
+};
+
 // The CUDA backend, where this build has one: the strata executable registers it at startup
 // (engine/cli/main.cpp) and tests register the emulated one. `seed` chooses the stochastic-rounding streams
-// of the bf16 weights; `recompute` its activation recomputation (engine/recompute.h).
+// of the bf16 weights.
 using CudaBackendFactory = std::unique_ptr<TrainBackend> (*)(const models::ModelConfig& cfg, int B, int T,
                                                              const AdamWConfig& adamw, uint64_t seed,
                                                              const DataParallelSetup& dp,
-                                                             Recompute recompute);
+                                                             const CudaRunOptions& run);
 void register_cuda_backend(CudaBackendFactory factory);
 // "cpu" or "cuda"; any other name, or "cuda" in a build without it, is a strata::Error, and so is
-// recomputation on the CPU backend (which keeps every activation).
+// recomputation or cuDNN attention on the CPU backend (which keeps every activation).
 std::unique_ptr<TrainBackend> make_backend(const std::string& device, const models::ModelConfig& cfg, int B,
                                            int T, const AdamWConfig& adamw, uint64_t seed,
-                                           const DataParallelSetup& dp = {},
-                                           Recompute recompute = Recompute::kNone);
+                                           const DataParallelSetup& dp = {}, const CudaRunOptions& run = {});
 
 }  // namespace strata

@@ -31,6 +31,10 @@ void TrainConfig::finalize() {
   STRATA_REQUIRE(recompute_mode == Recompute::kNone || device == "cuda", "--recompute ", recompute,
                  ": activation recomputation is a CUDA-backend option (--device cuda); the CPU backend "
                  "keeps every activation");
+  STRATA_REQUIRE(attention == "flash" || attention == "cudnn", "--attention '", attention,
+                 "': expected flash or cudnn");
+  STRATA_REQUIRE(attention == "flash" || device == "cuda", "--attention ", attention,
+                 ": cuDNN's attention is a CUDA-backend option (--device cuda)");
   STRATA_REQUIRE(steps >= 0 && tokens >= 0 && flops >= 0,
                  "--steps, --tokens and --flops must not be negative");
   STRATA_REQUIRE(steps > 0 || tokens > 0 || flops > 0, "give the run length: --steps, --tokens or --flops");

@@ -82,6 +82,9 @@ struct TrainConfig {
   // same run, less memory: not part of the run's definition either (a run may resume with another mode).
   std::string recompute = "none";
   Recompute recompute_mode = Recompute::kNone;  // resolved from `recompute` by finalize()
+  // The CUDA backend's attention: flash (Strata's kernels) | cudnn (cuDNN's fused SDPA engines, loaded at run
+  // time). Not part of the run's definition either: a run may resume with the other.
+  std::string attention = "flash";
 
   // Resolved by finalize(): one point per growth stage.
   std::vector<GrowthPoint> growth_points;

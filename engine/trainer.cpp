@@ -399,7 +399,8 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
                                     resume_info ? resume_info->step : -1);
   std::unique_ptr<TrainBackend> backend =
       make_backend(cfg.device, start_arch, cfg.batch_size, cfg.seq_len, cfg.adamw, cfg.seed,
-                   DataParallelSetup{&comm, cfg.zero_stage, cfg.nccl_loopback}, cfg.recompute_mode);
+                   DataParallelSetup{&comm, cfg.zero_stage, cfg.nccl_loopback},
+                   CudaRunOptions{cfg.recompute_mode, cfg.attention == "cudnn"});
   TrainBackend& be = *backend;
   long step = 0;
   double flops = 0.0, elapsed_before = 0.0;

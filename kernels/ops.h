@@ -35,6 +35,11 @@ struct Cuda {
   // deterministic whatever this says, except flash_attention_backward, which may then accumulate dQ with
   // atomics.
   bool deterministic = true;
+  // Attention through cuDNN's fused SDPA engines (kernels/cuda/cudnn_sdpa.h) instead of Strata's flash
+  // attention kernels: flash_attention_forward/backward then need libcudnn.so.9 at run time and
+  // cuda::cudnn_attention_workspace_bytes of workspace. With `deterministic`, cuDNN's deterministic backward
+  // (dP for the whole sequence in the workspace); without, dQ accumulated with atomics.
+  bool cudnn_attention = false;
   // Benchmarks and tests only: an alternative implementation of an op that has some (0: the default one; the
   // op names its variants), so kernel_bench can measure candidates side by side before one becomes the default.
   int variant = 0;

@@ -114,6 +114,7 @@
 // the HS 128 backward (tiles unchanged) 1.03-1.10x in run 2: 0.60-0.66 and 2.20-2.31 ms. The atomic backward
 // likewise at or under run 1's 0.622 / 2.131 ms. The HS 128 backward should stay at run 2's 0.630 / 2.267 ms (its
 // tiles and blocks per SM unchanged; its dK/dV registers moved by 1-10, see Resources). The forward is untouched.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -122,6 +123,13 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/nvtx.h"
 #include "kernels/cuda/workspace.h"
+// ops::Cuda::cudnn_attention: cuDNN's SDPA graphs, where this build has them (not on the emulation).
+#if defined(STRATA_HAVE_CUDNN_SDPA) && !defined(STRATA_CUDA_EMU)
+#define STRATA_CUDNN_ATTENTION 1
+#include "kernels/cuda/cudnn_sdpa.h"
+#else
+#define STRATA_CUDNN_ATTENTION 0
+#endif
 #include "kernels/ops.h"
 
 // Full unrolling of the fragment loops (their arrays then live in registers); the host compiler of the CPU
@@ -139,6 +147,23 @@ size_t flash_attention_backward_workspace_bytes(int B, int T, int NH, int HS) {
                " NH=", NH, " HS=", HS);
   return static_cast<size_t>(B) * static_cast<size_t>(T) * static_cast<size_t>(NH) * static_cast<size_t>(HS) *
          sizeof(float);
+}
+
+#if !STRATA_CUDNN_ATTENTION
+constexpr const char* kNoCudnn =
+    "attention through cuDNN: not in this build (the CPU emulation, or no cudnn_graph.h at configure time)";
+#endif
+
+size_t cudnn_attention_workspace_bytes(int B, int T, int NH, int KVH, int HS, bool deterministic) {
+#if STRATA_CUDNN_ATTENTION
+  const cudnn::SdpaShape sh{B, T, NH, KVH, HS};
+  const int64_t fwd = cudnn::plan(cudnn::Direction::kForward, sh, deterministic).workspace_bytes;
+  const int64_t bwd = cudnn::plan(cudnn::Direction::kBackward, sh, deterministic).workspace_bytes;
+  return static_cast<size_t>(std::max(fwd, bwd));
+#else
+  (void)B, (void)T, (void)NH, (void)KVH, (void)HS, (void)deterministic;
+  STRATA_FAIL(kNoCudnn);
+#endif
 }
 
 }  // namespace strata::cuda
@@ -957,10 +982,19 @@ template <class Dev, class F>
 void flash_attention_forward(const Dev& dev, F* out, Stat<F>* lse, const F* qkv, int B, int T, int NH, int KVH,
                              int HS) {
   static_assert(std::is_same_v<Dev, Cuda> && std::is_same_v<F, bf16>, "the CUDA flash attention is bf16");
-  cuda::NvtxRange range("flash attention fwd", dev.stream);
+  cuda::NvtxRange range(dev.cudnn_attention ? "cudnn attention fwd" : "flash attention fwd", dev.stream);
   STRATA_CHECK(out && lse && qkv, "flash_attention_forward: null pointer");
   check_args("flash_attention_forward", B, T, NH, KVH, HS);
   STRATA_CHECK(aligned16(out) && aligned16(qkv), "flash_attention_forward: out/qkv not 16-byte aligned");
+  if (dev.cudnn_attention) {
+#if STRATA_CUDNN_ATTENTION
+    cuda::cudnn::forward(dev.stream, out, lse, qkv, {B, T, NH, KVH, HS}, dev.deterministic, dev.workspace,
+                         static_cast<int64_t>(dev.workspace_bytes));
+    return;
+#else
+    STRATA_FAIL(cuda::kNoCudnn);
+#endif
+  }
   const auto stream = static_cast<cudaStream_t>(dev.stream);
   if (HS == 64)
     launch_forward<64>(out, lse, qkv, B, T, NH, KVH, stream);
@@ -972,11 +1006,20 @@ template <class Dev, class F>
 void flash_attention_backward(const Dev& dev, F* dqkv, Stat<F>* delta, const F* dout, const F* out, const F* qkv,
                               const Stat<F>* lse, int B, int T, int NH, int KVH, int HS) {
   static_assert(std::is_same_v<Dev, Cuda> && std::is_same_v<F, bf16>, "the CUDA flash attention is bf16");
-  cuda::NvtxRange range("flash attention bwd", dev.stream);
+  cuda::NvtxRange range(dev.cudnn_attention ? "cudnn attention bwd" : "flash attention bwd", dev.stream);
   STRATA_CHECK(dqkv && delta && dout && out && qkv && lse, "flash_attention_backward: null pointer");
   check_args("flash_attention_backward", B, T, NH, KVH, HS);
   STRATA_CHECK(aligned16(dqkv) && aligned16(dout) && aligned16(out) && aligned16(qkv),
                "flash_attention_backward: dqkv/dout/out/qkv not 16-byte aligned");
+  if (dev.cudnn_attention) {
+#if STRATA_CUDNN_ATTENTION
+    cuda::cudnn::backward(dev.stream, dqkv, delta, dout, out, qkv, lse, {B, T, NH, KVH, HS},
+                          dev.deterministic, dev.workspace, static_cast<int64_t>(dev.workspace_bytes));
+    return;
+#else
+    STRATA_FAIL(cuda::kNoCudnn);
+#endif
+  }
   float* dq_accum = nullptr;  // deterministic: no scratch
   if (!dev.deterministic) {
     const size_t need = cuda::flash_attention_backward_workspace_bytes(B, T, NH, HS);
@@ -999,3 +1042,4 @@ template void flash_attention_backward<Cuda, bf16>(const Cuda&, bf16*, float*, c
 }  // namespace strata::ops
 
 #undef STRATA_UNROLL
+#undef STRATA_CUDNN_ATTENTION

@@ -20,4 +20,9 @@ size_t grad_norm_workspace_bytes();
 // atomic path adds into (none is needed when deterministic).
 size_t flash_attention_backward_workspace_bytes(int B, int T, int NH, int HS);
 
+// flash_attention_forward/backward with ops::Cuda::cudnn_attention: the larger of cuDNN's forward and
+// backward plans' workspaces (kernels/cuda/cudnn_sdpa.h) on the current device. Builds and caches the plans;
+// a strata::Error when cuDNN cannot be loaded or has no engine for the shape.
+size_t cudnn_attention_workspace_bytes(int B, int T, int NH, int KVH, int HS, bool deterministic);
+
 }  // namespace strata::cuda

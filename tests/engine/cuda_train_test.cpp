@@ -30,6 +30,9 @@
 #include "growth/plan.h"
 #include "growth/spec.h"
 #include "tests/engine/growth_state_check.h"
+#if !defined(STRATA_CUDA_EMU) && defined(STRATA_HAVE_CUDNN_SDPA)
+#include "kernels/cuda/cudnn_sdpa.h"
+#endif
 #include "tests/kernels/cuda/cuda_test_util.h"
 #include "tests/test_util.h"
 #include "tests/tolerances.h"
@@ -153,6 +156,46 @@ TEST_P(CudaTrain, TrainsLikeTheCpuBackendWithAndWithoutGrowth) {
     EXPECT_LT(last.back()["loss"].get<double>(), last.front()["loss"].get<double>() - 0.3)
         << "loss did not fall";
   }
+}
+
+// --attention cudnn (cuDNN's fused SDPA engines, kernels/cuda/cudnn_sdpa.h): trains like the CPU backend with
+// and without a G_stack growth (the attention re-planned for the grown model), deterministically (cuDNN's
+// deterministic backward: two runs, the same step rows), and a checkpoint of it resumes with Strata's kernels
+// within bf16 precision. Where the build has no cuDNN attention (the emulation) it is one clear error.
+TEST_P(CudaTrain, CudnnAttentionTrainsLikeTheCpuBackend) {
+  STRATA_SKIP_WITHOUT_GPU();
+  const std::string f = family(GetParam());
+#if defined(STRATA_CUDA_EMU) || !defined(STRATA_HAVE_CUDNN_SDPA)
+  TrainConfig c = config(GetParam(), f + "_cudnn_refused", "cuda");
+  c.attention = "cudnn";
+  test::expect_one_line_error([&] { train(c); }, {"attention through cuDNN", "not in this build"});
+#else
+  if (!cuda::cudnn::library().ok) GTEST_SKIP() << "cuDNN unavailable: " << cuda::cudnn::library().error;
+  for (const std::string grow : {"", "at=5 steps,op=stack,g=2"}) {
+    SCOPED_TRACE(grow.empty() ? "no growth" : grow);
+    const std::string tag = f + (grow.empty() ? "_cudnn_plain" : "_cudnn_grown");
+    TrainConfig cpu = config(GetParam(), tag + "_cpu", "cpu"), a = config(GetParam(), tag + "_a", "cuda");
+    if (!grow.empty()) {
+      cpu.grow.push_back(growth::parse_stage(grow));
+      a.grow.push_back(growth::parse_stage(grow));
+    }
+    a.attention = "cudnn";
+    a.ckpt_every = 4;
+    TrainConfig b = a;
+    b.out_dir = (root_ / (tag + "_b")).string();
+    ASSERT_EQ(train(cpu), 0);
+    ASSERT_EQ(train(a), 0);
+    ASSERT_EQ(train(b), 0);
+    expect_losses_close(steps(tag + "_a"), steps(tag + "_cpu"));
+    EXPECT_EQ(steps(tag + "_a"), steps(tag + "_b")) << "two --attention cudnn runs differ";
+    // Resumed at step 4 with Strata's flash kernels: within bf16 precision of the cuDNN run it left.
+    TrainConfig flash = a;
+    flash.attention = "flash";
+    flash.out_dir = (root_ / (tag + "_flash")).string();
+    ASSERT_EQ(train(flash, fork_run(tag + "_a", 4, tag + "_flash")), 0);
+    expect_losses_close(steps(tag + "_flash"), steps(tag + "_a"));
+  }
+#endif
 }
 
 // Growth on the CUDA backend, on the device (engine/cuda_model.h, CudaModel::grown): layer copies (G_stack,

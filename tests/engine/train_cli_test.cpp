@@ -241,6 +241,8 @@ TEST_F(TrainCli, BadInputIsOneLineAndOverwritesNothing) {
   expect_error(base_args("x") + " --device cuda --recompute lots",
                {"--recompute 'lots'", "none, norm, mlp or all"});
   expect_error(base_args("x") + " --recompute mlp", {"--recompute mlp", "CUDA-backend option"});
+  expect_error(base_args("x") + " --device cuda --attention fast", {"--attention 'fast'", "flash or cudnn"});
+  expect_error(base_args("x") + " --attention cudnn", {"--attention cudnn", "CUDA-backend option"});
   const std::string bad_cfg = (root_ / "bad.toml").string();
   strata::write_file_atomic(bad_cfg, "[train]\nweight-decay = \"lots\"\n");
   expect_error("--config " + bad_cfg + " " + base_args("x"), {"weight-decay"});

@@ -1,19 +1,23 @@
-// tests/kernels/cuda/flash_attention_test.cpp: the CUDA flash attention (kernels/cuda/flash_attention.cu) against
-// the CPU attention with the (T,T) matrix (kernels/cpu/attention.cpp) in double on the same bf16 inputs.
+// tests/kernels/cuda/flash_attention_test.cpp: the CUDA flash attention (kernels/cuda/flash_attention.cu)
+// against the CPU attention with the (T,T) matrix (kernels/cpu/attention.cpp) in double on the same bf16
+// inputs.
 //
 // FlashAttention's rule (tests/tolerances.h): for out, dQ, dK and dV, the kernel's error against the double
-// reference (max |x - ref| over max |ref|) is at most kAttnErrFactor times the error of a naive bf16 attention
-// (written below: scores, probabilities, outputs and gradients rounded to bf16 where a straightforward bf16
-// implementation stores them) plus kAttnErrFloor. lse is fp32 and compared directly (kTolFp32Stat).
-// Both backward paths are checked on every shape: the deterministic one (ops::Cuda::deterministic, the default:
-// dK/dV kernel + dQ kernel) and the atomic one (deterministic = false: dQ accumulated with fp32 atomics in the
-// workspace, which starts poisoned, so the kernels must zero it themselves).
-// Shapes: HS 64 and 128 (both template instantiations), GQA (NH=4, KVH=2), MHA (NH=KVH), MQA (KVH=1), T in
-// {1, 17, 64, 100, 130} (one key, inside one 64-row tile, exactly one, tails of 36 and 2 rows); the GPU build
-// runs the full cross product with B=2 plus two long sequences, the emulated build (one fiber per CUDA thread) a
-// subset that still reaches every tiling case (see shapes()). Outputs and scratch are poisoned (DeviceBuffer), so
-// an element left unwritten fails; delta (scratch with specified contents) is checked too. The deterministic
-// backward is checked to be bitwise reproducible.
+// reference (max |x - ref| over max |ref|) is at most kAttnErrFactor times the error of a naive bf16
+// attention (written below: scores, probabilities, outputs and gradients rounded to bf16 where a
+// straightforward bf16 implementation stores them) plus kAttnErrFloor. lse is fp32 and compared directly
+// (kTolFp32Stat). Both backward paths are checked on every shape: the deterministic one
+// (ops::Cuda::deterministic, the default: dK/dV kernel + dQ kernel) and the atomic one (deterministic =
+// false: dQ accumulated with fp32 atomics in the workspace, which starts poisoned, so the kernels must zero
+// it themselves). Shapes: HS 64 and 128 (both template instantiations), GQA (NH=4, KVH=2), MHA (NH=KVH), MQA
+// (KVH=1), T in {1, 17, 64, 100, 130} (one key, inside one 64-row tile, exactly one, tails of 36 and 2 rows);
+// the GPU build runs the full cross product with B=2 plus two long sequences, the emulated build (one fiber
+// per CUDA thread) a subset that still reaches every tiling case (see shapes()). Outputs and scratch are
+// poisoned (DeviceBuffer), so an element left unwritten fails; delta (scratch with specified contents) is
+// checked too. The deterministic backward is checked to be bitwise reproducible. The GPU build checks
+// attention through cuDNN's SDPA graphs (ops::Cuda::cudnn_attention) the same way, on the same shapes: its
+// deterministic backward (dQ direct) and its accumulating one (dQ through atomics), and the deterministic one
+// for bitwise reproducibility.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -22,6 +26,9 @@
 #include <vector>
 
 #include "kernels/cuda/workspace.h"
+#if !defined(STRATA_CUDA_EMU) && defined(STRATA_HAVE_CUDNN_SDPA)
+#include "kernels/cuda/cudnn_sdpa.h"
+#endif
 #include "kernels/ops.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
 #include "tests/tolerances.h"
@@ -157,21 +164,29 @@ struct Kernel {
   std::vector<float> delta[2];
 };
 
-// The forward, then the deterministic backward and (when with_atomic) the atomic one on the same forward outputs.
+// The forward, then the deterministic backward and (when with_atomic) the atomic one on the same forward
+// outputs. cudnn: through cuDNN's SDPA graphs (ops::Cuda::cudnn_attention), whose backward in mode 1
+// accumulates dQ with atomics; each call gets the workspace its plans ask for, poisoned.
 Kernel run_kernel(const Shape& s, const std::vector<float>& qkv_f, const std::vector<float>& dout_f,
-                  bool with_atomic) {
+                  bool with_atomic, bool cudnn = false) {
   DeviceBuffer<bf16> qkv(to_bf16(qkv_f)), dout(to_bf16(dout_f)), out(s.out_size());
   DeviceBuffer<float> lse(s.lse_size());
-  const Cuda dev;
+  auto workspace_bytes = [&](bool deterministic) {
+    if (cudnn) return cuda::cudnn_attention_workspace_bytes(s.B, s.T, s.NH, s.KVH, s.HS, deterministic);
+    return deterministic ? size_t{0} : cuda::flash_attention_backward_workspace_bytes(s.B, s.T, s.NH, s.HS);
+  };
+  DeviceBuffer<unsigned char> fws(workspace_bytes(true));
+  Cuda dev;
+  dev.cudnn_attention = cudnn, dev.workspace = fws.get(), dev.workspace_bytes = fws.size();
   ops::flash_attention_forward(dev, out.get(), lse.get(), qkv.get(), s.B, s.T, s.NH, s.KVH, s.HS);
   Kernel k{out.download(), lse.download(), {}, {}};
   for (int mode = 0; mode < (with_atomic ? 2 : 1); ++mode) {
     DeviceBuffer<bf16> dqkv(s.qkv_size());
     DeviceBuffer<float> delta(s.lse_size());
-    DeviceBuffer<unsigned char> ws(mode == 1 ? cuda::flash_attention_backward_workspace_bytes(s.B, s.T, s.NH, s.HS)
-                                             : 0);
+    DeviceBuffer<unsigned char> ws(workspace_bytes(mode == 0));
     Cuda bwd;
-    if (mode == 1) bwd.deterministic = false, bwd.workspace = ws.get(), bwd.workspace_bytes = ws.size();
+    bwd.deterministic = mode == 0, bwd.cudnn_attention = cudnn, bwd.workspace = ws.get(),
+    bwd.workspace_bytes = ws.size();
     ops::flash_attention_backward(bwd, dqkv.get(), delta.get(), dout.get(), out.get(), qkv.get(), lse.get(), s.B,
                                   s.T, s.NH, s.KVH, s.HS);
     k.dqkv[mode] = dqkv.download();
@@ -202,16 +217,13 @@ void expect_within_rule(const char* what, const std::vector<double>& got, const 
                             << n.rel();
 }
 
-class FlashAttentionTest : public ::testing::TestWithParam<Shape> {};
-
-TEST_P(FlashAttentionTest, MatchesDoubleReferenceWithinBf16Rule) {
-  STRATA_SKIP_WITHOUT_GPU();
-  const Shape s = GetParam();
+// Forward, both backwards, delta: each against the double reference within the rule.
+void expect_matches_reference(const Shape& s, bool cudnn) {
   const std::vector<float> qkv = random_bf16_values(s.qkv_size(), 1000 + s.T, -2.0f, 2.0f);
   const std::vector<float> dout = random_bf16_values(s.out_size(), 2000 + s.T);
   const Result ref = reference(s, qkv, dout);
   const Result naive = naive_bf16(s, qkv, dout);
-  const Kernel got = run_kernel(s, qkv, dout, /*with_atomic=*/true);
+  const Kernel got = run_kernel(s, qkv, dout, /*with_atomic=*/true, cudnn);
 
   expect_within_rule("out", widen(got.out), naive.out, ref.out);
   STRATA_EXPECT_CLOSE(got.lse, ref.lse, kTolFp32Stat, "lse");
@@ -247,6 +259,13 @@ TEST_P(FlashAttentionTest, MatchesDoubleReferenceWithinBf16Rule) {
   }
 }
 
+class FlashAttentionTest : public ::testing::TestWithParam<Shape> {};
+
+TEST_P(FlashAttentionTest, MatchesDoubleReferenceWithinBf16Rule) {
+  STRATA_SKIP_WITHOUT_GPU();
+  expect_matches_reference(GetParam(), false);
+}
+
 // T = 1 (one key), 17 (inside one tile), 64 (exactly one 64-row tile, two 32-row ones), 100 and 130 (tails of 36
 // and 2 rows); GQA with groups of 2, MHA, MQA (a group of 4); both HS instantiations (HS 128 uses 32-row query
 // tiles in the backward).
@@ -278,6 +297,40 @@ std::vector<Shape> shapes() {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, FlashAttentionTest, ::testing::ValuesIn(shapes()),
                          [](const ::testing::TestParamInfo<Shape>& p) { return shape_name(p.param); });
+
+#if !defined(STRATA_CUDA_EMU) && defined(STRATA_HAVE_CUDNN_SDPA)
+// Attention through cuDNN's SDPA graphs (kernels/cuda/cudnn_sdpa.h) under the same rule, on the same shapes;
+// skips where libcudnn.so.9 cannot be loaded.
+#define STRATA_SKIP_WITHOUT_CUDNN()                                                                        \
+  do {                                                                                                     \
+    STRATA_SKIP_WITHOUT_GPU();                                                                             \
+    if (!cuda::cudnn::library().ok) GTEST_SKIP() << "cuDNN unavailable: " << cuda::cudnn::library().error; \
+  } while (0)
+
+class CudnnAttentionTest : public ::testing::TestWithParam<Shape> {};
+
+TEST_P(CudnnAttentionTest, MatchesDoubleReferenceWithinBf16Rule) {
+  STRATA_SKIP_WITHOUT_CUDNN();
+  expect_matches_reference(GetParam(), true);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CudnnAttentionTest, ::testing::ValuesIn(shapes()),
+                         [](const ::testing::TestParamInfo<Shape>& p) { return shape_name(p.param); });
+
+// cuDNN's deterministic backward (dP in the workspace): two runs give the same bits, forward included.
+TEST(CudnnAttention, DeterministicBackwardIsBitwiseReproducible) {
+  STRATA_SKIP_WITHOUT_CUDNN();
+  for (const Shape& s : {Shape{2, 1000, 8, 2, 64}, Shape{2, 1000, 8, 4, 128}}) {
+    SCOPED_TRACE(shape_name(s));
+    const std::vector<float> qkv = random_bf16_values(s.qkv_size(), 31, -2.0f, 2.0f);
+    const std::vector<float> dout = random_bf16_values(s.out_size(), 32);
+    const Kernel a = run_kernel(s, qkv, dout, false, true), b = run_kernel(s, qkv, dout, false, true);
+    EXPECT_EQ(0, std::memcmp(a.out.data(), b.out.data(), a.out.size() * sizeof(bf16))) << "out";
+    EXPECT_EQ(0, std::memcmp(a.lse.data(), b.lse.data(), a.lse.size() * sizeof(float))) << "lse";
+    EXPECT_EQ(0, std::memcmp(a.dqkv[0].data(), b.dqkv[0].data(), a.dqkv[0].size() * sizeof(bf16))) << "dqkv";
+  }
+}
+#endif
 
 // The deterministic backward has no atomics: two runs give the same bits (and so does the forward). Several tiles
 // of keys and queries, and a group of 2 summed into dK, dV.
