@@ -416,7 +416,8 @@ int64_t round_up(int64_t n, int64_t to) {
   return (n + to - 1) / to * to;
 }
 
-// The plan's workspace, then (the accumulating backward) the fp32 dQ accumulator.
+// The plan's workspace, then (the accumulating backward) the fp32 dQ accumulator, which cuDNN >= 9.6 initialises
+// itself (cudnn-frontend zeroes it only for older versions; these graphs need 9.8).
 void set_workspace(Plan& p, Direction dir, const SdpaShape& sh, bool require_deterministic,
                    int64_t plan_bytes) {
   p.info.workspace_bytes = plan_bytes;
