@@ -568,6 +568,8 @@ Context& context() {
 
 Plan& cached(Direction dir, const SdpaShape& sh, bool require_deterministic) {
   Context& c = context();
+  // The forward has one graph, deterministic either way.
+  require_deterministic = require_deterministic || dir == Direction::kForward;
   auto key = std::make_tuple(static_cast<int>(dir), sh.B, sh.T, sh.NH, sh.KVH, sh.HS, require_deterministic);
   auto it = c.plans.find(key);
   if (it == c.plans.end())
