@@ -19,8 +19,7 @@
 namespace strata::cuda::cudnn {
 namespace {
 
-// ---- the library
-// --------------------------------------------------------------------------------------------
+// ---- the library ------------------------------------------------------------------------------------------
 struct Api {
   size_t (*GetVersion)() = nullptr;
   const char* (*GetErrorString)(cudnnStatus_t) = nullptr;
@@ -117,8 +116,7 @@ void ok(cudnnStatus_t st, const char* what) {
   if (st != CUDNN_STATUS_SUCCESS) throw Failure{st, cat(what, ": ", last_error(st))};
 }
 
-// ---- descriptors
-// --------------------------------------------------------------------------------------------
+// ---- descriptors ------------------------------------------------------------------------------------------
 class Desc {
  public:
   Desc() = default;
@@ -161,9 +159,8 @@ class Desc {
   cudnnBackendDescriptor_t d_ = nullptr;
 };
 
-// ---- the graphs
-// --------------------------------------------------------------------------------------------- Tensor ids of
-// the variant pack; virtual tensors count up from kVirtual.
+// ---- the graphs -------------------------------------------------------------------------------------------
+// Tensor ids of the variant pack; virtual tensors count up from kVirtual.
 enum Uid : int64_t {
   kQ = 1,
   kK,
@@ -333,7 +330,7 @@ void build_forward(Graph& g, const SdpaShape& sh) {
 
 // dQ through an fp32 accumulator (dq_accumulate: the non-deterministic engines, which add partial sums with
 // atomics; workspace B*NH*T*HS*4 bytes after the plan's own), or written directly (the deterministic form,
-// whose plan keeps dP for the whole sequence in its workspace: ~B*NH*T*T*6 bytes). GQA: dK and dV per query
+// whose plan keeps dP for the whole sequence in its workspace: ~B*NH*T*T*2 bytes). GQA: dK and dV per query
 // head, then summed over each group.
 void build_backward(Graph& g, const SdpaShape& sh, bool dq_accumulate) {
   const Layout l(sh);
@@ -403,8 +400,7 @@ void build_backward(Graph& g, const SdpaShape& sh, bool dq_accumulate) {
   }
 }
 
-// ---- plans
-// --------------------------------------------------------------------------------------------------
+// ---- plans ------------------------------------------------------------------------------------------------
 struct Plan {
   Graph graph;
   Desc opgraph, plan;
@@ -416,8 +412,8 @@ int64_t round_up(int64_t n, int64_t to) {
   return (n + to - 1) / to * to;
 }
 
-// The plan's workspace, then (the accumulating backward) the fp32 dQ accumulator, which cuDNN >= 9.6 initialises
-// itself (cudnn-frontend zeroes it only for older versions; these graphs need 9.8).
+// The plan's workspace, then (the accumulating backward) the fp32 dQ accumulator, which cuDNN >= 9.6
+// initialises itself (cudnn-frontend zeroes it only for older versions; these graphs need 9.8).
 void set_workspace(Plan& p, Direction dir, const SdpaShape& sh, bool require_deterministic,
                    int64_t plan_bytes) {
   p.info.workspace_bytes = plan_bytes;
