@@ -3,7 +3,8 @@
 # (git-ignored; xz keeps it under the device tool's 64 MiB): the `gpu` test executables (the CUDA kernels'
 # kernels_cuda_*_test, the CUDA model runner's and trainer's engine_cuda_*_test), kernel_bench, the strata
 # executable, and the shared libraries they load except glibc's, the C++ runtime's, cuBLASLt (541 MB) and NCCL
-# (218 MB): the GPU image has CUDA 13's and NCCL's (nvidia-nccl-cu13), found there at run time.
+# (218 MB): the GPU image has CUDA 13's and NCCL's (nvidia-nccl-cu13), found there at run time, as is its
+# cuDNN (--attention cudnn opens libcudnn.so.9 itself; nothing links against it).
 #   bash bench/pack_device_kernels.sh [BUILD_DIR]      (default build/release, configured with CUDA)
 set -euo pipefail
 cd "$(dirname "$0")/.."
