@@ -25,6 +25,9 @@
 #include "engine/cuda_model.h"
 #include "growth/apply.h"
 #include "kernels/cuda/op_timer.h"
+#if !defined(STRATA_CUDA_EMU) && defined(STRATA_HAVE_CUDNN_SDPA)
+#include "kernels/cuda/cudnn_sdpa.h"
+#endif
 
 namespace strata {
 namespace {
@@ -79,12 +82,17 @@ class CudaBackend final : public TrainBackend {
     const CudaMemoryPlan p = CudaModel::plan_memory(gpu_->config(), B_, T_, model_options());
     size_t free_bytes = 0, total_bytes = 0;
     CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-    char b[160];
+    // The attention implementation and, through cuDNN, the library version its plans were built with.
+    std::string attention = "flash";
+#if !defined(STRATA_CUDA_EMU) && defined(STRATA_HAVE_CUDNN_SDPA)
+    if (run_.cudnn_attention) attention = cat("cudnn (cuDNN ", cuda::cudnn::library().version, ")");
+#endif
+    char b[256];
     std::snprintf(b, sizeof b,
-                  "%.2f GiB (model state %.2f, activations %.2f with --recompute %s), %.1f of %.1f GiB free "
-                  "now",
+                  "%.2f GiB (model state %.2f, activations %.2f with --recompute %s, --attention %s), %.1f of "
+                  "%.1f GiB free now",
                   gib(p.total()), gib(p.weights + p.grads + p.master + p.moments), gib(p.activations),
-                  recompute_name(run_.recompute), gib(free_bytes), gib(total_bytes));
+                  recompute_name(run_.recompute), attention.c_str(), gib(free_bytes), gib(total_bytes));
     return b;
   }
   void check_growth_fits(const growth::GrowthPlan& plan, const std::string& what) const override {
