@@ -88,11 +88,12 @@ class CudaBackend final : public TrainBackend {
     if (run_.cudnn_attention) attention = cat("cudnn (cuDNN ", cuda::cudnn::library().version, ")");
 #endif
     char b[256];
-    std::snprintf(b, sizeof b,
-                  "%.2f GiB (model state %.2f, activations %.2f with --recompute %s, --attention %s), %.1f of "
-                  "%.1f GiB free now",
-                  gib(p.total()), gib(p.weights + p.grads + p.master + p.moments), gib(p.activations),
-                  recompute_name(run_.recompute), attention.c_str(), gib(free_bytes), gib(total_bytes));
+    std::snprintf(
+        b, sizeof b,
+        "%.2f GiB (model state %.2f, activations %.2f with --recompute %s, --attention %s), %.1f of "
+        "%.1f GiB free now",
+        gib(p.total()), gib(p.weights + p.grads + p.master + p.moments), gib(p.activations),
+        recompute_name(run_.recompute), attention.c_str(), gib(free_bytes), gib(total_bytes));
     return b;
   }
   void check_growth_fits(const growth::GrowthPlan& plan, const std::string& what) const override {
