@@ -344,8 +344,15 @@ void build_backward(Graph& g, const SdpaShape& sh, bool dq_accumulate) {
   cudnnBackendDescriptor_t dk = g.tensor(kdK, l.kv, l.kv_stride, CUDNN_DATA_BFLOAT16);
   cudnnBackendDescriptor_t dv = g.tensor(kdV, l.kv, l.kv_stride, CUDNN_DATA_BFLOAT16);
   cudnnBackendDescriptor_t scale = g.scalar(kScale);
-  const bool gqa = sh.KVH != sh.NH;
   const Dims full = l.q, full_stride = {int64_t{sh.NH} * sh.T * sh.HS, int64_t{sh.T} * sh.HS, sh.HS, 1};
+  // out (KVH heads) = a b; under GQA a per-query-head product, then a sum over each group.
+  auto kv_gradient = [&](cudnnBackendDescriptor_t a, cudnnBackendDescriptor_t b,
+                         cudnnBackendDescriptor_t out) {
+    if (sh.KVH == sh.NH) return g.matmul(a, b, out);
+    cudnnBackendDescriptor_t per_head = g.virt(full, full_stride, CUDNN_DATA_BFLOAT16);
+    g.matmul(a, b, per_head);
+    g.reduce(CUDNN_REDUCE_TENSOR_ADD, per_head, out);
+  };
   // delta = rowsum(dO * O) (times 1: the dropout scale's place), written to the caller's scratch
   cudnnBackendDescriptor_t prod = g.virt(l.q, l.o_stride), rowsum = g.virt(l.row, l.row_stride);
   g.pointwise(CUDNN_POINTWISE_MUL, dout, o, prod);
@@ -363,13 +370,7 @@ void build_backward(Graph& g, const SdpaShape& sh, bool dq_accumulate) {
   // dV = P^T dO
   cudnnBackendDescriptor_t pt = g.virt(l.st, l.st_stride, CUDNN_DATA_BFLOAT16);
   g.reshape(p, pt);
-  if (gqa) {
-    cudnnBackendDescriptor_t dv_full = g.virt(full, full_stride, CUDNN_DATA_BFLOAT16);
-    g.matmul(pt, dout, dv_full);
-    g.reduce(CUDNN_REDUCE_TENSOR_ADD, dv_full, dv);
-  } else {
-    g.matmul(pt, dout, dv);
-  }
+  kv_gradient(pt, dout, dv);
   // dS = P (dO V^T - delta) scale
   cudnnBackendDescriptor_t dp = g.virt(l.s, l.s_stride);
   g.matmul(dout, vt, dp);
@@ -381,13 +382,7 @@ void build_backward(Graph& g, const SdpaShape& sh, bool dq_accumulate) {
   // dK = dS^T Q
   cudnnBackendDescriptor_t dst = g.virt(l.st, l.st_stride, CUDNN_DATA_BFLOAT16);
   g.reshape(ds, dst);
-  if (gqa) {
-    cudnnBackendDescriptor_t dk_full = g.virt(full, full_stride, CUDNN_DATA_BFLOAT16);
-    g.matmul(dst, q, dk_full);
-    g.reduce(CUDNN_REDUCE_TENSOR_ADD, dk_full, dk);
-  } else {
-    g.matmul(dst, q, dk);
-  }
+  kv_gradient(dst, q, dk);
   // dQ = dS K
   cudnnBackendDescriptor_t k = g.virt(l.kv, l.kv_stride, CUDNN_DATA_BFLOAT16);
   g.reshape(kt, k);
@@ -495,28 +490,24 @@ std::unique_ptr<Plan> build_plan(Direction dir, const SdpaShape& sh, cudnnBacken
         last = cat("engine ", index, " is nondeterministic");
         continue;
       }
-      if (!make_plan) {
-        int64_t ws = 0;
+      int64_t ws = 0;
+      if (make_plan) {
+        Desc plan(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR);
+        plan.desc(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, raw[i])
+            .desc(CUDNN_ATTR_EXECUTION_PLAN_DEVICEPROP, device);
+        if (cudnnStatus_t st = api().Finalize(plan.get()); st != CUDNN_STATUS_SUCCESS) {
+          ++p->info.rejected;
+          last = cat("engine ", index, ": ", last_error(st));
+          continue;
+        }
+        ok(api().GetAttribute(plan.get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &one,
+                              &ws),
+           "plan workspace size");
+        p->plan = std::move(plan);
+      } else {
         ok(api().GetAttribute(raw[i], CUDNN_ATTR_ENGINECFG_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &one, &ws),
            "configuration workspace size");
-        p->info.engine = index;
-        set_workspace(*p, dir, sh, require_deterministic, ws);
-        p->info.deterministic = deterministic;
-        return p;
       }
-      Desc plan(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR);
-      plan.desc(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, raw[i])
-          .desc(CUDNN_ATTR_EXECUTION_PLAN_DEVICEPROP, device);
-      if (cudnnStatus_t st = api().Finalize(plan.get()); st != CUDNN_STATUS_SUCCESS) {
-        ++p->info.rejected;
-        last = cat("engine ", index, ": ", last_error(st));
-        continue;
-      }
-      int64_t ws = 0;
-      ok(api().GetAttribute(plan.get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &one,
-                            &ws),
-         "plan workspace size");
-      p->plan = std::move(plan);
       p->info.engine = index;
       set_workspace(*p, dir, sh, require_deterministic, ws);
       p->info.deterministic = deterministic;
@@ -593,9 +584,17 @@ void execute(Plan& p, void* stream, const std::vector<int64_t>& uids, const std:
   }
 }
 
-void* offset(const void* base, int64_t elements) {
-  return const_cast<char*>(static_cast<const char*>(base)) + elements * 2;  // bf16
+// The query, key and value parts of a (B,T,(NH+2*KVH)*HS) bf16 tensor (qkv or dqkv).
+std::array<void*, 3> qkv_parts(const void* base, const SdpaShape& sh) {
+  char* b = const_cast<char*>(static_cast<const char*>(base));
+  return {b, b + int64_t{sh.NH} * sh.HS * 2, b + int64_t{sh.NH + sh.KVH} * sh.HS * 2};
 }
+
+// The by-value scalars of both graphs; their addresses go into the variant pack.
+struct Scalars {
+  float scale, mask = -std::numeric_limits<float>::infinity(), one = 1.0f;
+  explicit Scalars(const SdpaShape& sh) : scale(1.0f / std::sqrt(static_cast<float>(sh.HS))) {}
+};
 
 }  // namespace
 
@@ -616,36 +615,33 @@ PlanInfo plan(Direction dir, const SdpaShape& sh, bool require_deterministic) {
 void forward(void* stream, void* out, float* lse, const void* qkv, const SdpaShape& sh,
              bool require_deterministic, void* workspace, int64_t workspace_bytes) {
   Plan& p = cached(Direction::kForward, sh, require_deterministic);
-  float scale = 1.0f / std::sqrt(static_cast<float>(sh.HS));
-  float mask = -std::numeric_limits<float>::infinity();
-  const int64_t q = 0, k = int64_t{sh.NH} * sh.HS, v = int64_t{sh.NH + sh.KVH} * sh.HS;
+  Scalars c(sh);
+  const auto in = qkv_parts(qkv, sh);
   execute(p, stream, {kQ, kK, kV, kO, kStats, kScale, kMaskValue},
-          {offset(qkv, q), offset(qkv, k), offset(qkv, v), out, lse, &scale, &mask}, workspace,
-          workspace_bytes, "cudnn sdpa forward");
+          {in[0], in[1], in[2], out, lse, &c.scale, &c.mask}, workspace, workspace_bytes,
+          "cudnn sdpa forward");
 }
 
 void backward(void* stream, void* dqkv, float* delta, const void* dout, const void* out, const void* qkv,
               const float* lse, const SdpaShape& sh, bool require_deterministic, void* workspace,
               int64_t workspace_bytes) {
   Plan& p = cached(Direction::kBackward, sh, require_deterministic);
-  float scale = 1.0f / std::sqrt(static_cast<float>(sh.HS));
-  float mask = -std::numeric_limits<float>::infinity();
-  const int64_t q = 0, k = int64_t{sh.NH} * sh.HS, v = int64_t{sh.NH + sh.KVH} * sh.HS;
-  float one = 1.0f;
+  Scalars c(sh);
+  const auto in = qkv_parts(qkv, sh), grad = qkv_parts(dqkv, sh);
   std::vector<int64_t> uids = {kQ, kK, kV, kO, kdO, kStats, kdQ, kdK, kdV, kSum, kScale, kMaskValue, kOne};
-  std::vector<void*> ptrs = {offset(qkv, q),
-                             offset(qkv, k),
-                             offset(qkv, v),
+  std::vector<void*> ptrs = {in[0],
+                             in[1],
+                             in[2],
                              const_cast<void*>(out),
                              const_cast<void*>(dout),
                              const_cast<float*>(lse),
-                             offset(dqkv, q),
-                             offset(dqkv, k),
-                             offset(dqkv, v),
+                             grad[0],
+                             grad[1],
+                             grad[2],
                              delta,
-                             &scale,
-                             &mask,
-                             &one};
+                             &c.scale,
+                             &c.mask,
+                             &c.one};
   if (p.accumulator_offset >= 0) {
     uids.push_back(kdQAccum);
     ptrs.push_back(static_cast<char*>(workspace) + p.accumulator_offset);
