@@ -33,6 +33,9 @@ namespace strata {
 namespace {
 
 constexpr const char* kWeightsFile = "weights_bf16.safetensors";
+constexpr const char* kLearnedWidthRefusal =
+    "G_learn in width (op=learn with d_model / d_ff / n_head) runs on --device cpu only; on --device cuda grow "
+    "width with op=direct, zero or random, or depth with op=learn";
 double gib(size_t bytes) {
   return static_cast<double>(bytes) / double(size_t{1} << 30);
 }
@@ -97,6 +100,8 @@ class CudaBackend final : public TrainBackend {
     return b;
   }
   void check_growth_fits(const growth::GrowthPlan& plan, const std::string& what) const override {
+    STRATA_REQUIRE(plan.stage.op != growth::Op::kLearn || plan.stage.direction() != growth::Direction::kWidth,
+                   what, ": ", kLearnedWidthRefusal);
     CudaModel::require_supported(plan.to, what);
     const size_t peak = cuda_growth_peak_bytes(plan, B_, T_, model_options());
     size_t free_bytes = 0, total_bytes = 0;
@@ -262,20 +267,27 @@ class CudaBackend final : public TrainBackend {
     mask_->end(grads);
     masked_ = false;
   }
-  void begin_learned_depth(const growth::LearnedDepth& ld) override {
-    learned_.reset();
-    learned_ = std::make_unique<CudaLearnedDepth>(*gpu_, ld);
+  // G_learn on the device is the depth form (CudaLearnedDepth); the width form is refused before the run
+  // starts (check_growth_fits) and here for a run resumed inside its phase.
+  static const growth::LearnedDepth& depth_form(const growth::LearnedGrowth& lg) {
+    const auto* ld = dynamic_cast<const growth::LearnedDepth*>(&lg);
+    STRATA_REQUIRE(ld != nullptr, kLearnedWidthRefusal);
+    return *ld;
   }
-  void end_learned_depth() override {
+  void begin_learned_growth(const growth::LearnedGrowth& lg) override {
+    learned_.reset();
+    learned_ = std::make_unique<CudaLearnedDepth>(*gpu_, depth_form(lg));
+  }
+  void end_learned_growth() override {
     learned_.reset();
   }
-  void materialise_learned_depth(const growth::LearnedDepth& ld) override {
+  void materialise_learned_growth(const growth::LearnedGrowth& lg) override {
     settle_gather();
-    STRATA_CHECK(learned_ != nullptr, "materialise_learned_depth: no G_learn phase begun");
-    learned_->materialise(ld);
+    STRATA_CHECK(learned_ != nullptr, "materialise_learned_growth: no G_learn phase begun");
+    learned_->materialise(depth_form(lg));
   }
-  void learned_depth_step(growth::LearnedDepth& ld, double lr) override {
-    STRATA_CHECK(learned_ != nullptr, "learned_depth_step: no G_learn phase begun");
+  void learned_growth_step(growth::LearnedGrowth& ld, double lr) override {
+    STRATA_CHECK(learned_ != nullptr, "learned_growth_step: no G_learn phase begun");
 #if defined(STRATA_HAVE_NCCL)
     if (nccl_ && !reduced_) finish_reduction({});  // grad_norm() not called: the mixing reads reduced gradients
 #endif

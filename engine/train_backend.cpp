@@ -59,11 +59,11 @@ class CpuBackend final : public TrainBackend {
   void mask_end(bool grads) override { mask_.end(model_.params(), grads ? &model_.grads() : nullptr); }
 
   // G_learn under ranks: ZeRO-0 all-reduced the whole gradient on every rank (the default step reads it);
-  // ZeRO-1 left each rank its reduced shard, so each rank computes the mixing gradient's share of its shard,
-  // the shares are gathered exactly (each rank's slot, zeros elsewhere) and summed in rank order: every rank
-  // takes the same Adam step on D.
-  void learned_depth_step(growth::LearnedDepth& ld, double lr) override {
-    if (!optimizer_sharded()) return TrainBackend::learned_depth_step(ld, lr);
+  // ZeRO-1 left each rank its reduced shard, so each rank computes the learned matrices' gradient from its
+  // shard (dots() is linear in the gradient), the shares are gathered exactly (each rank's slot, zeros
+  // elsewhere) and summed in rank order: every rank takes the same Adam step.
+  void learned_growth_step(growth::LearnedGrowth& ld, double lr) override {
+    if (!optimizer_sharded()) return TrainBackend::learned_growth_step(ld, lr);
     const ShardRange r = dp_->range();
     ParamBuffer mine(model_.params().layout());
     std::copy(dp_->grad_shard(), dp_->grad_shard() + r.size(), mine.data() + r.begin);
@@ -113,13 +113,13 @@ void TrainBackend::load_optimizer(const CheckpointInfo& info, long t) {
   opt.set_t(t);
 }
 
-void TrainBackend::materialise_learned_depth(const growth::LearnedDepth& ld) {
+void TrainBackend::materialise_learned_growth(const growth::LearnedGrowth& ld) {
   ld.materialise(host_params());
 }
 
-void TrainBackend::learned_depth_step(growth::LearnedDepth& ld, double lr) {
+void TrainBackend::learned_growth_step(growth::LearnedGrowth& ld, double lr) {
   const ParamBuffer* grads = host_grads();
-  STRATA_CHECK(grads != nullptr, "learned_depth_step: the ", name(), " backend keeps no host gradients");
+  STRATA_CHECK(grads != nullptr, "learned_growth_step: the ", name(), " backend keeps no host gradients");
   ld.step(*grads, lr);
 }
 

@@ -26,7 +26,7 @@
 namespace strata {
 namespace growth {
 class GrowthMask;
-class LearnedDepth;
+class LearnedGrowth;
 }  // namespace growth
 
 // GPU time of one op over a timing window (--op-times): outermost calls and their summed milliseconds.
@@ -99,15 +99,15 @@ class TrainBackend {
   virtual void set_growth_mask(const growth::GrowthMask& mask) = 0;
   virtual void mask_begin(long steps_done) = 0;
   virtual void mask_end(bool grads) = 0;
-  // G_learn's phase (growth/apply.h's LearnedDepth, owned by the trainer and built from the small model's
-  // weights): begin_learned_depth when the phase starts (after grow()) or resumes, end_learned_depth when it
-  // ends (or grow() ends it); materialise_learned_depth writes W' = D W into the per-layer weights;
-  // learned_depth_step is one Adam step of every D from this step's gradients. The defaults work on
-  // host_params() and host_grads() (the CPU backend).
-  virtual void begin_learned_depth(const growth::LearnedDepth& /*ld*/) {}
-  virtual void end_learned_depth() {}
-  virtual void materialise_learned_depth(const growth::LearnedDepth& ld);
-  virtual void learned_depth_step(growth::LearnedDepth& ld, double lr);
+  // G_learn's phase (growth/apply.h's LearnedGrowth, depth or width, owned by the trainer and built from the
+  // small model's weights): begin_learned_growth when the phase starts (after grow()) or resumes,
+  // end_learned_growth when it ends (or grow() ends it); materialise_learned_growth writes the learned weights
+  // (W' = D W in depth, B W B^T in width); learned_growth_step is one Adam step of the learned matrices from
+  // this step's gradients. The defaults work on host_params() and host_grads() (the CPU backend).
+  virtual void begin_learned_growth(const growth::LearnedGrowth& /*lg*/) {}
+  virtual void end_learned_growth() {}
+  virtual void materialise_learned_growth(const growth::LearnedGrowth& lg);
+  virtual void learned_growth_step(growth::LearnedGrowth& lg, double lr);
 
   // cudaProfilerStart / cudaProfilerStop around profiled steps (no-ops where there is no profiler API).
   virtual void profiler_start() {}

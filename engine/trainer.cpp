@@ -409,7 +409,9 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
   size_t next_stage = 0;
   nlohmann::json growth_history = nlohmann::json::array();
   growth::GrowthMask mask;
-  std::unique_ptr<growth::LearnedDepth> learned;  // set during a G_learn phase (of stage next_stage - 1)
+  std::unique_ptr<growth::LearnedGrowth> learned;  // set during a G_learn phase (of stage next_stage - 1)
+  // The seed of stage k's random draws (new weights, noise, G_learn's initial expansion matrices).
+  auto growth_seed = [&](size_t k) { return cfg.seed ^ (0x9E3779B97F4A7C15ull * (k + 1)); };
   if (resume_info) {
     const CheckpointInfo& info = *resume_info;
     STRATA_REQUIRE(info.has_optimizer(), "checkpoint ", resume_ckpt,
@@ -458,8 +460,8 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
       if (cfg.grow[k].op == growth::Op::kRandom)
         mask = growth::GrowthMask(plan.masks, gp.step, cfg.grow[k].mask_steps);
       if (cfg.grow[k].op == growth::Op::kLearn && step < gp.phase_end) {
-        learned = std::make_unique<growth::LearnedDepth>(plan, ParamBuffer(ParamLayout(gp.from)),
-                                                         cfg.adamw.beta1, cfg.adamw.beta2, cfg.adamw.eps);
+        learned = growth::make_learned_growth(plan, ParamBuffer(ParamLayout(gp.from)), cfg.adamw.beta1,
+                                              cfg.adamw.beta2, cfg.adamw.eps, growth_seed(k));
         learned->load(open_checkpoint_file(resume_ckpt, "growth.safetensors"),
                       info.trainer.at("growth").at("learn_t").get<long>());
       }
@@ -480,7 +482,7 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
   if (resume_info) be.load_checkpoint_extras(resume_ckpt, *resume_info);
   // A growth phase the checkpoint is in: the backend's side of it (the weights are the checkpoint's already).
   if (mask.active(step)) be.set_growth_mask(mask);
-  if (learned) be.begin_learned_depth(*learned);
+  if (learned) be.begin_learned_growth(*learned);
   std::optional<MetricsLog> metrics;
   if (lead) {
     if (resume_ckpt.empty() && overwrite) {
@@ -657,13 +659,13 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
     rec.params_after = models::count_parameters(plan.to).total();
     if (st.op == growth::Op::kLearn) {
       be.download_to_host();  // the small model's weights, frozen for the phase
-      learned = std::make_unique<growth::LearnedDepth>(plan, be.host_params(), cfg.adamw.beta1,
-                                                       cfg.adamw.beta2, cfg.adamw.eps);
+      learned = growth::make_learned_growth(plan, be.host_params(), cfg.adamw.beta1, cfg.adamw.beta2,
+                                            cfg.adamw.eps, growth_seed(k));
     }
-    be.grow(plan, cfg.seed ^ (0x9E3779B97F4A7C15ull * (k + 1)));
+    be.grow(plan, growth_seed(k));
     if (learned) {
-      be.begin_learned_depth(*learned);
-      be.materialise_learned_depth(*learned);
+      be.begin_learned_growth(*learned);
+      be.materialise_learned_growth(*learned);
     }
     if (st.op == growth::Op::kRandom) {
       mask = growth::GrowthMask(plan.masks, step, st.mask_steps);
@@ -718,10 +720,10 @@ int run_training(const TrainConfig& cfg_in, const std::string& resume_ckpt, bool
       // G_learn phase: only the mixing matrices train; the grown layers are re-materialised from them.
       const size_t k = next_stage - 1;
       lr = cfg.grow[k].learn_lr;
-      be.learned_depth_step(*learned, lr);
-      be.materialise_learned_depth(*learned);
+      be.learned_growth_step(*learned, lr);
+      be.materialise_learned_growth(*learned);
       if (step + 1 >= cfg.growth_points[k].phase_end) {
-        be.end_learned_depth();
+        be.end_learned_growth();
         learned.reset();
       }
     } else {

@@ -214,12 +214,29 @@ void GrowthMask::end(ParamBuffer& params, ParamBuffer* grads) {
   applied_ = false;
 }
 
-// ---- LearnedDepth
+// ---- LearnedGrowth, LearnedDepth
 // ------------------------------------------------------------------------------------------
+
+void LearnedGrowth::adam(float* x, float* m, float* v, const double* g, size_t n, double lr) const {
+  const double bc1 = 1.0 - std::pow(beta1_, static_cast<double>(t_));
+  const double bc2 = 1.0 - std::pow(beta2_, static_cast<double>(t_));
+  for (size_t i = 0; i < n; ++i) {
+    m[i] = static_cast<float>(beta1_ * m[i] + (1.0 - beta1_) * g[i]);
+    v[i] = static_cast<float>(beta2_ * v[i] + (1.0 - beta2_) * g[i] * g[i]);
+    x[i] -= static_cast<float>(lr * (m[i] / bc1) / (std::sqrt(v[i] / bc2) + eps_));
+  }
+}
+
+void LearnedGrowth::load_tensor(const SafetensorsFile& f, const std::string& name, std::vector<float>& out) {
+  const SafeTensor& st = f.get(name);
+  STRATA_REQUIRE(st.numel() == static_cast<int64_t>(out.size()), f.path(), ": tensor '", name, "' has ",
+                 st.numel(), " elements, expected ", out.size());
+  f.to_f32(st, out.data(), out.size());
+}
 
 LearnedDepth::LearnedDepth(const GrowthPlan& plan, const ParamBuffer& small, double beta1, double beta2,
                            double eps)
-    : L_(plan.from.n_layer), L2_(plan.to.n_layer), beta1_(beta1), beta2_(beta2), eps_(eps) {
+    : LearnedGrowth(beta1, beta2, eps), L_(plan.from.n_layer), L2_(plan.to.n_layer) {
   STRATA_CHECK(plan.stage.op == Op::kLearn && plan.stage.direction() == Direction::kDepth,
                "LearnedDepth needs a depth op=learn plan");
   for (const ParamEntry& e : small.layout().entries()) {
@@ -257,10 +274,6 @@ void LearnedDepth::materialise(ParamBuffer& grown) const {
   }
 }
 
-void LearnedDepth::step(const ParamBuffer& grown_grads, double lr) {
-  step_from_dots(dots(grown_grads), lr);
-}
-
 std::vector<double> LearnedDepth::dots(const ParamBuffer& grown_grads) const {
   std::vector<double> out;
   out.reserve(kinds_.size() * static_cast<size_t>(L2_) * L_);
@@ -285,16 +298,9 @@ void LearnedDepth::step_from_dots(const std::vector<double>& dots, double lr) {
   STRATA_CHECK(dots.size() == kinds_.size() * per_kind, "G_learn: ", dots.size(), " mixing gradients for ",
                kinds_.size(), " kinds of ", L2_, " x ", L_);
   ++t_;
-  const double bc1 = 1.0 - std::pow(beta1_, static_cast<double>(t_));
-  const double bc2 = 1.0 - std::pow(beta2_, static_cast<double>(t_));
   for (size_t k = 0; k < kinds_.size(); ++k) {
     Kind& kd = kinds_[k];
-    for (size_t at = 0; at < per_kind; ++at) {
-      const double dot = dots[k * per_kind + at];
-      kd.m[at] = static_cast<float>(beta1_ * kd.m[at] + (1.0 - beta1_) * dot);
-      kd.v[at] = static_cast<float>(beta2_ * kd.v[at] + (1.0 - beta2_) * dot * dot);
-      kd.D[at] -= static_cast<float>(lr * (kd.m[at] / bc1) / (std::sqrt(kd.v[at] / bc2) + eps_));
-    }
+    adam(kd.D.data(), kd.m.data(), kd.v.data(), dots.data() + k * per_kind, per_kind, lr);
   }
 }
 
@@ -318,15 +324,10 @@ std::vector<TensorView> LearnedDepth::tensors() const {
 
 void LearnedDepth::load(const SafetensorsFile& f, long t) {
   for (Kind& k : kinds_) {
-    for (auto [prefix, vec] : {std::pair<const char*, std::vector<float>*>{"D.", &k.D},
-                               {"mD.", &k.m},
-                               {"vD.", &k.v},
-                               {"src.", &k.src}}) {
-      const SafeTensor& st = f.get(prefix + k.name);
-      STRATA_REQUIRE(st.numel() == static_cast<int64_t>(vec->size()), f.path(), ": tensor '", prefix, k.name,
-                     "' has ", st.numel(), " elements, expected ", vec->size());
-      f.to_f32(st, vec->data(), vec->size());
-    }
+    load_tensor(f, "D." + k.name, k.D);
+    load_tensor(f, "mD." + k.name, k.m);
+    load_tensor(f, "vD." + k.name, k.v);
+    load_tensor(f, "src." + k.name, k.src);
   }
   t_ = t;
 }

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -66,26 +67,57 @@ class GrowthMask {
   bool applied_ = false;
 };
 
+// G_learn's trained state, in depth (LearnedDepth) or width (LearnedWidth, growth/learned_width.h): the grown
+// model's weights are a function of the frozen small model's and of a few learned matrices. For learn_steps
+// steps the grown model runs on the training data and only those matrices train (Adam, learn_lr, betas of the
+// run, no weight decay); afterwards the last materialised weights are plain parameters.
+class LearnedGrowth {
+ public:
+  virtual ~LearnedGrowth() = default;
+  // Writes the grown model's learned weights into `grown` (plan.to's layout).
+  virtual void materialise(ParamBuffer& grown) const = 0;
+  // dL/d(learned matrices) from the grown model's gradients, in the layout step_from_dots takes. Linear in
+  // the gradients: the sum over ranks of the dots of each rank's gradient shard (zeros elsewhere) is the dots
+  // of the whole gradient, which is how ZeRO-1 computes it.
+  virtual std::vector<double> dots(const ParamBuffer& grown_grads) const = 0;
+  // One Adam step (t advances first) from dots laid out as dots() returns them.
+  virtual void step_from_dots(const std::vector<double>& dots, double lr) = 0;
+  void step(const ParamBuffer& grown_grads, double lr) { step_from_dots(dots(grown_grads), lr); }
+  long t() const { return t_; }
+  // Checkpoint form (growth.safetensors): the learned matrices, their Adam moments and the frozen small model;
+  // the views point into this object. load() reads them back into an object built for the same plan.
+  virtual std::vector<TensorView> tensors() const = 0;
+  virtual void load(const SafetensorsFile& f, long t) = 0;
+
+ protected:
+  LearnedGrowth(double beta1, double beta2, double eps) : beta1_(beta1), beta2_(beta2), eps_(eps) {}
+  // Adam on n learned values x with moments m, v from gradient g, at the bias corrections of step t_ (the
+  // caller advances t_ once per step, before its first adam()).
+  void adam(float* x, float* m, float* v, const double* g, size_t n, double lr) const;
+  // Reads tensor `name` of `f` into out, whose size it must have (a one-line error naming both otherwise).
+  static void load_tensor(const SafetensorsFile& f, const std::string& name, std::vector<float>& out);
+  long t_ = 0;
+  double beta1_, beta2_, eps_;
+};
+
+// The learned state of an op=learn plan (depth or width), from the small model's weights. `seed` draws
+// LearnedWidth's random initial rows; LearnedDepth draws nothing.
+std::unique_ptr<LearnedGrowth> make_learned_growth(const GrowthPlan& plan, const ParamBuffer& small,
+                                                   double beta1, double beta2, double eps, uint64_t seed);
+
 // G_learn (depth, LiGO-style): every per-layer tensor kind k of the grown model is W'_l = sum_j D_k[l, j] W_j
 // over the small model's layers j, with one (L' x L) matrix D_k per kind, initialised to the plan's layer map
-// (D[l, layer_map[l]] = 1: G_stack). For learn_steps steps the grown model runs on the training data, the
-// small model's weights are frozen, and only the D_k are trained (Adam, learn_lr, betas of the run, no
-// weight decay) by dD[l, j] = <dL/dW'_l, W_j>. Global tensors (embeddings, final norm, LM head) are frozen.
-// Afterwards the last W' are plain layers.
-class LearnedDepth {
+// (D[l, layer_map[l]] = 1: G_stack), trained by dD[l, j] = <dL/dW'_l, W_j>. Global tensors (embeddings, final
+// norm, LM head) are frozen.
+class LearnedDepth final : public LearnedGrowth {
  public:
   LearnedDepth(const GrowthPlan& plan, const ParamBuffer& small, double beta1, double beta2, double eps);
   // Writes W' = D W into the per-layer tensors of `grown` (global tensors are left as they are).
-  void materialise(ParamBuffer& grown) const;
-  // One Adam step on every D from the grown model's gradients: step_from_dots(dots(grown_grads), lr).
-  void step(const ParamBuffer& grown_grads, double lr);
-  // dL/dD from the grown model's gradients, (kinds, L', L) in kind order: dots[(k L' + l) L + j] =
-  // <dL/dW'_l, W_j> of kind k, summed in double.
-  std::vector<double> dots(const ParamBuffer& grown_grads) const;
-  // One Adam step on every D (t advances first) from dots laid out as dots() returns them, wherever they were
-  // computed (the CUDA backend sums them on the device).
-  void step_from_dots(const std::vector<double>& dots, double lr);
-  long t() const { return t_; }
+  void materialise(ParamBuffer& grown) const override;
+  // dL/dD, (kinds, L', L) in kind order: dots[(k L' + l) L + j] = <dL/dW'_l, W_j> of kind k, summed in
+  // double. The CUDA backend sums the same on the device and calls step_from_dots.
+  std::vector<double> dots(const ParamBuffer& grown_grads) const override;
+  void step_from_dots(const std::vector<double>& dots, double lr) override;
   // D of kind `name` (L' x L, row-major).
   const std::vector<float>& mixing(const std::string& name) const;
 
@@ -99,10 +131,9 @@ class LearnedDepth {
   int from_layers() const { return L_; }
   int to_layers() const { return L2_; }
 
-  // Checkpoint form: "D.<kind>", "mD.<kind>", "vD.<kind>" (L' x L) and "src.<kind>" (L, ...) tensors; the
-  // views point into this object.
-  std::vector<TensorView> tensors() const;
-  void load(const SafetensorsFile& f, long t);
+  // Checkpoint form: "D.<kind>", "mD.<kind>", "vD.<kind>" (L' x L) and "src.<kind>" (L, ...) tensors.
+  std::vector<TensorView> tensors() const override;
+  void load(const SafetensorsFile& f, long t) override;
 
  private:
   struct Kind {
@@ -114,8 +145,6 @@ class LearnedDepth {
   };
   std::vector<Kind> kinds_;
   int L_ = 0, L2_ = 0;
-  double beta1_, beta2_, eps_;
-  long t_ = 0;
 };
 
 // What one growth did, for the metrics log and the checkpoint's history.

@@ -167,6 +167,9 @@ GrowthPlan make_plan(const ModelConfig& from, const Stage& stage) {
   // Width: C -> C', NH -> NH' (head dim fixed), KVH -> KVH', F -> F'.
   const bool direct = stage.op == Op::kDirect;
   const bool random = stage.op == Op::kRandom;
+  // G_learn: old elements copied, new ones zero; LearnedWidth (growth/learned_width.h) then writes every
+  // tensor from its expansion matrices, and optimizer=map keeps the old elements' moments.
+  const bool learn = stage.op == Op::kLearn;
   const int hs = a.head_dim();
   for (int l = 0; l < b.n_layer; ++l) p.layer_map.push_back(l);
   p.new_layer.assign(static_cast<size_t>(b.n_layer), false);
@@ -183,8 +186,9 @@ GrowthPlan make_plan(const ModelConfig& from, const Stage& stage) {
   const AxisMap ffn_in = direct ? split(ffn, alpha) : ffn;
   // G_zero / G_random: new stream dims are zero at growth, so the RMS over C' dims is sqrt(C / C') of the RMS
   // over C; the gains of the old dims are scaled by sqrt(C / C') to compensate (exact for RMSNorm).
-  const float gain =
-      direct ? 1.0f : static_cast<float>(std::sqrt(static_cast<double>(a.d_model) / b.d_model));
+  const float gain = direct || learn
+                         ? 1.0f
+                         : static_cast<float>(std::sqrt(static_cast<double>(a.d_model) / b.d_model));
   // GPT-2's MLP input (up) has F rows; LLaMA's gate_up has gate rows then up rows, F each.
   AxisMap gate_up_rows = ffn;
   if (a.family == Family::kLlama) {
@@ -220,7 +224,7 @@ GrowthPlan make_plan(const ModelConfig& from, const Stage& stage) {
       // are the stream's input); the fan-in split of the head moves into the final norm's gain and bias.
       r.rows = resid_in;
     } else if (is_norm_gain(n)) {
-      r.rows = scaled(resid, a.d_model, gain);
+      r.rows = learn ? resid : scaled(resid, a.d_model, gain);
       r.new_fill = LayerFill::kInit;  // ones
     } else if (n == "attn_norm_bias" || n == "mlp_norm_bias" || n == "final_norm_bias") {
       r.rows = resid;
@@ -252,6 +256,7 @@ GrowthPlan make_plan(const ModelConfig& from, const Stage& stage) {
                  "width rule for ", n, " does not match its shape");
     if (r.new_fill != LayerFill::kInit)
       r.new_fill = (fan_out && !random) ? LayerFill::kZero : LayerFill::kInit;
+    if (learn) r.new_fill = LayerFill::kZero;
     for (int l = 0; l < (t.per_layer ? b.n_layer : 1); ++l)
       r.layers.push_back({t.per_layer ? l : 0, LayerFill::kCopy});
     if (random && fan_out) {
@@ -320,6 +325,21 @@ std::string GrowthPlan::describe() const {
   }
   if (!masks.empty())
     s += cat("  masks: ", masks.size(), " slices ramped 0 -> 1 over ", stage.mask_steps, " steps\n");
+  if (stage.op == Op::kLearn) {
+    if (stage.direction() == Direction::kDepth) {
+      s += "  learned: per tensor kind, W'_l = sum_j D[l, j] W_j, D from the layer map above";
+    } else {
+      // growth/learned_width.h: one matrix per grown axis; under multi-head attention K/V share the heads'.
+      s += "  learned: every tensor W' = B_rows W B_cols^T, B = [I; N(0, 1/n')] per grown axis:";
+      if (to.d_model != from.d_model) s += cat(" stream ", to.d_model, "x", from.d_model, ";");
+      if (to.n_head != from.n_head) s += cat(" heads ", to.n_head, "x", from.n_head, " per layer;");
+      if (to.n_kv_head != from.n_kv_head && !(from.n_kv_head == from.n_head && to.n_kv_head == to.n_head))
+        s += cat(" K/V heads ", to.n_kv_head, "x", from.n_kv_head, " per layer;");
+      if (to.d_ff != from.d_ff) s += cat(" FFN ", to.d_ff, "x", from.d_ff, " per layer;");
+      s.pop_back();
+    }
+    s += cat(", trained for ", stage.learn_steps, " steps at lr ", stage.learn_lr, ", then materialised\n");
+  }
   if (stage.noise > 0)
     s += cat("  noise: W <- (1 - ", stage.noise, ") W + ", stage.noise, " e on every block tensor\n");
   return s;

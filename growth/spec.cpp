@@ -284,8 +284,8 @@ Stage parse_stage(const std::string& text) {
                  "say how much to grow: g=<factor> or layers=<list> (depth), or d_model / "
                  "d_ff / n_head (width)");
   if (width)
-    STRATA_REQUIRE(s.op == Op::kDirect || s.op == Op::kZero || s.op == Op::kRandom, ctx, "op=", op_name(s.op),
-                   " is a depth operator; width growth takes op=direct, zero or random");
+    STRATA_REQUIRE(s.op == Op::kDirect || s.op == Op::kZero || s.op == Op::kRandom || s.op == Op::kLearn, ctx,
+                   "op=", op_name(s.op), " is a depth operator; width growth takes op=direct, zero, random or learn");
   else
     STRATA_REQUIRE(s.op != Op::kDirect, ctx, "op=direct is the width operator; its depth form is op=stack");
   if (!s.layers.empty())

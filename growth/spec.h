@@ -4,7 +4,7 @@
 //   at=<number> [tokens|steps|flops]   when to grow: once this many training tokens / optimizer steps /
 //                                      cumulative training FLOPs are done (unit default: tokens)
 //   op=<operator>                      depth:  stack | interpolate | zero | random | learn
-//                                      width:  direct | zero | random
+//                                      width:  direct | zero | random | learn
 //   depth:  g=<int >= 2>               L' = g L; stack: [0..L-1] x g, interpolate: [0,0,..,1,1,..]
 //           layers=<list>              the target layer list instead of g, e.g. 0-1,2-3*7,4-5
 //                                      (a-b is a range, *k repeats the item before it k times in all)
@@ -14,7 +14,8 @@
 //   tensor) mask_steps=<K>                     op=random: the new parts' outputs are scaled by c ramped 0 ->
 //   1 over K
 //                                      steps (default 5000, as in the paper's code)
-//   learn_steps=<K> learn_lr=<lr>      op=learn: steps that train the mixing matrices D (default 100, 1e-3)
+//   learn_steps=<K> learn_lr=<lr>      op=learn: steps that train the mixing matrices D (depth) or the
+//                                      expansion matrices B (width) (default 100, 1e-3)
 //   split=<alpha in (0,1)>             op=direct: share of a split neuron's fan-in kept by the original
 //                                      (the copy gets 1 - alpha; default 0.6, uneven to break symmetry)
 //   optimizer=reset|map                fresh AdamW (the paper) | moments mapped with the weights

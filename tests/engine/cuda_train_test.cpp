@@ -270,8 +270,8 @@ TEST_P(CudaTrain, GrowthPeakMemoryIsPlanned) {
       emu::reset_peak_allocated();
       cuda->grow(plan, 99);
       if (ld) {
-        cuda->begin_learned_depth(*ld);
-        cuda->materialise_learned_depth(*ld);
+        cuda->begin_learned_growth(*ld);
+        cuda->materialise_learned_growth(*ld);
       }
       if (plan.stage.op == growth::Op::kRandom)
         cuda->set_growth_mask(growth::GrowthMask(plan.masks, 1, plan.stage.mask_steps));
@@ -330,6 +330,31 @@ TEST_P(CudaTrain, GrowthTheCudaOpsCannotRunIsRefusedAtStartup) {
   test::expect_one_line_error([&] { train(c); }, {"--grow '" + spec + "'", "d_ff", "multiple of 8",
                                                   std::to_string(c.model.d_ff + 4)});
   EXPECT_FALSE(fs::exists(root_ / (f + "_unsupported"))) << "the refused run wrote its folder";
+}
+
+// G_learn in width has no CUDA form (growth/learned_width.h runs on the host): a CUDA run that lists it is
+// refused at startup, one line naming the stage, with no run folder; a CPU run's checkpoint from inside its
+// learn phase is refused when resumed on CUDA, and the same checkpoint still resumes on the CPU.
+TEST_P(CudaTrain, LearnedWidthIsRefusedAtStartupAndOnResume) {
+  STRATA_SKIP_WITHOUT_GPU();
+  const std::string f = family(GetParam());
+  TrainConfig c = config(GetParam(), f + "_learn_width", "cuda");
+  const std::string spec = "at=5 steps,op=learn,d_ff=" + std::to_string(c.model.d_ff * 2) + ",learn_steps=3";
+  c.grow.push_back(growth::parse_stage(spec));
+  test::expect_one_line_error([&] { train(c); }, {"--grow '" + spec + "'", "G_learn in width", "--device cpu"});
+  EXPECT_FALSE(fs::exists(root_ / (f + "_learn_width"))) << "the refused run wrote its folder";
+
+  TrainConfig cpu = config(GetParam(), f + "_learn_width_cpu", "cpu");
+  cpu.grow.push_back(growth::parse_stage(spec));
+  cpu.stop_at = 6;  // inside the learn phase (steps 6-8)
+  ASSERT_EQ(train(cpu), 0);
+  const std::string ckpt = resolve_checkpoint((root_ / (f + "_learn_width_cpu")).string());
+  TrainConfig on_cuda = cpu;
+  on_cuda.device = "cuda";
+  on_cuda.stop_at = 0;
+  test::expect_one_line_error([&] { train(on_cuda, ckpt); }, {"G_learn in width", "--device cpu"});
+  cpu.stop_at = 0;
+  EXPECT_EQ(train(cpu, ckpt), 0);
 }
 
 // Resume and determinism on the CUDA backend: an uninterrupted run, the same run again, and one stopped at
@@ -553,22 +578,22 @@ TEST_P(CudaTrain, GrowthPhaseStepsMatchTheCpuBackend) {
         ld_cuda(plan, cuda->host_params(), 0.0, 0.0, 1.0);
     cpu->grow(plan, 99);
     cuda->grow(plan, 99);
-    cpu->begin_learned_depth(ld_cpu);
-    cuda->begin_learned_depth(ld_cuda);
+    cpu->begin_learned_growth(ld_cpu);
+    cuda->begin_learned_growth(ld_cuda);
     auto expect_same_weights = [&](const char* when) {
       cuda->download_to_host();
       const ParamBuffer &a = cpu->host_params(), &b = cuda->host_params();
       ASSERT_EQ(a.numel(), b.numel());
       EXPECT_EQ(0, std::memcmp(a.data(), b.data(), size_t(a.numel()) * sizeof(float))) << when;
     };
-    cpu->materialise_learned_depth(ld_cpu);
-    cuda->materialise_learned_depth(ld_cuda);
+    cpu->materialise_learned_growth(ld_cpu);
+    cuda->materialise_learned_growth(ld_cuda);
     expect_same_weights("materialised at G_stack");
     for (int b = 0; b < 2; ++b) {
       TrainBackend& be = b == 0 ? *cpu : *cuda;
       be.zero_grad();
       be.train_micro_batch(in.data(), tg.data(), 1.0f);
-      be.learned_depth_step(b == 0 ? ld_cpu : ld_cuda, 1.0);
+      be.learned_growth_step(b == 0 ? ld_cpu : ld_cuda, 1.0);
     }
     for (int k = 0; k < ld_cpu.kind_count(); ++k) {
       // D started at the layer map's 0/1 entries; g = -delta / (1 - |delta|).
@@ -594,11 +619,11 @@ TEST_P(CudaTrain, GrowthPhaseStepsMatchTheCpuBackend) {
       EXPECT_LE(cmp.rel(), test::kRunnerMixGradTol) << ld_cpu.kind_name(k);
     }
     // Both backends mix the same (now dense) D into the same weights.
-    cpu->materialise_learned_depth(ld_cpu);
-    cuda->materialise_learned_depth(ld_cpu);
+    cpu->materialise_learned_growth(ld_cpu);
+    cuda->materialise_learned_growth(ld_cpu);
     expect_same_weights("materialised from a dense D");
-    cpu->end_learned_depth();
-    cuda->end_learned_depth();
+    cpu->end_learned_growth();
+    cuda->end_learned_growth();
   }
 }
 

@@ -148,14 +148,15 @@ TEST_F(DistTrain, TwoRanksMatchOneRankAndZero1EqualsZero0) {
 }
 
 // Every growth operator with a phase of its own runs under ranks too: G_random's mask applies to every rank's
-// replicated weights; G_learn's mixing gradient dL/dD is summed from the ranks' reduced gradients (ZeRO-0: the
-// all-reduced whole; ZeRO-1: each rank's shard, gathered exactly and summed in rank order), so every rank takes
-// the same Adam step on D.
+// replicated weights; G_learn's gradient (dL/dD in depth, dL/dB in width) is summed from the ranks' reduced
+// gradients (ZeRO-0: the all-reduced whole; ZeRO-1: each rank's shard, gathered exactly and summed in rank
+// order), so every rank takes the same Adam step.
 TEST_F(DistTrain, GrowthUnderTwoRanksMatchesOneRank) {
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"stack", " --grow \"at=3 steps,op=stack,g=2\""},
       {"random", " --grow \"at=3 steps,op=random,g=2,mask_steps=3\""},
       {"learn", " --grow \"at=3 steps,op=learn,g=2,learn_steps=3\""},
+      {"learn_width", " --grow \"at=3 steps,op=learn,d_model=48,n_kv_head=3,d_ff=96,learn_steps=3\""},
   };
   for (const auto& [name, grow] : cases)
     for (const char* zero : {"1", "0"}) {
@@ -168,7 +169,10 @@ TEST_F(DistTrain, GrowthUnderTwoRanksMatchesOneRank) {
       ASSERT_EQ(run_shell(mpirun(2) + strata_bin() + args(two_dir) + grow + " --zero " + zero, &out), 0) << out;
       const std::vector<Json> one = metrics(one_dir), two = metrics(two_dir);
       ASSERT_EQ(rows_of(two, "growth").size(), 1u) << name;
-      EXPECT_EQ(rows_of(two, "growth")[0]["to"]["n_layer"], 4) << name;
+      if (name == "learn_width")
+        EXPECT_EQ(rows_of(two, "growth")[0]["to"]["d_model"], 48) << name;
+      else
+        EXPECT_EQ(rows_of(two, "growth")[0]["to"]["n_layer"], 4) << name;
       SCOPED_TRACE(name + " under ZeRO-" + zero);
       expect_close(one, two, kRankCountTol);
     }
