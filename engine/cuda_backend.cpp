@@ -34,7 +34,8 @@ namespace {
 
 constexpr const char* kWeightsFile = "weights_bf16.safetensors";
 constexpr const char* kLearnedWidthRefusal =
-    "G_learn in width (op=learn with d_model / d_ff / n_head) runs on --device cpu only; on --device cuda grow "
+    "G_learn in width (op=learn with d_model / d_ff / n_head) runs on --device cpu only; on --device cuda "
+    "grow "
     "width with op=direct, zero or random, or depth with op=learn";
 double gib(size_t bytes) {
   return static_cast<double>(bytes) / double(size_t{1} << 30);

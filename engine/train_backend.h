@@ -101,9 +101,10 @@ class TrainBackend {
   virtual void mask_end(bool grads) = 0;
   // G_learn's phase (growth/apply.h's LearnedGrowth, depth or width, owned by the trainer and built from the
   // small model's weights): begin_learned_growth when the phase starts (after grow()) or resumes,
-  // end_learned_growth when it ends (or grow() ends it); materialise_learned_growth writes the learned weights
-  // (W' = D W in depth, B W B^T in width); learned_growth_step is one Adam step of the learned matrices from
-  // this step's gradients. The defaults work on host_params() and host_grads() (the CPU backend).
+  // end_learned_growth when it ends (or grow() ends it); materialise_learned_growth writes the learned
+  // weights (W' = D W in depth, B W B^T in width); learned_growth_step is one Adam step of the learned
+  // matrices from this step's gradients. The defaults work on host_params() and host_grads() (the CPU
+  // backend).
   virtual void begin_learned_growth(const growth::LearnedGrowth& /*lg*/) {}
   virtual void end_learned_growth() {}
   virtual void materialise_learned_growth(const growth::LearnedGrowth& lg);

@@ -84,8 +84,8 @@ class LearnedGrowth {
   virtual void step_from_dots(const std::vector<double>& dots, double lr) = 0;
   void step(const ParamBuffer& grown_grads, double lr) { step_from_dots(dots(grown_grads), lr); }
   long t() const { return t_; }
-  // Checkpoint form (growth.safetensors): the learned matrices, their Adam moments and the frozen small model;
-  // the views point into this object. load() reads them back into an object built for the same plan.
+  // Checkpoint form (growth.safetensors): the learned matrices, their Adam moments and the frozen small
+  // model; the views point into this object. load() reads them back into an object built for the same plan.
   virtual std::vector<TensorView> tensors() const = 0;
   virtual void load(const SafetensorsFile& f, long t) = 0;
 

@@ -14,11 +14,11 @@ namespace {
 using models::Family;
 
 // y (m x n) = a (m x k) * b (k x n) (+ y when accumulate), row-major with leading dimensions.
-void sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* y,
-           int64_t ldy, bool trans_b = false) {
+void sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+           float* y, int64_t ldy, bool trans_b = false) {
   cblas_sgemm(CblasRowMajor, CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, static_cast<int>(m),
-              static_cast<int>(n), static_cast<int>(k), 1.0f, a, static_cast<int>(lda), b, static_cast<int>(ldb),
-              0.0f, y, static_cast<int>(ldy));
+              static_cast<int>(n), static_cast<int>(k), 1.0f, a, static_cast<int>(lda), b,
+              static_cast<int>(ldb), 0.0f, y, static_cast<int>(ldy));
 }
 
 // out (cols x rows) = x (rows x cols) transposed.
@@ -80,9 +80,10 @@ LearnedWidth::LearnedWidth(const GrowthPlan& plan, const ParamBuffer& small, dou
   auto qheads = [&](int l) { return Axis{seg(0, 0, b.n_head, a.n_head, hs, heads[size_t(l)])}; };
   auto qkv = [&](int l) {
     const int m = kv[size_t(l)];
-    return Axis{seg(0, 0, b.n_head, a.n_head, hs, heads[size_t(l)]),
-                seg(b.n_head * hs, a.n_head * hs, b.n_kv_head, a.n_kv_head, hs, m),
-                seg((b.n_head + b.n_kv_head) * hs, (a.n_head + a.n_kv_head) * hs, b.n_kv_head, a.n_kv_head, hs, m)};
+    return Axis{
+        seg(0, 0, b.n_head, a.n_head, hs, heads[size_t(l)]),
+        seg(b.n_head * hs, a.n_head * hs, b.n_kv_head, a.n_kv_head, hs, m),
+        seg((b.n_head + b.n_kv_head) * hs, (a.n_head + a.n_kv_head) * hs, b.n_kv_head, a.n_kv_head, hs, m)};
   };
   auto neurons = [&](int l) { return Axis{seg(0, 0, b.d_ff, a.d_ff, 1, ffn[size_t(l)])}; };
   auto gate_up = [&](int l) {
@@ -107,7 +108,8 @@ LearnedWidth::LearnedWidth(const GrowthPlan& plan, const ParamBuffer& small, dou
       if (n == "tok_embedding" || n == "pos_embedding" || n == "lm_head") {
         rows = identity(t.rows), cols = stream;
       } else if (n == "attn_norm" || n == "mlp_norm" || n == "final_norm" || n == "attn_norm_bias" ||
-                 n == "mlp_norm_bias" || n == "final_norm_bias" || n == "attn_out_bias" || n == "mlp_down_bias") {
+                 n == "mlp_norm_bias" || n == "final_norm_bias" || n == "attn_out_bias" ||
+                 n == "mlp_down_bias") {
         rows = stream;
       } else if (n == "attn_qkv") {
         rows = qkv(l), cols = stream;
@@ -208,7 +210,8 @@ void LearnedWidth::row_gradients(const Axis& axis, const float* g, const float* 
     const int64_t ld = s.width * n;
     // dB (units x src_units) = g's segment (units x width n) times x's segment (src_units x width n)^T.
     scratch.resize(static_cast<size_t>(s.units * s.src_units));
-    sgemm(s.units, s.src_units, ld, g + s.dst0 * n, ld, x + s.src0 * n, ld, scratch.data(), s.src_units, true);
+    sgemm(s.units, s.src_units, ld, g + s.dst0 * n, ld, x + s.src0 * n, ld, scratch.data(), s.src_units,
+          true);
     double* d = dots.data() + offset_[static_cast<size_t>(s.matrix)];
     for (size_t i = 0; i < scratch.size(); ++i) d[i] += scratch[i];
   }

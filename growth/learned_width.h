@@ -1,20 +1,21 @@
 // growth/learned_width.h: G_learn in width (LiGO-style learned expansion), the width half of LearnedGrowth
 // (growth/apply.h).
 //
-// Every axis a width stage grows gets an expansion matrix B (n' x n, in the axis's units), and every tensor of
-// the grown model is its small-model tensor with each axis expanded: W' = B_rows W B_cols^T. Axes the stage
-// keeps, the vocabulary and the positions stay identity. The matrices:
+// Every axis a width stage grows gets an expansion matrix B (n' x n, in the axis's units), and every tensor
+// of the grown model is its small-model tensor with each axis expanded: W' = B_rows W B_cols^T. Axes the
+// stage keeps, the vocabulary and the positions stay identity. The matrices:
 //   "resid"        (C' x C): the residual stream, shared by every tensor that reads or writes it (embeddings,
 //                  norm gains and biases, the stream side of every projection, the LM head);
 //   "heads.<l>"    (NH' x NH, each entry times I_hs): layer l's query heads (Q rows, the attention output's
 //                  columns); under multi-head attention (NH = KVH before and after) also its K and V heads;
 //   "kv_heads.<l>" (KVH' x KVH, times I_hs): layer l's K and V heads under grouped-query attention;
 //   "ffn.<l>"      (F' x F): layer l's FFN neurons (gate and up rows, down columns, the up bias).
-// Head-granular matrices keep each head's dims together, so RoPE rotates the same pairs as in the small model.
-// Each B starts as [I; N(0, 1/n')] (the paper's init): the old indices map to themselves, so the small model's
-// weights sit bit for bit in the grown tensors' old block, and each new index is a random combination of the
-// old ones. Gradients: with W' = R W C^T, dR = G' (W C^T)^T and dC = G'^T (R W), head blocks summed over their
-// hs dims, each matrix summed over every tensor and layer that shares it (in double, in a fixed order).
+// Head-granular matrices keep each head's dims together, so RoPE rotates the same pairs as in the small
+// model. Each B starts as [I; N(0, 1/n')] (the paper's init): the old indices map to themselves, so the small
+// model's weights sit bit for bit in the grown tensors' old block, and each new index is a random combination
+// of the old ones. Gradients: with W' = R W C^T, dR = G' (W C^T)^T and dC = G'^T (R W), head blocks summed
+// over their hs dims, each matrix summed over every tensor and layer that shares it (in double, in a fixed
+// order).
 #pragma once
 
 #include <cstdint>
@@ -74,9 +75,10 @@ class LearnedWidth final : public LearnedGrowth {
   // out (rows2 x cols) = the axis applied to the rows of x (rows x cols).
   void expand_rows(const Axis& axis, const float* x, int64_t cols, float* out) const;
   // out (rows x cols2) = the axis applied to the columns of x (rows x cols).
-  void expand_cols(const Axis& axis, const float* x, int64_t rows, int64_t cols, int64_t cols2, float* out) const;
-  // Adds to `dots` each matrix segment's gradient, for y = the axis applied to the rows of x (x: src rows x n,
-  // g: dL/dy, rows2 x n).
+  void expand_cols(const Axis& axis, const float* x, int64_t rows, int64_t cols, int64_t cols2,
+                   float* out) const;
+  // Adds to `dots` each matrix segment's gradient, for y = the axis applied to the rows of x (x: src rows x
+  // n, g: dL/dy, rows2 x n).
   void row_gradients(const Axis& axis, const float* g, const float* x, int64_t n, std::vector<double>& dots,
                      std::vector<float>& scratch) const;
 

@@ -186,9 +186,8 @@ GrowthPlan make_plan(const ModelConfig& from, const Stage& stage) {
   const AxisMap ffn_in = direct ? split(ffn, alpha) : ffn;
   // G_zero / G_random: new stream dims are zero at growth, so the RMS over C' dims is sqrt(C / C') of the RMS
   // over C; the gains of the old dims are scaled by sqrt(C / C') to compensate (exact for RMSNorm).
-  const float gain = direct || learn
-                         ? 1.0f
-                         : static_cast<float>(std::sqrt(static_cast<double>(a.d_model) / b.d_model));
+  const float gain =
+      direct || learn ? 1.0f : static_cast<float>(std::sqrt(static_cast<double>(a.d_model) / b.d_model));
   // GPT-2's MLP input (up) has F rows; LLaMA's gate_up has gate rows then up rows, F each.
   AxisMap gate_up_rows = ffn;
   if (a.family == Family::kLlama) {

@@ -285,7 +285,8 @@ Stage parse_stage(const std::string& text) {
                  "d_ff / n_head (width)");
   if (width)
     STRATA_REQUIRE(s.op == Op::kDirect || s.op == Op::kZero || s.op == Op::kRandom || s.op == Op::kLearn, ctx,
-                   "op=", op_name(s.op), " is a depth operator; width growth takes op=direct, zero, random or learn");
+                   "op=", op_name(s.op),
+                   " is a depth operator; width growth takes op=direct, zero, random or learn");
   else
     STRATA_REQUIRE(s.op != Op::kDirect, ctx, "op=direct is the width operator; its depth form is op=stack");
   if (!s.layers.empty())

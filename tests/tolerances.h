@@ -80,8 +80,8 @@ constexpr double kGrowthNoiseStatTol = 0.1;
 // 2h = 2e-2 is ~1e-4 of the largest |g| (~0.2); truncation h^2 |f'''| / 6 is smaller (measured 1.2e-4 total).
 constexpr double kGrowthFdStep = 1e-2;
 constexpr double kGrowthFdTol = 2e-3;
-// Plus, where the gradients are small (G_learn in width on GPT-2's std-0.02 init: max |g| ~8e-3), the floor of
-// the central difference itself: each fp32 loss carries a few ulps of rounding (its reductions), so the
+// Plus, where the gradients are small (G_learn in width on GPT-2's std-0.02 init: max |g| ~8e-3), the floor
+// of the central difference itself: each fp32 loss carries a few ulps of rounding (its reductions), so the
 // difference quotient is off by ~kGrowthFdLossUlps * ulp(loss) / (2h) (~1e-4 at a loss of 4) whatever the
 // gradient.
 constexpr double kGrowthFdLossUlps = 4.0;

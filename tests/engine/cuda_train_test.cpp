@@ -341,7 +341,8 @@ TEST_P(CudaTrain, LearnedWidthIsRefusedAtStartupAndOnResume) {
   TrainConfig c = config(GetParam(), f + "_learn_width", "cuda");
   const std::string spec = "at=5 steps,op=learn,d_ff=" + std::to_string(c.model.d_ff * 2) + ",learn_steps=3";
   c.grow.push_back(growth::parse_stage(spec));
-  test::expect_one_line_error([&] { train(c); }, {"--grow '" + spec + "'", "G_learn in width", "--device cpu"});
+  test::expect_one_line_error([&] { train(c); },
+                              {"--grow '" + spec + "'", "G_learn in width", "--device cpu"});
   EXPECT_FALSE(fs::exists(root_ / (f + "_learn_width"))) << "the refused run wrote its folder";
 
   TrainConfig cpu = config(GetParam(), f + "_learn_width_cpu", "cpu");

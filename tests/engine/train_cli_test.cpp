@@ -345,13 +345,13 @@ TEST_F(TrainCli, ScheduleRestartsWithWarmupOrContinues) {
 }
 
 // Growth + checkpoint + resume reproduces the uninterrupted run bit for bit, whether the run was cut before,
-// at or after the growth point, for an operator with no phase (stack), a masked one (random), a learned one in
-// depth and in width (learn), and a widening (zero).
+// at or after the growth point, for an operator with no phase (stack), a masked one (random), a learned one
+// in depth and in width (learn), and a widening (zero).
 TEST_F(TrainCli, GrowthResumesBitIdenticallyBeforeAtAndAfterTheGrowthPoint) {
-  const std::vector<std::string> stages = {"at=3 steps,op=stack,g=2", "at=3 steps,op=random,g=2,mask_steps=3",
-                                           "at=3 steps,op=learn,g=2,learn_steps=2",
-                                           "at=3 steps,op=zero,d_ff=96,optimizer=map",
-                                           "at=3 steps,op=learn,d_model=48,n_kv_head=3,d_ff=96,learn_steps=2"};
+  const std::vector<std::string> stages = {
+      "at=3 steps,op=stack,g=2", "at=3 steps,op=random,g=2,mask_steps=3",
+      "at=3 steps,op=learn,g=2,learn_steps=2", "at=3 steps,op=zero,d_ff=96,optimizer=map",
+      "at=3 steps,op=learn,d_model=48,n_kv_head=3,d_ff=96,learn_steps=2"};
   for (size_t i = 0; i < stages.size(); ++i) {
     const std::string full = "gr_full" + std::to_string(i);
     std::string out;

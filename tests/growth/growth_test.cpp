@@ -594,8 +594,8 @@ TEST(LearnedDepthTest, LearnStepsLowerTheLossOnAFixedBatch) {
 
 // ---- G_learn in width ------------------------------------------------------------------------------------
 
-// Both families, every axis grown (LLaMA: stream, heads, GQA K/V heads, FFN; GPT-2: stream and heads together,
-// FFN, with biases, LayerNorm and learned positions).
+// Both families, every axis grown (LLaMA: stream, heads, GQA K/V heads, FFN; GPT-2: stream and heads
+// together, FFN, with biases, LayerNorm and learned positions).
 class LearnedWidthTest : public ::testing::TestWithParam<Family> {
  protected:
   std::string spec() const {
@@ -604,10 +604,10 @@ class LearnedWidthTest : public ::testing::TestWithParam<Family> {
   }
 };
 
-// B starts as [I; N(0, 1/n')]: every element of the grown model whose row and column are old (the plan's maps)
-// is the small model's bit for bit, every other one is a random combination (non-zero). dL/dB matches central
-// differences of the model's loss along B[i, j] += h (re-materialised), and one Adam step with betas 0 and
-// eps 1 moves B by -g / (|g| + 1), from which the gradient LearnedWidth used is recovered.
+// B starts as [I; N(0, 1/n')]: every element of the grown model whose row and column are old (the plan's
+// maps) is the small model's bit for bit, every other one is a random combination (non-zero). dL/dB matches
+// central differences of the model's loss along B[i, j] += h (re-materialised), and one Adam step with betas
+// 0 and eps 1 moves B by -g / (|g| + 1), from which the gradient LearnedWidth used is recovered.
 TEST_P(LearnedWidthTest, StartsWithTheSmallModelAndItsGradientMatchesFiniteDifferences) {
   const ModelConfig c = config(GetParam());
   const GrowthPlan p = plan_of(c, spec());
@@ -692,7 +692,8 @@ TEST_P(LearnedWidthTest, StartsWithTheSmallModelAndItsGradientMatchesFiniteDiffe
       "(max |g| %.3g)\n",
       checked, max_err_fd / scale, max_err_step / scale, scale);
   EXPECT_GT(scale, 0.0);
-  const double fd_floor = test::kGrowthFdLossUlps * std::numeric_limits<float>::epsilon() * max_loss / (2 * h);
+  const double fd_floor =
+      test::kGrowthFdLossUlps * std::numeric_limits<float>::epsilon() * max_loss / (2 * h);
   EXPECT_LT(fd_floor, 0.05 * scale) << "the finite differences cannot resolve these gradients";
   EXPECT_LE(max_err_fd, kGrowthFdTol * scale + fd_floor);
   EXPECT_LE(max_err_step, kGrowthLearnGradTol * scale);
@@ -740,8 +741,8 @@ TEST_P(LearnedWidthTest, CheckpointFormRoundTripsAndTheDrawsFollowTheSeed) {
   big.forward(in.data(), in.data());
   big.backward();
   lw.step(big.grads(), 1e-2);  // moments non-zero
-  const std::string file = ::testing::TempDir() + "learned_width_" + models::family_name(GetParam()) +
-                           ".safetensors";
+  const std::string file =
+      ::testing::TempDir() + "learned_width_" + models::family_name(GetParam()) + ".safetensors";
   write_safetensors(file, lw.tensors());
   LearnedWidth back(p, ParamBuffer(ParamLayout(c)), 0.9, 0.95, 1e-8, 99);
   back.load(SafetensorsFile::open(file), lw.t());
