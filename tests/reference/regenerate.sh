@@ -11,7 +11,11 @@
 #    report that the tolerances of tests/engine/reference_test.cpp are set against;
 # 4. runs tests/reference/torch_growth_reference.py on each case: grows grow_small.safetensors in torch by
 #    G_stack / G_zero (grown_<growth>.safetensors, compared by tests/growth/reference_growth_test.cpp), with
-#    the same float32 report.
+#    the same float32 report;
+# 5. runs tests/reference/torch_learned_width_reference.py on each case: grows grow_small.safetensors in
+#    width by torch's own learned expansion matrices (G_learn, W' = B_rows W B_cols^T) and differentiates
+#    through them (learned_<growth>.safetensors, compared by tests/growth/reference_learned_width_test.cpp),
+#    with the same float32 report.
 # CI never runs this: it uses the committed files and needs no torch.
 set -euo pipefail
 
@@ -37,5 +41,6 @@ for c in $("$build/tests/reference_make_case" --list); do
   "$build/tests/reference_make_case" "$c" "$out/$c"
   "$py" "$root/tests/reference/torch_reference.py" "$out/$c" --fp32-report
   "$py" "$root/tests/reference/torch_growth_reference.py" "$out/$c" --fp32-report
+  "$py" "$root/tests/reference/torch_learned_width_reference.py" "$out/$c" --fp32-report
   du -ch "$out/$c"/* | tail -n 1 | sed "s|total|$out/$c|"
 done
