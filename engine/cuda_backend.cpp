@@ -33,10 +33,6 @@ namespace strata {
 namespace {
 
 constexpr const char* kWeightsFile = "weights_bf16.safetensors";
-constexpr const char* kLearnedWidthRefusal =
-    "G_learn in width (op=learn with d_model / d_ff / n_head) runs on --device cpu only; on --device cuda "
-    "grow "
-    "width with op=direct, zero or random, or depth with op=learn";
 double gib(size_t bytes) {
   return static_cast<double>(bytes) / double(size_t{1} << 30);
 }
@@ -101,8 +97,6 @@ class CudaBackend final : public TrainBackend {
     return b;
   }
   void check_growth_fits(const growth::GrowthPlan& plan, const std::string& what) const override {
-    STRATA_REQUIRE(plan.stage.op != growth::Op::kLearn || plan.stage.direction() != growth::Direction::kWidth,
-                   what, ": ", kLearnedWidthRefusal);
     CudaModel::require_supported(plan.to, what);
     const size_t peak = cuda_growth_peak_bytes(plan, B_, T_, model_options());
     size_t free_bytes = 0, total_bytes = 0;
@@ -268,37 +262,48 @@ class CudaBackend final : public TrainBackend {
     mask_->end(grads);
     masked_ = false;
   }
-  // G_learn on the device is the depth form (CudaLearnedDepth); the width form is refused before the run
-  // starts (check_growth_fits) and here for a run resumed inside its phase.
-  static const growth::LearnedDepth& depth_form(const growth::LearnedGrowth& lg) {
-    const auto* ld = dynamic_cast<const growth::LearnedDepth*>(&lg);
-    STRATA_REQUIRE(ld != nullptr, kLearnedWidthRefusal);
-    return *ld;
-  }
+  // G_learn in depth runs on the device (CudaLearnedDepth: the frozen small layers and D's products there).
+  // In width the expansion products run on the host (growth/learned_width.h, OpenBLAS): a step downloads the
+  // reduced gradient (this rank's pieces under ZeRO-1), and materialising uploads the grown weights (every bf16
+  // weight rounded to nearest, the fp32 master weights of this rank's pieces).
   void begin_learned_growth(const growth::LearnedGrowth& lg) override {
     learned_.reset();
-    learned_ = std::make_unique<CudaLearnedDepth>(*gpu_, depth_form(lg));
+    if (const auto* ld = dynamic_cast<const growth::LearnedDepth*>(&lg))
+      learned_ = std::make_unique<CudaLearnedDepth>(*gpu_, *ld);
   }
   void end_learned_growth() override {
     learned_.reset();
   }
   void materialise_learned_growth(const growth::LearnedGrowth& lg) override {
     settle_gather();
-    STRATA_CHECK(learned_ != nullptr, "materialise_learned_growth: no G_learn phase begun");
-    learned_->materialise(depth_form(lg));
+    if (const auto* ld = dynamic_cast<const growth::LearnedDepth*>(&lg)) {
+      STRATA_CHECK(learned_ != nullptr, "materialise_learned_growth: no G_learn phase begun");
+      learned_->materialise(*ld);
+      return;
+    }
+    ensure_host();
+    lg.materialise(*host_params_);
+    gpu_->set_params(*host_params_);
   }
-  void learned_growth_step(growth::LearnedGrowth& ld, double lr) override {
-    STRATA_CHECK(learned_ != nullptr, "learned_growth_step: no G_learn phase begun");
+  void learned_growth_step(growth::LearnedGrowth& lg, double lr) override {
 #if defined(STRATA_HAVE_NCCL)
     if (nccl_ && !reduced_) finish_reduction({});  // grad_norm() not called: the mixing reads reduced gradients
 #endif
-    std::vector<double> dots = learned_->dots();
+    std::vector<double> dots;
+    if (dynamic_cast<const growth::LearnedDepth*>(&lg) != nullptr) {
+      STRATA_CHECK(learned_ != nullptr, "learned_growth_step: no G_learn phase begun");
+      dots = learned_->dots();
+    } else {
+      ParamBuffer grads(gpu_->layout());
+      gpu_->get_reduced_grads(grads);
+      dots = lg.dots(grads);
+    }
 #if defined(STRATA_HAVE_NCCL)
-    // ZeRO-1: each rank summed its pieces' share of the reduced gradient; the shares are gathered exactly and
-    // added in rank order (as the CPU backend does), so every rank takes the same step on D.
+    // ZeRO-1: each rank computed its pieces' share of the reduced gradient; the shares are gathered exactly and
+    // added in rank order (as the CPU backend does), so every rank takes the same step.
     if (optimizer_sharded()) dots = nccl_->host().sum_in_rank_order(dots);
 #endif
-    ld.step_from_dots(dots, lr);
+    lg.step_from_dots(dots, lr);
   }
 
   void op_timing_start() override {

@@ -122,7 +122,9 @@ size_t cuda_growth_peak_bytes(const growth::GrowthPlan& plan, int B, int T, cons
   size_t phase = 0;
   if (plan.stage.op == growth::Op::kRandom)
     phase = CudaGrowthMask::device_bytes(ParamLayout(plan.to), plan.masks);
-  if (plan.stage.op == growth::Op::kLearn) phase = CudaLearnedDepth::device_bytes(plan, opt.shard_world);
+  // G_learn in depth keeps its state on the device; in width it lives on the host (growth/learned_width.h).
+  if (plan.stage.op == growth::Op::kLearn && plan.stage.direction() == growth::Direction::kDepth)
+    phase = CudaLearnedDepth::device_bytes(plan, opt.shard_world);
   const size_t after = b.total() + phase;
   if (opt.shard_world > 1 && !CudaModel::layer_copies_only(plan)) return after;  // the old runner goes first
   // During grown(): the old runner's state but its gradients, the grown runner as constructed (its moments

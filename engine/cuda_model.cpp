@@ -358,6 +358,18 @@ void CudaModel::get_grads(ParamBuffer& grads) const {
   for (size_t i = 0; i < P; ++i) grads.data()[i] = __bfloat162float(g[i]);
 }
 
+void CudaModel::get_reduced_grads(ParamBuffer& grads) const {
+  if (!sharded()) return get_grads(grads);
+  STRATA_CHECK(grads.numel() == layout_.numel(), "CudaModel::get_reduced_grads: layout differs");
+  const size_t S = static_cast<size_t>(shards_.compact_size());
+  std::vector<bf16> g(S);
+  download(g.data(), impl_->grad_shard.ptr, S * sizeof(bf16));
+  std::vector<float> compact(S);
+  for (size_t i = 0; i < S; ++i) compact[i] = __bfloat162float(g[i]);
+  grads.zero();
+  shards_.unpack(compact.data(), grads.data());
+}
+
 void CudaModel::set_moments(const ParamBuffer& m, const ParamBuffer& v) {
   STRATA_CHECK(m.numel() == layout_.numel() && v.numel() == layout_.numel(),
                "CudaModel::set_moments: layout");

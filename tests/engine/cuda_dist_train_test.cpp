@@ -185,8 +185,9 @@ TEST_F(CudaDistTrain, Zero1AndZero0TrainLikeTheCpuBackendAndResumeBitIdentically
 
 // The growth phases under ranks on the GPU, against the CPU backend's run on as many ranks: G_random (its
 // masked gradients are reduced after mask_end scales them, not during the backward pass) under both ZeRO
-// stages, and G_learn under ZeRO-0 (replicated state; ZeRO-1 is the next test, which ctest also runs on 3
-// ranks).
+// stages, G_learn in depth under ZeRO-0 (replicated state; ZeRO-1 is the next test, which ctest also runs on
+// 3 ranks), and G_learn in width (on the host) under both: under ZeRO-1 each rank's expansion gradient comes
+// from its reduced pieces and every rank uploads all of the bf16 weights and its pieces' master weights.
 TEST_F(CudaDistTrain, GrowthPhasesTrainLikeTheCpuBackend) {
   STRATA_SKIP_WITHOUT_GPU();
   struct Case {
@@ -196,7 +197,9 @@ TEST_F(CudaDistTrain, GrowthPhasesTrainLikeTheCpuBackend) {
   };
   for (const Case& k : {Case{"random_z1", "at=5 steps,op=random,g=2,mask_steps=3", 1},
                         Case{"random_z0", "at=5 steps,op=random,g=2,mask_steps=3", 0},
-                        Case{"learn_z0", "at=5 steps,op=learn,g=2,learn_steps=3", 0}}) {
+                        Case{"learn_z0", "at=5 steps,op=learn,g=2,learn_steps=3", 0},
+                        Case{"learn_width_z0", "at=5 steps,op=learn,d_model=256,n_kv_head=2,d_ff=256,learn_steps=3", 0},
+                        Case{"learn_width_z1", "at=5 steps,op=learn,d_model=256,n_kv_head=2,d_ff=256,learn_steps=3", 1}}) {
     const std::string cpu_run = std::string("cpu_") + k.name, gpu_run = std::string("gpu_") + k.name;
     for (const auto& [run, device] : {std::pair{cpu_run, "cpu"}, std::pair{gpu_run, "cuda"}}) {
       TrainConfig c = config(run, device, k.zero);

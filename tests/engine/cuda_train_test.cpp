@@ -239,6 +239,13 @@ TEST_P(CudaTrain, GrowthProducesTheCpuBackendsState) {
   }
 }
 
+// A width G_learn stage for config(): every axis grows (LLaMA keeps its query group of 2, GPT-2 its heads = K/V
+// heads).
+std::string learn_width_spec(models::Family f) {
+  return f == models::Family::kLlama ? "at=5 steps,op=learn,d_model=256,n_kv_head=2,d_ff=352,learn_steps=3"
+                                     : "at=5 steps,op=learn,d_model=256,d_ff=768,learn_steps=3";
+}
+
 // The growth's memory plan (cuda_growth_peak_bytes, what the backend checks at startup) against what the
 // emulation's allocator counts: the most bytes held at once while the backend grows by the plan, installs the
 // growth phase (G_random's mask, G_learn's mixing state) and trains a step of the grown model. The plan
@@ -252,7 +259,7 @@ TEST_P(CudaTrain, GrowthPeakMemoryIsPlanned) {
   for (const std::string spec :
        {"at=1 steps,op=stack,g=3,optimizer=map", "at=1 steps,op=stack,g=2",
         "at=1 steps,op=direct,d_model=256,optimizer=map", "at=1 steps,op=random,g=2,noise=0.1",
-        "at=1 steps,op=learn,g=2", "at=1 steps,op=random,d_ff=1024"}) {
+        "at=1 steps,op=learn,g=2", "at=1 steps,op=random,d_ff=1024", "at=1 steps,op=learn,d_ff=1024"}) {
     SCOPED_TRACE(spec);
     const growth::GrowthPlan plan = growth::make_plan(c.model, growth::parse_stage(spec));
     const size_t planned = cuda_growth_peak_bytes(plan, 2, 16, CudaModelOptions{}) -
@@ -262,10 +269,10 @@ TEST_P(CudaTrain, GrowthPeakMemoryIsPlanned) {
       auto cpu = make_cpu_backend(c.model, 2, 16, c.adamw);
       auto cuda = make_cuda_backend(c.model, 2, 16, c.adamw, 7);
       test::seed_growth_state(*cpu, *cuda);  // a step: the moments exist, as at a growth point
-      std::unique_ptr<growth::LearnedDepth> ld;
+      std::unique_ptr<growth::LearnedGrowth> ld;
       if (plan.stage.op == growth::Op::kLearn) {
         cuda->download_to_host();
-        ld = std::make_unique<growth::LearnedDepth>(plan, cuda->host_params(), 0.9, 0.95, 1e-8);
+        ld = growth::make_learned_growth(plan, cuda->host_params(), 0.9, 0.95, 1e-8, 3);
       }
       emu::reset_peak_allocated();
       cuda->grow(plan, 99);
@@ -279,6 +286,7 @@ TEST_P(CudaTrain, GrowthPeakMemoryIsPlanned) {
                  tg = test::random_tokens(32, c.model.vocab_size, 2);
       cuda->zero_grad();
       cuda->train_micro_batch(in.data(), tg.data(), 1.0f);
+      if (ld) cuda->learned_growth_step(*ld, 1e-3);
       cuda->adamw_step(1e-3, 1.0f);
     }
     const size_t measured = emu::peak_allocated_bytes() - before;
@@ -330,32 +338,6 @@ TEST_P(CudaTrain, GrowthTheCudaOpsCannotRunIsRefusedAtStartup) {
   test::expect_one_line_error([&] { train(c); }, {"--grow '" + spec + "'", "d_ff", "multiple of 8",
                                                   std::to_string(c.model.d_ff + 4)});
   EXPECT_FALSE(fs::exists(root_ / (f + "_unsupported"))) << "the refused run wrote its folder";
-}
-
-// G_learn in width has no CUDA form (growth/learned_width.h runs on the host): a CUDA run that lists it is
-// refused at startup, one line naming the stage, with no run folder; a CPU run's checkpoint from inside its
-// learn phase is refused when resumed on CUDA, and the same checkpoint still resumes on the CPU.
-TEST_P(CudaTrain, LearnedWidthIsRefusedAtStartupAndOnResume) {
-  STRATA_SKIP_WITHOUT_GPU();
-  const std::string f = family(GetParam());
-  TrainConfig c = config(GetParam(), f + "_learn_width", "cuda");
-  const std::string spec = "at=5 steps,op=learn,d_ff=" + std::to_string(c.model.d_ff * 2) + ",learn_steps=3";
-  c.grow.push_back(growth::parse_stage(spec));
-  test::expect_one_line_error([&] { train(c); },
-                              {"--grow '" + spec + "'", "G_learn in width", "--device cpu"});
-  EXPECT_FALSE(fs::exists(root_ / (f + "_learn_width"))) << "the refused run wrote its folder";
-
-  TrainConfig cpu = config(GetParam(), f + "_learn_width_cpu", "cpu");
-  cpu.grow.push_back(growth::parse_stage(spec));
-  cpu.stop_at = 6;  // inside the learn phase (steps 6-8)
-  ASSERT_EQ(train(cpu), 0);
-  const std::string ckpt = resolve_checkpoint((root_ / (f + "_learn_width_cpu")).string());
-  TrainConfig on_cuda = cpu;
-  on_cuda.device = "cuda";
-  on_cuda.stop_at = 0;
-  test::expect_one_line_error([&] { train(on_cuda, ckpt); }, {"G_learn in width", "--device cpu"});
-  cpu.stop_at = 0;
-  EXPECT_EQ(train(cpu, ckpt), 0);
 }
 
 // Resume and determinism on the CUDA backend: an uninterrupted run, the same run again, and one stopped at
@@ -465,15 +447,18 @@ TEST_P(CudaTrain, OpTimesCountEveryOpOfTheTimedSteps) {
 
 // The growth phases that change how a step trains run on the CUDA backend (engine/cuda_growth.h): G_random's
 // masked phase (mask_steps 3: steps 6-8 scaled, and the evaluation at step 6 too) and G_learn's phase
-// (learn_steps 3: steps 6-8 train only the mixing matrices, then plain training) follow the CPU backend's
-// losses, train and validation, within bf16 precision from the same initial weights.
+// (learn_steps 3: steps 6-8 train only the mixing matrices in depth, or the expansion matrices in width (on the
+// host), then plain training) follow the CPU backend's losses, train and validation, within bf16 precision from
+// the same initial weights.
 TEST_P(CudaTrain, MaskedAndLearnedGrowthTrainLikeTheCpuBackend) {
   STRATA_SKIP_WITHOUT_GPU();
   const std::string f = family(GetParam());
-  for (const std::string grow :
-       {"at=5 steps,op=random,g=2,mask_steps=3", "at=5 steps,op=learn,g=2,learn_steps=3"}) {
+  for (const auto& [grow, suffix] :
+       {std::pair<std::string, std::string>{"at=5 steps,op=random,g=2,mask_steps=3", "_random"},
+        {"at=5 steps,op=learn,g=2,learn_steps=3", "_learn"},
+        {learn_width_spec(GetParam()), "_learn_width"}}) {
     SCOPED_TRACE(grow);
-    const std::string tag = f + (grow.find("random") != std::string::npos ? "_random" : "_learn");
+    const std::string tag = f + suffix;
     TrainConfig cpu = config(GetParam(), tag + "_cpu", "cpu"),
                 cuda = config(GetParam(), tag + "_cuda", "cuda");
     for (TrainConfig* c : {&cpu, &cuda}) {
@@ -628,17 +613,19 @@ TEST_P(CudaTrain, GrowthPhaseStepsMatchTheCpuBackend) {
   }
 }
 
-// A CUDA run stopped inside a growth phase (after step 7: G_learn's checkpoint carries growth.safetensors;
-// G_random's raw weights) and resumed is bit-identical to the uninterrupted run: step rows and final
+// A CUDA run stopped inside a growth phase (after step 7: G_learn's checkpoint, depth or width, carries
+// growth.safetensors; G_random's raw weights) and resumed is bit-identical to the uninterrupted run: step rows and final
 // checkpoint files.
 TEST_P(CudaTrain, ResumeInsideAGrowthPhaseIsBitIdentical) {
   STRATA_SKIP_WITHOUT_GPU();
   const std::string f = family(GetParam());
-  for (const std::string grow :
-       {"at=5 steps,op=learn,g=2,learn_steps=3", "at=5 steps,op=random,g=2,mask_steps=3"}) {
+  for (const auto& [grow, suffix] :
+       {std::pair<std::string, std::string>{"at=5 steps,op=learn,g=2,learn_steps=3", "_learn"},
+        {"at=5 steps,op=random,g=2,mask_steps=3", "_random"},
+        {learn_width_spec(GetParam()), "_learn_width"}}) {
     SCOPED_TRACE(grow);
     const bool learn = grow.find("learn") != std::string::npos;
-    const std::string tag = f + (learn ? "_learn" : "_random");
+    const std::string tag = f + suffix;
     TrainConfig full = config(GetParam(), tag + "_full", "cuda"),
                 cut = config(GetParam(), tag + "_cut", "cuda");
     full.grow.push_back(growth::parse_stage(grow));

@@ -807,6 +807,7 @@ TEST(Spec, CanonicalTextRoundTrips) {
   for (const char* text :
        {"at=1234567 tokens,op=random,g=3,mask_steps=77,noise=0.123456789",
         "at=3.3333333333e13 flops,op=learn,layers=0-1,1*3,learn_steps=9,learn_lr=0.00012345678",
+        "at=5 steps,op=learn,d_model=64,n_kv_head=4,d_ff=96,learn_steps=3,learn_lr=0.0025",
         "at=17 steps,op=direct,d_model=64,d_ff=96,split=0.61803398875,optimizer=map,"
         "schedule=continue,warmup=3"}) {
     const growth::Stage a = growth::parse_stage(text);
@@ -818,6 +819,8 @@ TEST(Spec, CanonicalTextRoundTrips) {
     EXPECT_EQ(b.split, a.split) << text;
     EXPECT_EQ(b.layers, a.layers) << text;
     EXPECT_EQ(b.warmup, a.warmup) << text;
+    EXPECT_EQ(b.direction(), a.direction()) << text;
+    EXPECT_EQ(b.learn_steps, a.learn_steps) << text;
   }
 }
 
