@@ -264,8 +264,8 @@ class CudaBackend final : public TrainBackend {
   }
   // G_learn in depth runs on the device (CudaLearnedDepth: the frozen small layers and D's products there).
   // In width the expansion products run on the host (growth/learned_width.h, OpenBLAS): a step downloads the
-  // reduced gradient (this rank's pieces under ZeRO-1), and materialising uploads the grown weights (every bf16
-  // weight rounded to nearest, the fp32 master weights of this rank's pieces).
+  // reduced gradient (this rank's pieces under ZeRO-1), and materialising uploads the grown weights (every
+  // bf16 weight rounded to nearest, the fp32 master weights of this rank's pieces).
   void begin_learned_growth(const growth::LearnedGrowth& lg) override {
     learned_.reset();
     if (const auto* ld = dynamic_cast<const growth::LearnedDepth*>(&lg))
@@ -299,8 +299,8 @@ class CudaBackend final : public TrainBackend {
       dots = lg.dots(grads);
     }
 #if defined(STRATA_HAVE_NCCL)
-    // ZeRO-1: each rank computed its pieces' share of the reduced gradient; the shares are gathered exactly and
-    // added in rank order (as the CPU backend does), so every rank takes the same step.
+    // ZeRO-1: each rank computed its pieces' share of the reduced gradient; the shares are gathered exactly
+    // and added in rank order (as the CPU backend does), so every rank takes the same step.
     if (optimizer_sharded()) dots = nccl_->host().sum_in_rank_order(dots);
 #endif
     lg.step_from_dots(dots, lr);

@@ -106,9 +106,9 @@ class CudaModel {
   void set_params(const ParamBuffer& params);
   void get_params(ParamBuffer& params) const;
   void get_grads(ParamBuffer& grads) const;
-  // The gradients the optimizer reads, widened to fp32: unsharded all of them (as get_grads); sharded this rank's
-  // reduce-scattered pieces at their flat positions and zeros elsewhere (the ranks' buffers add up to the
-  // reduced whole). Call after the reduction.
+  // The gradients the optimizer reads, widened to fp32: unsharded all of them (as get_grads); sharded this
+  // rank's reduce-scattered pieces at their flat positions and zeros elsewhere (the ranks' buffers add up to
+  // the reduced whole). Call after the reduction.
   void get_reduced_grads(ParamBuffer& grads) const;
   // AdamW moments (fp32, the layout's). set_moments allocates them if the optimizer has not yet.
   void set_moments(const ParamBuffer& m, const ParamBuffer& v);

@@ -44,7 +44,7 @@ try:
 except ImportError:
     sys.exit("analyze.py: error: matplotlib is missing (apt-get install python3-matplotlib)")
 
-ARM_ORDER = ["scratch", "stack", "interpolate", "zero", "random", "learn", "width", "small"]
+ARM_ORDER = ["scratch", "stack", "interpolate", "zero", "random", "learn", "width", "width_learn", "small"]
 SMOOTH = 50  # steps in the trailing mean of the training loss
 LEVEL_FRACS = [0.25, 0.5, 0.75, 1.0]
 

@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # A first small-scale reproduction of "Stacking Your Transformers" on the embedded corpus, runnable on 2 cores:
-# scratch vs the depth operators (stack, interpolate, zero, random, learn) vs one width operator (direct), all at
+# scratch vs the depth operators (stack, interpolate, zero, random, learn) vs two width operators (direct, learn), all at
 # the same total training FLOPs, several seeds per arm; then experiments/growth/analyze.py writes
 # OUT/summary.json and OUT/growth_repro.png (see experiments/growth/README.md).
 #
-#   bash experiments/growth/run.sh                          # defaults: 7 arms x 3 seeds, ~25 min on 2 quiet cores
+#   bash experiments/growth/run.sh                          # defaults: 9 arms x 3 seeds, ~30 min on 2 quiet cores
 #   SEEDS=1 ARMS="scratch stack" BUDGET=1e12 OUT=out/g_smoke bash experiments/growth/run.sh   # smoke test
 #
 # Environment (defaults in brackets):
 #   BUDGET [9e12]        training FLOPs of every run, both phases together (strata train --flops)
 #   GROW_AT [204800]     growth point in training tokens (200 steps of 1024 tokens: ~10% of the budget)
 #   SEEDS [3]            a count N (seeds 1..N) or a list ("1 2 3"); seed = init and data order, shared by arms
-#   ARMS [scratch stack interpolate zero random learn width small]; small = the 2-layer base, never grown
+#   ARMS [scratch stack interpolate zero random learn width width_learn small]; small = the 2-layer base, never
+#                        grown; width = G_direct in width, width_learn = G_learn in width (LEARN_STEPS too)
 #   JOBS [2]             runs in parallel;  THREADS [1]: threads per run
 #   OUT [out/growth_repro]   DATA [out/growth_data]: a 2048-token BPE vocabulary trained on SOTU, the last 5%
 #                        of its speeches held out for validation (prepared here when missing)
@@ -28,7 +29,7 @@ root=$PWD
 BUDGET=${BUDGET:-9e12}
 GROW_AT=${GROW_AT:-204800}
 SEEDS=${SEEDS:-3}
-ARMS=${ARMS:-"scratch stack interpolate zero random learn width small"}
+ARMS=${ARMS:-"scratch stack interpolate zero random learn width width_learn small"}
 JOBS=${JOBS:-2}
 THREADS=${THREADS:-1}
 OUT=${OUT:-out/growth_repro}
@@ -64,6 +65,8 @@ arm_args() {  # sets ARGS
     learn) ARGS=(--n-layer 2 --grow "$at,op=learn,g=4,learn_steps=$LEARN_STEPS") ;;
     width) ARGS=(--n-layer 8 --d-model 64 --n-head 2 --n-kv-head 1 --d-ff 176
       --grow "$at,op=direct,d_model=128,d_ff=352") ;;
+    width_learn) ARGS=(--n-layer 8 --d-model 64 --n-head 2 --n-kv-head 1 --d-ff 176
+      --grow "$at,op=learn,d_model=128,n_kv_head=2,d_ff=352,learn_steps=$LEARN_STEPS") ;;
     small) ARGS=(--n-layer 2) ;;  # optional reference: the depth arms' base model, never grown
 
     *) return 1 ;;
@@ -78,7 +81,7 @@ run_cmd() {  # sets CMD: the strata command line of one run (arm, seed)
 }
 for a in $ARMS; do
   arm_args "$a" ||
-    { echo "growth: error: unknown arm '$a' (arms: scratch stack interpolate zero random learn width small)" >&2; exit 1; }
+    { echo "growth: error: unknown arm '$a' (arms: scratch stack interpolate zero random learn width width_learn small)" >&2; exit 1; }
 done
 [[ -n $seeds ]] || { echo "growth: error: SEEDS is empty" >&2; exit 1; }
 

@@ -195,11 +195,12 @@ TEST_F(CudaDistTrain, GrowthPhasesTrainLikeTheCpuBackend) {
     const char* spec;
     int zero;
   };
-  for (const Case& k : {Case{"random_z1", "at=5 steps,op=random,g=2,mask_steps=3", 1},
-                        Case{"random_z0", "at=5 steps,op=random,g=2,mask_steps=3", 0},
-                        Case{"learn_z0", "at=5 steps,op=learn,g=2,learn_steps=3", 0},
-                        Case{"learn_width_z0", "at=5 steps,op=learn,d_model=256,n_kv_head=2,d_ff=256,learn_steps=3", 0},
-                        Case{"learn_width_z1", "at=5 steps,op=learn,d_model=256,n_kv_head=2,d_ff=256,learn_steps=3", 1}}) {
+  for (const Case& k :
+       {Case{"random_z1", "at=5 steps,op=random,g=2,mask_steps=3", 1},
+        Case{"random_z0", "at=5 steps,op=random,g=2,mask_steps=3", 0},
+        Case{"learn_z0", "at=5 steps,op=learn,g=2,learn_steps=3", 0},
+        Case{"learn_width_z0", "at=5 steps,op=learn,d_model=256,n_kv_head=2,d_ff=256,learn_steps=3", 0},
+        Case{"learn_width_z1", "at=5 steps,op=learn,d_model=256,n_kv_head=2,d_ff=256,learn_steps=3", 1}}) {
     const std::string cpu_run = std::string("cpu_") + k.name, gpu_run = std::string("gpu_") + k.name;
     for (const auto& [run, device] : {std::pair{cpu_run, "cpu"}, std::pair{gpu_run, "cuda"}}) {
       TrainConfig c = config(run, device, k.zero);

@@ -239,8 +239,8 @@ TEST_P(CudaTrain, GrowthProducesTheCpuBackendsState) {
   }
 }
 
-// A width G_learn stage for config(): every axis grows (LLaMA keeps its query group of 2, GPT-2 its heads = K/V
-// heads).
+// A width G_learn stage for config(): every axis grows (LLaMA keeps its query group of 2, GPT-2 its heads =
+// K/V heads).
 std::string learn_width_spec(models::Family f) {
   return f == models::Family::kLlama ? "at=5 steps,op=learn,d_model=256,n_kv_head=2,d_ff=352,learn_steps=3"
                                      : "at=5 steps,op=learn,d_model=256,d_ff=768,learn_steps=3";
@@ -447,9 +447,9 @@ TEST_P(CudaTrain, OpTimesCountEveryOpOfTheTimedSteps) {
 
 // The growth phases that change how a step trains run on the CUDA backend (engine/cuda_growth.h): G_random's
 // masked phase (mask_steps 3: steps 6-8 scaled, and the evaluation at step 6 too) and G_learn's phase
-// (learn_steps 3: steps 6-8 train only the mixing matrices in depth, or the expansion matrices in width (on the
-// host), then plain training) follow the CPU backend's losses, train and validation, within bf16 precision from
-// the same initial weights.
+// (learn_steps 3: steps 6-8 train only the mixing matrices in depth, or the expansion matrices in width (on
+// the host), then plain training) follow the CPU backend's losses, train and validation, within bf16
+// precision from the same initial weights.
 TEST_P(CudaTrain, MaskedAndLearnedGrowthTrainLikeTheCpuBackend) {
   STRATA_SKIP_WITHOUT_GPU();
   const std::string f = family(GetParam());
@@ -614,8 +614,8 @@ TEST_P(CudaTrain, GrowthPhaseStepsMatchTheCpuBackend) {
 }
 
 // A CUDA run stopped inside a growth phase (after step 7: G_learn's checkpoint, depth or width, carries
-// growth.safetensors; G_random's raw weights) and resumed is bit-identical to the uninterrupted run: step rows and final
-// checkpoint files.
+// growth.safetensors; G_random's raw weights) and resumed is bit-identical to the uninterrupted run: step
+// rows and final checkpoint files.
 TEST_P(CudaTrain, ResumeInsideAGrowthPhaseIsBitIdentical) {
   STRATA_SKIP_WITHOUT_GPU();
   const std::string f = family(GetParam());
