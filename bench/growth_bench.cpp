@@ -7,6 +7,8 @@
 // and times:
 //   growth      grow_in_place: plan, new parameters filled from the old, optimizer reset or mapped, model
 //               re-planned (gradients and activations of the new model allocated)
+//   learn step  (op=learn only) what a G_learn step adds to the forward and backward: the learned matrices'
+//               gradient, their Adam step and the grown weights materialised again (median of --steps)
 //   train step  one forward + backward + AdamW step of the grown model on a (B, T) batch (the median of
 //               --steps steps after the first one, which is printed apart: it also pays the first touch of
 //               the new gradients, moments (under optimizer=reset, allocated as untouched zero pages) and
@@ -21,6 +23,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -126,6 +129,10 @@ int main(int argc, char** argv) {
     strata::init_params(model.params(), 1);
     strata::AdamW opt(strata::ParamLayout(plan.from), strata::AdamWConfig{});
     train_step(model, opt, in, tg);  // touches every buffer of the small model
+    // G_learn: its state is built from the small model's weights before the growth (as the trainer does).
+    std::unique_ptr<strata::growth::LearnedGrowth> learned;
+    if (plan.stage.op == strata::growth::Op::kLearn)
+      learned = strata::growth::make_learned_growth(plan, model.params(), 0.9, 0.95, 1e-8, 42);
     const double rss_before = status_mib("VmRSS:");
     const bool peak_ok = reset_peak_rss();
     const auto t0 = Clock::now();
@@ -138,6 +145,20 @@ int main(int argc, char** argv) {
     for (int i = 0; i < steps; ++i) times.push_back(train_step(model, opt, in, tg));
     std::sort(times.begin(), times.end());
     const double step_s = times[times.size() / 2];
+    // A learn step's own work beside the forward and backward it shares with a training step: the learned
+    // matrices' gradient from the model's, their Adam step, and the grown weights materialised again.
+    double learn_s = 0.0;
+    if (learned) {
+      std::vector<double> lt;
+      for (int i = 0; i < steps; ++i) {
+        const auto l0 = Clock::now();
+        learned->step(model.grads(), 1e-3);
+        learned->materialise(model.params());
+        lt.push_back(seconds_since(l0));
+      }
+      std::sort(lt.begin(), lt.end());
+      learn_s = lt[lt.size() / 2];
+    }
 
     const double mib = 1024.0 * 1024.0;
     const double old_state = 16.0 * static_cast<double>(pc_small.total()) / mib;
@@ -153,6 +174,11 @@ int main(int argc, char** argv) {
         "activations)\n",
         first_s);
     std::printf("  growth / step                   %9.3f   (target < 1)\n", growth_s / step_s);
+    if (learned)
+      std::printf(
+          "  G_learn step's own work         %9.3f s   (%.3f x the training step: gradient of the learned "
+          "matrices, Adam, materialise; median of %d)\n",
+          learn_s, learn_s / step_s, steps);
     std::printf("  RSS before growth               %9.0f MiB\n", rss_before);
     if (peak_ok)
       std::printf("  peak RSS during growth          %9.0f MiB\n", peak);
