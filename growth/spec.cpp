@@ -289,6 +289,11 @@ Stage parse_stage(const std::string& text) {
                    " is a depth operator; width growth takes op=direct, zero, random or learn");
   else
     STRATA_REQUIRE(s.op != Op::kDirect, ctx, "op=direct is the width operator; its depth form is op=stack");
+  // G_learn materialises every weight it grows from the learned matrices and the frozen small model, over
+  // whatever apply_params wrote (noise included).
+  STRATA_REQUIRE(!(s.op == Op::kLearn && s.noise > 0), ctx,
+                 "noise= with op=learn would be lost: the learned weights are materialised from the small "
+                 "model's; drop noise= (or use op=stack)");
   if (!s.layers.empty())
     parse_layer_list(s.layers, 1 << 30);  // syntax only; layers are checked against L later
   return s;

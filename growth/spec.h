@@ -11,9 +11,9 @@
 //   width:  d_model=<int> d_ff=<int> n_head=<int> n_kv_head=<int>   target sizes (unchanged when absent);
 //           the head dim stays fixed, so d_model = n_head * head_dim (n_head follows d_model when absent)
 //   noise=<a in [0,1)>                 W <- (1 - a) W + a e, e from the init distribution (every block
-//   tensor) mask_steps=<K>                     op=random: the new parts' outputs are scaled by c ramped 0 ->
-//   1 over K
-//                                      steps (default 5000, as in the paper's code)
+//                                      tensor; refused with op=learn, which would overwrite it)
+//   mask_steps=<K>                     op=random: the new parts' outputs are scaled by c ramped 0 -> 1
+//                                      over K steps (default 5000, as in the paper's code)
 //   learn_steps=<K> learn_lr=<lr>      op=learn: steps that train the mixing matrices D (depth) or the
 //                                      expansion matrices B (width) (default 100, 1e-3)
 //   split=<alpha in (0,1)>             op=direct: share of a split neuron's fan-in kept by the original

@@ -772,6 +772,8 @@ TEST(Spec, BadStagesAreOneLineErrorsNamingTheProblem) {
       {"at=1,op=stack,g=2.5", "must be an integer >= 2"},
       {"at=1,op=stack,d_ff=96", "op=stack is a depth operator"},
       {"at=1,op=direct,g=2", "op=direct is the width operator"},
+      {"at=1,op=learn,g=2,noise=0.2", "noise= with op=learn would be lost"},
+      {"at=1,op=learn,d_ff=96,noise=0.1", "noise= with op=learn would be lost"},
       {"at=1,op=stack,g=2,colour=blue", "unknown key 'colour'"},
       {"op=stack,g=2", "missing at="},
       {"at=1,g=2", "missing op="},
