@@ -217,14 +217,28 @@ void GrowthMask::end(ParamBuffer& params, ParamBuffer* grads) {
 // ---- LearnedGrowth, LearnedDepth
 // ------------------------------------------------------------------------------------------
 
-void LearnedGrowth::adam(float* x, float* m, float* v, const double* g, size_t n, double lr) const {
+void LearnedGrowth::adam(Learned& s, const double* g, double lr) const {
   const double bc1 = 1.0 - std::pow(beta1_, static_cast<double>(t_));
   const double bc2 = 1.0 - std::pow(beta2_, static_cast<double>(t_));
-  for (size_t i = 0; i < n; ++i) {
-    m[i] = static_cast<float>(beta1_ * m[i] + (1.0 - beta1_) * g[i]);
-    v[i] = static_cast<float>(beta2_ * v[i] + (1.0 - beta2_) * g[i] * g[i]);
-    x[i] -= static_cast<float>(lr * (m[i] / bc1) / (std::sqrt(v[i] / bc2) + eps_));
+  for (size_t i = 0; i < s.x.size(); ++i) {
+    s.m[i] = static_cast<float>(beta1_ * s.m[i] + (1.0 - beta1_) * g[i]);
+    s.v[i] = static_cast<float>(beta2_ * s.v[i] + (1.0 - beta2_) * g[i] * g[i]);
+    s.x[i] -= static_cast<float>(lr * (s.m[i] / bc1) / (std::sqrt(s.v[i] / bc2) + eps_));
   }
+}
+
+void LearnedGrowth::add_views(std::vector<TensorView>& out, const std::string& letter, const std::string& name,
+                              const std::vector<int64_t>& shape, const Learned& s) {
+  out.push_back({letter + "." + name, DType::kF32, shape, s.x.data()});
+  out.push_back({"m" + letter + "." + name, DType::kF32, shape, s.m.data()});
+  out.push_back({"v" + letter + "." + name, DType::kF32, shape, s.v.data()});
+}
+
+void LearnedGrowth::load_learned(const SafetensorsFile& f, const std::string& letter, const std::string& name,
+                                 Learned& s) {
+  load_tensor(f, letter + "." + name, s.x);
+  load_tensor(f, "m" + letter + "." + name, s.m);
+  load_tensor(f, "v" + letter + "." + name, s.v);
 }
 
 void LearnedGrowth::load_tensor(const SafetensorsFile& f, const std::string& name, std::vector<float>& out) {
@@ -246,12 +260,9 @@ LearnedDepth::LearnedDepth(const GrowthPlan& plan, const ParamBuffer& small, dou
     k.per_layer = e.spec.numel_per_layer();
     k.src.assign(small.data() + e.offset, small.data() + e.offset + e.numel());
     k.src_shape = e.stored_shape();
-    const size_t n = static_cast<size_t>(L2_) * L_;
-    k.D.assign(n, 0.0f);
-    k.m.assign(n, 0.0f);
-    k.v.assign(n, 0.0f);
+    k.D = Learned(static_cast<size_t>(L2_) * L_);
     for (int l = 0; l < L2_; ++l)
-      k.D[static_cast<size_t>(l) * L_ + plan.layer_map[static_cast<size_t>(l)]] = 1.0f;
+      k.D.x[static_cast<size_t>(l) * L_ + plan.layer_map[static_cast<size_t>(l)]] = 1.0f;
     kinds_.push_back(std::move(k));
   }
 }
@@ -264,7 +275,7 @@ void LearnedDepth::materialise(ParamBuffer& grown) const {
       float* o = out + static_cast<int64_t>(l) * k.per_layer;
       std::fill(o, o + k.per_layer, 0.0f);
       for (int j = 0; j < L_; ++j) {
-        const float d = k.D[static_cast<size_t>(l) * L_ + j];
+        const float d = k.D.x[static_cast<size_t>(l) * L_ + j];
         if (d == 0.0f) continue;
         const float* w = k.src.data() + static_cast<int64_t>(j) * k.per_layer;
 #pragma omp parallel for simd schedule(static)
@@ -298,15 +309,12 @@ void LearnedDepth::step_from_dots(const std::vector<double>& dots, double lr) {
   STRATA_CHECK(dots.size() == kinds_.size() * per_kind, "G_learn: ", dots.size(), " mixing gradients for ",
                kinds_.size(), " kinds of ", L2_, " x ", L_);
   ++t_;
-  for (size_t k = 0; k < kinds_.size(); ++k) {
-    Kind& kd = kinds_[k];
-    adam(kd.D.data(), kd.m.data(), kd.v.data(), dots.data() + k * per_kind, per_kind, lr);
-  }
+  for (size_t k = 0; k < kinds_.size(); ++k) adam(kinds_[k].D, dots.data() + k * per_kind, lr);
 }
 
 const std::vector<float>& LearnedDepth::mixing(const std::string& name) const {
   for (const Kind& k : kinds_)
-    if (k.name == name) return k.D;
+    if (k.name == name) return k.D.x;
   STRATA_FAIL("G_learn: no mixing matrix for tensor '", name, "'");
 }
 
@@ -314,9 +322,7 @@ std::vector<TensorView> LearnedDepth::tensors() const {
   std::vector<TensorView> out;
   const std::vector<int64_t> dshape{L2_, L_};
   for (const Kind& k : kinds_) {
-    out.push_back({"D." + k.name, DType::kF32, dshape, k.D.data()});
-    out.push_back({"mD." + k.name, DType::kF32, dshape, k.m.data()});
-    out.push_back({"vD." + k.name, DType::kF32, dshape, k.v.data()});
+    add_views(out, "D", k.name, dshape, k.D);
     out.push_back({"src." + k.name, DType::kF32, k.src_shape, k.src.data()});
   }
   return out;
@@ -324,9 +330,7 @@ std::vector<TensorView> LearnedDepth::tensors() const {
 
 void LearnedDepth::load(const SafetensorsFile& f, long t) {
   for (Kind& k : kinds_) {
-    load_tensor(f, "D." + k.name, k.D);
-    load_tensor(f, "mD." + k.name, k.m);
-    load_tensor(f, "vD." + k.name, k.v);
+    load_learned(f, "D", k.name, k.D);
     load_tensor(f, "src." + k.name, k.src);
   }
   t_ = t;

@@ -91,9 +91,20 @@ class LearnedGrowth {
 
  protected:
   LearnedGrowth(double beta1, double beta2, double eps) : beta1_(beta1), beta2_(beta2), eps_(eps) {}
-  // Adam on n learned values x with moments m, v from gradient g, at the bias corrections of step t_ (the
+  // A learned matrix's values x and Adam moments m, v (all zero at first). In a checkpoint, the matrix called
+  // `name` with letter L is "L.<name>", "mL.<name>" and "vL.<name>".
+  struct Learned {
+    Learned() = default;
+    explicit Learned(size_t n) : x(n, 0.0f), m(n, 0.0f), v(n, 0.0f) {}
+    std::vector<float> x, m, v;
+  };
+  // Adam on every value of s from gradient g (s.x.size() entries), at the bias corrections of step t_ (the
   // caller advances t_ once per step, before its first adam()).
-  void adam(float* x, float* m, float* v, const double* g, size_t n, double lr) const;
+  void adam(Learned& s, const double* g, double lr) const;
+  static void add_views(std::vector<TensorView>& out, const std::string& letter, const std::string& name,
+                        const std::vector<int64_t>& shape, const Learned& s);
+  static void load_learned(const SafetensorsFile& f, const std::string& letter, const std::string& name,
+                           Learned& s);
   // Reads tensor `name` of `f` into out, whose size it must have (a one-line error naming both otherwise).
   static void load_tensor(const SafetensorsFile& f, const std::string& name, std::vector<float>& out);
   long t_ = 0;
@@ -127,7 +138,7 @@ class LearnedDepth final : public LearnedGrowth {
   const std::string& kind_name(int k) const { return kinds_.at(static_cast<size_t>(k)).name; }
   int64_t kind_numel_per_layer(int k) const { return kinds_.at(static_cast<size_t>(k)).per_layer; }
   const std::vector<float>& source(int k) const { return kinds_.at(static_cast<size_t>(k)).src; }
-  const std::vector<float>& mixing(int k) const { return kinds_.at(static_cast<size_t>(k)).D; }
+  const std::vector<float>& mixing(int k) const { return kinds_.at(static_cast<size_t>(k)).D.x; }
   int from_layers() const { return L_; }
   int to_layers() const { return L2_; }
 
@@ -139,8 +150,8 @@ class LearnedDepth final : public LearnedGrowth {
   struct Kind {
     std::string name;
     int64_t per_layer = 0;
-    std::vector<float> src;      // (L, per_layer): the frozen small-model weights
-    std::vector<float> D, m, v;  // (L', L)
+    std::vector<float> src;  // (L, per_layer): the frozen small-model weights
+    Learned D;               // (L', L)
     std::vector<int64_t> src_shape;
   };
   std::vector<Kind> kinds_;

@@ -48,12 +48,10 @@ LearnedWidth::LearnedWidth(const GrowthPlan& plan, const ParamBuffer& small, dou
     Matrix mx;
     mx.name = name;
     mx.rows = n2, mx.cols = n;
-    mx.B.assign(static_cast<size_t>(n2 * n), 0.0f);
-    for (int64_t i = 0; i < n; ++i) mx.B[static_cast<size_t>(i * n + i)] = 1.0f;
-    fill_init({models::InitKind::kNormal, 1.0 / std::sqrt(static_cast<double>(n2))}, mx.B.data() + n * n,
+    mx.B = Learned(static_cast<size_t>(n2 * n));
+    for (int64_t i = 0; i < n; ++i) mx.B.x[static_cast<size_t>(i * n + i)] = 1.0f;
+    fill_init({models::InitKind::kNormal, 1.0 / std::sqrt(static_cast<double>(n2))}, mx.B.x.data() + n * n,
               (n2 - n) * n, init_stream_seed(seed ^ 0x1E4F5DA7C3B2A190ull, "learned width:" + name));
-    mx.m.assign(mx.B.size(), 0.0f);
-    mx.v.assign(mx.B.size(), 0.0f);
     matrices_.push_back(std::move(mx));
     return static_cast<int>(matrices_.size()) - 1;
   };
@@ -68,7 +66,7 @@ LearnedWidth::LearnedWidth(const GrowthPlan& plan, const ParamBuffer& small, dou
   size_t at = 0;
   for (const Matrix& mx : matrices_) {
     offset_.push_back(at);
-    at += mx.B.size();
+    at += mx.B.x.size();
   }
 
   // Axis builders: a segment of `units` (target) from `src_units` (source) units of `width` indices.
@@ -159,10 +157,10 @@ const LearnedWidth::Matrix& LearnedWidth::find(const std::string& name) const {
   STRATA_FAIL("G_learn in width: no expansion matrix '", name, "'");
 }
 const std::vector<float>& LearnedWidth::matrix(const std::string& name) const {
-  return find(name).B;
+  return find(name).B.x;
 }
 std::vector<float>& LearnedWidth::matrix(const std::string& name) {
-  return const_cast<Matrix&>(find(name)).B;
+  return const_cast<Matrix&>(find(name)).B.x;
 }
 
 void LearnedWidth::expand_rows(const Axis& axis, const float* x, int64_t cols, float* out) const {
@@ -173,7 +171,7 @@ void LearnedWidth::expand_rows(const Axis& axis, const float* x, int64_t cols, f
       continue;
     }
     const Matrix& mx = matrices_[static_cast<size_t>(s.matrix)];
-    sgemm(s.units, ld, s.src_units, mx.B.data(), mx.cols, x + s.src0 * cols, ld, out + s.dst0 * cols, ld);
+    sgemm(s.units, ld, s.src_units, mx.B.x.data(), mx.cols, x + s.src0 * cols, ld, out + s.dst0 * cols, ld);
   }
 }
 
@@ -218,7 +216,7 @@ void LearnedWidth::row_gradients(const Axis& axis, const float* g, const float* 
 }
 
 std::vector<double> LearnedWidth::dots(const ParamBuffer& grown_grads) const {
-  std::vector<double> out(offset_.back() + matrices_.back().B.size(), 0.0);
+  std::vector<double> out(entries(), 0.0);
   std::vector<float> scratch;
   for (const Tensor& t : tensors_) {
     const float* grads = grown_grads.tensor(t.name);
@@ -251,33 +249,21 @@ std::vector<double> LearnedWidth::dots(const ParamBuffer& grown_grads) const {
 }
 
 void LearnedWidth::step_from_dots(const std::vector<double>& dots, double lr) {
-  STRATA_CHECK(dots.size() == offset_.back() + matrices_.back().B.size(), "G_learn in width: ", dots.size(),
-               " gradients for ", offset_.back() + matrices_.back().B.size(), " expansion entries");
+  STRATA_CHECK(dots.size() == entries(), "G_learn in width: ", dots.size(), " gradients for ", entries(),
+               " expansion entries");
   ++t_;
-  for (size_t i = 0; i < matrices_.size(); ++i) {
-    Matrix& mx = matrices_[i];
-    adam(mx.B.data(), mx.m.data(), mx.v.data(), dots.data() + offset_[i], mx.B.size(), lr);
-  }
+  for (size_t i = 0; i < matrices_.size(); ++i) adam(matrices_[i].B, dots.data() + offset_[i], lr);
 }
 
 std::vector<TensorView> LearnedWidth::tensors() const {
   std::vector<TensorView> out;
-  for (const Matrix& mx : matrices_) {
-    const std::vector<int64_t> shape{mx.rows, mx.cols};
-    out.push_back({"B." + mx.name, DType::kF32, shape, mx.B.data()});
-    out.push_back({"mB." + mx.name, DType::kF32, shape, mx.m.data()});
-    out.push_back({"vB." + mx.name, DType::kF32, shape, mx.v.data()});
-  }
+  for (const Matrix& mx : matrices_) add_views(out, "B", mx.name, {mx.rows, mx.cols}, mx.B);
   for (const Tensor& t : tensors_) out.push_back({"src." + t.name, DType::kF32, t.src_shape, t.src.data()});
   return out;
 }
 
 void LearnedWidth::load(const SafetensorsFile& f, long t) {
-  for (Matrix& mx : matrices_) {
-    load_tensor(f, "B." + mx.name, mx.B);
-    load_tensor(f, "mB." + mx.name, mx.m);
-    load_tensor(f, "vB." + mx.name, mx.v);
-  }
+  for (Matrix& mx : matrices_) load_learned(f, "B", mx.name, mx.B);
   for (Tensor& x : tensors_) load_tensor(f, "src." + x.name, x.src);
   t_ = t;
 }

@@ -52,7 +52,7 @@ class LearnedWidth final : public LearnedGrowth {
   struct Matrix {
     std::string name;
     int64_t rows = 0, cols = 0;  // n', n
-    std::vector<float> B, m, v;
+    Learned B;
   };
   // A run of one axis: `units` target units made from `src_units` source units, each unit `width` indices
   // wide, from source index src0 to target index dst0; matrix -1 is the identity (units == src_units).
@@ -84,6 +84,7 @@ class LearnedWidth final : public LearnedGrowth {
 
   std::vector<Matrix> matrices_;
   std::vector<size_t> offset_;  // each matrix's first entry in dots()
+  size_t entries() const { return offset_.back() + matrices_.back().B.x.size(); }  // dots()'s length
   std::vector<Tensor> tensors_;
 };
 
