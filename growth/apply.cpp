@@ -227,8 +227,8 @@ void LearnedGrowth::adam(Learned& s, const double* g, double lr) const {
   }
 }
 
-void LearnedGrowth::add_views(std::vector<TensorView>& out, const std::string& letter, const std::string& name,
-                              const std::vector<int64_t>& shape, const Learned& s) {
+void LearnedGrowth::add_views(std::vector<TensorView>& out, const std::string& letter,
+                              const std::string& name, const std::vector<int64_t>& shape, const Learned& s) {
   out.push_back({letter + "." + name, DType::kF32, shape, s.x.data()});
   out.push_back({"m" + letter + "." + name, DType::kF32, shape, s.m.data()});
   out.push_back({"v" + letter + "." + name, DType::kF32, shape, s.v.data()});
