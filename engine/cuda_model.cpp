@@ -63,6 +63,12 @@ void upload(void* dst, const void* src, size_t bytes) {
 void download(void* dst, const void* src, size_t bytes) {
   CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
 }
+// n bf16 values of the device at src, widened to fp32 into dst.
+void download_bf16(float* dst, const void* src, size_t n) {
+  std::vector<bf16> b(n);
+  download(b.data(), src, n * sizeof(bf16));
+  for (size_t i = 0; i < n; ++i) dst[i] = __bfloat162float(b[i]);
+}
 
 // Carves typed arrays out of one allocation, each 256-byte aligned (what cuBLASLt and the 16-byte vector
 // loads want). Run once with base null to measure, then with the allocation to assign.
@@ -352,20 +358,14 @@ void CudaModel::get_params(ParamBuffer& params) const {
 
 void CudaModel::get_grads(ParamBuffer& grads) const {
   STRATA_CHECK(grads.numel() == layout_.numel(), "CudaModel::get_grads: layout differs");
-  const size_t P = static_cast<size_t>(layout_.numel());
-  std::vector<bf16> g(P);
-  download(g.data(), impl_->grads.ptr, P * sizeof(bf16));
-  for (size_t i = 0; i < P; ++i) grads.data()[i] = __bfloat162float(g[i]);
+  download_bf16(grads.data(), impl_->grads.ptr, static_cast<size_t>(layout_.numel()));
 }
 
 void CudaModel::get_reduced_grads(ParamBuffer& grads) const {
   if (!sharded()) return get_grads(grads);
   STRATA_CHECK(grads.numel() == layout_.numel(), "CudaModel::get_reduced_grads: layout differs");
-  const size_t S = static_cast<size_t>(shards_.compact_size());
-  std::vector<bf16> g(S);
-  download(g.data(), impl_->grad_shard.ptr, S * sizeof(bf16));
-  std::vector<float> compact(S);
-  for (size_t i = 0; i < S; ++i) compact[i] = __bfloat162float(g[i]);
+  std::vector<float> compact(static_cast<size_t>(shards_.compact_size()));
+  download_bf16(compact.data(), impl_->grad_shard.ptr, compact.size());
   grads.zero();
   shards_.unpack(compact.data(), grads.data());
 }

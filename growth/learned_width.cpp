@@ -40,7 +40,7 @@ LearnedWidth::LearnedWidth(const GrowthPlan& plan, const ParamBuffer& small, dou
   STRATA_CHECK(a.head_dim() == b.head_dim() && a.n_layer == b.n_layer && a.vocab_size == b.vocab_size,
                "LearnedWidth: a width plan keeps the head dim, the depth and the vocabulary");
   const int64_t hs = a.head_dim();
-  const bool mha = a.n_kv_head == a.n_head && b.n_kv_head == b.n_head;
+  const bool mha = learned_kv_shares_heads(plan);
 
   // The matrices, in dots() order: the stream, then per layer its heads, K/V heads and FFN neurons.
   auto add = [&](const std::string& name, int64_t n2, int64_t n) {

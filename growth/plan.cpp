@@ -119,6 +119,10 @@ float mask_factor(long steps_since, long mask_steps) {
   return static_cast<float>(static_cast<double>(std::max(0L, steps_since)) / static_cast<double>(mask_steps));
 }
 
+bool learned_kv_shares_heads(const GrowthPlan& p) {
+  return p.from.n_kv_head == p.from.n_head && p.to.n_kv_head == p.to.n_head;
+}
+
 GrowthPlan make_plan(const ModelConfig& from, const Stage& stage) {
   GrowthPlan p;
   p.stage = stage;
@@ -332,7 +336,7 @@ std::string GrowthPlan::describe() const {
       s += "  learned: every tensor W' = B_rows W B_cols^T, B = [I; N(0, 1/n')] per grown axis:";
       if (to.d_model != from.d_model) s += cat(" stream ", to.d_model, "x", from.d_model, ";");
       if (to.n_head != from.n_head) s += cat(" heads ", to.n_head, "x", from.n_head, " per layer;");
-      if (to.n_kv_head != from.n_kv_head && !(from.n_kv_head == from.n_head && to.n_kv_head == to.n_head))
+      if (to.n_kv_head != from.n_kv_head && !learned_kv_shares_heads(*this))
         s += cat(" K/V heads ", to.n_kv_head, "x", from.n_kv_head, " per layer;");
       if (to.d_ff != from.d_ff) s += cat(" FFN ", to.d_ff, "x", from.d_ff, " per layer;");
       s.pop_back();

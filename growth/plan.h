@@ -75,6 +75,10 @@ struct GrowthPlan {
 // (see target_config()).
 GrowthPlan make_plan(const models::ModelConfig& from, const Stage& stage);
 
+// G_learn in width (growth/learned_width.h): whether the K/V heads share the query heads' expansion matrix
+// (multi-head attention before and after the growth) instead of getting their own (grouped-query attention).
+bool learned_kv_shares_heads(const GrowthPlan& p);
+
 // The mask factor `steps_since` optimizer steps after growth (0 at the first step after it): min(1, s / K).
 float mask_factor(long steps_since, long mask_steps);
 
