@@ -53,26 +53,15 @@ void expect_close(const std::string& what, const float* got, const std::vector<f
   test::expect_close_to_reference(what, got, want, tol, scale);
 }
 
-class ReferenceTest : public ::testing::TestWithParam<const char*> {
+class ReferenceTest : public ::testing::TestWithParam<const char*>, protected test::ReferenceCase {
  protected:
   void SetUp() override {
-    dir_ = std::string(STRATA_TEST_DATA_DIR) + "/reference/" + GetParam() + "/";
-    json_ = nlohmann::json::parse(read_file(dir_ + "case.json"));
-    cfg_ = models::model_config_from_json(json_.at("model"));
-    B_ = json_.at("B").get<int>();
-    T_ = json_.at("T").get<int>();
+    load(GetParam());
     steps_ = json_.at("steps").get<int>();
-    const SafetensorsFile batch = SafetensorsFile::open(dir_ + "batch.safetensors");
-    inputs_ = test::batch_ints(batch, "inputs", B_, T_);
-    targets_ = test::batch_ints(batch, "targets", B_, T_);
     ASSERT_NE(std::count(targets_.begin(), targets_.end(), kIgnoreIndex), 0) << "the case ignores no target";
   }
 
-  std::string dir_;
-  nlohmann::json json_;
-  models::ModelConfig cfg_;
-  int B_ = 0, T_ = 0, steps_ = 0;
-  std::vector<int32_t> inputs_, targets_;
+  int steps_ = 0;
 };
 
 TEST_P(ReferenceTest, ForwardLossAndGradients) {

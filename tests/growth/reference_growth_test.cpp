@@ -75,17 +75,10 @@ std::string join(const std::vector<int>& v) {
   return s;
 }
 
-class ReferenceGrowthTest : public ::testing::TestWithParam<GrowthCase> {
+class ReferenceGrowthTest : public ::testing::TestWithParam<GrowthCase>, protected test::ReferenceCase {
  protected:
   void SetUp() override {
-    dir_ = std::string(STRATA_TEST_DATA_DIR) + "/reference/" + GetParam().model + "/";
-    const nlohmann::json j = nlohmann::json::parse(read_file(dir_ + "case.json"));
-    cfg_ = models::model_config_from_json(j.at("model"));
-    B_ = j.at("B").get<int>();
-    T_ = j.at("T").get<int>();
-    const SafetensorsFile batch = SafetensorsFile::open(dir_ + "batch.safetensors");
-    inputs_ = test::batch_ints(batch, "inputs", B_, T_);
-    targets_ = test::batch_ints(batch, "targets", B_, T_);
+    load(GetParam().model);
     plan_ = growth::make_plan(cfg_, growth::parse_stage(GetParam().stage));
   }
 
@@ -154,10 +147,6 @@ class ReferenceGrowthTest : public ::testing::TestWithParam<GrowthCase> {
     }
   }
 
-  std::string dir_;
-  models::ModelConfig cfg_;
-  int B_ = 0, T_ = 0;
-  std::vector<int32_t> inputs_, targets_;
   growth::GrowthPlan plan_;
 };
 

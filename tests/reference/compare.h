@@ -1,5 +1,5 @@
 // tests/reference/compare.h: comparing the engine's fp32 tensors against a PyTorch golden tensor, as the
-// reference tests do it (tests/engine/reference_test.cpp, tests/growth/reference_growth_test.cpp): the error
+// reference tests do it (tests/engine/reference_test.cpp, tests/growth/reference_*_test.cpp): the error
 // is max |engine - reference| divided by a scale (by default max |reference|), so one tolerance fits tensors
 // of any magnitude. STRATA_REFERENCE_VERBOSE=1 prints every comparison's error.
 #pragma once
@@ -15,7 +15,12 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
+#include "engine/fileio.h"
 #include "engine/safetensors.h"
+#include "models/model_config.h"
+#include "models/model_config_json.h"
 
 namespace strata::test {
 
@@ -74,5 +79,27 @@ inline std::vector<int32_t> batch_ints(const SafetensorsFile& f, const std::stri
   std::copy_n(reinterpret_cast<const uint8_t*>(t.data), t.bytes, reinterpret_cast<uint8_t*>(v.data()));
   return v;
 }
+
+// A reference case's common inputs, for the reference tests' fixtures to derive from: load(model) reads
+// STRATA_TEST_DATA_DIR/reference/<model>/case.json (its model, B and T) and batch.safetensors (inputs and
+// targets, (B, T) each).
+struct ReferenceCase {
+  void load(const std::string& model) {
+    dir_ = std::string(STRATA_TEST_DATA_DIR) + "/reference/" + model + "/";
+    json_ = nlohmann::json::parse(read_file(dir_ + "case.json"));
+    cfg_ = models::model_config_from_json(json_.at("model"));
+    B_ = json_.at("B").get<int>();
+    T_ = json_.at("T").get<int>();
+    const SafetensorsFile batch = SafetensorsFile::open(dir_ + "batch.safetensors");
+    inputs_ = batch_ints(batch, "inputs", B_, T_);
+    targets_ = batch_ints(batch, "targets", B_, T_);
+  }
+
+  std::string dir_;  // ends with '/'
+  nlohmann::json json_;
+  models::ModelConfig cfg_;
+  int B_ = 0, T_ = 0;
+  std::vector<int32_t> inputs_, targets_;
+};
 
 }  // namespace strata::test
